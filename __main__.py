@@ -1,0 +1,27 @@
+"""An MLflow tracking server on PostgreSQL in Docker, one stack per environment."""
+
+import pulumi
+
+from components.platform import MlflowPlatform
+from components.settings import load_settings
+
+# Validated before anything is declared: a bad value stops here with the key,
+# the value and what is accepted.
+settings = load_settings()
+platform = MlflowPlatform("mlflow", {"settings": settings})
+
+pulumi.export("tracking_uri", platform.tracking_uri)
+# In-network URI, for `docker run --network <network>` maintenance jobs (backups,
+# `mlflow gc`). Secret: it carries the database password.
+pulumi.export("backend_store_uri", platform.backend_store_uri)
+pulumi.export("network_name", platform.network.name)
+pulumi.export("postgres_volume_name", platform.database.volume.name)
+pulumi.export("artifacts_volume_name", platform.server.artifacts_volume.name)
+pulumi.export("postgres_container_name", platform.database.container.name)
+pulumi.export("mlflow_container_name", platform.server.container.name)
+pulumi.export("mlflow_image_name", platform.image.image_name)
+pulumi.export("mlflow_version", settings.mlflow_version)
+pulumi.export("auth_enabled", settings.auth_enabled)
+if platform.admin_password is not None:
+    pulumi.export("admin_username", platform.admin_username)
+    pulumi.export("admin_password", platform.admin_password)

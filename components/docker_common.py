@@ -1,0 +1,47 @@
+"""Settings every container of the stack shares: labels, log rotation, hardening."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pulumi_docker as docker
+
+# Docker's default json-file driver never rotates: a chatty server fills the disk.
+LOG_DRIVER = "json-file"
+RESTART_POLICY = "unless-stopped"
+# Blocks setuid binaries and file capabilities from raising privileges.
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+# Both containers take their secrets from files here. It is an anonymous volume:
+# the provider uploads files before the container starts, and Docker refuses
+# uploads into a read-only root file system but not into a volume. The provider
+# removes the anonymous volume with the container.
+SECRETS_DIR = "/run/secrets"
+
+
+def stack_labels(project: str, stack: str, role: str) -> dict[str, str]:
+    """Labels that let an operator find everything one stack owns (`docker ps --filter label=...`)."""
+    return {
+        "com.pulumi.project": project,
+        "com.pulumi.stack": stack,
+        "org.mlflow-platform.role": role,
+    }
+
+
+def container_labels(labels: Mapping[str, str]) -> list[docker.ContainerLabelArgs]:
+    return [docker.ContainerLabelArgs(label=key, value=value) for key, value in sorted(labels.items())]
+
+
+def volume_labels(labels: Mapping[str, str]) -> list[docker.VolumeLabelArgs]:
+    return [docker.VolumeLabelArgs(label=key, value=value) for key, value in sorted(labels.items())]
+
+
+def network_labels(labels: Mapping[str, str]) -> list[docker.NetworkLabelArgs]:
+    return [docker.NetworkLabelArgs(label=key, value=value) for key, value in sorted(labels.items())]
+
+
+def log_rotation(max_size: str, max_files: int) -> dict[str, str]:
+    return {"max-size": max_size, "max-file": str(max_files)}
+
+
+def secrets_volume() -> docker.ContainerVolumeArgs:
+    return docker.ContainerVolumeArgs(container_path=SECRETS_DIR)

@@ -1,0 +1,125 @@
+"""Wires network, database, image and server into one stack."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+from urllib.parse import quote
+
+import pulumi
+
+from components.docker_common import stack_labels
+from components.mlflow_image import MlflowImage
+from components.mlflow_server import ADMIN_USERNAME, MlflowServer
+from components.network import StackNetwork
+from components.postgres import PostgresDatabase
+from components.settings import StackSettings
+
+POSTGRES_ALIAS = "postgres"
+MLFLOW_ALIAS = "mlflow"
+
+
+class MlflowPlatformArgs(TypedDict):
+    settings: StackSettings
+    """The validated settings of this stack."""
+
+
+class MlflowPlatform(pulumi.ComponentResource):
+    """An MLflow tracking server on Postgres, on a network of its own."""
+
+    network: StackNetwork
+    database: PostgresDatabase
+    image: MlflowImage
+    server: MlflowServer
+    tracking_uri: str
+    backend_store_uri: pulumi.Output[str]
+    admin_password: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: MlflowPlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlflow-platform:stack:MlflowPlatform", name, None, opts)
+        settings = args["settings"]
+        child = pulumi.ResourceOptions(parent=self)
+        # Docker names are per engine: the stack in every name lets dev and staging share one.
+        prefix = f"{settings.project}-{settings.stack}"
+
+        def labels(role: str) -> dict[str, str]:
+            return stack_labels(settings.project, settings.stack, role)
+
+        self.network = StackNetwork(f"{name}-network", {"name": prefix, "labels": labels("network")}, opts=child)
+        self.database = PostgresDatabase(
+            f"{name}-postgres",
+            {
+                "image": settings.postgres_image,
+                "container_name": f"{prefix}-postgres",
+                "volume_name": f"{prefix}-pgdata",
+                "network_name": self.network.name,
+                "alias": POSTGRES_ALIAS,
+                "database": settings.postgres_database,
+                "user": settings.postgres_user,
+                "password_length": settings.postgres_password_length,
+                "memory_mb": settings.postgres_memory_mb,
+                "log_max_size": settings.log_max_size,
+                "log_max_files": settings.log_max_files,
+                "protect_data": settings.protect_data,
+                "startup_timeout_seconds": settings.startup_timeout_seconds,
+                "labels": labels("database"),
+            },
+            opts=child,
+        )
+        self.image = MlflowImage(
+            f"{name}-image",
+            {
+                "image_name": f"{settings.project}/mlflow:{settings.mlflow_version}-{settings.stack}",
+                "mlflow_version": settings.mlflow_version,
+                "base_image": settings.base_image,
+                "use_wheelhouse": settings.use_wheelhouse,
+            },
+            opts=child,
+        )
+        self.server = MlflowServer(
+            f"{name}-server",
+            {
+                "image": self.image.repo_digest,
+                "container_name": f"{prefix}-mlflow",
+                "artifacts_volume_name": f"{prefix}-artifacts",
+                "network_name": self.network.name,
+                "alias": MLFLOW_ALIAS,
+                "postgres_host": POSTGRES_ALIAS,
+                "postgres_port": self.database.port,
+                "database": settings.postgres_database,
+                "user": settings.postgres_user,
+                "password": self.database.password.result,
+                "public_host": settings.public_host,
+                "bind_address": settings.bind_address,
+                "host_port": settings.host_port,
+                "workers": settings.workers,
+                "memory_mb": settings.mlflow_memory_mb,
+                "extra_allowed_hosts": settings.allowed_hosts,
+                "cors_allowed_origins": settings.cors_allowed_origins,
+                "auth_enabled": settings.auth_enabled,
+                "admin_password_length": settings.admin_password_length,
+                "protect_data": settings.protect_data,
+                "log_max_size": settings.log_max_size,
+                "log_max_files": settings.log_max_files,
+                "startup_timeout_seconds": settings.startup_timeout_seconds,
+                "labels": labels("tracking-server"),
+            },
+            # Nothing flows from the Postgres container to the server, yet the
+            # server must start only once Postgres is healthy (wait=True there).
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database.container]),
+        )
+
+        self.tracking_uri = settings.tracking_uri
+        self.backend_store_uri = pulumi.Output.secret(
+            pulumi.Output.concat(
+                "postgresql+psycopg://",
+                quote(settings.postgres_user, safe=""),
+                ":",
+                self.database.password.result.apply(lambda password: quote(password, safe="")),
+                f"@{POSTGRES_ALIAS}:{self.database.port}/{settings.postgres_database}",
+            )
+        )
+        self.admin_password = (
+            pulumi.Output.secret(self.server.admin_password.result) if self.server.admin_password else None
+        )
+        self.admin_username = ADMIN_USERNAME if settings.auth_enabled else None
+        self.register_outputs({"tracking_uri": self.tracking_uri, "backend_store_uri": self.backend_store_uri})

@@ -1,0 +1,158 @@
+"""PostgreSQL for the tracking store: pinned image, generated password, data volume."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+
+from components.docker_common import (
+    LOG_DRIVER,
+    NO_NEW_PRIVILEGES,
+    RESTART_POLICY,
+    SECRETS_DIR,
+    container_labels,
+    log_rotation,
+    secrets_volume,
+    volume_labels,
+)
+
+POSTGRES_PORT = 5432
+# The official image's postgres user and group.
+POSTGRES_UID = "999"
+_DATA_MOUNT = "/var/lib/postgresql/data"
+# A subdirectory: initdb refuses a mount point that holds anything (lost+found on
+# some volume drivers), and the official image documents this layout.
+_PGDATA = f"{_DATA_MOUNT}/pgdata"
+PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
+
+
+class PostgresDatabaseArgs(TypedDict):
+    image: pulumi.Input[str]
+    """Postgres image reference, pinned to a tag or digest."""
+    container_name: pulumi.Input[str]
+    """Docker name of the container."""
+    volume_name: pulumi.Input[str]
+    """Docker name of the data volume; fixed, so a redeploy finds the data again."""
+    network_name: pulumi.Input[str]
+    """Network the container joins; its only way in."""
+    alias: str
+    """Host name other containers on the network use for it."""
+    database: str
+    """Tracking database created on first start."""
+    user: str
+    """Role that owns the database (a superuser in the official image)."""
+    password_length: int
+    """Length of the generated password."""
+    memory_mb: pulumi.Input[int]
+    """Memory limit in MiB; swap is not allowed on top."""
+    log_max_size: str
+    """json-file log size that triggers rotation."""
+    log_max_files: int
+    """Rotated log files kept."""
+    protect_data: bool
+    """Protect the data volume from deletion by destroy or replacement."""
+    startup_timeout_seconds: pulumi.Input[int]
+    """How long `pulumi up` waits for the container to be healthy."""
+    labels: dict[str, str]
+    """Labels that identify the stack."""
+
+
+class PostgresDatabase(pulumi.ComponentResource):
+    """A Postgres container reachable only on the stack network, health-gated."""
+
+    password: random.RandomPassword
+    image: docker.RemoteImage
+    volume: docker.Volume
+    container: docker.Container
+    alias: str
+    port: int
+
+    def __init__(self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("mlflow-platform:database:PostgresDatabase", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+
+        # Letters and digits only: the value goes into URIs and config files, and
+        # 32 alphanumerics are already ~190 bits.
+        self.password = random.RandomPassword(
+            f"{name}-password",
+            length=args["password_length"],
+            special=False,
+            min_lower=1,
+            min_upper=1,
+            min_numeric=1,
+            opts=child,
+        )
+        # keep_locally: a destroy must not delete an image other stacks may run.
+        self.image = docker.RemoteImage(f"{name}-image", name=args["image"], keep_locally=True, opts=child)
+        self.volume = docker.Volume(
+            f"{name}-data",
+            name=args["volume_name"],
+            labels=volume_labels(args["labels"]),
+            opts=pulumi.ResourceOptions(
+                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
+            ),
+        )
+        self.alias = args["alias"]
+        self.port = POSTGRES_PORT
+        user, database = args["user"], args["database"]
+        self.container = docker.Container(
+            f"{name}-container",
+            name=args["container_name"],
+            # The image ID, not the tag: a changed postgresImage replaces the container.
+            image=self.image.image_id,
+            # Started as postgres itself, the official entrypoint needs no root and no
+            # capabilities (it only chowns when started as root).
+            user=f"{POSTGRES_UID}:{POSTGRES_UID}",
+            envs=[
+                f"POSTGRES_USER={user}",
+                f"POSTGRES_DB={database}",
+                f"POSTGRES_PASSWORD_FILE={PASSWORD_FILE}",
+                f"PGDATA={_PGDATA}",
+            ],
+            uploads=[
+                docker.ContainerUploadArgs(
+                    file=PASSWORD_FILE,
+                    content=pulumi.Output.secret(self.password.result),
+                    owner=POSTGRES_UID,
+                    group=POSTGRES_UID,
+                    permissions="0400",
+                )
+            ],
+            volumes=[
+                docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=_DATA_MOUNT),
+                secrets_volume(),
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[self.alias])],
+            healthcheck=docker.ContainerHealthcheckArgs(
+                # Over TCP: during first start the entrypoint runs a socket-only
+                # server for init scripts, which a socket probe would call ready.
+                tests=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", user, "-d", database],
+                interval="5s",
+                timeout="5s",
+                retries=12,
+                start_period="30s",
+            ),
+            restart=RESTART_POLICY,
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=[NO_NEW_PRIVILEGES],
+            memory=args["memory_mb"],
+            memory_swap=args["memory_mb"],
+            # Docker's 64 MiB /dev/shm is too small for parallel query workers.
+            shm_size=256,
+            log_driver=LOG_DRIVER,
+            log_opts=log_rotation(args["log_max_size"], args["log_max_files"]),
+            labels=container_labels(args["labels"]),
+            wait=True,
+            wait_timeout=args["startup_timeout_seconds"],
+            opts=child,
+        )
+        self.register_outputs(
+            {
+                "container_name": self.container.name,
+                "volume_name": self.volume.name,
+                "image_id": self.image.image_id,
+            }
+        )

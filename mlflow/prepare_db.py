@@ -1,0 +1,106 @@
+"""Readies the databases before `mlflow server` starts.
+
+Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
+- upgrades an existing tracking schema (`mlflow db upgrade`), so redeploying with a
+  newer `mlflowVersion` never leaves the server refusing to start;
+- creates the tables of a fresh database here, in one process: left to the server,
+  every uvicorn worker races to create them and all but one fail;
+- when basic auth is on (MLFLOW_AUTH_CONFIG_PATH set), creates the auth database in
+  the same Postgres and writes the auth config that points at it.
+
+Secrets stay in this process: the URI goes to click through `main(args=...)`, not
+through a child process's command line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import sys
+import time
+
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+_CONNECT_ATTEMPTS = 30
+_AUTH_DATABASE_SUFFIX = "_auth"
+# Where `--serve-artifacts` puts runs when no --default-artifact-root is given; the
+# Default experiment created here records it as its artifact location.
+_PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
+
+
+def _engine(uri: str, **kwargs: object) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(uri, pool_pre_ping=True, **kwargs)  # type: ignore[arg-type]
+
+
+def _wait_for_database(engine: sqlalchemy.Engine) -> None:
+    """Postgres is health-gated before first start, but not after a restart of its own."""
+    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        try:
+            with engine.connect():
+                return
+        except sqlalchemy.exc.OperationalError as error:
+            if attempt == _CONNECT_ATTEMPTS:
+                raise
+            print(f"prepare_db: database not ready ({type(error).__name__}), retrying", file=sys.stderr)
+            time.sleep(2)
+
+
+def _prepare_tracking_schema(uri: str) -> None:
+    engine = _engine(uri)
+    _wait_for_database(engine)
+    with engine.connect() as connection:
+        has_schema = sqlalchemy.inspect(connection).has_table("alembic_version")
+    engine.dispose()
+    if has_schema:
+        from mlflow.cli import cli
+
+        print("prepare_db: upgrading the tracking schema", file=sys.stderr)
+        cli.main(args=["db", "upgrade", uri], prog_name="mlflow", standalone_mode=False)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # Creates the tables on a fresh database, and verifies the schema is current.
+    SqlAlchemyStore(uri, _PROXIED_ARTIFACT_ROOT)
+
+
+def _ensure_auth_database(uri: str) -> str:
+    tracking_url = make_url(uri)
+    auth_url = tracking_url.set(database=f"{tracking_url.database}{_AUTH_DATABASE_SUFFIX}")
+    admin = _engine(uri, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        exists = connection.execute(
+            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+            {"name": auth_url.database},
+        ).scalar()
+        if not exists:
+            print(f"prepare_db: creating database {auth_url.database}", file=sys.stderr)
+            quoted = connection.dialect.identifier_preparer.quote(auth_url.database or "")
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
+    admin.dispose()
+    return auth_url.render_as_string(hide_password=False)
+
+
+def _write_auth_config(path: str, database_uri: str) -> None:
+    config = configparser.ConfigParser()
+    # ConfigParser interpolates '%': a percent-encoded password must be doubled.
+    config["mlflow"] = {
+        "default_permission": os.environ.get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ"),
+        "database_uri": database_uri.replace("%", "%%"),
+        "admin_username": os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        config.write(handle)
+
+
+def main() -> None:
+    uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
+    _prepare_tracking_schema(uri)
+    auth_config_path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+    if auth_config_path:
+        _write_auth_config(auth_config_path, _ensure_auth_database(uri))
+
+
+if __name__ == "__main__":
+    main()
