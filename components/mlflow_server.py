@@ -39,7 +39,7 @@ HEALTH_PROBE = [
 ]
 # The root file system is read-only; the server writes temporary files (artifact
 # uploads it proxies, library caches) here. noexec: nothing should run from it.
-_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}
+_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
 
 
 class MlflowServerArgs(TypedDict):
@@ -165,6 +165,9 @@ class MlflowServer(pulumi.ComponentResource):
                 self._secret_file(_FLASK_SECRET_FILE, self.flask_secret_key.result),
             ]
 
+        hosts = allowed_hosts(
+            args["public_host"], args["host_port"], args["bind_address"], args["alias"], args["extra_allowed_hosts"]
+        )
         self.command = [
             "--host", "0.0.0.0",
             "--port", str(SERVER_PORT),
@@ -173,11 +176,7 @@ class MlflowServer(pulumi.ComponentResource):
             # stores them in the volume: no client needs a path on this host.
             "--serve-artifacts",
             "--artifacts-destination", ARTIFACTS_DIR,
-            "--allowed-hosts", ",".join(
-                allowed_hosts(
-                    args["public_host"], args["host_port"], args["bind_address"], args["alias"], args["extra_allowed_hosts"]
-                )
-            ),
+            "--allowed-hosts", ",".join(hosts),
         ]  # fmt: skip
         if args["cors_allowed_origins"]:
             self.command += ["--cors-allowed-origins", ",".join(args["cors_allowed_origins"])]
@@ -201,7 +200,9 @@ class MlflowServer(pulumi.ComponentResource):
                     internal=SERVER_PORT, external=args["host_port"], ip=args["bind_address"], protocol="tcp"
                 )
             ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[args["alias"]])],
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[args["alias"]])
+            ],
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"
             ),
@@ -219,7 +220,9 @@ class MlflowServer(pulumi.ComponentResource):
             wait_timeout=args["startup_timeout_seconds"],
             opts=child,
         )
-        self.register_outputs({"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name})
+        self.register_outputs(
+            {"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name}
+        )
 
     @staticmethod
     def _secret_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadArgs:

@@ -26,13 +26,15 @@ MAX_SECRET_LENGTH = 128
 
 # Docker's reference grammar (distribution/reference), anchored: optional registry
 # host[:port], lower-case path components, then a tag and/or a digest.
-_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
+_DOMAIN_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_HOST = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)"
 _PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
 _IMAGE_REFERENCE = re.compile(
     rf"^(?P<name>{_HOST}?{_PATH})(?::(?P<tag>[\w][\w.-]{{0,127}}))?(?:@(?P<digest>sha256:[a-f0-9]{{64}}))?$"
 )
 # RFC 1123 host name: labels of letters, digits and inner hyphens.
-_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _ORIGIN = re.compile(r"^https?://[^/\s:]+(?::[0-9]{1,5})?$")
 _MLFLOW_VERSION = re.compile(r"^3\.[0-9]+\.[0-9]+$")
 _POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -161,42 +163,52 @@ def _is_allowed_host(value: str) -> bool:
     return _is_host_name(host) and (not port or (port.isdigit() and 1 <= int(port) <= 65535))
 
 
-_IMAGE_ACCEPTED = "accepted: an image reference like 'registry.example.com/postgres:17.6' pinned to a tag other than 'latest' or to an @sha256 digest"
+def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda value: pattern.match(value) is not None
+
+
+_IMAGE_ACCEPTED = (
+    "accepted: an image reference such as 'registry.example.com/postgres:17.6', "
+    "pinned to a tag other than 'latest' or to an @sha256 digest"
+)
+_IDENTIFIER_ACCEPTED = "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
 
 
 def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> StackSettings:
     """Reads and validates every setting; raises SettingsError on the first bad one."""
-    config = config or pulumi.Config()
-    stack = stack or pulumi.get_stack()
-    read = _Reader(config)
+    read = _Reader(config or pulumi.Config())
     settings = StackSettings(
-        stack=stack,
+        stack=stack or pulumi.get_stack(),
         project=pulumi.get_project(),
         postgres_image=read.string("postgresImage", _is_pinned_image, _IMAGE_ACCEPTED),
-        postgres_database=read.string(
-            "postgresDatabase", _POSTGRES_IDENTIFIER.match.__call__, "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
-        ),
-        postgres_user=read.string(
-            "postgresUser", _POSTGRES_IDENTIFIER.match.__call__, "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
-        ),
+        postgres_database=read.string("postgresDatabase", _matches(_POSTGRES_IDENTIFIER), _IDENTIFIER_ACCEPTED),
+        postgres_user=read.string("postgresUser", _matches(_POSTGRES_IDENTIFIER), _IDENTIFIER_ACCEPTED),
         postgres_password_length=read.integer("postgresPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
         postgres_memory_mb=read.integer("postgresMemoryMb", 128, 1_048_576),
         mlflow_version=read.string(
-            "mlflowVersion", _MLFLOW_VERSION.match.__call__, "accepted: an exact MLflow 3.x release such as '3.17.2'"
+            "mlflowVersion", _matches(_MLFLOW_VERSION), "accepted: an exact MLflow 3.x release such as '3.17.2'"
         ),
         base_image=read.string("baseImage", _is_pinned_image, _IMAGE_ACCEPTED),
         use_wheelhouse=read.boolean("useWheelhouse"),
         public_host=read.string("publicHost", _is_host_name, "accepted: a DNS host name or an IP address"),
-        bind_address=read.string("bindAddress", _is_ip_address, "accepted: an IPv4 or IPv6 address such as 127.0.0.1 or 0.0.0.0"),
+        bind_address=read.string(
+            "bindAddress", _is_ip_address, "accepted: an IPv4 or IPv6 address such as 127.0.0.1 or 0.0.0.0"
+        ),
         host_port=read.integer("hostPort", 1, 65535),
         workers=read.integer("workers", 1, 32),
         mlflow_memory_mb=read.integer("mlflowMemoryMb", 256, 1_048_576),
-        allowed_hosts=read.string_list("allowedHosts", _is_allowed_host, "a host name or IP address, optionally with ':port'"),
-        cors_allowed_origins=read.string_list("corsAllowedOrigins", _ORIGIN.match.__call__, "an origin such as 'https://ml.example.com' (scheme://host[:port], no path)"),
+        allowed_hosts=read.string_list(
+            "allowedHosts", _is_allowed_host, "a host name or IP address, optionally with ':port'"
+        ),
+        cors_allowed_origins=read.string_list(
+            "corsAllowedOrigins", _matches(_ORIGIN), "an origin such as 'https://ml.example.com' (no path)"
+        ),
         auth_enabled=read.boolean("authEnabled"),
         admin_password_length=read.integer("adminPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
         protect_data=read.boolean("protectData"),
-        log_max_size=read.string("logMaxSize", _DOCKER_SIZE.match.__call__, "accepted: a size like '10m' (a whole number, then k, m or g)"),
+        log_max_size=read.string(
+            "logMaxSize", _matches(_DOCKER_SIZE), "accepted: a size such as '10m' (a whole number, then k, m or g)"
+        ),
         log_max_files=read.integer("logMaxFiles", 1, 100),
         startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
     )
@@ -214,5 +226,6 @@ def _check_combinations(settings: StackSettings) -> None:
         raise SettingsError(
             "bindAddress",
             settings.bind_address,
-            "a non-loopback address publishes the server beyond this host: accepted without authEnabled: a loopback address (127.0.0.1 or ::1)",
+            "a non-loopback address publishes the server beyond this host; "
+            "accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
         )

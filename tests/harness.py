@@ -166,7 +166,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "retain_on_delete": bool(request.retainOnDelete),
                 "dependencies": list(request.dependencies),
             }
-        return super().RegisterResource(request)
+        return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
 
 @contextmanager
@@ -183,9 +183,7 @@ def install(mocks: EngineMocks, stack: str, overrides: Mapping[str, object] | No
     """Fresh mocks, fresh root stack, the stack's configuration: what `pulumi up` starts from."""
     settings.ROOT.set(None)
     pulumi.runtime.set_all_config(runtime_config(stack_config(stack, overrides)))
-    pulumi.runtime.set_mocks(
-        mocks, project=project_name(), stack=stack, preview=False, monitor=RecordingMonitor(mocks)
-    )
+    pulumi.runtime.set_mocks(mocks, project=project_name(), stack=stack, preview=False, monitor=RecordingMonitor(mocks))
 
 
 def run_program(
@@ -203,7 +201,9 @@ def run_program(
     return mocks, outputs
 
 
-def resolved(outputs: Mapping[str, pulumi.Output[Any]], check: Callable[[dict[str, Any], set[str]], None]) -> pulumi.Output[None]:
+def resolved(
+    outputs: Mapping[str, pulumi.Output[Any]], check: Callable[[dict[str, Any], set[str]], None]
+) -> pulumi.Output[None]:
     """Awaits every stack output, then calls `check(values, secret_names)`."""
     names = sorted(outputs)
 
@@ -217,4 +217,4 @@ def resolved(outputs: Mapping[str, pulumi.Output[Any]], check: Callable[[dict[st
                 secret_names.add(name)
         check(values, secret_names)
 
-    return pulumi.Output.from_input(_gather())  # type: ignore[arg-type]
+    return pulumi.Output.from_input(_gather())

@@ -1,0 +1,50 @@
+# Two entry points: `make deploy` (the dev stack, or STACK=...) and `make test` (every check and test).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+STACK ?= dev
+PYTHON ?= python3
+# The same virtualenv Pulumi.yaml's runtime options name, so `pulumi up` and the tests share it.
+VENV := venv
+BIN := $(VENV)/bin
+
+.PHONY: help deploy destroy test lint unit e2e
+
+help:
+	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
+	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
+	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in staging/prod are kept)"
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+deploy: $(BIN)/.installed
+	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed; see https://www.pulumi.com/docs/iac/download-install/" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers; start Docker first" >&2; exit 1; }
+	@pulumi whoami >/dev/null 2>&1 || pulumi login --local
+	pulumi stack select --create $(STACK)
+	pulumi up --stack $(STACK)
+	@echo "tracking URI: $$(pulumi stack output tracking_uri --stack $(STACK))"
+
+destroy: $(BIN)/.installed
+	pulumi destroy --stack $(STACK)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint mlflow/Dockerfile tests/standins/*/Dockerfile
+	$(BIN)/shellcheck mlflow/entrypoint.sh tests/standins/*/*.sh .ci/run
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline .github/workflows
+
+unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not docker"
+
+# Needs a Docker engine; REQUIRE_DOCKER=1 turns a missing engine into a failure.
+e2e: $(BIN)/.installed
+	$(BIN)/python -m pytest -m docker -s
+
+test: lint unit e2e

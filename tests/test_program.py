@@ -1,0 +1,242 @@
+"""The whole program under mocks, with each stack's configuration from its files."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
+from tests.harness import EngineMocks, Registration, resolved, run_program
+
+COMPONENT_TYPES = {
+    "mlflow-platform:stack:MlflowPlatform",
+    "mlflow-platform:network:StackNetwork",
+    "mlflow-platform:database:PostgresDatabase",
+    "mlflow-platform:image:MlflowImage",
+    "mlflow-platform:server:MlflowServer",
+}
+
+
+def _secret_values(mocks: EngineMocks) -> list[str]:
+    values = [str(r.outputs["result"]) for r in mocks.of_type(RANDOM_PASSWORD)]
+    assert values and all(len(value) >= 24 for value in values)
+    return values
+
+
+def _postgres(mocks: EngineMocks) -> Registration:
+    return mocks.one(CONTAINER, "postgres-container")
+
+
+def _mlflow(mocks: EngineMocks) -> Registration:
+    return mocks.one(CONTAINER, "server-container")
+
+
+def _flag(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+@pulumi.runtime.test
+def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        declared = sorted(r.type for r in mocks.registrations.values())
+        assert declared == sorted(
+            [*COMPONENT_TYPES, CONTAINER, CONTAINER, VOLUME, VOLUME, NETWORK, IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD]
+        )
+        # Every provider resource lives inside a component: nothing loose under the stack.
+        for registration in mocks.registrations.values():
+            parent_type = registration.parent.split("::")[-2].split("$")[-1] if registration.parent else ""
+            if registration.type in COMPONENT_TYPES - {"mlflow-platform:stack:MlflowPlatform"}:
+                assert parent_type == "mlflow-platform:stack:MlflowPlatform", registration.urn
+            elif registration.type not in COMPONENT_TYPES:
+                assert parent_type in COMPONENT_TYPES, registration.urn
+        assert values["tracking_uri"] == "http://localhost:5000"
+        assert values["network_name"] == "mlflow-platform-dev"
+        assert values["postgres_volume_name"] == "mlflow-platform-dev-pgdata"
+        assert values["artifacts_volume_name"] == "mlflow-platform-dev-artifacts"
+        assert values["mlflow_image_name"] == "mlflow-platform/mlflow:3.17.2-dev"
+        assert "admin_password" not in values
+        assert secrets == {"backend_store_uri"}
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_no_secret_reaches_env_command_entrypoint_or_labels() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        passwords = _secret_values(mocks)
+        for container in mocks.of_type(CONTAINER):
+            exposed = json.dumps(
+                {key: container.inputs.get(key) for key in ("envs", "command", "entrypoints", "labels", "healthcheck")}
+            )
+            for password in passwords:
+                assert password not in exposed, f"{container.name} exposes a generated secret"
+            # The only way in is an upload, which the program marks secret.
+            assert container.secret_inputs() == {"uploads"}
+        # Every stack output that carries the password is secret.
+        for name, value in values.items():
+            if any(password in str(value) for password in passwords):
+                assert name in secrets, f"stack output {name} carries a secret in the clear"
+        assert passwords[0] in values["backend_store_uri"]
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_postgres_publishes_nothing_and_mlflow_only_on_loopback() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        assert not _postgres(mocks).inputs.get("ports")
+        ports = _mlflow(mocks).inputs["ports"]
+        assert ports == [{"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}]
+        assert values["tracking_uri"].endswith(f":{int(ports[0]['external'])}")
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_tracking_uri_follows_the_published_port_and_host() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev", {"hostPort": 15000, "publicHost": "mlflow.lab.internal"})
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        assert _mlflow(mocks).inputs["ports"][0]["external"] == 15000
+        assert values["tracking_uri"] == "http://mlflow.lab.internal:15000"
+        hosts = _flag(_mlflow(mocks).inputs["command"], "--allowed-hosts").split(",")
+        assert {"mlflow.lab.internal", "mlflow.lab.internal:15000", "mlflow", "mlflow:5000"} <= set(hosts)
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_postgres_container_contract() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        postgres = _postgres(mocks)
+        image = mocks.one(REMOTE_IMAGE)
+        assert image.inputs == {"name": "postgres:17.6", "keepLocally": True}
+        assert postgres.inputs["image"] == image.outputs["imageId"]
+        envs = postgres.inputs["envs"]
+        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password" in envs
+        assert not any(env.startswith("POSTGRES_PASSWORD=") for env in envs)
+        [upload] = postgres.inputs["uploads"]
+        assert upload["file"] == "/run/secrets/postgres-password"
+        assert (upload["owner"], upload["group"], upload["permissions"]) == ("999", "999", "0400")
+        assert upload["content"] == mocks.one(RANDOM_PASSWORD).outputs["result"]
+        assert postgres.inputs["healthcheck"]["tests"][:3] == ["CMD", "pg_isready", "-q"]
+        assert postgres.inputs["restart"] == "unless-stopped"
+        assert postgres.inputs["wait"] is True
+        assert postgres.inputs["networksAdvanced"] == [{"name": "mlflow-platform-dev", "aliases": ["postgres"]}]
+        data = mocks.one(VOLUME, "postgres-data")
+        assert {"volumeName": data.inputs["name"], "containerPath": "/var/lib/postgresql/data"} in postgres.inputs[
+            "volumes"
+        ]
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_mlflow_server_contract() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        server, image = _mlflow(mocks), mocks.one(IMAGE)
+        # Run by digest (the local image ID), so a rebuilt image replaces the container.
+        assert server.inputs["image"] == image.outputs["repoDigest"]
+        assert image.inputs["skipPush"] is True
+        assert image.inputs["build"]["context"] == "./mlflow"
+        assert image.inputs["build"]["args"]["MLFLOW_VERSION"] == "3.17.2"
+        command = server.inputs["command"]
+        assert _flag(command, "--artifacts-destination") == "/mlflow/artifacts"
+        assert "--serve-artifacts" in command
+        assert "--default-artifact-root" not in command
+        assert _flag(command, "--workers") == "1"  # Pulumi.dev.yaml
+        assert "--app-name" not in command
+        assert server.inputs["healthcheck"]["tests"][-1].endswith("/health', timeout=4)")
+        assert server.inputs["restart"] == "unless-stopped"
+        assert server.inputs["wait"] is True
+        # Starts only after the health-gated Postgres container exists.
+        assert _postgres(mocks).urn in server.dependencies or _postgres(mocks).urn in mocks.one(
+            "mlflow-platform:server:MlflowServer"
+        ).dependencies
+        artifacts = mocks.one(VOLUME, "server-artifacts")
+        assert {"volumeName": artifacts.inputs["name"], "containerPath": "/mlflow/artifacts"} in server.inputs["volumes"]
+
+    return resolved(outputs, check)
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
+def test_every_stack_runs_and_labels_its_resources(stack: str) -> None:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program(stack)
+
+        def check(values: dict[str, Any], secrets: set[str]) -> None:
+            for registration in [*mocks.of_type(CONTAINER), *mocks.of_type(VOLUME)]:
+                labels = {item["label"]: item["value"] for item in registration.inputs["labels"]}
+                assert labels["com.pulumi.stack"] == stack
+            assert values["network_name"] == f"mlflow-platform-{stack}"
+
+        return resolved(outputs, check)
+
+    run()
+
+
+# What each committed stack file changes, as the program declares it.
+STACK_DIFFERENCES = {
+    "dev": {"auth": False, "protected": False, "bind": "127.0.0.1", "host": "localhost", "workers": "1", "mem": 1536},
+    "staging": {
+        "auth": True,
+        "protected": True,
+        "bind": "0.0.0.0",
+        "host": "mlflow.staging.example.internal",
+        "workers": "2",
+        "mem": 2048,
+    },
+    "prod": {
+        "auth": True,
+        "protected": True,
+        "bind": "0.0.0.0",
+        "host": "mlflow.example.internal",
+        "workers": "4",
+        "mem": 4096,
+    },
+}
+
+
+@pytest.mark.parametrize("stack", sorted(STACK_DIFFERENCES))
+def test_stack_differences(stack: str) -> None:
+    expected = STACK_DIFFERENCES[stack]
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program(stack)
+
+        def check(values: dict[str, Any], secrets: set[str]) -> None:
+            server = _mlflow(mocks)
+            command = server.inputs["command"]
+            assert ("--app-name" in command) is expected["auth"]
+            assert values["auth_enabled"] is expected["auth"]
+            assert ("admin_password" in secrets) is expected["auth"]
+            for volume in mocks.of_type(VOLUME):
+                assert (volume.protect, volume.retain_on_delete) == (expected["protected"],) * 2, volume.name
+            assert server.inputs["ports"][0]["ip"] == expected["bind"]
+            assert values["tracking_uri"] == f"http://{expected['host']}:5000"
+            assert _flag(command, "--workers") == expected["workers"]
+            assert server.inputs["memory"] == expected["mem"]
+            assert _postgres(mocks).inputs["memory"] > 0
+            if expected["auth"]:
+                assert values["admin_username"] == "admin"
+                assert len(values["admin_password"]) >= 24
+
+        return resolved(outputs, check)
+
+    run()
