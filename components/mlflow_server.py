@@ -91,6 +91,8 @@ class MlflowServerArgs(TypedDict):
     """How long `pulumi up` waits for the container to be healthy."""
     labels: dict[str, str]
     """Labels that identify the stack."""
+    start_after: Sequence[pulumi.Resource]
+    """Resources that must exist first: the health-gated Postgres container."""
 
 
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
@@ -218,7 +220,9 @@ class MlflowServer(pulumi.ComponentResource):
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],
-            opts=child,
+            # Nothing flows from the Postgres container to this one, yet the server
+            # must start only once Postgres is healthy (wait=True there): say so.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"])),
         )
         self.register_outputs(
             {"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name}

@@ -102,10 +102,9 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "log_max_files": settings.log_max_files,
                 "startup_timeout_seconds": settings.startup_timeout_seconds,
                 "labels": labels("tracking-server"),
+                "start_after": [self.database.container],
             },
-            # Nothing flows from the Postgres container to the server, yet the
-            # server must start only once Postgres is healthy (wait=True there).
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.database.container]),
+            opts=child,
         )
 
         self.tracking_uri = settings.tracking_uri

@@ -69,6 +69,7 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "log_max_files": 2,
         "startup_timeout_seconds": 90,
         "labels": LABELS,
+        "start_after": [],
     }
     args.update(changes)  # type: ignore[typeddict-item]
     return args
