@@ -1,0 +1,359 @@
+"""End to end: a production-shaped stack (staging's settings) under auth, hardening, faults and load.
+
+The stack is `staging` as committed, with two local changes so a test machine can
+reach it: another host port (dev may hold 5000) and `localhost` as the public
+host (staging's DNS name does not resolve here). Tests run in file order; the
+fault tests come last because they kill containers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import pytest
+import requests
+
+from tests import e2e
+
+pytestmark = pytest.mark.docker
+
+STAGING_OVERRIDES = {"hostPort": 5001, "publicHost": "localhost", "corsAllowedOrigins": ["https://ui.example.com"]}
+API = "/api/2.0/mlflow"
+
+
+@pytest.fixture(scope="module")
+def staging(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
+    with e2e.stack("staging", STAGING_OVERRIDES) as deployed:
+        e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (staging stack, auth on)")
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def admin(staging: e2e.Deployed) -> tuple[str, str]:
+    password = str(staging.outputs["admin_password"])
+    assert len(password) >= 24
+    return (str(staging.outputs["admin_username"]), password)
+
+
+class Api:
+    """Thin REST client: the tests need status codes and exact control over retries."""
+
+    def __init__(self, base: str, auth: tuple[str, str] | None) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.session.auth = auth
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> requests.Response:
+        return self.session.post(f"{self.base}{API}{path}", json=body, timeout=30, **kwargs)
+
+    def get(self, path: str, **params: Any) -> requests.Response:
+        return self.session.get(f"{self.base}{API}{path}", params=params, timeout=30)
+
+    def new_run(self, experiment_name: str) -> tuple[str, str]:
+        response = self.get("/experiments/get-by-name", experiment_name=experiment_name)
+        if response.status_code == 200:
+            experiment_id = response.json()["experiment"]["experiment_id"]
+        else:
+            experiment_id = self.post("/experiments/create", {"name": experiment_name}).json()["experiment_id"]
+        run = self.post("/runs/create", {"experiment_id": experiment_id, "start_time": 0})
+        assert run.status_code == 200, run.text
+        return experiment_id, run.json()["run"]["info"]["run_id"]
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float, int]]:
+        history: list[tuple[int, float, int]] = []
+        token = None
+        while True:
+            params: dict[str, Any] = {"run_id": run_id, "metric_key": key, "max_results": 25000}
+            if token:
+                params["page_token"] = token
+            body = self.get("/metrics/get-history", **params).json()
+            history += [(m["step"], m["value"], m["timestamp"]) for m in body.get("metrics", [])]
+            token = body.get("next_page_token")
+            if not token:
+                return history
+
+
+# --- authentication --------------------------------------------------------------------------
+
+
+def test_every_api_call_needs_credentials(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
+    calls = [
+        ("GET", "/experiments/search?max_results=1"),
+        ("GET", "/registered-models/search"),
+        ("POST", "/runs/create"),
+    ]
+    for method, path in calls:
+        anonymous = requests.request(method, f"{staging.tracking_uri}{API}{path}", json={}, timeout=10)
+        wrong = requests.request(
+            method, f"{staging.tracking_uri}{API}{path}", json={}, auth=(admin[0], admin[1] + "x"), timeout=10
+        )
+        assert (anonymous.status_code, wrong.status_code) == (401, 401), path
+    assert Api(staging.tracking_uri, admin).get("/experiments/search", max_results=1).status_code == 200
+
+
+def test_a_read_only_user_can_read_but_not_write(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
+    as_admin = Api(staging.tracking_uri, admin)
+    reader = ("reader", "reader-" + uuid.uuid4().hex)
+    assert as_admin.post("/users/create", {"username": reader[0], "password": reader[1]}).status_code == 200
+    experiment_id, run_id = as_admin.new_run("auth-read-only")
+    granted = as_admin.post(
+        "/experiments/permissions/create",
+        {"experiment_id": experiment_id, "username": reader[0], "permission": "READ"},
+    )
+    assert granted.status_code == 200, granted.text
+    editable_id, _ = as_admin.new_run("auth-editable")
+    as_admin.post(
+        "/experiments/permissions/create", {"experiment_id": editable_id, "username": reader[0], "permission": "EDIT"}
+    )
+
+    as_reader = Api(staging.tracking_uri, reader)
+    assert as_reader.get("/runs/get", run_id=run_id).status_code == 200
+    assert as_reader.post("/runs/create", {"experiment_id": experiment_id}).status_code == 403
+    assert (
+        as_reader.post("/runs/log-metric", {"run_id": run_id, "key": "k", "value": 1, "timestamp": 0}).status_code
+        == 403
+    )
+    assert as_reader.post("/runs/create", {"experiment_id": editable_id}).status_code == 200
+    # Only the admin manages users.
+    assert as_reader.post("/users/create", {"username": "mallory", "password": "x" * 20}).status_code == 403
+
+
+def test_the_auth_store_lives_in_postgres(
+    staging: e2e.Deployed, admin: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    postgres = staging.container(docker_client, "postgres")
+    result = postgres.exec_run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "mlflow",
+            "-d",
+            "mlflow_auth",
+            "-Atc",
+            "select username from users order by 1",
+        ],
+        environment={"PGPASSWORD": staging.db_password},
+    )
+    assert result.exit_code == 0, result.output
+    assert {"admin", "reader"} <= set(result.output.decode().split())
+    mlflow_container = staging.container(docker_client, "mlflow")
+    found = mlflow_container.exec_run(["sh", "-c", "find / -xdev -name '*.db' 2>/dev/null; find /tmp -name '*.db'"])
+    assert found.output.decode().strip() == "", "an SQLite database exists inside the MLflow container"
+
+
+# --- hardening -------------------------------------------------------------------------------
+
+
+def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.DockerClient) -> None:
+    server = staging.container(docker_client, "mlflow").attrs
+    database = staging.container(docker_client, "postgres").attrs
+    assert server["Config"]["User"] == "10001:10001"
+    assert database["Config"]["User"] == "999:999"
+    assert server["HostConfig"]["ReadonlyRootfs"] is True
+    assert "/tmp" in server["HostConfig"]["Tmpfs"]
+    for attrs, memory_mb in ((server, 2048), (database, 1024)):
+        host = attrs["HostConfig"]
+        assert host["CapDrop"] == ["ALL"]
+        assert not host["CapAdd"]
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert host["Memory"] == memory_mb * 1024 * 1024
+        assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
+        assert host["RestartPolicy"]["Name"] == "unless-stopped"
+        assert attrs["State"]["Health"]["Status"] == "healthy"
+    assert server["HostConfig"]["PortBindings"] == {"5000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5001"}]}
+    assert not database["HostConfig"]["PortBindings"]
+    # The processes really run unprivileged (exec uses the container's user).
+    for role, uid in (("mlflow", "10001"), ("postgres", "999")):
+        status = staging.container(docker_client, role).exec_run(["sh", "-c", "grep ^Uid: /proc/1/status"])
+        assert status.output.decode().split()[1:3] == [uid, uid], role
+    write = staging.container(docker_client, "mlflow").exec_run(["sh", "-c", "touch /opt/x"])
+    assert write.exit_code != 0
+
+
+def test_hosts_and_origins_are_checked(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
+    url = f"{staging.tracking_uri}{API}/experiments/search"
+    for host, expected in (("localhost:5001", 200), ("mlflow:5000", 200), ("evil.example.com", 403)):
+        response = requests.post(url, json={"max_results": 1}, headers={"Host": host}, auth=admin, timeout=10)
+        assert response.status_code == expected, host
+    for origin, expected in (("https://ui.example.com", 200), ("https://evil.example.com", 403)):
+        response = requests.post(url, json={"max_results": 1}, headers={"Origin": origin}, auth=admin, timeout=10)
+        assert response.status_code == expected, origin
+
+
+# --- malformed requests ------------------------------------------------------------------------
+
+
+def test_malformed_requests_get_4xx_and_the_server_stays_healthy(
+    staging: e2e.Deployed, admin: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    api = Api(staging.tracking_uri, admin)
+    _, run_id = api.new_run("malformed")
+    base = f"{staging.tracking_uri}{API}"
+    bad = {
+        "bad JSON": api.session.post(
+            f"{base}/runs/create", data="{not json", headers={"Content-Type": "application/json"}, timeout=10
+        ),
+        "unknown run": api.get("/runs/get", run_id="0" * 32),
+        "unknown experiment": api.get("/experiments/get", experiment_id="987654321"),
+        "non-numeric experiment": api.post("/runs/create", {"experiment_id": "not-a-number"}),
+        "oversized param": api.post("/runs/log-parameter", {"run_id": run_id, "key": "p", "value": "x" * 6001}),
+        "too many metrics": api.post(
+            "/runs/log-batch",
+            {"run_id": run_id, "metrics": [{"key": "m", "value": 1, "timestamp": 0, "step": i} for i in range(1001)]},
+        ),
+        "metric value not a number": api.post(
+            "/runs/log-metric", {"run_id": run_id, "key": "m", "value": "high", "timestamp": 0}
+        ),
+        "missing fields": api.post("/runs/log-metric", {}),
+    }
+    statuses = {name: response.status_code for name, response in bad.items()}
+    e2e.report(f"malformed request statuses: {json.dumps(statuses)}")
+    assert all(400 <= status < 500 for status in statuses.values()), statuses
+    assert requests.get(f"{staging.tracking_uri}/health", timeout=10).status_code == 200
+    assert e2e.wait_for_health_status(staging.container(docker_client, "mlflow"), timeout=10) >= 0
+
+
+# --- load ---------------------------------------------------------------------------------------
+
+LOAD_CLIENTS = 8
+LOAD_SECONDS = 60
+BATCH_SIZE = 50
+
+
+def test_eight_clients_logging_batches_for_a_minute(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
+    deadline = time.monotonic() + LOAD_SECONDS
+    latencies: list[float] = []
+    server_errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> tuple[str, int]:
+        api = Api(staging.tracking_uri, admin)
+        _, run_id = api.new_run("load")
+        acked = 0
+        while time.monotonic() < deadline:
+            metrics = [
+                {
+                    "key": f"c{index}",
+                    "value": float(acked * BATCH_SIZE + i),
+                    "timestamp": 1,
+                    "step": acked * BATCH_SIZE + i,
+                }
+                for i in range(BATCH_SIZE)
+            ]
+            started = time.monotonic()
+            response = api.post("/runs/log-batch", {"run_id": run_id, "metrics": metrics})
+            elapsed = time.monotonic() - started
+            with lock:
+                latencies.append(elapsed)
+                if response.status_code >= 500:
+                    server_errors.append(f"{response.status_code}: {response.text[:200]}")
+            assert response.status_code == 200, response.text
+            acked += 1
+        return run_id, acked
+
+    with ThreadPoolExecutor(LOAD_CLIENTS) as pool:
+        results = list(pool.map(client, range(LOAD_CLIENTS)))
+
+    api = Api(staging.tracking_uri, admin)
+    for index, (run_id, acked) in enumerate(results):
+        history = api.metric_history(run_id, f"c{index}")
+        assert sorted(step for step, _, _ in history) == list(range(acked * BATCH_SIZE)), f"client {index}"
+    quantiles = statistics.quantiles(latencies, n=100)
+    total = sum(acked for _, acked in results) * BATCH_SIZE
+    e2e.report(
+        f"load: {LOAD_CLIENTS} clients x {LOAD_SECONDS}s: {len(latencies)} batches, {total} metrics, "
+        f"{len(server_errors)} 5xx, p50 {quantiles[49] * 1000:.0f} ms, p99 {quantiles[98] * 1000:.0f} ms"
+    )
+    assert server_errors == []
+
+
+# --- faults ---------------------------------------------------------------------------------------
+
+FAULT_CLIENTS = 4
+
+
+def _crash(container: Any) -> None:
+    """SIGKILL the container's main process from the host, as an OOM kill or a crash would.
+
+    `docker kill` would not do: the engine counts it as a manual stop and does not restart.
+    """
+    container.reload()
+    os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+
+
+def _log_through_a_crash(staging: e2e.Deployed, admin: tuple[str, str], victim: Any, label: str) -> None:
+    stop = threading.Event()
+    acked: dict[int, set[int]] = {index: set() for index in range(FAULT_CLIENTS)}
+    retries = [0] * FAULT_CLIENTS
+    runs: dict[int, str] = {}
+
+    def client(index: int) -> None:
+        api = Api(staging.tracking_uri, admin)
+        runs[index] = api.new_run(f"faults-{label}")[1]
+        step = 0
+        while not stop.is_set():
+            body = {"run_id": runs[index], "key": "m", "value": float(step), "timestamp": 1, "step": step}
+            try:
+                response = api.post("/runs/log-metric", body)
+                ok = response.status_code == 200
+            except requests.RequestException:
+                ok = False
+            if ok:
+                acked[index].add(step)
+                step += 1
+            else:
+                # Retry the same metric: logging an identical metric twice stores it once.
+                retries[index] += 1
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, args=(index,)) for index in range(FAULT_CLIENTS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    before = sum(len(steps) for steps in acked.values())
+    killed_at = time.monotonic()
+    _crash(victim)
+    recovery = e2e.wait_until_serving(staging.tracking_uri, timeout=120, auth=admin)
+    e2e.report(f"{label} SIGKILL: serving again after {time.monotonic() - killed_at:.1f}s (probe {recovery:.1f}s)")
+    time.sleep(5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    api = Api(staging.tracking_uri, admin)
+    total = 0
+    for index in range(FAULT_CLIENTS):
+        stored = {step for step, _, _ in api.metric_history(runs[index], "m")}
+        assert stored == acked[index], f"client {index}: lost {sorted(acked[index] - stored)[:10]}"
+        total += len(stored)
+    victim.reload()
+    e2e.report(
+        f"{label} SIGKILL: {before} metrics acknowledged before the kill, {total} in all, all {total} stored; "
+        f"{sum(retries)} retried requests; restart count {victim.attrs['RestartCount']}"
+    )
+    assert victim.attrs["RestartCount"] >= 1
+    assert total > before
+
+
+def test_postgres_crash_loses_no_acknowledged_metric(
+    staging: e2e.Deployed, admin: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    _log_through_a_crash(staging, admin, staging.container(docker_client, "postgres"), "postgres")
+
+
+def test_mlflow_crash_loses_no_acknowledged_metric(
+    staging: e2e.Deployed, admin: tuple[str, str], docker_client: docker.DockerClient
+) -> None:
+    _log_through_a_crash(staging, admin, staging.container(docker_client, "mlflow"), "mlflow")

@@ -1,0 +1,72 @@
+"""End to end: changing `mlflowVersion` on a stack with data upgrades the schema and keeps the data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from alembic.script import ScriptDirectory
+from mlflow.tracking import MlflowClient
+
+from tests import e2e
+from tests.local_deploy.__main__ import UPGRADE_FROM_VERSION
+from tests.stack_config import stack_config
+
+pytestmark = pytest.mark.docker
+
+# A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own.
+STACK = "upgrade"
+OVERRIDES = {"hostPort": 5002}
+
+
+def _schema_version(deployed: e2e.Deployed, client: docker.DockerClient) -> str:
+    result = deployed.container(client, "postgres").exec_run(
+        ["psql", "-h", "127.0.0.1", "-U", "mlflow", "-d", "mlflow", "-Atc", "select version_num from alembic_version"],
+        environment={"PGPASSWORD": deployed.db_password},
+    )
+    assert result.exit_code == 0, result.output
+    return result.output.decode().strip()
+
+
+def _head_of_installed_mlflow() -> str:
+    import mlflow.store.db_migrations as migrations
+
+    head = ScriptDirectory(str(Path(migrations.__file__).parent)).get_current_head()
+    assert head
+    return head
+
+
+@pytest.fixture(scope="module")
+def old(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
+    with e2e.stack(STACK, {**OVERRIDES, "mlflowVersion": UPGRADE_FROM_VERSION}) as deployed:
+        yield deployed
+
+
+def test_upgrade_runs_db_upgrade_and_keeps_the_data(old: e2e.Deployed, docker_client: docker.DockerClient) -> None:
+    current = str(stack_config("dev")["mlflowVersion"])
+    assert current != UPGRADE_FROM_VERSION
+    assert old.outputs["mlflow_version"] == UPGRADE_FROM_VERSION
+    client = MlflowClient(old.tracking_uri)
+    experiment_id = client.create_experiment("before-upgrade")
+    run = client.create_run(experiment_id)
+    client.log_param(run.info.run_id, "framework", "sklearn")
+    for step in range(100):
+        client.log_metric(run.info.run_id, "loss", 1 / (step + 1), step=step)
+    old_schema = _schema_version(old, docker_client)
+
+    new = e2e.redeploy(old, {"mlflowVersion": current})
+    assert new.outputs["mlflow_version"] == current
+    server = new.container(docker_client, "mlflow")
+    logs = server.logs().decode(errors="replace")
+    assert "prepare_db: upgrading the tracking schema" in logs
+    new_schema = _schema_version(new, docker_client)
+    e2e.report(f"upgrade {UPGRADE_FROM_VERSION} -> {current}: schema {old_schema} -> {new_schema}")
+    assert new_schema == _head_of_installed_mlflow()
+
+    client = MlflowClient(new.tracking_uri)
+    assert client.get_run(run.info.run_id).data.params == {"framework": "sklearn"}
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(step, 1 / (step + 1)) for step in range(100)]
+    assert client.get_experiment_by_name("before-upgrade").experiment_id == experiment_id
