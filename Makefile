@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help deploy destroy test lint unit e2e
+.PHONY: help install deploy destroy test lint unit e2e
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
@@ -19,6 +19,8 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
+
+install: $(BIN)/.installed
 
 deploy: $(BIN)/.installed
 	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed; see https://www.pulumi.com/docs/iac/download-install/" >&2; exit 1; }
