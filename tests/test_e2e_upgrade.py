@@ -27,7 +27,7 @@ def _schema_version(deployed: e2e.Deployed, client: docker.DockerClient) -> str:
         environment={"PGPASSWORD": deployed.db_password},
     )
     assert result.exit_code == 0, result.output
-    return result.output.decode().strip()
+    return str(result.output.decode().strip())
 
 
 def _head_of_installed_mlflow() -> str:
@@ -69,4 +69,6 @@ def test_upgrade_runs_db_upgrade_and_keeps_the_data(old: e2e.Deployed, docker_cl
     assert client.get_run(run.info.run_id).data.params == {"framework": "sklearn"}
     history = client.get_metric_history(run.info.run_id, "loss")
     assert sorted((m.step, m.value) for m in history) == [(step, 1 / (step + 1)) for step in range(100)]
-    assert client.get_experiment_by_name("before-upgrade").experiment_id == experiment_id
+    experiment = client.get_experiment_by_name("before-upgrade")
+    assert experiment is not None
+    assert experiment.experiment_id == experiment_id

@@ -1,0 +1,542 @@
+"""The rules of the mlflow-platform policy pack, importable without starting a policy server.
+
+`__main__.py` hands `POLICIES` to a `PolicyPack`, which starts a gRPC server as soon
+as it is constructed; the tests import this module instead and call each policy's
+`validate` directly.
+
+What the engine hands a policy, as read from pulumi-policy 1.21.0's source:
+
+- Properties come with the provider's camelCase names (`ports[].internal`,
+  `healthcheck.tests`, `networksAdvanced`, ...), numbers as floats, wrapped in
+  proxies that raise `UnknownValueError` on a value `pulumi preview` cannot know
+  yet (one computed from a resource still to be created). The rules read such
+  values through `_field`/`_entries`, so an unknown value is skipped or judged
+  explicitly, never a crash that the SDK would downgrade to an advisory note.
+- Secrets arrive unwrapped: a policy cannot tell that a value was secret. The rule
+  on generated secrets therefore compares values against the outputs of the
+  resources that generate secrets, and follows the property dependencies the
+  engine records (which name those resources even while their values are unknown).
+- Resource options carry `protect` but not `retainOnDelete` (`PolicyResourceOptions`
+  has no such field), so volume protection is checked through `protect` alone.
+- The stack name is not an argument; it is the third field of every URN
+  (`urn:pulumi:<stack>::<project>::<type>::<name>`), and the program also labels
+  every container and volume with `com.pulumi.stack`. Either marks a protected stack.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import pairwise
+from typing import Any, Final
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyResource,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UnknownValueError
+
+CONTAINER: Final = "docker:index/container:Container"
+VOLUME: Final = "docker:index/volume:Volume"
+IMAGE: Final = "docker:index/image:Image"
+REMOTE_IMAGE: Final = "docker:index/remoteImage:RemoteImage"
+RANDOM_PASSWORD: Final = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
+RANDOM_BYTES: Final = "random:index/randomBytes:RandomBytes"
+
+# Stacks that hold shared experiment data (components/settings.py's PROTECTED_STACKS;
+# the pack runs in its own virtualenv and cannot import the program).
+PROTECTED_STACKS: Final = frozenset({"staging", "prod"})
+POSTGRES_PORT: Final = 5432
+STACK_LABEL: Final = "com.pulumi.stack"
+ROLE_LABEL: Final = "org.mlflow-platform.role"
+DATABASE_ROLE: Final = "database"
+TRACKING_SERVER_ROLE: Final = "tracking-server"
+# `mlflow server --app-name basic-auth` is MLflow's built-in authentication.
+AUTH_APP_NAMES: Final = frozenset({"basic-auth"})
+# Without one of these Docker never restarts the container after a crash or a reboot.
+RESTART_POLICIES: Final = frozenset({"always", "unless-stopped", "on-failure"})
+# Environment variable names that announce a credential.
+SECRET_NAME_MARKERS: Final = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY")
+# Outputs that hold a generated secret, per resource type.
+SECRET_OUTPUTS: Final[Mapping[str, tuple[str, ...]]] = {
+    RANDOM_PASSWORD: ("result", "bcryptHash"),
+    RANDOM_BYTES: ("base64", "hex"),
+}
+# Shorter values would match by accident (a port, a flag); every generated secret here is 24+ characters.
+MIN_SECRET_LENGTH: Final = 8
+# Arguments that only `mlflow server` takes (not `mlflow gc` or `mlflow db upgrade`, which a maintenance
+# container may run): a container running with them is a tracking server.
+MLFLOW_SERVER_FLAGS: Final = frozenset(
+    {"--serve-artifacts", "--no-serve-artifacts", "--artifacts-destination", "--app-name"}
+)
+
+_IMAGE_ID = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_SUFFIX = re.compile(r"@sha256:[a-f0-9]{64}$")
+
+
+class _Unknown:
+    """A value `pulumi preview` cannot know yet."""
+
+    def __repr__(self) -> str:
+        return "<unknown during preview>"
+
+
+UNKNOWN: Final = _Unknown()
+
+
+# --- Reading engine properties -------------------------------------------------------------
+
+
+def _field(props: Any, key: str) -> Any:
+    """`props[key]`; None when absent or when `props` is not a mapping; UNKNOWN when not known yet."""
+    if not isinstance(props, Mapping):
+        return None
+    try:
+        return props.get(key)
+    except UnknownValueError:
+        return UNKNOWN
+
+
+def _entries(value: Any) -> Iterator[tuple[int, Any]]:
+    """(index, item) of a list property, an unknown item as UNKNOWN; nothing for absent or non-list values."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return
+    for index in range(len(value)):
+        try:
+            yield index, value[index]
+        except UnknownValueError:
+            yield index, UNKNOWN
+
+
+def _strings(props: Any, key: str) -> list[str]:
+    """The known string items of a list property."""
+    return [item for _, item in _entries(_field(props, key)) if isinstance(item, str)]
+
+
+def _number(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def labels(props: Any) -> dict[str, str]:
+    """A container's, volume's or network's `labels` list as a dict (unknown entries left out)."""
+    found: dict[str, str] = {}
+    for _, item in _entries(_field(props, "labels")):
+        label, value = _field(item, "label"), _field(item, "value")
+        if isinstance(label, str) and isinstance(value, str):
+            found[label] = value
+    return found
+
+
+def envs(props: Any) -> list[tuple[int, str, str]]:
+    """(index, name, value) of every known `NAME=value` entry of a container's `envs`."""
+    parsed = []
+    for index, entry in _entries(_field(props, "envs")):
+        if isinstance(entry, str):
+            name, _, value = entry.partition("=")
+            parsed.append((index, name, value))
+    return parsed
+
+
+def stack_of(urn: str) -> str:
+    """The stack of a URN: `urn:pulumi:<stack>::<project>::<type>::<name>`."""
+    prefix = "urn:pulumi:"
+    return urn[len(prefix) :].split("::", 1)[0] if urn.startswith(prefix) else ""
+
+
+def protected_stack(urn: str, props: Any) -> str | None:
+    """The stack with shared data the resource belongs to, by its URN or its `com.pulumi.stack` label."""
+    for stack in (stack_of(urn), labels(props).get(STACK_LABEL)):
+        if stack in PROTECTED_STACKS:
+            return stack
+    return None
+
+
+def image_pin_problem(reference: str) -> str | None:
+    """None when the reference names one immutable image or a pinned tag; otherwise what is wrong with it."""
+    reference = reference.strip()
+    if not reference:
+        return "is empty"
+    if _IMAGE_ID.match(reference) or _DIGEST_SUFFIX.search(reference):
+        return None
+    # The tag follows the last ':' of the last path component ("registry:5000/postgres" has no tag).
+    last_component = reference.rsplit("/", 1)[-1]
+    if ":" not in last_component:
+        return "has no tag, so Docker resolves it to 'latest'"
+    tag = last_component.rsplit(":", 1)[1]
+    if tag == "latest":
+        return "uses the moving 'latest' tag"
+    if not tag:
+        return "has an empty tag"
+    return None
+
+
+def _arguments(props: Any) -> list[str]:
+    return _strings(props, "entrypoints") + _strings(props, "command")
+
+
+def is_postgres(props: Any) -> bool:
+    """The program's database container, or any container running a Postgres image by name."""
+    if labels(props).get(ROLE_LABEL) == DATABASE_ROLE:
+        return True
+    if any(name == "PGDATA" for _, name, _ in envs(props)):
+        return True
+    image = _field(props, "image")
+    if isinstance(image, str):
+        repository = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
+        return repository.startswith(("postgres", "postgis"))
+    return False
+
+
+def is_mlflow_server(props: Any) -> bool:
+    """The program's tracking server, or any container whose arguments are `mlflow server`'s."""
+    if labels(props).get(ROLE_LABEL) == TRACKING_SERVER_ROLE:
+        return True
+    arguments = _arguments(props)
+    if ("mlflow", "server") in pairwise(arguments):
+        return True
+    return any(argument.split("=", 1)[0] in MLFLOW_SERVER_FLAGS for argument in arguments)
+
+
+def mlflow_auth_enabled(props: Any) -> bool:
+    """`--app-name basic-auth` (or `--app-name=basic-auth`) among the container's arguments."""
+    arguments = _arguments(props)
+    for index, argument in enumerate(arguments):
+        if argument == "--app-name" and index + 1 < len(arguments) and arguments[index + 1] in AUTH_APP_NAMES:
+            return True
+        if argument.startswith("--app-name=") and argument.split("=", 1)[1] in AUTH_APP_NAMES:
+            return True
+    return False
+
+
+def _is_loopback(address: Any) -> bool:
+    """Only a known loopback address is; an absent address is Docker's default, every interface."""
+    if not isinstance(address, str) or not address:
+        return False
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def public_bindings(props: Any) -> list[str]:
+    """Where a container is reachable from beyond the Docker host: published ports and host networking."""
+    found = []
+    for index, port in _entries(_field(props, "ports")):
+        if port is UNKNOWN:
+            found.append(f"ports[{index}] (not known during preview)")
+            continue
+        address = _field(port, "ip")
+        if not _is_loopback(address):
+            shown = address if isinstance(address, str) and address else "0.0.0.0 (Docker's default)"
+            found.append(f"{shown}:{_number(_field(port, 'external'))} -> {_number(_field(port, 'internal'))}")
+    if _field(props, "networkMode") == "host":
+        found.append("the host network (every port it listens on)")
+    if _field(props, "publishAllPorts") is True:
+        found.append("publishAllPorts (every port the image exposes, on every interface)")
+    return found
+
+
+# --- Resource policies ---------------------------------------------------------------------
+
+
+def _validate_postgres_not_published(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    props = args.props
+    postgres = is_postgres(props)
+    for index, port in _entries(_field(props, "ports")):
+        if port is UNKNOWN:
+            if postgres:
+                report(f"ports[{index}] of the Postgres container publishes a port not known during preview.", None)
+            continue
+        internal, external = _number(_field(port, "internal")), _number(_field(port, "external"))
+        if POSTGRES_PORT in (internal, external):
+            report(f"ports[{index}] publishes port {POSTGRES_PORT} (internal {internal}, external {external}).", None)
+        elif postgres:
+            report(f"ports[{index}] publishes port {internal} of the Postgres container on the host.", None)
+    if postgres and _field(props, "networkMode") == "host":
+        report("the Postgres container runs on the host network, which exposes port 5432 on the host.", None)
+    if postgres and _field(props, "publishAllPorts") is True:
+        report("publishAllPorts publishes the port the Postgres image exposes (5432) on every interface.", None)
+
+
+def _validate_healthcheck(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    healthcheck = _field(args.props, "healthcheck")
+    if healthcheck is UNKNOWN:
+        return
+    tests = [item for _, item in _entries(_field(healthcheck, "tests"))]
+    if not tests:
+        report("the container declares no healthcheck (`healthcheck.tests` is empty).", None)
+    elif tests[0] == "NONE":
+        report("the healthcheck is disabled (`healthcheck.tests` starts with NONE).", None)
+
+
+def _validate_restart_policy(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    restart = _field(args.props, "restart")
+    if restart is UNKNOWN:
+        return
+    if restart not in RESTART_POLICIES:
+        shown = "absent (Docker's default, 'no')" if restart is None else repr(restart)
+        report(f"`restart` is {shown}; accepted: {', '.join(sorted(RESTART_POLICIES))}.", None)
+
+
+def _validate_image_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = args.props
+    references: list[tuple[str, Any]] = []
+    if args.resource_type == CONTAINER:
+        # Usually an image ID or digest taken from an image resource; while that resource is still
+        # to be created the value is unknown, and the image resource's own reference is checked instead.
+        references.append(("image", _field(props, "image")))
+    elif args.resource_type == REMOTE_IMAGE:
+        references.append(("name", _field(props, "name")))
+    elif args.resource_type == IMAGE:
+        references.append(("imageName", _field(props, "imageName")))
+        build_args = _field(_field(props, "build"), "args")
+        if isinstance(build_args, Mapping):
+            # Base images come in as build arguments (BASE_IMAGE): a moving base moves the built image too.
+            references += [(f"build.args.{key}", _field(build_args, key)) for key in build_args if "IMAGE" in key]
+    for where, reference in references:
+        if reference is None or reference is UNKNOWN:
+            continue
+        problem = image_pin_problem(str(reference))
+        if problem:
+            report(f"`{where}` = {reference!r} {problem}; pin a version tag or an @sha256 digest.", None)
+
+
+def _validate_env_secret_names(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    for index, name, value in envs(args.props):
+        upper = name.upper()
+        if not any(marker in upper for marker in SECRET_NAME_MARKERS) or not value:
+            continue
+        if upper.endswith("_FILE"):
+            if not value.startswith("/"):
+                report(f"envs[{index}] {name} must be the absolute path of an uploaded file, not a value.", None)
+        else:
+            report(
+                f"envs[{index}] {name} carries a credential in the environment, where `docker inspect` shows it; "
+                f"upload it as a file and pass {name}_FILE instead.",
+                None,
+            )
+
+
+def _validate_volume_protected(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    stack = protected_stack(args.urn, args.props)
+    if args.resource_type != VOLUME or stack is None:
+        return
+    if not args.opts.protect:
+        name = _field(args.props, "name")
+        report(
+            f"volume {name!r} of the '{stack}' stack is not protected: a destroy or a replacement "
+            "would delete it with the data in it.",
+            None,
+        )
+
+
+def _validate_protected_stack_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    stack = protected_stack(args.urn, args.props)
+    if args.resource_type != CONTAINER or stack is None:
+        return
+    if is_mlflow_server(args.props) and not mlflow_auth_enabled(args.props):
+        report(
+            f"the tracking server of the '{stack}' stack runs without `--app-name basic-auth`: "
+            "anyone who reaches it can read and delete experiments.",
+            None,
+        )
+
+
+def _validate_public_needs_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER or not is_mlflow_server(args.props) or mlflow_auth_enabled(args.props):
+        return
+    bindings = public_bindings(args.props)
+    if bindings:
+        report(
+            f"the tracking server is reachable beyond this host through {'; '.join(bindings)} "
+            "without `--app-name basic-auth`.",
+            None,
+        )
+
+
+# --- Stack policies ------------------------------------------------------------------------
+
+
+def _secret_sources(resources: Sequence[PolicyResource]) -> dict[str, PolicyResource]:
+    """Resources whose outputs are generated secrets, by URN."""
+    return {
+        resource.urn: resource
+        for resource in resources
+        if resource.resource_type in SECRET_OUTPUTS or resource.opts.additional_secret_outputs
+    }
+
+
+def _secret_values(sources: Mapping[str, PolicyResource]) -> dict[str, str]:
+    """Known generated secret value -> the resource that generated it."""
+    values: dict[str, str] = {}
+    for resource in sources.values():
+        keys = [*SECRET_OUTPUTS.get(resource.resource_type, ()), *resource.opts.additional_secret_outputs]
+        for key in keys:
+            value = _field(resource.props, key)
+            if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+                values[value] = resource.name
+    return values
+
+
+def _validate_no_secret_values(args: StackValidationArgs, report: ReportViolation) -> None:
+    sources = _secret_sources(args.resources)
+    values = _secret_values(sources)
+    for resource in args.resources:
+        if resource.resource_type != CONTAINER:
+            continue
+        for key in ("envs", "command", "entrypoints"):
+            # Known even in preview, when the secret itself is not: the input is computed from its output.
+            derived = sorted({dep.name for dep in resource.property_dependencies.get(key, []) if dep.urn in sources})
+            if derived:
+                report(
+                    f"`{key}` of container {resource.name} is computed from the secret output of "
+                    f"{', '.join(derived)}; pass it as an uploaded file instead.",
+                    resource.urn,
+                )
+            for index, item in _entries(_field(resource.props, key)):
+                if not isinstance(item, str):
+                    continue
+                for value, source in values.items():
+                    if value in item:
+                        shown = item.partition("=")[0] if key == "envs" else f"argument {index}"
+                        report(
+                            f"{key}[{index}] ({shown}) of container {resource.name} contains the secret "
+                            f"generated by {source}; pass it as an uploaded file instead.",
+                            resource.urn,
+                        )
+
+
+# --- The policies --------------------------------------------------------------------------
+
+postgres_not_published = ResourceValidationPolicy(
+    name="postgres-not-published",
+    description=(
+        "No container publishes the Postgres port (5432) on the Docker host, and the Postgres container publishes "
+        "no port at all: the database is reachable only on the stack's own network."
+    ),
+    validate=_validate_postgres_not_published,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Remove the `ports` entry; other containers reach Postgres by its alias on the stack network.",
+)
+
+container_healthcheck = ResourceValidationPolicy(
+    name="container-healthcheck",
+    description=(
+        "Every container declares a healthcheck, so `pulumi up` waits until it actually serves and Docker "
+        "reports it unhealthy when it stops doing so."
+    ),
+    validate=_validate_healthcheck,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    remediation_steps="Add `healthcheck=ContainerHealthcheckArgs(tests=[...])` with a probe of the service.",
+)
+
+container_restart_policy = ResourceValidationPolicy(
+    name="container-restart-policy",
+    description=(
+        "Every container has a restart policy (unless-stopped, always or on-failure), so a crash or a reboot "
+        "of the Docker host does not leave the service down."
+    ),
+    validate=_validate_restart_policy,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    remediation_steps="Set `restart='unless-stopped'` on the container.",
+)
+
+image_pinned = ResourceValidationPolicy(
+    name="image-pinned",
+    description=(
+        "No image reference is 'latest' or untagged: containers, pulled images, built images and their base "
+        "images name a version tag or an @sha256 digest, so a deploy runs exactly what the preview showed."
+    ),
+    validate=_validate_image_pinned,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    remediation_steps="Pin the reference in the stack config (postgresImage, baseImage), e.g. postgres:17.6.",
+)
+
+container_env_secret_names = ResourceValidationPolicy(
+    name="container-env-secret-names",
+    description=(
+        "No container environment variable named like a credential (*PASSWORD*, *SECRET*, *TOKEN*, ...) holds "
+        "a value; only *_FILE variables pointing at an uploaded file are allowed. Environment values show in "
+        "`docker inspect` and in the stack state."
+    ),
+    validate=_validate_env_secret_names,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    remediation_steps="Upload the secret into /run/secrets with `uploads` and pass NAME_FILE=/run/secrets/<file>.",
+)
+
+container_env_no_secret_values = StackValidationPolicy(
+    name="container-env-no-secret-values",
+    description=(
+        "No container environment value, command or entrypoint argument carries a generated secret (a "
+        "RandomPassword result or any other secret output), whatever the variable is called."
+    ),
+    validate=_validate_no_secret_values,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Upload the secret into /run/secrets with `uploads` and pass NAME_FILE=/run/secrets/<file>.",
+)
+
+protected_stack_volumes = ResourceValidationPolicy(
+    name="protected-stack-volumes",
+    description=(
+        "In the staging and prod stacks every volume (the Postgres data and the MLflow artifacts) is protected, "
+        "so neither `pulumi destroy` nor a replacement deletes experiment data."
+    ),
+    validate=_validate_volume_protected,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Set `protectData: true` in the stack's config file.",
+)
+
+protected_stack_mlflow_auth = ResourceValidationPolicy(
+    name="protected-stack-mlflow-auth",
+    description="In the staging and prod stacks the MLflow tracking server runs with authentication (basic-auth).",
+    validate=_validate_protected_stack_auth,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Set `authEnabled: true` in the stack's config file.",
+)
+
+mlflow_public_needs_auth = ResourceValidationPolicy(
+    name="mlflow-public-needs-auth",
+    description=(
+        "The MLflow tracking server is not published on a non-loopback address (or the host network) "
+        "without authentication."
+    ),
+    validate=_validate_public_needs_auth,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Set `authEnabled: true`, or keep `bindAddress` on 127.0.0.1.",
+)
+
+POLICIES: Final[list[ResourceValidationPolicy | StackValidationPolicy]] = [
+    postgres_not_published,
+    container_healthcheck,
+    container_restart_policy,
+    image_pinned,
+    container_env_secret_names,
+    container_env_no_secret_values,
+    protected_stack_volumes,
+    protected_stack_mlflow_auth,
+    mlflow_public_needs_auth,
+]

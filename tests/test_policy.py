@@ -1,0 +1,638 @@
+"""The policy pack: each rule on hand-made resources, then every rule on what each stack declares.
+
+A `PolicyPack` starts a gRPC server when constructed, so nothing here imports
+policy/__main__.py: the rules come from policy/policies.py and their `validate` is
+called directly, with the SDK's own argument classes and its unknown-checking proxy
+around the properties, as the engine would call them.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+from policy import policies
+from policy.policies import POLICIES
+from tests import harness
+from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
+from tests.stack_config import PROJECT_DIR, STACKS
+
+POLICY_DIR = PROJECT_DIR / "policy"
+BY_NAME = {policy.name: policy for policy in POLICIES}
+PASSWORD = "Zq7hT2mKx9PwL4vNc8RbY3sJ"  # the shape of a generated one: 24 letters and digits
+IMAGE_ID = "sha256:" + "ab" * 32
+
+Violations = dict[str, list[str]]
+
+
+# --- Calling the policies --------------------------------------------------------------------
+
+
+def _options(protect: bool = False, additional_secret_outputs: list[str] | None = None) -> PolicyResourceOptions:
+    return PolicyResourceOptions(
+        protect=protect,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=additional_secret_outputs or [],
+    )
+
+
+def _urn(type_token: str, name: str, stack: str = "dev") -> str:
+    return f"urn:pulumi:{stack}::mlflow-platform::{type_token}::{name}"
+
+
+def _check_resource(
+    policy_name: str, type_token: str, props: Mapping[str, Any], stack: str = "dev", protect: bool = False
+) -> list[str]:
+    """The messages one resource policy reports for one resource."""
+    policy = BY_NAME[policy_name]
+    assert isinstance(policy, ResourceValidationPolicy)
+    messages: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        messages.append(message)
+
+    args = ResourceValidationArgs(
+        type_token,
+        unknown_checking_proxy(copy.deepcopy(dict(props))),
+        _urn(type_token, "subject", stack),
+        "subject",
+        _options(protect),
+        None,
+    )
+    policy.validate(args, report)
+    return messages
+
+
+def _stack_resource(
+    type_token: str,
+    name: str,
+    props: Mapping[str, Any],
+    additional_secret_outputs: list[str] | None = None,
+) -> PolicyResource:
+    return PolicyResource(
+        type_token,
+        unknown_checking_proxy(copy.deepcopy(dict(props))),
+        _urn(type_token, name),
+        name,
+        _options(additional_secret_outputs=additional_secret_outputs),
+        None,
+        None,
+        [],
+        {},
+    )
+
+
+def _check_stack(policy_name: str, resources: list[PolicyResource]) -> list[tuple[str | None, str]]:
+    """(urn, message) of every violation one stack policy reports."""
+    policy = BY_NAME[policy_name]
+    assert isinstance(policy, StackValidationPolicy)
+    reported: list[tuple[str | None, str]] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        reported.append((urn, message))
+
+    policy.validate(StackValidationArgs(resources), report)
+    return reported
+
+
+# What the program declares, reduced to what the rules look at.
+def _postgres(**changes: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "image": IMAGE_ID,
+        "envs": ["POSTGRES_USER=mlflow", "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password", "PGDATA=/d/pg"],
+        "healthcheck": {"tests": ["CMD", "pg_isready", "-q"], "interval": "5s"},
+        "restart": "unless-stopped",
+        "labels": [{"label": "org.mlflow-platform.role", "value": "database"}],
+    }
+    return {**props, **changes}
+
+
+def _mlflow(**changes: Any) -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "image": IMAGE_ID,
+        "command": ["--host", "0.0.0.0", "--port", "5000", "--serve-artifacts", "--app-name", "basic-auth"],
+        "envs": ["POSTGRES_HOST=postgres", "POSTGRES_PORT=5432", "MLFLOW_AUTH_ADMIN_PASSWORD_FILE=/run/secrets/a"],
+        "ports": [{"internal": 5000.0, "external": 5000.0, "ip": "0.0.0.0", "protocol": "tcp"}],
+        "healthcheck": {"tests": ["CMD", "python", "-c", "probe"]},
+        "restart": "unless-stopped",
+        "labels": [{"label": "org.mlflow-platform.role", "value": "tracking-server"}],
+    }
+    return {**props, **changes}
+
+
+NO_AUTH = ["--host", "0.0.0.0", "--port", "5000", "--serve-artifacts"]
+
+
+# --- The pack itself -------------------------------------------------------------------------
+
+
+def test_every_policy_is_mandatory_named_once_and_described() -> None:
+    assert len(BY_NAME) == len(POLICIES) == 9
+    for policy in POLICIES:
+        assert policy.enforcement_level == EnforcementLevel.MANDATORY, policy.name
+        # A reviewer reads this in the PR comment: a sentence, not a tag.
+        assert len(policy.description) >= 60, policy.name
+        assert policy.description.endswith("."), policy.name
+        assert policy.remediation_steps, policy.name
+    assert isinstance(BY_NAME["container-env-no-secret-values"], StackValidationPolicy)
+
+
+def test_pack_entry_point_builds_a_mandatory_pack_of_all_policies() -> None:
+    # Parsed, not imported: constructing the PolicyPack would start its server and block.
+    tree = ast.parse((POLICY_DIR / "__main__.py").read_text(encoding="utf-8"))
+    [call] = [node for node in ast.walk(tree) if isinstance(node, ast.Call) and ast.unparse(node.func) == "PolicyPack"]
+    keywords = {keyword.arg: ast.unparse(keyword.value) for keyword in call.keywords}
+    assert keywords["policies"] == "POLICIES"
+    assert keywords["enforcement_level"] == "EnforcementLevel.MANDATORY"
+    assert keywords["name"] == "'mlflow-platform'"
+
+
+def test_pack_project_file_and_requirements_match_the_repository() -> None:
+    project = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text(encoding="utf-8"))
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
+
+    def pins(path: Path) -> dict[str, str]:
+        lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return dict(line.split("==", 1) for line in lines if "==" in line)
+
+    pack, program = pins(POLICY_DIR / "requirements.txt"), pins(PROJECT_DIR / "requirements.txt")
+    dev = pins(PROJECT_DIR / "requirements-dev.txt")
+    assert pack == {"pulumi": program["pulumi"], "pulumi-policy": dev["pulumi-policy"]}
+
+
+# --- Each rule on hand-made resources --------------------------------------------------------
+
+
+def test_image_pin_problem() -> None:
+    pinned = ["postgres:17.6", "registry.example.com:5000/team/postgres:17.6", f"postgres@{IMAGE_ID}", IMAGE_ID]
+    for reference in pinned:
+        assert policies.image_pin_problem(reference) is None, reference
+    assert "latest" in (policies.image_pin_problem("postgres:latest") or "")
+    assert "no tag" in (policies.image_pin_problem("postgres") or "")
+    # The port of a registry is not a tag.
+    assert "no tag" in (policies.image_pin_problem("registry.example.com:5000/postgres") or "")
+    assert policies.image_pin_problem("") == "is empty"
+
+
+def test_stack_of_reads_the_urn() -> None:
+    assert policies.stack_of(_urn(VOLUME, "v", "prod")) == "prod"
+    assert policies.stack_of("not-a-urn") == ""
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        (_postgres(), 0),
+        (_mlflow(), 0),
+        (_postgres(ports=[{"internal": 5432.0, "external": 5432.0, "ip": "127.0.0.1"}]), 1),
+        # Any other container forwarding host port 5432 takes Postgres's well-known port on the host.
+        (_mlflow(ports=[{"internal": 5000.0, "external": 5432.0, "ip": "127.0.0.1"}]), 1),
+        # The Postgres container publishes nothing, whatever the port.
+        (_postgres(ports=[{"internal": 8080.0, "external": 8080.0}]), 1),
+        (_postgres(networkMode="host"), 1),
+        (_postgres(publishAllPorts=True), 1),
+        (_postgres(publishAllPorts=False), 0),
+        # Recognised by its image when the program's labels are missing.
+        ({"image": "postgres:17.6", "ports": [{"internal": 6543.0, "external": 6543.0}]}, 1),
+        (_postgres(ports=[UNKNOWN_STRING_VALUE]), 1),
+    ],
+)
+def test_postgres_not_published(props: dict[str, Any], expected: int) -> None:
+    assert len(_check_resource("postgres-not-published", CONTAINER, props)) == expected
+
+
+@pytest.mark.parametrize(
+    ("props", "expected"),
+    [
+        (_postgres(), None),
+        ({k: v for k, v in _postgres().items() if k != "healthcheck"}, "no healthcheck"),
+        (_postgres(healthcheck={"tests": []}), "no healthcheck"),
+        (_postgres(healthcheck={"tests": ["NONE"]}), "disabled"),
+    ],
+)
+def test_container_healthcheck(props: dict[str, Any], expected: str | None) -> None:
+    messages = _check_resource("container-healthcheck", CONTAINER, props)
+    assert (messages == []) if expected is None else (len(messages) == 1 and expected in messages[0])
+    # Other resource types are none of this policy's business.
+    assert _check_resource("container-healthcheck", VOLUME, {"name": "v"}) == []
+
+
+@pytest.mark.parametrize(
+    ("restart", "passes"),
+    [("unless-stopped", True), ("always", True), ("on-failure", True), ("no", False), (None, False)],
+)
+def test_container_restart_policy(restart: str | None, passes: bool) -> None:
+    props = {k: v for k, v in _postgres(restart=restart).items() if v is not None}
+    assert (_check_resource("container-restart-policy", CONTAINER, props) == []) is passes
+
+
+@pytest.mark.parametrize(
+    ("type_token", "props", "expected"),
+    [
+        (CONTAINER, _postgres(), 0),
+        (CONTAINER, _postgres(image="postgres:17.6"), 0),
+        # The image ID comes from an image still to be pulled: that image's own name is checked.
+        (CONTAINER, _postgres(image=UNKNOWN_STRING_VALUE), 0),
+        (CONTAINER, _postgres(image="postgres:latest"), 1),
+        (CONTAINER, _postgres(image="postgres"), 1),
+        (REMOTE_IMAGE, {"name": "postgres:17.6", "keepLocally": True}, 0),
+        (REMOTE_IMAGE, {"name": "postgres:latest"}, 1),
+        (REMOTE_IMAGE, {"name": "mirror.example.com:5000/postgres"}, 1),
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/mlflow:3.17.2-dev", "build": {"args": {"BASE_IMAGE": "python:3.12"}}},
+            0,
+        ),
+        (IMAGE, {"imageName": "mlflow-platform/mlflow", "build": {"args": {"BASE_IMAGE": "python:3.12"}}}, 1),
+        (IMAGE, {"imageName": "mlflow-platform/mlflow:1", "build": {"args": {"BASE_IMAGE": "python"}}}, 1),
+        (IMAGE, {"imageName": "mlflow-platform/mlflow:1", "build": {"args": {"MLFLOW_VERSION": "latest"}}}, 0),
+    ],
+)
+def test_image_pinned(type_token: str, props: dict[str, Any], expected: int) -> None:
+    assert len(_check_resource("image-pinned", type_token, props)) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "passes"),
+    [
+        ("POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password", True),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY_FILE=/run/secrets/flask-secret-key", True),
+        ("HOME=/tmp", True),
+        # Empty: nothing to leak.
+        ("MLFLOW_TRACKING_TOKEN=", True),
+        ("POSTGRES_PASSWORD=hunter2", False),
+        ("MLFLOW_FLASK_SERVER_SECRET_KEY=abc", False),
+        ("GITHUB_TOKEN=ghp_x", False),
+        ("db_password=x", False),
+        # A *_FILE variable is only harmless when it names a file.
+        ("POSTGRES_PASSWORD_FILE=hunter2", False),
+    ],
+)
+def test_container_env_secret_names(env: str, passes: bool) -> None:
+    props = _postgres(envs=["POSTGRES_USER=mlflow", env])
+    messages = _check_resource("container-env-secret-names", CONTAINER, props)
+    assert (messages == []) is passes, messages
+    if not passes:
+        assert messages[0].startswith("envs[1] ")
+
+
+def test_container_env_no_secret_values_by_value_and_by_dependency() -> None:
+    password = _stack_resource(RANDOM_PASSWORD, "pg-password", {"length": 24.0, "result": PASSWORD})
+    ok = _stack_resource(CONTAINER, "postgres", _postgres())
+    assert _check_stack("container-env-no-secret-values", [password, ok]) == []
+
+    # Whatever the name, the generated value itself gives it away: in envs, in the command.
+    leaks_env = _stack_resource(CONTAINER, "leaks-env", _mlflow(envs=[f"DATABASE_URL=postgresql://u:{PASSWORD}@pg/db"]))
+    leaks_arg = _stack_resource(CONTAINER, "leaks-arg", _mlflow(command=["--backend-store-uri", f"x://{PASSWORD}@y"]))
+    reported = _check_stack("container-env-no-secret-values", [password, leaks_env, leaks_arg])
+    assert [urn for urn, _ in reported] == [leaks_env.urn, leaks_arg.urn]
+    assert "envs[0] (DATABASE_URL)" in reported[0][1]
+    assert "pg-password" in reported[0][1]
+    assert "command[1]" in reported[1][1]
+
+    # In preview the password is not known yet; the property dependency still names it.
+    unknown_password = _stack_resource(RANDOM_PASSWORD, "pg-password", {"result": UNKNOWN_STRING_VALUE})
+    computed = _stack_resource(CONTAINER, "computed", _postgres(envs=["POSTGRES_USER=mlflow", UNKNOWN_STRING_VALUE]))
+    computed.property_dependencies = {"envs": [unknown_password], "uploads": [unknown_password]}
+    reported = _check_stack("container-env-no-secret-values", [unknown_password, computed])
+    [(urn, message)] = reported
+    assert urn == computed.urn
+    assert "`envs` of container computed is computed from the secret output of pg-password" in message
+
+    # Any output marked secret counts, not only random passwords.
+    token = _stack_resource("custom:index:Token", "token", {"value": "t0k3n-t0k3n-t0k3n"}, ["value"])
+    uses_token = _stack_resource(CONTAINER, "uses-token", _mlflow(envs=["AUTH=Bearer t0k3n-t0k3n-t0k3n"]))
+    assert len(_check_stack("container-env-no-secret-values", [token, uses_token])) == 1
+
+
+@pytest.mark.parametrize(
+    ("stack", "props", "protect", "passes"),
+    [
+        ("prod", {"name": "p-pgdata"}, True, True),
+        ("dev", {"name": "d-pgdata"}, False, True),
+        ("prod", {"name": "p-pgdata"}, False, False),
+        ("staging", {"name": "s-artifacts"}, False, False),
+        # The stack label marks a protected stack too, whatever the URN says.
+        ("dev", {"name": "x", "labels": [{"label": "com.pulumi.stack", "value": "prod"}]}, False, False),
+    ],
+)
+def test_protected_stack_volumes(stack: str, props: dict[str, Any], protect: bool, passes: bool) -> None:
+    messages = _check_resource("protected-stack-volumes", VOLUME, props, stack=stack, protect=protect)
+    assert (messages == []) is passes
+    if not passes:
+        assert "of the 'prod' stack" in messages[0] or "of the 'staging' stack" in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("stack", "props", "passes"),
+    [
+        ("prod", _mlflow(), True),
+        ("dev", _mlflow(command=NO_AUTH), True),
+        ("prod", _postgres(), True),
+        ("prod", _mlflow(command=NO_AUTH), False),
+        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=some-plugin"]), False),
+        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=basic-auth"]), True),
+        # Recognised by `mlflow server`'s own arguments when the labels are missing.
+        ("prod", {"command": ["mlflow", "server", "--backend-store-uri", "x"]}, False),
+        # A maintenance job is no server.
+        ("prod", {"command": ["mlflow", "gc", "--backend-store-uri", "x"]}, True),
+    ],
+)
+def test_protected_stack_mlflow_auth(stack: str, props: dict[str, Any], passes: bool) -> None:
+    assert (_check_resource("protected-stack-mlflow-auth", CONTAINER, props, stack=stack) == []) is passes
+
+
+@pytest.mark.parametrize(
+    ("props", "passes"),
+    [
+        (_mlflow(), True),
+        (_mlflow(command=NO_AUTH, ports=[{"internal": 5000.0, "external": 5000.0, "ip": "127.0.0.1"}]), True),
+        (_mlflow(command=NO_AUTH, ports=[{"internal": 5000.0, "external": 5000.0, "ip": "::1"}]), True),
+        (_mlflow(command=NO_AUTH, ports=[]), True),
+        (_mlflow(command=NO_AUTH), False),
+        # Without `ip` Docker publishes on every interface.
+        (_mlflow(command=NO_AUTH, ports=[{"internal": 5000.0, "external": 5000.0}]), False),
+        (_mlflow(command=NO_AUTH, ports=[{"internal": 5000.0, "external": 5000.0, "ip": "10.0.0.5"}]), False),
+        (_mlflow(command=NO_AUTH, ports=[], networkMode="host"), False),
+        (_mlflow(command=NO_AUTH, ports=[], publishAllPorts=True), False),
+        (_mlflow(command=NO_AUTH, ports=[UNKNOWN_STRING_VALUE]), False),
+    ],
+)
+def test_mlflow_public_needs_auth(props: dict[str, Any], passes: bool) -> None:
+    assert (_check_resource("mlflow-public-needs-auth", CONTAINER, props) == []) is passes
+
+
+# --- Every rule over what each stack declares ------------------------------------------------
+
+
+@dataclass
+class Declared:
+    """One resource as the program registered it, detached from the mocks so a test can break it."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str
+    protect: bool
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]] = field(default_factory=dict)
+
+
+class _Mocks(harness.EngineMocks):
+    def __init__(self) -> None:
+        super().__init__()
+        self.property_dependencies: dict[str, dict[str, list[str]]] = {}
+
+
+class _PropertyDependencyMonitor(harness.RecordingMonitor):
+    """Also keeps which resources each input was computed from, as the engine hands them to stack policies."""
+
+    def __init__(self, mocks: _Mocks) -> None:
+        super().__init__(mocks)
+        self._recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        urn = self.make_urn(request.parent, request.type, request.name)
+        self._recording.property_dependencies[urn] = {
+            key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
+        }
+        return super().RegisterResource(request)
+
+
+def _declared(mocks: _Mocks) -> list[Declared]:
+    return [
+        Declared(
+            type=registration.type,
+            name=registration.name,
+            urn=registration.urn,
+            parent=registration.parent,
+            protect=registration.protect,
+            inputs=copy.deepcopy(registration.inputs),
+            outputs=copy.deepcopy(registration.outputs),
+            dependencies=list(registration.dependencies),
+            property_dependencies=copy.deepcopy(mocks.property_dependencies.get(registration.urn, {})),
+        )
+        for registration in mocks.registrations.values()
+    ]
+
+
+def _evaluate(declared: list[Declared]) -> Violations:
+    """Every policy over the declared resources: policy name -> messages (each prefixed with the resource name)."""
+    violations: Violations = defaultdict(list)
+
+    def reporter(policy: str, name: str | None) -> Callable[[str, str | None], None]:
+        def report(message: str, urn: str | None = None) -> None:
+            violations[policy].append(f"{name or urn}: {message}")
+
+        return report
+
+    # Resource policies see a resource's inputs, as the engine's Analyze call does.
+    for policy in POLICIES:
+        if isinstance(policy, ResourceValidationPolicy):
+            for resource in declared:
+                args = ResourceValidationArgs(
+                    resource.type,
+                    unknown_checking_proxy(copy.deepcopy(resource.inputs)),
+                    resource.urn,
+                    resource.name,
+                    _options(resource.protect),
+                    None,
+                )
+                policy.validate(args, reporter(policy.name, resource.name))
+
+    # Stack policies see every resource's state (inputs and outputs), linked to its parent and dependencies.
+    by_urn = {
+        resource.urn: PolicyResource(
+            resource.type,
+            unknown_checking_proxy(copy.deepcopy({**resource.inputs, **resource.outputs})),
+            resource.urn,
+            resource.name,
+            _options(resource.protect),
+            None,
+            None,
+            [],
+            {},
+        )
+        for resource in declared
+    }
+    for resource in declared:
+        linked = by_urn[resource.urn]
+        linked.parent = by_urn.get(resource.parent)
+        linked.dependencies = [by_urn[urn] for urn in resource.dependencies if urn in by_urn]
+        linked.property_dependencies = {
+            key: [by_urn[urn] for urn in urns if urn in by_urn] for key, urns in resource.property_dependencies.items()
+        }
+    for policy in POLICIES:
+        if isinstance(policy, StackValidationPolicy):
+            policy.validate(StackValidationArgs(list(by_urn.values())), reporter(policy.name, None))
+    return dict(violations)
+
+
+def _declare(
+    stack: str, monkeypatch: pytest.MonkeyPatch, check: Callable[[list[Declared]], None]
+) -> pulumi.Output[None]:
+    """Runs the program for `stack` under mocks; `check` gets what it declared once every output resolved."""
+    monkeypatch.setattr(harness, "RecordingMonitor", _PropertyDependencyMonitor)
+    mocks = _Mocks()
+    _, outputs = harness.run_program(stack, mocks=mocks)
+    return harness.resolved(outputs, lambda values, secrets: check(_declared(mocks)))
+
+
+def _one(declared: list[Declared], type_token: str, suffix: str) -> Declared:
+    [found] = [resource for resource in declared if resource.type == type_token and resource.name.endswith(suffix)]
+    return found
+
+
+def _generated_password(declared: list[Declared]) -> str:
+    value = _one(declared, RANDOM_PASSWORD, "postgres-password").outputs["result"]
+    assert isinstance(value, str)
+    assert len(value) >= 24
+    return value
+
+
+@pytest.mark.parametrize("stack", STACKS)
+@pulumi.runtime.test
+def test_every_stack_passes_every_policy(stack: str, monkeypatch: pytest.MonkeyPatch) -> pulumi.Output[None]:
+    def check(declared: list[Declared]) -> None:
+        # The rules had something to judge: both containers, both volumes, both images, the password.
+        types = [resource.type for resource in declared]
+        assert types.count(CONTAINER) == 2, types
+        assert types.count(VOLUME) == 2, types
+        assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
+        # Property dependencies were recorded: the password reaches the containers only through uploads.
+        postgres = _one(declared, CONTAINER, "postgres-container")
+        password = _one(declared, RANDOM_PASSWORD, "postgres-password")
+        assert password.urn in postgres.property_dependencies["uploads"]
+        assert password.urn not in postgres.property_dependencies.get("envs", [])
+        assert _evaluate(declared) == {}
+
+    return _declare(stack, monkeypatch, check)
+
+
+def _add_postgres_port(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "postgres-container")
+    container.inputs["ports"] = [{"internal": 5432, "external": 5432, "ip": "127.0.0.1", "protocol": "tcp"}]
+
+
+def _drop_healthcheck(declared: list[Declared]) -> None:
+    del _one(declared, CONTAINER, "server-container").inputs["healthcheck"]
+
+
+def _drop_restart(declared: list[Declared]) -> None:
+    del _one(declared, CONTAINER, "postgres-container").inputs["restart"]
+
+
+def _postgres_latest(declared: list[Declared]) -> None:
+    _one(declared, REMOTE_IMAGE, "postgres-image").inputs["name"] = "postgres:latest"
+
+
+def _untagged_base_image(declared: list[Declared]) -> None:
+    _one(declared, IMAGE, "image-image").inputs["build"]["args"]["BASE_IMAGE"] = "python"
+
+
+def _password_in_env(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "postgres-container")
+    container.inputs["envs"].append(f"POSTGRES_PASSWORD={_generated_password(declared)}")
+
+
+def _password_in_database_url(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "server-container")
+    container.inputs["envs"].append(f"DATABASE_URL=postgresql://mlflow:{_generated_password(declared)}@postgres/mlflow")
+
+
+def _env_computed_from_password(declared: list[Declared]) -> None:
+    # What a preview shows for `envs=[Output.concat("PGPASSWORD_COPY=", password.result)]` before the password exists.
+    container = _one(declared, CONTAINER, "server-container")
+    password = _one(declared, RANDOM_PASSWORD, "postgres-password")
+    password.outputs["result"] = UNKNOWN_STRING_VALUE
+    container.inputs["envs"].append(UNKNOWN_STRING_VALUE)
+    container.property_dependencies["envs"] = [password.urn]
+
+
+def _unprotect_artifacts(declared: list[Declared]) -> None:
+    _one(declared, VOLUME, "server-artifacts").protect = False
+
+
+def _unprotect_pgdata(declared: list[Declared]) -> None:
+    _one(declared, VOLUME, "postgres-data").protect = False
+
+
+def _auth_off(declared: list[Declared]) -> None:
+    command = _one(declared, CONTAINER, "server-container").inputs["command"]
+    index = command.index("--app-name")
+    del command[index : index + 2]
+
+
+def _auth_off_on_loopback(declared: list[Declared]) -> None:
+    _auth_off(declared)
+    _one(declared, CONTAINER, "server-container").inputs["ports"][0]["ip"] = "127.0.0.1"
+
+
+def _dev_published_everywhere(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "server-container").inputs["ports"][0]["ip"] = "0.0.0.0"
+
+
+BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]]] = [
+    ("postgres-port-published", "dev", _add_postgres_port, {"postgres-not-published"}),
+    ("no-healthcheck", "staging", _drop_healthcheck, {"container-healthcheck"}),
+    ("no-restart-policy", "prod", _drop_restart, {"container-restart-policy"}),
+    ("postgres-latest", "dev", _postgres_latest, {"image-pinned"}),
+    ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned"}),
+    ("password-in-env", "prod", _password_in_env, {"container-env-secret-names", "container-env-no-secret-values"}),
+    ("password-in-database-url", "dev", _password_in_database_url, {"container-env-no-secret-values"}),
+    ("env-computed-from-password", "staging", _env_computed_from_password, {"container-env-no-secret-values"}),
+    ("staging-artifacts-unprotected", "staging", _unprotect_artifacts, {"protected-stack-volumes"}),
+    ("prod-pgdata-unprotected", "prod", _unprotect_pgdata, {"protected-stack-volumes"}),
+    # prod publishes on 0.0.0.0: without auth it breaks both rules.
+    ("prod-auth-off", "prod", _auth_off, {"protected-stack-mlflow-auth", "mlflow-public-needs-auth"}),
+    ("prod-auth-off-on-loopback", "prod", _auth_off_on_loopback, {"protected-stack-mlflow-auth"}),
+    ("dev-published-without-auth", "dev", _dev_published_everywhere, {"mlflow-public-needs-auth"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("stack", "mutate", "expected"),
+    [pytest.param(stack, mutate, expected, id=name) for name, stack, mutate, expected in BROKEN_VARIANTS],
+)
+@pulumi.runtime.test
+def test_a_broken_stack_is_caught_by_its_rule(
+    stack: str, mutate: Callable[[list[Declared]], None], expected: set[str], monkeypatch: pytest.MonkeyPatch
+) -> pulumi.Output[None]:
+    def check(declared: list[Declared]) -> None:
+        assert _evaluate(declared) == {}
+        mutate(declared)
+        violations = _evaluate(declared)
+        # Exactly the rules this change breaks, and nothing else.
+        assert set(violations) == expected, violations
+
+    return _declare(stack, monkeypatch, check)
+
+
+def test_every_policy_has_a_broken_variant() -> None:
+    caught = set().union(*(expected for *_, expected in BROKEN_VARIANTS))
+    assert caught == set(BY_NAME)
