@@ -138,6 +138,10 @@ class MlflowServer(pulumi.ComponentResource):
             # HOME is /nonexistent and the root file system read-only: caches go to tmpfs.
             "HOME=/tmp",
             "TMPDIR=/tmp",
+            # MLflow 3.x starts a job runner (seven huey consumers, ~200 MB each) for
+            # GenAI jobs a tracking server does not run; inside 1.5 GiB it got the
+            # container OOM-killed in a loop. Off, the server peaks near 350 MiB.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
         ]
         uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
         self.admin_password = None

@@ -40,7 +40,8 @@ def _wait_for_database(engine: sqlalchemy.Engine) -> None:
             with engine.connect():
                 return
         except sqlalchemy.exc.OperationalError as error:
-            if attempt == _CONNECT_ATTEMPTS:
+            # A wrong password will not fix itself: fail now, not after a minute.
+            if attempt == _CONNECT_ATTEMPTS or "password authentication failed" in str(error):
                 raise
             print(f"prepare_db: database not ready ({type(error).__name__}), retrying", file=sys.stderr)
             time.sleep(2)

@@ -1,0 +1,251 @@
+"""The local deployer's logic that needs no Docker engine: refusals, random values, conversions.
+
+The deployer must refuse whatever it does not implement (an ignored input would
+make an end-to-end run look like it tested something it did not), and its random
+values must honour the same rules as terraform-provider-random's.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import string
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD
+from tests.harness import EngineMocks, run_program
+from tests.local_deploy import deployer
+from tests.local_deploy.deployer import (
+    LocalDeployer,
+    UnsupportedInputError,
+    UnsupportedResourceError,
+    check_inputs,
+    duration_ns,
+    generate_random,
+    upload_archive,
+)
+
+DEFAULT_SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
+
+
+@pytest.fixture
+def local_deployer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalDeployer:
+    """A deployer whose state file lives in a temporary directory; it never reaches Docker here."""
+    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
+    return LocalDeployer("mlflow-platform", "unit")
+
+
+def _args(type_token: str, name: str, inputs: dict[str, Any]) -> pulumi.runtime.MockResourceArgs:
+    return pulumi.runtime.MockResourceArgs(typ=type_token, name=name, inputs=inputs, custom=True)
+
+
+# --- Refusals -------------------------------------------------------------------------------
+
+
+def test_an_unimplemented_input_is_refused_naming_resource_and_input(local_deployer: LocalDeployer) -> None:
+    inputs = {"image": "sha256:abc", "name": "c", "privileged": True}
+    with pytest.raises(UnsupportedInputError, match=r"'db-container'.*'privileged'"):
+        local_deployer.create(_args(CONTAINER, "db-container", inputs), inputs)
+    # The first failure stops the creates still running in other threads.
+    assert local_deployer.aborted.is_set()
+
+
+def test_an_unimplemented_nested_input_is_refused_with_its_path() -> None:
+    healthcheck = {"tests": ["CMD", "true"], "startInterval": "1s"}
+    with pytest.raises(UnsupportedInputError, match=r"'db-container'.*'healthcheck\.startInterval'"):
+        check_inputs(CONTAINER, "db-container", {"image": "x", "healthcheck": healthcheck})
+    ports = [{"internal": 5000, "external": 5000}, {"internal": 5001, "hostIp": "10.0.0.1"}]
+    with pytest.raises(UnsupportedInputError, match=r"'web'.*'ports\[1\]\.hostIp'"):
+        check_inputs(CONTAINER, "web", {"image": "x", "ports": ports})
+
+
+def test_a_build_option_the_deployer_ignores_is_refused() -> None:
+    build = {"context": "./mlflow", "platform": "linux/arm64"}
+    with pytest.raises(UnsupportedInputError, match=r"'img'.*'build\.platform'"):
+        check_inputs(IMAGE, "img", {"imageName": "x:1", "skipPush": True, "build": build})
+
+
+def test_a_pushed_image_is_refused(local_deployer: LocalDeployer) -> None:
+    inputs = {"imageName": "registry.example.com/x:1", "build": {"context": "."}}
+    with pytest.raises(UnsupportedInputError, match=r"'img'.*skipPush"):
+        local_deployer.create(_args(IMAGE, "img", inputs), inputs)
+
+
+def test_an_unimplemented_random_input_is_refused() -> None:
+    with pytest.raises(UnsupportedInputError, match=r"'pw'.*'keepers'"):
+        check_inputs(RANDOM_PASSWORD, "pw", {"length": 32, "keepers": {"rotate": "1"}})
+
+
+@pytest.mark.parametrize("unset", [None, "", [], {}])
+def test_unset_inputs_are_not_refused(unset: object) -> None:
+    check_inputs(CONTAINER, "c", {"image": "x", "privileged": unset, "ports": [{"internal": 1, "hostIp": unset}]})
+
+
+def test_an_unknown_resource_type_is_refused_naming_type_and_resource(local_deployer: LocalDeployer) -> None:
+    token = "docker:index/service:Service"
+    with pytest.raises(UnsupportedResourceError, match=r"'swarm-service'.*docker:index/service:Service"):
+        local_deployer.create(_args(token, "swarm-service", {"name": "s"}), {"name": "s"})
+
+
+def test_the_programs_own_components_create_nothing(local_deployer: LocalDeployer) -> None:
+    args = pulumi.runtime.MockResourceArgs(typ="mlflow-platform:stack:MlflowPlatform", name="mlflow", inputs={})
+    assert local_deployer.create(args, {}) == ("", {})
+
+
+class _CheckingMocks(EngineMocks):
+    """Runs the refusal logic over everything the program declares, without creating anything."""
+
+    def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if not args.typ.startswith(deployer.COMPONENT_PREFIX):
+            check_inputs(args.typ, args.name, inputs)
+        return super().create(args, inputs)
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides"),
+    [
+        ("dev", {}),
+        ("dev", {"authEnabled": True, "corsAllowedOrigins": ["https://ml.example.com"]}),
+        ("staging", {}),
+        ("prod", {}),
+    ],
+)
+def test_the_deployer_implements_every_input_the_program_declares(stack: str, overrides: dict[str, object]) -> None:
+    """Otherwise `python -m tests.local_deploy up` would refuse the program itself."""
+    mocks = _CheckingMocks()
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        _, outputs = run_program(stack, overrides, mocks)
+        return pulumi.Output.all(*outputs.values())
+
+    run()
+    assert mocks.of_type(CONTAINER)
+
+
+# --- Random values --------------------------------------------------------------------------
+
+
+@st.composite
+def _random_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    classes = {key: draw(st.booleans()) for key in ("upper", "lower", "numeric", "special")}
+    if not any(classes.values()):
+        classes["lower"] = True
+    # A minimum for a class that is switched off would still draw from it, as the
+    # provider does; the properties below are about the usual case.
+    minimums = {f"min{key.capitalize()}": draw(st.integers(0, 4)) if enabled else 0 for key, enabled in classes.items()}
+    length = draw(st.integers(max(1, sum(minimums.values())), 80))
+    inputs: dict[str, Any] = {"length": float(length), **classes, **{k: float(v) for k, v in minimums.items()}}
+    if draw(st.booleans()):
+        inputs["overrideSpecial"] = draw(st.sampled_from(["_-", "!", "#%+"]))
+    return inputs
+
+
+@given(_random_inputs())
+def test_random_values_honour_length_classes_and_minimums(inputs: dict[str, Any]) -> None:
+    value = generate_random(inputs)
+    special = inputs.get("overrideSpecial") or DEFAULT_SPECIAL
+    classes = {
+        "upper": string.ascii_uppercase,
+        "lower": string.ascii_lowercase,
+        "numeric": string.digits,
+        "special": special,
+    }
+    assert len(value) == inputs["length"]
+    for key, chars in classes.items():
+        count = sum(char in chars for char in value)
+        if inputs[key]:
+            assert count >= inputs[f"min{key.capitalize()}"]
+        else:
+            assert count == 0, f"{key} is off but {value!r} has some"
+    allowed = "".join(chars for key, chars in classes.items() if inputs[key])
+    assert set(value) <= set(allowed)
+
+
+def test_the_programs_password_settings_give_mixed_alphanumerics() -> None:
+    inputs = {"length": 32.0, "special": False, "minLower": 1.0, "minUpper": 1.0, "minNumeric": 1.0}
+    values = {generate_random(inputs) for _ in range(20)}
+    assert len(values) == 20
+    for value in values:
+        assert len(value) == 32
+        assert value.isalnum()
+        assert any(c.islower() for c in value)
+        assert any(c.isupper() for c in value)
+        assert any(c.isdigit() for c in value)
+
+
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        {"length": 3.0, "minLower": 2.0, "minNumeric": 2.0},
+        {"length": 0.0},
+        {"length": 8.5},
+        {"special": False},
+        {"length": 4.0, "upper": False, "lower": False, "numeric": False, "special": False},
+    ],
+)
+def test_impossible_random_inputs_are_refused(inputs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"length|whole number|character class"):
+        generate_random(inputs)
+
+
+def test_a_generated_password_is_kept_in_a_private_state_file(local_deployer: LocalDeployer) -> None:
+    inputs = {"length": 32.0, "special": False}
+    _, first = local_deployer.create(_args(RANDOM_PASSWORD, "pw", inputs), dict(inputs))
+    assert first["result"]["value"]
+    path = deployer.state_path("unit")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+    # A later `up` (a fresh process) gets the same value back: the data volume was
+    # initialised with it. Changed inputs replace it, as the provider would.
+    later = LocalDeployer("mlflow-platform", "unit")
+    _, again = later.create(_args(RANDOM_PASSWORD, "pw", inputs), dict(inputs))
+    assert again["result"] == first["result"]
+    longer = {**inputs, "length": 40.0}
+    _, replaced = later.create(_args(RANDOM_PASSWORD, "pw", longer), dict(longer))
+    assert len(replaced["result"]["value"]) == 40
+
+
+# --- Conversions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("duration", "nanoseconds"),
+    [("5s", 5 * 10**9), ("1m30s", 90 * 10**9), ("500ms", 5 * 10**8), ("1h", 3600 * 10**9), ("0s", 0)],
+)
+def test_healthcheck_durations_become_nanoseconds(duration: str, nanoseconds: int) -> None:
+    assert duration_ns(duration) == nanoseconds
+
+
+@pytest.mark.parametrize("duration", ["5", "5 s", "s", "5d", "1m30"])
+def test_malformed_durations_are_refused(duration: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        duration_ns(duration)
+
+
+def test_an_upload_becomes_a_tar_member_with_owner_group_and_mode() -> None:
+    upload = {"file": "/run/secrets/postgres-password", "content": "s3cret", "owner": "999", "group": "998"}
+    directory, archive = upload_archive({**upload, "permissions": "0400"})
+    assert directory == "/run/secrets"
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        (member,) = tar.getmembers()
+        assert (member.name, member.uid, member.gid, member.mode) == ("postgres-password", 999, 998, 0o400)
+        extracted = tar.extractfile(member)
+        assert extracted is not None
+        assert extracted.read() == b"s3cret"
+    _, executable = upload_archive({**upload, "executable": True})
+    with tarfile.open(fileobj=io.BytesIO(executable)) as tar:
+        assert tar.getmembers()[0].mode == 0o744
+
+
+def test_an_upload_owned_by_a_user_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="numeric id"):
+        upload_archive({"file": "/run/secrets/x", "content": "x", "owner": "postgres"})
