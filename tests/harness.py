@@ -68,6 +68,8 @@ class Registration:
     protect: bool
     retain_on_delete: bool
     dependencies: list[str]
+    # Input name -> URNs it was computed from, as the engine hands them to stack policies.
+    property_dependencies: dict[str, list[str]]
     raw_inputs: dict[str, Any]
     inputs: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +167,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "protect": bool(request.protect),
                 "retain_on_delete": bool(request.retainOnDelete),
                 "dependencies": list(request.dependencies),
+                "property_dependencies": {
+                    key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
+                },
             }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 

@@ -403,28 +403,7 @@ class Declared:
     property_dependencies: dict[str, list[str]] = field(default_factory=dict)
 
 
-class _Mocks(harness.EngineMocks):
-    def __init__(self) -> None:
-        super().__init__()
-        self.property_dependencies: dict[str, dict[str, list[str]]] = {}
-
-
-class _PropertyDependencyMonitor(harness.RecordingMonitor):
-    """Also keeps which resources each input was computed from, as the engine hands them to stack policies."""
-
-    def __init__(self, mocks: _Mocks) -> None:
-        super().__init__(mocks)
-        self._recording = mocks
-
-    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
-        urn = self.make_urn(request.parent, request.type, request.name)
-        self._recording.property_dependencies[urn] = {
-            key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
-        }
-        return super().RegisterResource(request)
-
-
-def _declared(mocks: _Mocks) -> list[Declared]:
+def _declared(mocks: harness.EngineMocks) -> list[Declared]:
     return [
         Declared(
             type=registration.type,
@@ -435,7 +414,7 @@ def _declared(mocks: _Mocks) -> list[Declared]:
             inputs=copy.deepcopy(registration.inputs),
             outputs=copy.deepcopy(registration.outputs),
             dependencies=list(registration.dependencies),
-            property_dependencies=copy.deepcopy(mocks.property_dependencies.get(registration.urn, {})),
+            property_dependencies=copy.deepcopy(registration.property_dependencies),
         )
         for registration in mocks.registrations.values()
     ]
@@ -493,12 +472,9 @@ def _evaluate(declared: list[Declared]) -> Violations:
     return dict(violations)
 
 
-def _declare(
-    stack: str, monkeypatch: pytest.MonkeyPatch, check: Callable[[list[Declared]], None]
-) -> pulumi.Output[None]:
+def _declare(stack: str, check: Callable[[list[Declared]], None]) -> pulumi.Output[None]:
     """Runs the program for `stack` under mocks; `check` gets what it declared once every output resolved."""
-    monkeypatch.setattr(harness, "RecordingMonitor", _PropertyDependencyMonitor)
-    mocks = _Mocks()
+    mocks = harness.EngineMocks()
     _, outputs = harness.run_program(stack, mocks=mocks)
     return harness.resolved(outputs, lambda values, secrets: check(_declared(mocks)))
 
@@ -517,7 +493,7 @@ def _generated_password(declared: list[Declared]) -> str:
 
 @pytest.mark.parametrize("stack", STACKS)
 @pulumi.runtime.test
-def test_every_stack_passes_every_policy(stack: str, monkeypatch: pytest.MonkeyPatch) -> pulumi.Output[None]:
+def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
     def check(declared: list[Declared]) -> None:
         # The rules had something to judge: both containers, both volumes, both images, the password.
         types = [resource.type for resource in declared]
@@ -531,7 +507,7 @@ def test_every_stack_passes_every_policy(stack: str, monkeypatch: pytest.MonkeyP
         assert password.urn not in postgres.property_dependencies.get("envs", [])
         assert _evaluate(declared) == {}
 
-    return _declare(stack, monkeypatch, check)
+    return _declare(stack, check)
 
 
 def _add_postgres_port(declared: list[Declared]) -> None:
@@ -621,7 +597,7 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
 )
 @pulumi.runtime.test
 def test_a_broken_stack_is_caught_by_its_rule(
-    stack: str, mutate: Callable[[list[Declared]], None], expected: set[str], monkeypatch: pytest.MonkeyPatch
+    stack: str, mutate: Callable[[list[Declared]], None], expected: set[str]
 ) -> pulumi.Output[None]:
     def check(declared: list[Declared]) -> None:
         assert _evaluate(declared) == {}
@@ -630,7 +606,7 @@ def test_a_broken_stack_is_caught_by_its_rule(
         # Exactly the rules this change breaks, and nothing else.
         assert set(violations) == expected, violations
 
-    return _declare(stack, monkeypatch, check)
+    return _declare(stack, check)
 
 
 def test_every_policy_has_a_broken_variant() -> None:
