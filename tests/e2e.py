@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -15,10 +14,6 @@ import requests
 from docker.models.containers import Container
 
 from tests.local_deploy import deployer
-
-# The stand-in images stand for the official ones where no registry is reachable;
-# hosted CI runners that can pull postgres and python set LOCAL_DEPLOY_STANDINS=0.
-USE_STANDINS = os.environ.get("LOCAL_DEPLOY_STANDINS", "1") == "1"
 
 
 @dataclass
@@ -51,7 +46,7 @@ class Deployed:
 
 def deploy(stack: str, overrides: Mapping[str, object] | None = None) -> Deployed:
     started = time.monotonic()
-    outputs = deployer.up(stack, dict(overrides or {}), standins=USE_STANDINS)
+    outputs = deployer.up(stack, dict(overrides or {}))
     return Deployed(stack, dict(overrides or {}), outputs, time.monotonic() - started)
 
 

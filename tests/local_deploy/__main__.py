@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             prepare(mlflow_versions())
         elif args.command == "up":
-            outputs = deployer.up(args.stack, parse_set(args.sets), standins=not args.no_standins)
+            outputs = deployer.up(args.stack, parse_set(args.sets), standins=False if args.no_standins else None)
             print(json.dumps(outputs, sort_keys=True, default=str), flush=True)
         else:
             deployer.down(args.stack, keep_volumes=args.keep_volumes)

@@ -803,6 +803,12 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
 # --- up / down ------------------------------------------------------------------------------
 
 
+def standins_enabled() -> bool:
+    """Stand-ins replace the official images where no registry is reachable (the default,
+    as in .ci/run); hosted runners that can pull postgres and python set LOCAL_DEPLOY_STANDINS=0."""
+    return os.environ.get("LOCAL_DEPLOY_STANDINS", "1") == "1"
+
+
 def standin_config() -> dict[str, object]:
     """Config overrides that point the stack at the local stand-in images (prepare builds them)."""
     from tests.local_deploy.prepare import STANDIN_CONFIG  # lazy: only `up` with stand-ins needs it
@@ -811,7 +817,7 @@ def standin_config() -> dict[str, object]:
 
 
 def up(
-    stack: str = "dev", overrides: Mapping[str, object] | None = None, *, standins: bool = True
+    stack: str = "dev", overrides: Mapping[str, object] | None = None, *, standins: bool | None = None
 ) -> dict[str, object]:
     """Runs the program as `pulumi up` would, creating every resource; returns the stack outputs.
 
@@ -819,6 +825,8 @@ def up(
     Pulumi.yaml's defaults, then the stack file, then the stand-ins (unless
     `standins=False`), then `overrides` (short keys).
     """
+    if standins is None:
+        standins = standins_enabled()
     config = {**(standin_config() if standins else {}), **(overrides or {})}
     deployer = LocalDeployer(project_name(), stack)
     install(deployer, stack, config)
