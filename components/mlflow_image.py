@@ -37,6 +37,8 @@ class MlflowImage(pulumi.ComponentResource):
             image_name=args["image_name"],
             build=docker.DockerBuildArgs(
                 context=BUILD_CONTEXT,
+                # Relative to the project, not the context, since pulumi-docker 4.0.1
+                # (https://github.com/pulumi/pulumi-docker/releases/tag/v4.0.1).
                 dockerfile=f"{BUILD_CONTEXT}/Dockerfile",
                 args={
                     "BASE_IMAGE": args["base_image"],
