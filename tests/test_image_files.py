@@ -51,3 +51,19 @@ def test_entrypoint_is_strict_and_execs_the_server() -> None:
     assert lines[0] == "#!/bin/sh"
     assert "set -eu" in lines
     assert lines[-1] == 'exec mlflow server "$@"'
+
+
+def test_the_default_release_is_locked() -> None:
+    configured = str(stack_config("dev")["mlflowVersion"])
+    lock = PROJECT_DIR / "mlflow" / "locks" / f"{configured}.txt"
+    assert lock.is_file(), f"no lock for the default MLflow release {configured}"
+    assert _pin(lock, "mlflow") == configured
+    requirements = PROJECT_DIR / "mlflow" / "requirements.txt"
+    assert _pin(lock, "psycopg") == re.sub(r"^psycopg\[binary\]==", "", _driver_line(requirements))
+    pins = [line for line in lock.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", line) for line in pins), "every line an exact pin"
+
+
+def _driver_line(requirements: Path) -> str:
+    [line] = [line for line in requirements.read_text(encoding="utf-8").splitlines() if line.startswith("psycopg")]
+    return line

@@ -54,6 +54,8 @@ STANDINS_DIR = REPO_ROOT / "tests" / "standins"
 MLFLOW_DIR = REPO_ROOT / "mlflow"
 WHEELHOUSE_DIR = MLFLOW_DIR / "wheelhouse"
 REQUIREMENTS_FILE = MLFLOW_DIR / "requirements.txt"
+# mlflow/locks/<version>.txt: the image build installs under it, so the wheelhouse must too.
+LOCKS_DIR = MLFLOW_DIR / "locks"
 
 DEBIAN_SUITE = "bookworm"
 ROOTFS_TARBALL = BUILD_DIR / f"debian-{DEBIAN_SUITE}-minbase-rootfs.tar"
@@ -430,6 +432,10 @@ def _wheel_tags(probe: Mapping[str, str]) -> list[str]:
     return options
 
 
+def _lock(version: str) -> Path:
+    return LOCKS_DIR / f"{version}.txt"
+
+
 def _marker(version: str) -> Path:
     return WHEELHOUSE_DIR / f".prepared-mlflow-{version}.json"
 
@@ -439,6 +445,7 @@ def _wheelhouse_key(version: str, probe: Mapping[str, str]) -> dict[str, str]:
     return {
         "mlflow_version": version,
         "requirements_sha256": hashlib.sha256(REQUIREMENTS_FILE.read_bytes()).hexdigest(),
+        "lock_sha256": hashlib.sha256(_lock(version).read_bytes()).hexdigest() if _lock(version).is_file() else "",
         "python": probe["version"],
         "platform": probe["platform"],
         "libc_version": probe["libc_version"],
@@ -480,6 +487,8 @@ def _fill_wheelhouse(version: str, probe: Mapping[str, str]) -> None:
     # pip expands ${MLFLOW_VERSION} in requirements.txt from the environment.
     env = {**os.environ, "MLFLOW_VERSION": version}
     requirements = ["-r", str(REQUIREMENTS_FILE), *BOOTSTRAP_PACKAGES]
+    if _lock(version).is_file():
+        requirements += ["--constraint", str(_lock(version))]
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     log = BUILD_DIR / f"pip-download-mlflow-{version}.log"
     try:
