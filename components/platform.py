@@ -33,6 +33,7 @@ class MlflowPlatform(pulumi.ComponentResource):
     tracking_uri: str
     backend_store_uri: pulumi.Output[str]
     admin_password: pulumi.Output[str] | None
+    admin_username: str | None
 
     def __init__(self, name: str, args: MlflowPlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:stack:MlflowPlatform", name, None, opts)
