@@ -22,6 +22,13 @@ pulumi.export("mlflow_container_name", platform.server.container.name)
 pulumi.export("mlflow_image_name", platform.image.image_name)
 pulumi.export("mlflow_version", settings.mlflow_version)
 pulumi.export("auth_enabled", settings.auth_enabled)
+if platform.proxy is not None:
+    pulumi.export("tls_mode", settings.tls_mode)
+    pulumi.export("proxy_container_name", platform.proxy.container.name)
+    pulumi.export("proxy_volume_name", platform.proxy.data_volume.name)
+if platform.ca_certificate is not None:
+    # Public: clients trust it with MLFLOW_TRACKING_SERVER_CERT_PATH.
+    pulumi.export("ca_certificate", platform.ca_certificate)
 if platform.admin_password is not None:
     pulumi.export("admin_username", platform.admin_username)
     pulumi.export("admin_password", platform.admin_password)

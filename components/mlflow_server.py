@@ -68,7 +68,9 @@ class MlflowServerArgs(TypedDict):
     bind_address: str
     """Host address the port is published on."""
     host_port: int
-    """Host port the server is published on."""
+    """Port clients use: the published port, or the proxy's HTTPS port."""
+    publish: bool
+    """Publish the server on bind_address:host_port; false behind the TLS proxy, the only way in then."""
     workers: int
     """uvicorn worker processes."""
     memory_mb: int
@@ -205,7 +207,9 @@ class MlflowServer(pulumi.ComponentResource):
                 docker.ContainerPortArgs(
                     internal=SERVER_PORT, external=args["host_port"], ip=args["bind_address"], protocol="tcp"
                 )
-            ],
+            ]
+            if args["publish"]
+            else [],
             networks_advanced=[
                 docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[args["alias"]])
             ],

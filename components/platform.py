@@ -8,10 +8,12 @@ from urllib.parse import quote
 import pulumi
 
 from components.docker_common import stack_labels
+from components.internal_ca import InternalCa
 from components.mlflow_image import MlflowImage
-from components.mlflow_server import ADMIN_USERNAME, MlflowServer
+from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
+from components.proxy import CaddySite, TlsProxy
 from components.settings import StackSettings
 
 POSTGRES_ALIAS = "postgres"
@@ -34,6 +36,9 @@ class MlflowPlatform(pulumi.ComponentResource):
     backend_store_uri: pulumi.Output[str]
     admin_password: pulumi.Output[str] | None
     admin_username: str | None
+    internal_ca: InternalCa | None
+    proxy: TlsProxy | None
+    ca_certificate: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: MlflowPlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:stack:MlflowPlatform", name, None, opts)
@@ -91,7 +96,9 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "password": self.database.password.result,
                 "public_host": settings.public_host,
                 "bind_address": settings.bind_address,
-                "host_port": settings.host_port,
+                # Behind the proxy MLflow publishes nothing; clients send the HTTPS port in Host.
+                "host_port": settings.https_port if settings.proxied else settings.host_port,
+                "publish": not settings.proxied,
                 "workers": settings.workers,
                 "memory_mb": settings.mlflow_memory_mb,
                 "extra_allowed_hosts": settings.allowed_hosts,
@@ -107,6 +114,55 @@ class MlflowPlatform(pulumi.ComponentResource):
             },
             opts=child,
         )
+
+        self.internal_ca = None
+        self.proxy = None
+        self.ca_certificate = None
+        if settings.proxied:
+            if settings.tls_mode == "internal":
+                self.internal_ca = InternalCa(
+                    f"{name}-ca",
+                    {"common_name": f"{prefix} root CA", "protect": settings.protect_data},
+                    opts=child,
+                )
+                self.ca_certificate = self.internal_ca.certificate_pem
+            self.proxy = TlsProxy(
+                f"{name}-proxy",
+                {
+                    "base_image": settings.proxy_image,
+                    "image_name": f"{settings.project}/proxy:{settings.stack}",
+                    "container_name": f"{prefix}-proxy",
+                    "data_volume_name": f"{prefix}-proxy-data",
+                    "network_name": self.network.name,
+                    "site": CaddySite(
+                        public_host=settings.public_host,
+                        tls_mode=settings.tls_mode,
+                        https_port=settings.https_port,
+                        upstream=f"{MLFLOW_ALIAS}:{SERVER_PORT}",
+                        max_upload_mb=settings.max_upload_mb,
+                        acme_email=settings.acme_email,
+                        acme_directory_url=settings.acme_directory_url,
+                        acme_ca_root=bool(settings.acme_ca_certificate),
+                    ),
+                    "bind_address": settings.bind_address,
+                    "http_port": settings.http_port,
+                    "ca_certificate": self.ca_certificate,
+                    "ca_private_key": self.internal_ca.private_key_pem if self.internal_ca else None,
+                    "tls_certificate": settings.tls_certificate,
+                    "tls_private_key": (
+                        pulumi.Output.secret(settings.tls_private_key) if settings.tls_mode == "provided" else None
+                    ),
+                    "acme_ca_certificate": settings.acme_ca_certificate,
+                    "memory_mb": settings.proxy_memory_mb,
+                    "protect_data": settings.protect_data,
+                    "log_max_size": settings.log_max_size,
+                    "log_max_files": settings.log_max_files,
+                    "startup_timeout_seconds": settings.startup_timeout_seconds,
+                    "labels": labels("proxy"),
+                    "start_after": [self.server.container],
+                },
+                opts=child,
+            )
 
         self.tracking_uri = settings.tracking_uri
         self.backend_store_uri = pulumi.Output.secret(

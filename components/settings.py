@@ -8,14 +8,18 @@ value and what is accepted, before the program declares any resource.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import pulumi
+
+from components.certificates import CertificateError, check_key_pair, parse_certificates
 
 T = TypeVar("T")
 
@@ -39,6 +43,9 @@ _ORIGIN = re.compile(r"^https?://[^/\s:]+(?::[0-9]{1,5})?$")
 _MLFLOW_VERSION = re.compile(r"^3\.[0-9]+\.[0-9]+$")
 _POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+# Enough to reject a typo; the ACME CA is the judge of a real address.
+_EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
+TLS_MODES = ("off", "internal", "acme", "provided")
 
 
 class SettingsError(ValueError):
@@ -77,11 +84,30 @@ class StackSettings:
     log_max_size: str
     log_max_files: int
     startup_timeout_seconds: int
+    tls_mode: str
+    proxy_image: str
+    https_port: int
+    http_port: int
+    acme_email: str
+    acme_directory_url: str
+    acme_ca_certificate: str
+    tls_certificate: str
+    # Secret: kept out of repr, so no error message or debug print can show it.
+    tls_private_key: str = field(repr=False)
+    max_upload_mb: int
+    proxy_memory_mb: int
+
+    @property
+    def proxied(self) -> bool:
+        """The TLS front door is on: it is the only container that publishes a port."""
+        return self.tls_mode != "off"
 
     @property
     def tracking_uri(self) -> str:
         host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        return f"http://{host}:{self.host_port}"
+        if not self.proxied:
+            return f"http://{host}:{self.host_port}"
+        return f"https://{host}" if self.https_port == 443 else f"https://{host}:{self.https_port}"
 
 
 class _Reader:
@@ -94,6 +120,21 @@ class _Reader:
         value = self._config.get(key)
         if value is None:
             raise SettingsError(key, None, "it is missing; declare it in Pulumi.yaml with a default")
+        return value
+
+    def optional(self, key: str) -> str:
+        """A key with no default (certificates, keys): empty when unset."""
+        return (self._config.get(key) or "").strip()
+
+    def secret(self, key: str) -> str:
+        """A key that must be set with `pulumi config set --secret`, or not at all.
+
+        Set in the clear, the value would sit readable in Pulumi.<stack>.yaml and in git.
+        """
+        value = self.optional(key)
+        if value and not pulumi.runtime.is_config_secret(self._config.full_key(key)):
+            # The value itself is never shown: it is a secret set in the wrong way.
+            raise SettingsError(key, "<hidden>", f"accepted: a secret value (`pulumi config set --secret {key} ...`)")
         return value
 
     def string(self, key: str, check: Callable[[str], bool], accepted: str) -> str:
@@ -211,8 +252,21 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
         log_max_files=read.integer("logMaxFiles", 1, 100),
         startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
+        tls_mode=read.string("tlsMode", lambda value: value in TLS_MODES, f"accepted: one of {', '.join(TLS_MODES)}"),
+        proxy_image=read.string("proxyImage", _is_pinned_image, _IMAGE_ACCEPTED),
+        https_port=read.integer("httpsPort", 1, 65535),
+        http_port=read.integer("httpPort", 1, 65535),
+        acme_email=read.optional("acmeEmail"),
+        acme_directory_url=read.optional("acmeDirectoryUrl"),
+        acme_ca_certificate=read.optional("acmeCaCertificate"),
+        tls_certificate=read.optional("tlsCertificate"),
+        tls_private_key=read.secret("tlsPrivateKey"),
+        # Up to 1 TiB: a model checkpoint of tens of GB must pass; larger is a typo.
+        max_upload_mb=read.integer("maxUploadMb", 1, 1_048_576),
+        proxy_memory_mb=read.integer("proxyMemoryMb", 64, 1_048_576),
     )
     _check_combinations(settings)
+    _check_tls(settings)
     return settings
 
 
@@ -222,10 +276,75 @@ def _check_combinations(settings: StackSettings) -> None:
         raise SettingsError("authEnabled", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
     if settings.stack in PROTECTED_STACKS and not settings.protect_data:
         raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
-    if not ipaddress.ip_address(settings.bind_address).is_loopback and not settings.auth_enabled:
+    if settings.stack in PROTECTED_STACKS and settings.tls_mode == "off":
         raise SettingsError(
-            "bindAddress",
-            settings.bind_address,
-            "a non-loopback address publishes the server beyond this host; "
-            "accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
+            "tlsMode", "off", f"the '{settings.stack}' stack is reached over a network: accepted: internal, acme, provided"
         )
+    if not ipaddress.ip_address(settings.bind_address).is_loopback:
+        if not settings.auth_enabled:
+            raise SettingsError(
+                "bindAddress",
+                settings.bind_address,
+                "a non-loopback address publishes the server beyond this host; "
+                "accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
+            )
+        if not settings.proxied:
+            # Basic auth over plain HTTP sends every password across the network in the clear.
+            raise SettingsError(
+                "bindAddress",
+                settings.bind_address,
+                "a non-loopback address sends passwords across the network; "
+                "accepted while tlsMode is off: a loopback address (127.0.0.1 or ::1)",
+            )
+    if settings.proxied and settings.https_port == settings.http_port:
+        raise SettingsError(
+            "httpPort", settings.http_port, f"accepted: a port other than httpsPort ({settings.https_port})"
+        )
+
+
+def _check_tls(settings: StackSettings) -> None:
+    """What each TLS mode needs, checked before anything is declared."""
+    mode = settings.tls_mode
+    if mode == "acme":
+        host = settings.public_host
+        if _is_ip_address(host) or host == "localhost" or host.endswith(".localhost") or "." not in host:
+            raise SettingsError(
+                "publicHost",
+                host,
+                "tlsMode acme needs a public DNS name that resolves to this host (not an IP address or localhost); "
+                "accepted otherwise: tlsMode internal or provided",
+            )
+        if not _EMAIL.match(settings.acme_email):
+            raise SettingsError(
+                "acmeEmail", settings.acme_email, "tlsMode acme needs a contact address for the ACME account: accepted: an e-mail address"
+            )
+        url = settings.acme_directory_url
+        if url and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
+            raise SettingsError(
+                "acmeDirectoryUrl", url, "accepted: empty (Let's Encrypt) or an https:// ACME directory URL"
+            )
+    if settings.acme_ca_certificate:
+        try:
+            parse_certificates(settings.acme_ca_certificate)
+        except CertificateError as error:
+            raise SettingsError("acmeCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+    if mode == "provided":
+        _check_provided_certificate(settings)
+
+
+def _check_provided_certificate(settings: StackSettings) -> None:
+    if not settings.tls_certificate:
+        raise SettingsError("tlsCertificate", "", "tlsMode provided needs it: accepted: the PEM certificate chain, leaf first")
+    if not settings.tls_private_key:
+        raise SettingsError(
+            "tlsPrivateKey", "", "tlsMode provided needs it: accepted: the PEM private key, set with --secret"
+        )
+    try:
+        check_key_pair(
+            settings.tls_certificate,
+            settings.tls_private_key,
+            settings.public_host,
+            datetime.datetime.now(datetime.UTC),
+        )
+    except CertificateError as error:
+        raise SettingsError(error.key, error.shown, error.accepted) from None

@@ -142,6 +142,12 @@ def _computed_outputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> 
         digest = _digest(str(inputs["name"]))
         outputs.update(repoDigest=f"{inputs['name']}@{digest}", imageId=digest)
         resource_id = digest
+    elif type_token == "tls:index/privateKey:PrivateKey":
+        # pulumi-tls marks the private key secret (additionalSecretOutputs).
+        outputs["privateKeyPem"] = secret(f"-----BEGIN EC PRIVATE KEY-----\n{name}\n-----END EC PRIVATE KEY-----\n")
+        outputs["publicKeyPem"] = f"-----BEGIN PUBLIC KEY-----\n{name}\n-----END PUBLIC KEY-----\n"
+    elif type_token == "tls:index/selfSignedCert:SelfSignedCert":
+        outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"
     elif type_token == "docker:index/network:Network":
         outputs.update(name=inputs.get("name", name), driver=inputs.get("driver", "bridge"))
     elif type_token == "docker:index/volume:Volume":
@@ -184,10 +190,22 @@ def _working_directory(path: str) -> Iterator[None]:
         os.chdir(previous)
 
 
-def install(mocks: EngineMocks, stack: str, overrides: Mapping[str, object] | None = None) -> None:
+# Keys the README says to set with `pulumi config set --secret`: the CLI hands them to
+# the program flagged as secret, and so do the tests.
+SECRET_CONFIG_KEYS = ("tlsPrivateKey",)
+
+
+def install(
+    mocks: EngineMocks,
+    stack: str,
+    overrides: Mapping[str, object] | None = None,
+    secret_keys: tuple[str, ...] = SECRET_CONFIG_KEYS,
+) -> None:
     """Fresh mocks, fresh root stack, the stack's configuration: what `pulumi up` starts from."""
     settings.ROOT.set(None)
-    pulumi.runtime.set_all_config(runtime_config(stack_config(stack, overrides)))
+    pulumi.runtime.set_all_config(
+        runtime_config(stack_config(stack, overrides)), [f"{project_name()}:{key}" for key in secret_keys]
+    )
     pulumi.runtime.set_mocks(mocks, project=project_name(), stack=stack, preview=False, monitor=RecordingMonitor(mocks))
 
 

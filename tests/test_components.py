@@ -58,6 +58,7 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "public_host": "localhost",
         "bind_address": "127.0.0.1",
         "host_port": 5000,
+        "publish": True,
         "workers": 3,
         "memory_mb": 1024,
         "extra_allowed_hosts": [],

@@ -16,7 +16,10 @@ the deployment look tested when it is not.
 from __future__ import annotations
 
 import base64
+import datetime
+import hashlib
 import io
+import ipaddress
 import json
 import os
 import re
@@ -38,6 +41,10 @@ import docker.errors
 import docker.models.containers
 import docker.types
 import pulumi
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
@@ -60,6 +67,8 @@ VOLUME = "docker:index/volume:Volume"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 # The program's own ComponentResources: nothing to create, they only group children.
 COMPONENT_PREFIX = "mlflow-platform:"
 
@@ -80,6 +89,9 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
     | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts"}
     | {"healthcheck", "wait", "waitTimeout"},
+    TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
+    TLS_SELF_SIGNED_CERT: frozenset({"privateKeyPem", "subject", "isCaCertificate", "maxPathLength"})
+    | {"validityPeriodHours", "allowedUses", "setSubjectKeyId", "dnsNames", "ipAddresses"},
 }
 # Keys handled inside structured inputs (objects, or lists of objects). Free-form
 # maps (build.args, logOpts, tmpfs) are not listed: every key of those is handled.
@@ -97,6 +109,7 @@ HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
     ),
     (CONTAINER, "healthcheck"): frozenset({"tests", "interval", "timeout", "retries", "startPeriod"}),
     (CONTAINER, "capabilities"): frozenset({"adds", "drops"}),
+    (TLS_SELF_SIGNED_CERT, "subject"): frozenset({"commonName", "organization"}),
 }
 
 # terraform-provider-random's character classes (random_password / random_string).
@@ -111,6 +124,8 @@ _CONTAINER_LOG_TAIL = 40
 _DEFAULT_WAIT_TIMEOUT = 60
 _DESTROY_GRACE_SECONDS = 30
 # What `down --keep-volumes` keeps of the state file: the volumes and their passwords.
+# Protected TLS resources (the internal CA) are kept too: `pulumi destroy` refuses to
+# delete a protected resource, so its state survives.
 _KEPT_WITH_VOLUMES = ("project", "stack", "random", "volumes", "retainedVolumes")
 
 
@@ -237,6 +252,91 @@ def generate_random(inputs: Mapping[str, Any]) -> str:
     chosen += [secrets.choice(alphabet) for _ in range(remaining)]
     secrets.SystemRandom().shuffle(chosen)
     return "".join(chosen)
+
+
+# --- TLS keys and certificates -------------------------------------------------------------
+
+_KEY_USAGES = {
+    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+    "key_agreement", "cert_signing", "crl_signing", "encipher_only", "decipher_only",
+}  # fmt: skip
+_EXTENDED_USAGES = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH}
+_CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1}
+
+
+def tls_private_key(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """pulumi-tls PrivateKey: ECDSA (ecdsaCurve, default P224) or RSA (rsaBits, default 2048)."""
+    algorithm = inputs.get("algorithm")
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if algorithm == "ECDSA":
+        curve = _CURVES.get(inputs.get("ecdsaCurve") or "P224")
+        if curve is None:
+            raise ValueError(f"ecdsaCurve {inputs.get('ecdsaCurve')!r} is not one of {sorted(_CURVES)}")
+        key = ec.generate_private_key(curve())
+        traditional = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    elif algorithm == "RSA":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=_whole(inputs, "rsaBits", 2048))
+        traditional = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    else:
+        raise ValueError(f"algorithm {algorithm!r} is not implemented here (ECDSA, RSA)")
+    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return {"privateKeyPem": traditional.decode(), "privateKeyPemPkcs8": pkcs8.decode(), "publicKeyPem": public.decode()}
+
+
+def tls_self_signed_cert(inputs: Mapping[str, Any]) -> dict[str, str]:
+    """pulumi-tls SelfSignedCert: the subject, usages, CA flags and validity it declares."""
+    key = serialization.load_pem_private_key(str(inputs["privateKeyPem"]).encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise ValueError("privateKeyPem must be an ECDSA or RSA key")
+    subject = inputs.get("subject") or {}
+    attributes = [
+        x509.NameAttribute(oid, str(subject[name]))
+        for name, oid in (("organization", NameOID.ORGANIZATION_NAME), ("commonName", NameOID.COMMON_NAME))
+        if subject.get(name)
+    ]
+    name = x509.Name(attributes)
+    now = datetime.datetime.now(datetime.UTC)
+    end = now + datetime.timedelta(hours=_whole(inputs, "validityPeriodHours", 0))
+    uses = set(inputs.get("allowedUses") or [])
+    unknown = uses - _KEY_USAGES - set(_EXTENDED_USAGES)
+    if unknown:
+        raise ValueError(f"allowedUses {sorted(unknown)} are not implemented here")
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(end)
+    )
+    is_ca = bool(inputs.get("isCaCertificate"))
+    path_length = _whole(inputs, "maxPathLength", 0) if is_ca and inputs.get("maxPathLength") is not None else None
+    builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=path_length), critical=True)
+    if uses & _KEY_USAGES:
+        flags = {usage: usage in uses for usage in _KEY_USAGES}
+        builder = builder.add_extension(x509.KeyUsage(**flags), critical=True)
+    if uses & set(_EXTENDED_USAGES):
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([oid for usage, oid in _EXTENDED_USAGES.items() if usage in uses]), critical=False
+        )
+    names: list[x509.GeneralName] = [x509.DNSName(str(dns)) for dns in inputs.get("dnsNames") or []]
+    names += [x509.IPAddress(ipaddress.ip_address(str(ip))) for ip in inputs.get("ipAddresses") or []]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if inputs.get("setSubjectKeyId"):
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    certificate = builder.sign(key, hashes.SHA256())
+    return {
+        "certPem": certificate.public_bytes(serialization.Encoding.PEM).decode(),
+        "validityStartTime": now.isoformat(),
+        "validityEndTime": end.isoformat(),
+    }
 
 
 # --- Small conversions ----------------------------------------------------------------------
@@ -412,6 +512,8 @@ class LocalDeployer(EngineMocks):
                 REMOTE_IMAGE: self._remote_image,
                 IMAGE: self._image,
                 CONTAINER: self._container,
+                TLS_PRIVATE_KEY: self._tls,
+                TLS_SELF_SIGNED_CERT: self._tls,
             }[args.typ]
             return handler(args, inputs)
         except Exception as error:
@@ -441,6 +543,26 @@ class LocalDeployer(EngineMocks):
             self._update_state(lambda state: state["random"].__setitem__(key, {"inputs": inputs, "result": value}))
             self._event("generated", args.name)
         return "none", {"result": secret(value)}
+
+    # -- tls --
+
+    def _tls(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """pulumi-tls's PrivateKey and SelfSignedCert, made with `cryptography`; kept while the inputs stay."""
+        options = self._options(args)
+        key = options.get("urn") or f"{args.typ}::{args.name}"
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        recorded = self._state.setdefault("tls", {}).get(key)
+        if recorded is not None and recorded.get("inputs") == digest:
+            outputs = recorded["outputs"]
+        else:
+            outputs = tls_private_key(inputs) if args.typ == TLS_PRIVATE_KEY else tls_self_signed_cert(inputs)
+            entry = {"inputs": digest, "outputs": outputs, "protected": bool(options.get("protect"))}
+            self._update_state(lambda state: state.setdefault("tls", {}).__setitem__(key, entry))
+            self._event("generated", args.name)
+        # As pulumi-tls's schema: private keys are secret outputs.
+        return digest[:16], {
+            name: secret(value) if name.startswith("privateKey") else value for name, value in outputs.items()
+        }
 
     # -- network --
 
@@ -795,6 +917,7 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
             # The passwords stay (the kept data was initialised with them) and so do the
             # volume records; what was removed is forgotten.
             kept: dict[str, Any] = {key: state[key] for key in _KEPT_WITH_VOLUMES if key in state}
+            kept["tls"] = {urn: entry for urn, entry in state.get("tls", {}).items() if entry.get("protected")}
             save_state(stack, kept)
     else:
         state_path(stack).unlink(missing_ok=True)

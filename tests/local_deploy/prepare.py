@@ -7,6 +7,7 @@ replaced by local stand-ins built from Debian packages, which are reachable:
 2. `python:3.11-bookworm`'s stand-in: Debian's Python 3.11 (tests/standins/python);
 3. `postgres`'s stand-in: Debian's PostgreSQL 15 behind an entrypoint that keeps
    the official image's contract (tests/standins/postgres);
+   `caddy`'s stand-in: Debian's Caddy 2.6 laid out as the official image (tests/standins/caddy);
 4. the wheelhouse (mlflow/wheelhouse) that mlflow/Dockerfile installs from when
    `USE_WHEELHOUSE=true`, since containers cannot reach PyPI but the host can.
 
@@ -40,10 +41,12 @@ import docker.models.images
 STANDIN_DEBIAN_IMAGE = "mlflow-platform-standin/debian:bookworm"
 STANDIN_BASE_IMAGE = "mlflow-platform-standin/python:3.11-bookworm"
 STANDIN_POSTGRES_IMAGE = "mlflow-platform-standin/postgres:15-bookworm"
+STANDIN_CADDY_IMAGE = "mlflow-platform-standin/caddy:2.6-bookworm"
 # Config overrides (short keys of Pulumi.yaml's config block) that point a stack at the stand-ins.
 STANDIN_CONFIG: dict[str, object] = {
     "baseImage": STANDIN_BASE_IMAGE,
     "postgresImage": STANDIN_POSTGRES_IMAGE,
+    "proxyImage": STANDIN_CADDY_IMAGE,
     "useWheelhouse": True,
 }
 
@@ -545,4 +548,5 @@ def prepare(mlflow_versions: Sequence[str], *, client: docker.DockerClient | Non
         ensure_debian_base(client)
         ensure_built_standin(client, STANDIN_BASE_IMAGE, STANDINS_DIR / "python")
         ensure_built_standin(client, STANDIN_POSTGRES_IMAGE, STANDINS_DIR / "postgres")
+        ensure_built_standin(client, STANDIN_CADDY_IMAGE, STANDINS_DIR / "caddy")
         ensure_wheelhouse(client, mlflow_versions)
