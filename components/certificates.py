@@ -76,11 +76,15 @@ def check_key_pair(certificate_pem: str, key_pem: str, host: str, now: datetime.
     except (ValueError, TypeError) as error:
         # The key is a secret: its value is never shown, only why it was refused.
         reason = "it is encrypted" if isinstance(error, TypeError) else "it does not parse"
-        raise CertificateError("tlsPrivateKey", "<hidden>", f"accepted: an unencrypted PEM private key ({reason})") from None
+        raise CertificateError(
+            "tlsPrivateKey", "<hidden>", f"accepted: an unencrypted PEM private key ({reason})"
+        ) from None
     spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
         raise CertificateError(
-            "tlsPrivateKey", "<hidden>", f"accepted: the private key of tlsCertificate's first certificate, {_describe(leaf)}"
+            "tlsPrivateKey",
+            "<hidden>",
+            f"accepted: the private key of tlsCertificate's first certificate, {_describe(leaf)}",
         )
     if leaf.not_valid_after_utc <= now:
         raise CertificateError(

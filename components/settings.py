@@ -278,7 +278,9 @@ def _check_combinations(settings: StackSettings) -> None:
         raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
     if settings.stack in PROTECTED_STACKS and settings.tls_mode == "off":
         raise SettingsError(
-            "tlsMode", "off", f"the '{settings.stack}' stack is reached over a network: accepted: internal, acme, provided"
+            "tlsMode",
+            "off",
+            f"the '{settings.stack}' stack is reached over a network: accepted: internal, acme, provided",
         )
     if not ipaddress.ip_address(settings.bind_address).is_loopback:
         if not settings.auth_enabled:
@@ -316,7 +318,9 @@ def _check_tls(settings: StackSettings) -> None:
             )
         if not _EMAIL.match(settings.acme_email):
             raise SettingsError(
-                "acmeEmail", settings.acme_email, "tlsMode acme needs a contact address for the ACME account: accepted: an e-mail address"
+                "acmeEmail",
+                settings.acme_email,
+                "tlsMode acme needs a contact address for the ACME account: accepted: an e-mail address",
             )
         url = settings.acme_directory_url
         if url and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
@@ -334,7 +338,9 @@ def _check_tls(settings: StackSettings) -> None:
 
 def _check_provided_certificate(settings: StackSettings) -> None:
     if not settings.tls_certificate:
-        raise SettingsError("tlsCertificate", "", "tlsMode provided needs it: accepted: the PEM certificate chain, leaf first")
+        raise SettingsError(
+            "tlsCertificate", "", "tlsMode provided needs it: accepted: the PEM certificate chain, leaf first"
+        )
     if not settings.tls_private_key:
         raise SettingsError(
             "tlsPrivateKey", "", "tlsMode provided needs it: accepted: the PEM private key, set with --secret"

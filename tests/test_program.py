@@ -228,8 +228,21 @@ def test_stack_differences(stack: str) -> None:
             assert ("admin_password" in secrets) is expected["auth"]
             for volume in mocks.of_type(VOLUME):
                 assert (volume.protect, volume.retain_on_delete) == (expected["protected"],) * 2, volume.name
-            assert server.inputs["ports"][0]["ip"] == expected["bind"]
-            assert values["tracking_uri"] == f"http://{expected['host']}:5000"
+            proxies = [c for c in mocks.of_type(CONTAINER) if c.name == "mlflow-proxy-container"]
+            if expected["auth"]:
+                # Shared stacks: the proxy publishes HTTPS and its redirect; MLflow publishes nothing.
+                assert server.inputs.get("ports", []) == []
+                assert [(p["ip"], p["external"]) for p in proxies[0].inputs["ports"]] == [
+                    (expected["bind"], 443),
+                    (expected["bind"], 80),
+                ]
+                assert values["tracking_uri"] == f"https://{expected['host']}"
+                assert values["ca_certificate"].startswith("-----BEGIN CERTIFICATE-----")
+                assert "ca_certificate" not in secrets
+            else:
+                assert proxies == []
+                assert server.inputs["ports"][0]["ip"] == expected["bind"]
+                assert values["tracking_uri"] == f"http://{expected['host']}:5000"
             assert _flag(command, "--workers") == expected["workers"]
             assert server.inputs["memory"] == expected["mem"]
             assert _postgres(mocks).inputs["memory"] > 0

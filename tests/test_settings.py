@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
@@ -9,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.settings import SettingsError, load_settings
+from tests.certs import other_key, self_signed
 from tests.harness import EngineMocks, install, run_program
 from tests.stack_config import STACKS, project_file, stack_config
+
+_GOOD = self_signed(["mlflow.example.com"])
+_OTHER_HOST = self_signed(["other.example.com"])
+_EXPIRED = self_signed(["mlflow.example.com"], valid_from=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC), days=30)
+_PROVIDED = {"tlsMode": "provided", "publicHost": "mlflow.example.com"}
+_ACME = {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops@example.com"}
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
@@ -44,13 +52,39 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data: accepted: true"),
     ("staging", {"protectData": False}, "protectData", "False", "the 'staging' stack holds shared data"),
     ("dev", {"authEnabled": "maybe"}, "authEnabled", "'maybe'", "true or false"),
-]
+    # The HTTPS front door.
+    ("dev", {"tlsMode": "on"}, "tlsMode", "'on'", "one of off, internal, acme, provided"),
+    ("prod", {"tlsMode": "off"}, "tlsMode", "'off'", "the 'prod' stack is reached over a network"),
+    ("staging", {"tlsMode": "off", "bindAddress": "127.0.0.1"}, "tlsMode", "'off'", "accepted: internal, acme"),
+    ("dev", {"authEnabled": True, "bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "while tlsMode is off"),
+    ("dev", {"tlsMode": "internal", "bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "authEnabled is false"),
+    ("dev", {"proxyImage": "caddy:latest"}, "proxyImage", "'caddy:latest'", "other than 'latest'"),
+    ("dev", {"httpsPort": 0}, "httpsPort", "0", "an integer from 1 to 65535"),
+    ("dev", {"httpsPort": 65536}, "httpsPort", "65536", "an integer from 1 to 65535"),
+    ("dev", {"httpPort": 65536}, "httpPort", "65536", "an integer from 1 to 65535"),
+    ("prod", {"httpPort": 443}, "httpPort", "443", "a port other than httpsPort (443)"),
+    ("dev", {"maxUploadMb": 0}, "maxUploadMb", "0", "an integer from 1 to 1048576"),
+    ("dev", {"proxyMemoryMb": 63}, "proxyMemoryMb", "63", "an integer from 64"),
+    ("prod", {**_ACME, "publicHost": "10.0.0.5"}, "publicHost", "'10.0.0.5'", "a public DNS name"),
+    ("prod", {**_ACME, "publicHost": "localhost"}, "publicHost", "'localhost'", "not an IP address or localhost"),
+    ("prod", {**_ACME, "acmeEmail": ""}, "acmeEmail", "''", "an e-mail address"),
+    ("prod", {**_ACME, "acmeEmail": "ops"}, "acmeEmail", "'ops'", "an e-mail address"),
+    ("prod", {**_ACME, "acmeDirectoryUrl": "http://ca.example.com/dir"}, "acmeDirectoryUrl", "'http://ca.example.com/dir'", "an https:// ACME directory URL"),
+    ("prod", {**_ACME, "acmeCaCertificate": "not a pem"}, "acmeCaCertificate", "'<PEM>'", "PEM certificates"),
+    ("prod", {**_PROVIDED, "tlsPrivateKey": _GOOD.key}, "tlsCertificate", "''", "the PEM certificate chain"),
+    ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate}, "tlsPrivateKey", "''", "the PEM private key"),
+    ("prod", {**_PROVIDED, "tlsCertificate": "junk", "tlsPrivateKey": _GOOD.key}, "tlsCertificate", "'<not PEM>'", "PEM certificates"),
+    ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": "junk"}, "tlsPrivateKey", "'<hidden>'", "it does not parse"),
+    ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": other_key()}, "tlsPrivateKey", "'<hidden>'", "the private key of tlsCertificate"),
+    ("prod", {**_PROVIDED, "tlsCertificate": _EXPIRED.certificate, "tlsPrivateKey": _EXPIRED.key}, "tlsCertificate", "'<certificate for mlflow.example.com> expired 2020-01-31 00:00 UTC'", "a certificate valid now"),
+    ("prod", {**_PROVIDED, "tlsCertificate": _OTHER_HOST.certificate, "tlsPrivateKey": _OTHER_HOST.key}, "tlsCertificate", "'<certificate for other.example.com>'", "cover publicHost 'mlflow.example.com'"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("stack", "overrides", "key", "shown", "accepted"),
     BAD_SETTINGS,
-    ids=[f"{row[0]}-{row[2]}={row[1][row[2]]!r}" for row in BAD_SETTINGS],
+    ids=[f"{row[0]}-{row[2]}={row[3][:40]}" for row in BAD_SETTINGS],
 )
 def test_bad_setting_is_refused_before_any_resource(
     stack: str, overrides: dict[str, Any], key: str, shown: str, accepted: str
@@ -90,3 +124,67 @@ def test_host_port_range(port: int) -> None:
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
+
+
+def test_a_private_key_set_in_the_clear_is_refused_without_showing_it() -> None:
+    good = self_signed(["mlflow.example.com"])
+    overrides = {**_PROVIDED, "tlsCertificate": good.certificate, "tlsPrivateKey": good.key}
+    install(EngineMocks(), "prod", overrides, secret_keys=())
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert raised.value.key == "tlsPrivateKey"
+    assert "pulumi config set --secret tlsPrivateKey" in str(raised.value)
+    assert "PRIVATE KEY" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("names", "host"),
+    [
+        (["mlflow.example.com"], "mlflow.example.com"),
+        (["*.example.com"], "mlflow.example.com"),
+        (["MLflow.Example.com"], "mlflow.example.com"),
+        (["10.1.2.3"], "10.1.2.3"),
+        (["2001:db8::5"], "2001:db8::5"),
+    ],
+)
+def test_a_provided_certificate_covering_the_host_is_accepted(names: list[str], host: str) -> None:
+    pair = self_signed(names)
+    install(
+        EngineMocks(),
+        "prod",
+        {**_PROVIDED, "publicHost": host, "tlsCertificate": pair.certificate, "tlsPrivateKey": pair.key},
+    )
+    settings_ = load_settings()
+    assert (settings_.tls_mode, settings_.public_host) == ("provided", host)
+    assert "PRIVATE KEY" not in repr(settings_)
+
+
+@pytest.mark.parametrize(
+    ("names", "host"),
+    [(["*.example.com"], "a.b.example.com"), (["*.example.com"], "example.com"), (["10.1.2.3"], "10.1.2.4")],
+)
+def test_a_provided_certificate_for_another_name_is_refused(names: list[str], host: str) -> None:
+    pair = self_signed(names)
+    install(
+        EngineMocks(),
+        "prod",
+        {**_PROVIDED, "publicHost": host, "tlsCertificate": pair.certificate, "tlsPrivateKey": pair.key},
+    )
+    with pytest.raises(SettingsError, match="cover publicHost"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "uri"),
+    [
+        ("dev", {}, "http://localhost:5000"),
+        ("prod", {}, "https://mlflow.example.internal"),
+        ("prod", {"httpsPort": 8443}, "https://mlflow.example.internal:8443"),
+        ("prod", {"publicHost": "2001:db8::5"}, "https://[2001:db8::5]"),
+        ("prod", {"publicHost": "2001:db8::5", "httpsPort": 8443}, "https://[2001:db8::5]:8443"),
+        ("dev", {"publicHost": "::1", "bindAddress": "::1"}, "http://[::1]:5000"),
+    ],
+)
+def test_tracking_uri(stack: str, overrides: dict[str, Any], uri: str) -> None:
+    install(EngineMocks(), stack, overrides)
+    assert load_settings().tracking_uri == uri

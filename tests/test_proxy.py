@@ -1,0 +1,273 @@
+"""The HTTPS front door under mocks: what each tlsMode declares, in full."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.proxy import CaddySite, caddyfile
+from tests.certs import self_signed
+from tests.conftest import CONTAINER, IMAGE, VOLUME
+from tests.harness import EngineMocks, Registration, contains_secret, resolved, run_program
+
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+PROVIDED = self_signed(["mlflow.example.internal"])
+ACME_ROOT = self_signed(["acme-ca.example.internal"], ca=True)
+
+MODES: dict[str, dict[str, Any]] = {
+    "internal": {},
+    "acme": {
+        "tlsMode": "acme",
+        "acmeEmail": "ops@example.com",
+        "acmeDirectoryUrl": "https://acme.example.internal/acme/directory",
+        "acmeCaCertificate": ACME_ROOT.certificate,
+    },
+    "provided": {"tlsMode": "provided", "tlsCertificate": PROVIDED.certificate, "tlsPrivateKey": PROVIDED.key},
+}
+
+# Uploads every mode has, then each mode's own: (path, owner, group, mode).
+CADDYFILE_UPLOAD = ("/etc/caddy/Caddyfile", "0", "0", "0444")
+MODE_UPLOADS = {
+    "internal": [
+        ("/run/secrets/ca-root.crt", "0", "0", "0444"),
+        ("/run/secrets/ca-root.key", "10002", "10002", "0400"),
+    ],
+    "acme": [("/run/secrets/acme-ca.crt", "0", "0", "0444")],
+    "provided": [
+        ("/run/secrets/tls.crt", "0", "0", "0444"),
+        ("/run/secrets/tls.key", "10002", "10002", "0400"),
+    ],
+}
+# Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
+SECRET_UPLOADS = {"internal": True, "acme": False, "provided": True}
+
+
+def _proxy(mocks: EngineMocks) -> Registration:
+    return mocks.one(CONTAINER, "proxy-container")
+
+
+def _uploads(container: Registration) -> list[tuple[str, str, str, str]]:
+    return [
+        (upload["file"], upload["owner"], upload["group"], upload["permissions"])
+        for upload in container.inputs["uploads"]
+    ]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_the_proxy_is_the_only_way_in(mode: str) -> None:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program("prod", MODES[mode])
+
+        def check(values: dict[str, Any], secrets: set[str]) -> None:
+            proxy = _proxy(mocks)
+            inputs = {key: value for key, value in proxy.inputs.items() if key not in ("uploads", "image")}
+            assert inputs == {
+                "name": "mlflow-platform-prod-proxy",
+                "user": "10002:10002",
+                "volumes": [
+                    {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/data"},
+                    {"containerPath": "/etc/caddy"},
+                    {"containerPath": "/run/secrets"},
+                ],
+                "ports": [
+                    {"internal": 8443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"},
+                    {"internal": 8080, "external": 80, "ip": "0.0.0.0", "protocol": "tcp"},
+                ],
+                "networksAdvanced": [{"name": "mlflow-platform-prod", "aliases": ["proxy"]}],
+                "healthcheck": {
+                    "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
+                    "interval": "10s",
+                    "timeout": "5s",
+                    "retries": 3,
+                    "startPeriod": "10s",
+                },
+                "restart": "unless-stopped",
+                "readOnly": True,
+                "tmpfs": {"/config": "rw,noexec,nosuid,nodev,size=16m", "/tmp": "rw,noexec,nosuid,nodev,size=64m"},
+                "capabilities": {"drops": ["ALL"]},
+                "securityOpts": ["no-new-privileges:true"],
+                "memory": 256,
+                "memorySwap": 256,
+                "logDriver": "json-file",
+                "logOpts": {"max-size": "10m", "max-file": "10"},
+                "labels": [
+                    {"label": "com.pulumi.project", "value": "mlflow-platform"},
+                    {"label": "com.pulumi.stack", "value": "prod"},
+                    {"label": "org.mlflow-platform.role", "value": "proxy"},
+                ],
+                "wait": True,
+                "waitTimeout": 300,
+            }
+            assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
+            assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
+            if mode == "provided":
+                assert proxy.inputs["uploads"][2]["content"] == PROVIDED.key.strip()
+            # It runs the image built on the configured Caddy, by ID.
+            image = mocks.one(IMAGE, "proxy-image")
+            assert image.inputs["build"]["args"] == {"CADDY_IMAGE": "caddy:2.11.4"}
+            assert image.inputs["build"]["context"] == "./mlflow/proxy"
+            assert proxy.inputs["image"] == image.outputs["repoDigest"]
+            # MLflow publishes nothing; the proxy starts once it is healthy.
+            server = mocks.one(CONTAINER, "server-container")
+            assert server.inputs.get("ports", []) == []
+            assert server.urn in proxy.dependencies
+            # The proxy's volume is protected with the data.
+            volume = mocks.one(VOLUME, "proxy-data")
+            assert (volume.name, volume.protect, volume.retain_on_delete) == ("mlflow-proxy-data", True, True)
+            assert values["tracking_uri"] == "https://mlflow.example.internal"
+            assert values["proxy_container_name"] == "mlflow-platform-prod-proxy"
+            assert ("ca_certificate" in values) is (mode == "internal")
+
+        return resolved(outputs, check)
+
+    run()
+
+
+@pulumi.runtime.test
+def test_the_internal_ca_is_generated_protected_and_its_key_stays_secret() -> pulumi.Output[None]:
+    mocks, outputs = run_program("prod")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        key = mocks.one(TLS_PRIVATE_KEY, "ca-key")
+        root = mocks.one(TLS_SELF_SIGNED_CERT, "ca-root")
+        assert key.inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+        assert {name: value for name, value in root.inputs.items() if name != "privateKeyPem"} == {
+            "subject": {"commonName": "mlflow-platform-prod root CA", "organization": "mlflow-platform"},
+            "isCaCertificate": True,
+            "maxPathLength": 1,
+            "validityPeriodHours": 87600,
+            "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
+            "setSubjectKeyId": True,
+        }
+        assert (key.protect, root.protect) == (True, True)
+        # The root's key reaches the proxy only as a secret upload.
+        proxy = _proxy(mocks)
+        assert key.urn in proxy.property_dependencies["uploads"]
+        for other in ("envs", "command", "labels", "healthcheck"):
+            assert key.urn not in proxy.property_dependencies.get(other, []), other
+        assert values["ca_certificate"] == root.outputs["certPem"]
+        assert "ca_certificate" not in secrets
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_dev_stays_plain_http_without_a_proxy() -> pulumi.Output[None]:
+    mocks, outputs = run_program("dev")
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        assert [c.name for c in mocks.of_type(CONTAINER) if c.name.endswith("proxy-container")] == []
+        assert mocks.of_type(TLS_PRIVATE_KEY) == []
+        assert values["tracking_uri"] == "http://localhost:5000"
+        assert "ca_certificate" not in values
+
+    return resolved(outputs, check)
+
+
+@pulumi.runtime.test
+def test_mlflow_allows_the_host_clients_send_through_the_proxy() -> pulumi.Output[None]:
+    mocks, outputs = run_program("prod", {"httpsPort": 8443})
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        command = mocks.one(CONTAINER, "server-container").inputs["command"]
+        hosts = command[command.index("--allowed-hosts") + 1].split(",")
+        assert hosts[:2] == ["mlflow.example.internal", "mlflow.example.internal:8443"]
+        assert values["tracking_uri"] == "https://mlflow.example.internal:8443"
+        assert "redir https://mlflow.example.internal:8443{uri} 308" in _caddyfile(mocks)
+
+    return resolved(outputs, check)
+
+
+def _caddyfile(mocks: EngineMocks) -> str:
+    return str(_proxy(mocks).inputs["uploads"][0]["content"])
+
+
+def _site(mode: str, **changes: Any) -> CaddySite:
+    fields: dict[str, Any] = {
+        "public_host": "mlflow.example.com",
+        "tls_mode": mode,
+        "https_port": 443,
+        "upstream": "mlflow:5000",
+        "max_upload_mb": 5120,
+    }
+    return CaddySite(**{**fields, **changes})
+
+
+COMMON_LINES = [
+    "admin off",
+    "http_port 8080",
+    "https_port 8443",
+    "skip_install_trust",
+    "auto_https disable_redirects",
+    "read_header 30s",
+    "idle 5m",
+    "http://:8080 {",
+    "redir https://mlflow.example.com{uri} 308",
+    "http://:8081 {",
+    "bind 127.0.0.1",
+    'respond /health "ok" 200',
+    "https://mlflow.example.com {",
+    "protocols tls1.2 tls1.3",
+    "max_size 5120MiB",
+    "reverse_proxy mlflow:5000 {",
+    "flush_interval -1",
+    "format json",
+]
+
+
+@pytest.mark.parametrize(
+    ("site", "present", "absent"),
+    [
+        (
+            _site("internal"),
+            [
+                "pki {",
+                "ca mlflow {",
+                "cert /run/secrets/ca-root.crt",
+                "key /run/secrets/ca-root.key",
+                "issuer internal {",
+            ],
+            ["Strict-Transport-Security", "email", "acme_ca"],
+        ),
+        (
+            _site("acme", acme_email="ops@example.com"),
+            ['email "ops@example.com"', 'header Strict-Transport-Security "max-age=31536000"'],
+            ["acme_ca", "pki {", "issuer internal"],
+        ),
+        (
+            _site("acme", acme_email="ops@example.com", acme_directory_url="https://ca.example/dir", acme_ca_root=True),
+            ['acme_ca "https://ca.example/dir"', "acme_ca_root /run/secrets/acme-ca.crt"],
+            ["pki {"],
+        ),
+        (
+            _site("provided"),
+            ["tls /run/secrets/tls.crt /run/secrets/tls.key {", 'header Strict-Transport-Security "max-age=31536000"'],
+            ["pki {", "email", "issuer internal"],
+        ),
+    ],
+    ids=["internal", "acme", "acme-private-ca", "provided"],
+)
+def test_caddyfile(site: CaddySite, present: list[str], absent: list[str]) -> None:
+    lines = [line.strip() for line in caddyfile(site).splitlines()]
+    for line in COMMON_LINES + present:
+        assert line in lines, line
+    for word in absent:
+        assert not any(word in line for line in lines), word
+    # Never told to log credentials, never a timeout that would cut a long transfer.
+    assert not any(word in line for line in lines for word in ("log_credentials", "read_body", "write "))
+
+
+def test_caddyfile_for_an_ipv6_host_on_another_port() -> None:
+    text = caddyfile(_site("internal", public_host="2001:db8::5", https_port=8443, max_upload_mb=100))
+    assert "https://[2001:db8::5] {" in text
+    assert "redir https://[2001:db8::5]:8443{uri} 308" in text
+    assert "max_size 100MiB" in text
+
+
+def test_caddyfile_refuses_a_mode_without_a_proxy() -> None:
+    with pytest.raises(ValueError, match="no proxy for tlsMode 'off'"):
+        caddyfile(_site("off"))
