@@ -9,6 +9,7 @@ intact, so MLflow's host check keeps checking the public name.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
@@ -77,6 +78,14 @@ def _quote(value: str) -> str:
     return f'"{value}"'
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def public_origin(host: str, https_port: int) -> str:
     bracketed = f"[{host}]" if ":" in host else host
     return f"https://{bracketed}" if https_port == 443 else f"https://{bracketed}:{https_port}"
@@ -85,6 +94,9 @@ def public_origin(host: str, https_port: int) -> str:
 def caddyfile(site: CaddySite) -> str:
     """The proxy's whole configuration."""
     host = f"[{site.public_host}]" if ":" in site.public_host else site.public_host
+    # A Host other than the name the TLS session was opened for gets 421 from Caddy instead
+    # of an empty answer. Clients send no SNI to an IP address, so only for DNS names.
+    strict_sni = "" if _is_ip(site.public_host) else "\n\t\tstrict_sni_host on"
     global_options = [
         # No admin API: the config only changes by replacing the container.
         "admin off",
@@ -94,9 +106,12 @@ def caddyfile(site: CaddySite) -> str:
         "skip_install_trust",
         # The redirect is ours (below): Caddy's own would name the internal port.
         "auto_https disable_redirects",
-        # Headers must arrive promptly (slowloris); bodies and responses may take as
-        # long as a multi-GB artifact needs, so neither has a timeout.
-        "servers {\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}\n\t}",
+        # Clients that send no SNI (or connect by IP address) get publicHost's certificate.
+        f"default_sni {site.public_host}",
+        # HTTP/1.1 and HTTP/2 only: HTTP/3 would need UDP published as well. Headers must
+        # arrive promptly (slowloris); bodies and responses may take as long as a
+        # multi-GB artifact needs, so neither has a timeout.
+        "servers {\n\t\tprotocols h1 h2\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}" + strict_sni + "\n\t}",
         # Caddy's own log as JSON on stderr; Docker rotates it (logMaxSize, logMaxFiles).
         "log {\n\t\toutput stderr\n\t\tformat json\n\t}",
     ]

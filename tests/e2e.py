@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import docker
 import requests
 from docker.models.containers import Container
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
 
 from tests.local_deploy import deployer
 
@@ -96,3 +101,90 @@ def wait_for_health_status(container: Container, status: str = "healthy", timeou
 def report(message: str) -> None:
     """Figures for the CI log (pytest runs the end-to-end tests with -s)."""
     print(f"\n[e2e] {message}", flush=True)
+
+
+# --- A realistic data set, written and read back through the MLflow client ------------------
+
+ARTIFACT_BYTES = 12 * 1024 * 1024
+BATCH_METRICS = 1000  # MLflow's cap on metrics in one log-batch request
+
+
+@dataclass
+class Seed:
+    """What the module logs once and expects to find after every restart and redeploy."""
+
+    experiment_id: str
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: list[Metric]
+    artifact_sha256: str
+    artifact_name: str
+    model_name: str
+
+
+def write_seed(client: MlflowClient, directory: Path) -> Seed:
+    """Logs a realistic set through the MLflow client: params, tags, 1,001 metrics, a 12 MB artifact, a model."""
+    experiment_id = client.create_experiment("e2e-tracking")
+    run = client.create_run(experiment_id, tags={"team": "platform"}, run_name="seeded")
+    run_id = run.info.run_id
+    params = {"learning_rate": "0.01", "optimizer": "adam", "layers": "4"}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    client.log_metric(run_id, "accuracy", 0.9731, step=7, timestamp=1_700_000_000_000)
+    # 10 keys x 100 steps, values that do not round-trip through 32-bit floats.
+    metrics = [
+        Metric(f"loss_{key}", step * 0.001 + key / 3, 1_700_000_000_000 + step, step)
+        for key in range(10)
+        for step in range(BATCH_METRICS // 10)
+    ]
+    client.log_batch(run_id, metrics=metrics)
+    tags = {"team": "platform", "stage": "e2e"}
+    client.set_tag(run_id, "stage", "e2e")
+
+    artifact = directory / "weights.bin"
+    artifact.write_bytes(os.urandom(ARTIFACT_BYTES))
+    client.log_artifact(run_id, str(artifact), artifact_path="model")
+    client.set_terminated(run_id)
+
+    model_name = "e2e-model"
+    client.create_registered_model(model_name)
+    version = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(model_name, "champion", version.version)
+    return Seed(
+        experiment_id=experiment_id,
+        run_id=run_id,
+        params=params,
+        tags=tags,
+        metrics=[Metric("accuracy", 0.9731, 1_700_000_000_000, 7), *metrics],
+        artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        artifact_name="model/weights.bin",
+        model_name=model_name,
+    )
+
+
+def verify_seed(client: MlflowClient, seed: Seed, download_to: Path) -> None:
+    """Everything `write_seed` logged reads back exactly."""
+    run = client.get_run(seed.run_id)
+    assert run.data.params == seed.params
+    assert {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} == seed.tags
+    assert run.info.status == "FINISHED"
+    expected_keys = {metric.key for metric in seed.metrics}
+    stored: list[tuple[str, int, float, int]] = []
+    for key in sorted(expected_keys):
+        stored += [(m.key, m.step, m.value, m.timestamp) for m in client.get_metric_history(seed.run_id, key)]
+    assert sorted(stored) == sorted((m.key, m.step, m.value, m.timestamp) for m in seed.metrics)
+    assert len(stored) == len(seed.metrics)
+    assert sum(key.startswith("loss_") for key, _, _, _ in stored) == BATCH_METRICS
+
+    listed = client.list_artifacts(seed.run_id, "model")
+    assert [(a.path, a.file_size) for a in listed] == [(seed.artifact_name, ARTIFACT_BYTES)]
+    local = client.download_artifacts(seed.run_id, seed.artifact_name, str(download_to))
+    assert hashlib.sha256(Path(local).read_bytes()).hexdigest() == seed.artifact_sha256
+
+    version = client.get_model_version_by_alias(seed.model_name, "champion")
+    assert version.run_id == seed.run_id
+    found = client.search_runs(
+        [seed.experiment_id], filter_string="params.optimizer = 'adam' and metrics.accuracy > 0.97"
+    )
+    assert [r.info.run_id for r in found] == [seed.run_id]
+    assert client.search_runs([seed.experiment_id], filter_string="params.optimizer = 'sgd'") == []

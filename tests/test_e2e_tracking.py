@@ -6,42 +6,22 @@ seed data, read it back, restart each container, redeploy with the volumes kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker
 import pytest
 import requests
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from tests import e2e
 from tests.local_deploy import deployer
 
 pytestmark = pytest.mark.docker
-
-ARTIFACT_BYTES = 12 * 1024 * 1024
-BATCH_METRICS = 1000  # MLflow's cap on metrics in one log-batch request
-
-
-@dataclass
-class Seed:
-    """What the module logs once and expects to find after every restart and redeploy."""
-
-    experiment_id: str
-    run_id: str
-    params: dict[str, str]
-    tags: dict[str, str]
-    metrics: list[Metric]
-    artifact_sha256: str
-    artifact_name: str
-    model_name: str
 
 
 @pytest.fixture(scope="module")
@@ -52,72 +32,12 @@ def dev(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
 
 
 @pytest.fixture(scope="module")
-def seed(dev: e2e.Deployed, tmp_path_factory: pytest.TempPathFactory) -> Seed:
-    client = MlflowClient(dev.tracking_uri)
-    experiment_id = client.create_experiment("e2e-tracking")
-    run = client.create_run(experiment_id, tags={"team": "platform"}, run_name="seeded")
-    run_id = run.info.run_id
-    params = {"learning_rate": "0.01", "optimizer": "adam", "layers": "4"}
-    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-    client.log_metric(run_id, "accuracy", 0.9731, step=7, timestamp=1_700_000_000_000)
-    # 10 keys x 100 steps, values that do not round-trip through 32-bit floats.
-    metrics = [
-        Metric(f"loss_{key}", step * 0.001 + key / 3, 1_700_000_000_000 + step, step)
-        for key in range(10)
-        for step in range(BATCH_METRICS // 10)
-    ]
-    client.log_batch(run_id, metrics=metrics)
-    tags = {"team": "platform", "stage": "e2e"}
-    client.set_tag(run_id, "stage", "e2e")
-
-    directory = tmp_path_factory.mktemp("artifact")
-    artifact = directory / "weights.bin"
-    artifact.write_bytes(os.urandom(ARTIFACT_BYTES))
-    client.log_artifact(run_id, str(artifact), artifact_path="model")
-    client.set_terminated(run_id)
-
-    model_name = "e2e-model"
-    client.create_registered_model(model_name)
-    version = client.create_model_version(model_name, f"runs:/{run_id}/model", run_id=run_id)
-    client.set_registered_model_alias(model_name, "champion", version.version)
-    return Seed(
-        experiment_id=experiment_id,
-        run_id=run_id,
-        params=params,
-        tags=tags,
-        metrics=[Metric("accuracy", 0.9731, 1_700_000_000_000, 7), *metrics],
-        artifact_sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
-        artifact_name="model/weights.bin",
-        model_name=model_name,
-    )
+def seed(dev: e2e.Deployed, tmp_path_factory: pytest.TempPathFactory) -> e2e.Seed:
+    return e2e.write_seed(MlflowClient(dev.tracking_uri), tmp_path_factory.mktemp("artifact"))
 
 
-def _verify_seed(tracking_uri: str, seed: Seed, download_to: Path) -> None:
-    client = MlflowClient(tracking_uri)
-    run = client.get_run(seed.run_id)
-    assert run.data.params == seed.params
-    assert {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")} == seed.tags
-    assert run.info.status == "FINISHED"
-    expected_keys = {metric.key for metric in seed.metrics}
-    stored: list[tuple[str, int, float, int]] = []
-    for key in sorted(expected_keys):
-        stored += [(m.key, m.step, m.value, m.timestamp) for m in client.get_metric_history(seed.run_id, key)]
-    assert sorted(stored) == sorted((m.key, m.step, m.value, m.timestamp) for m in seed.metrics)
-    assert len(stored) == len(seed.metrics)
-    assert sum(key.startswith("loss_") for key, _, _, _ in stored) == BATCH_METRICS
-
-    listed = client.list_artifacts(seed.run_id, "model")
-    assert [(a.path, a.file_size) for a in listed] == [(seed.artifact_name, ARTIFACT_BYTES)]
-    local = client.download_artifacts(seed.run_id, seed.artifact_name, str(download_to))
-    assert hashlib.sha256(Path(local).read_bytes()).hexdigest() == seed.artifact_sha256
-
-    version = client.get_model_version_by_alias(seed.model_name, "champion")
-    assert version.run_id == seed.run_id
-    found = client.search_runs(
-        [seed.experiment_id], filter_string="params.optimizer = 'adam' and metrics.accuracy > 0.97"
-    )
-    assert [r.info.run_id for r in found] == [seed.run_id]
-    assert client.search_runs([seed.experiment_id], filter_string="params.optimizer = 'sgd'") == []
+def _verify_seed(tracking_uri: str, seed: e2e.Seed, download_to: Path) -> None:
+    e2e.verify_seed(MlflowClient(tracking_uri), seed, download_to)
 
 
 def test_health_answers_on_the_tracking_uri(dev: e2e.Deployed) -> None:
@@ -127,7 +47,7 @@ def test_health_answers_on_the_tracking_uri(dev: e2e.Deployed) -> None:
 
 
 def test_data_reads_back_exactly(
-    dev: e2e.Deployed, seed: Seed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dev: e2e.Deployed, seed: e2e.Seed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     _verify_seed(dev.tracking_uri, seed, tmp_path / "download")
@@ -135,7 +55,9 @@ def test_data_reads_back_exactly(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["download"]
 
 
-def test_artifact_is_in_the_artifacts_volume(dev: e2e.Deployed, seed: Seed, docker_client: docker.DockerClient) -> None:
+def test_artifact_is_in_the_artifacts_volume(
+    dev: e2e.Deployed, seed: e2e.Seed, docker_client: docker.DockerClient
+) -> None:
     volume = str(dev.outputs["artifacts_volume_name"])
     # Read the volume from a throwaway container: the file must be there, byte for byte.
     script = (
@@ -158,7 +80,7 @@ def test_artifact_is_in_the_artifacts_volume(dev: e2e.Deployed, seed: Seed, dock
 
 
 def test_restarts_lose_nothing(
-    dev: e2e.Deployed, seed: Seed, docker_client: docker.DockerClient, tmp_path: Path
+    dev: e2e.Deployed, seed: e2e.Seed, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     dev.container(docker_client, "mlflow").restart(timeout=30)
     e2e.report(f"MLflow restart: serving again after {e2e.wait_until_serving(dev.tracking_uri):.1f}s")
@@ -213,7 +135,7 @@ def test_no_secret_in_inspect_or_logs(dev: e2e.Deployed, docker_client: docker.D
 
 
 def test_redeploy_with_volumes_kept_finds_everything(
-    dev: e2e.Deployed, seed: Seed, docker_client: docker.DockerClient, tmp_path: Path
+    dev: e2e.Deployed, seed: e2e.Seed, docker_client: docker.DockerClient, tmp_path: Path
 ) -> None:
     image = docker_client.images.get(str(dev.outputs["mlflow_image_name"]))
     e2e.report(f"MLflow image {image.tags[0]}: {image.attrs['Size'] / 1e6:.0f} MB")

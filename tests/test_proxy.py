@@ -203,6 +203,9 @@ COMMON_LINES = [
     "https_port 8443",
     "skip_install_trust",
     "auto_https disable_redirects",
+    "default_sni mlflow.example.com",
+    "strict_sni_host on",
+    "protocols h1 h2",
     "read_header 30s",
     "idle 5m",
     "http://:8080 {",
@@ -266,6 +269,8 @@ def test_caddyfile_for_an_ipv6_host_on_another_port() -> None:
     assert "https://[2001:db8::5] {" in text
     assert "redir https://[2001:db8::5]:8443{uri} 308" in text
     assert "max_size 100MiB" in text
+    # No SNI is sent to an IP address: strict SNI matching would refuse every client.
+    assert "strict_sni_host" not in text
 
 
 def test_caddyfile_refuses_a_mode_without_a_proxy() -> None:

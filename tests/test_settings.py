@@ -69,16 +69,52 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("prod", {**_ACME, "publicHost": "localhost"}, "publicHost", "'localhost'", "not an IP address or localhost"),
     ("prod", {**_ACME, "acmeEmail": ""}, "acmeEmail", "''", "an e-mail address"),
     ("prod", {**_ACME, "acmeEmail": "ops"}, "acmeEmail", "'ops'", "an e-mail address"),
-    ("prod", {**_ACME, "acmeDirectoryUrl": "http://ca.example.com/dir"}, "acmeDirectoryUrl", "'http://ca.example.com/dir'", "an https:// ACME directory URL"),
+    (
+        "prod",
+        {**_ACME, "acmeDirectoryUrl": "http://ca.example.com/dir"},
+        "acmeDirectoryUrl",
+        "'http://ca.example.com/dir'",
+        "an https:// ACME directory URL",
+    ),
     ("prod", {**_ACME, "acmeCaCertificate": "not a pem"}, "acmeCaCertificate", "'<PEM>'", "PEM certificates"),
     ("prod", {**_PROVIDED, "tlsPrivateKey": _GOOD.key}, "tlsCertificate", "''", "the PEM certificate chain"),
     ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate}, "tlsPrivateKey", "''", "the PEM private key"),
-    ("prod", {**_PROVIDED, "tlsCertificate": "junk", "tlsPrivateKey": _GOOD.key}, "tlsCertificate", "'<not PEM>'", "PEM certificates"),
-    ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": "junk"}, "tlsPrivateKey", "'<hidden>'", "it does not parse"),
-    ("prod", {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": other_key()}, "tlsPrivateKey", "'<hidden>'", "the private key of tlsCertificate"),
-    ("prod", {**_PROVIDED, "tlsCertificate": _EXPIRED.certificate, "tlsPrivateKey": _EXPIRED.key}, "tlsCertificate", "'<certificate for mlflow.example.com> expired 2020-01-31 00:00 UTC'", "a certificate valid now"),
-    ("prod", {**_PROVIDED, "tlsCertificate": _OTHER_HOST.certificate, "tlsPrivateKey": _OTHER_HOST.key}, "tlsCertificate", "'<certificate for other.example.com>'", "cover publicHost 'mlflow.example.com'"),
-]  # fmt: skip
+    (
+        "prod",
+        {**_PROVIDED, "tlsCertificate": "junk", "tlsPrivateKey": _GOOD.key},
+        "tlsCertificate",
+        "'<not PEM>'",
+        "PEM certificates",
+    ),
+    (
+        "prod",
+        {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": "junk"},
+        "tlsPrivateKey",
+        "'<hidden>'",
+        "it does not parse",
+    ),
+    (
+        "prod",
+        {**_PROVIDED, "tlsCertificate": _GOOD.certificate, "tlsPrivateKey": other_key()},
+        "tlsPrivateKey",
+        "'<hidden>'",
+        "the private key of tlsCertificate",
+    ),
+    (
+        "prod",
+        {**_PROVIDED, "tlsCertificate": _EXPIRED.certificate, "tlsPrivateKey": _EXPIRED.key},
+        "tlsCertificate",
+        "'<certificate for mlflow.example.com> expired 2020-01-31 00:00 UTC'",
+        "a certificate valid now",
+    ),
+    (
+        "prod",
+        {**_PROVIDED, "tlsCertificate": _OTHER_HOST.certificate, "tlsPrivateKey": _OTHER_HOST.key},
+        "tlsCertificate",
+        "'<certificate for other.example.com>'",
+        "cover publicHost 'mlflow.example.com'",
+    ),
+]
 
 
 @pytest.mark.parametrize(

@@ -256,9 +256,12 @@ def generate_random(inputs: Mapping[str, Any]) -> str:
 
 # --- TLS keys and certificates -------------------------------------------------------------
 
+# pulumi-tls's usage names -> cryptography's KeyUsage arguments.
 _KEY_USAGES = {
-    "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-    "key_agreement", "cert_signing", "crl_signing", "encipher_only", "decipher_only",
+    "digital_signature": "digital_signature", "content_commitment": "content_commitment",
+    "key_encipherment": "key_encipherment", "data_encipherment": "data_encipherment",
+    "key_agreement": "key_agreement", "cert_signing": "key_cert_sign", "crl_signing": "crl_sign",
+    "encipher_only": "encipher_only", "decipher_only": "decipher_only",
 }  # fmt: skip
 _EXTENDED_USAGES = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH}
 _CURVES: dict[str, Callable[[], ec.EllipticCurve]] = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1}
@@ -283,9 +286,15 @@ def tls_private_key(inputs: Mapping[str, Any]) -> dict[str, str]:
         )
     else:
         raise ValueError(f"algorithm {algorithm!r} is not implemented here (ECDSA, RSA)")
-    pkcs8 = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"privateKeyPem": traditional.decode(), "privateKeyPemPkcs8": pkcs8.decode(), "publicKeyPem": public.decode()}
+    return {
+        "privateKeyPem": traditional.decode(),
+        "privateKeyPemPkcs8": pkcs8.decode(),
+        "publicKeyPem": public.decode(),
+    }
 
 
 def tls_self_signed_cert(inputs: Mapping[str, Any]) -> dict[str, str]:
@@ -303,7 +312,7 @@ def tls_self_signed_cert(inputs: Mapping[str, Any]) -> dict[str, str]:
     now = datetime.datetime.now(datetime.UTC)
     end = now + datetime.timedelta(hours=_whole(inputs, "validityPeriodHours", 0))
     uses = set(inputs.get("allowedUses") or [])
-    unknown = uses - _KEY_USAGES - set(_EXTENDED_USAGES)
+    unknown = uses - set(_KEY_USAGES) - set(_EXTENDED_USAGES)
     if unknown:
         raise ValueError(f"allowedUses {sorted(unknown)} are not implemented here")
     builder = (
@@ -318,8 +327,8 @@ def tls_self_signed_cert(inputs: Mapping[str, Any]) -> dict[str, str]:
     is_ca = bool(inputs.get("isCaCertificate"))
     path_length = _whole(inputs, "maxPathLength", 0) if is_ca and inputs.get("maxPathLength") is not None else None
     builder = builder.add_extension(x509.BasicConstraints(ca=is_ca, path_length=path_length), critical=True)
-    if uses & _KEY_USAGES:
-        flags = {usage: usage in uses for usage in _KEY_USAGES}
+    if uses & set(_KEY_USAGES):
+        flags = {argument: usage in uses for usage, argument in _KEY_USAGES.items()}
         builder = builder.add_extension(x509.KeyUsage(**flags), critical=True)
     if uses & set(_EXTENDED_USAGES):
         builder = builder.add_extension(
