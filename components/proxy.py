@@ -91,13 +91,36 @@ def public_origin(host: str, https_port: int) -> str:
     return f"https://{bracketed}" if https_port == 443 else f"https://{bracketed}:{https_port}"
 
 
+Directive = str | tuple[str, list["Directive"]]
+
+
+def _render(directives: list[Directive], depth: int = 0) -> list[str]:
+    """Caddyfile lines, tab-indented as `caddy fmt` writes them; a tuple is a block."""
+    lines: list[str] = []
+    for directive in directives:
+        if isinstance(directive, str):
+            lines.append("\t" * depth + directive)
+        else:
+            head, body = directive
+            lines += ["\t" * depth + head + " {", *_render(body, depth + 1), "\t" * depth + "}"]
+    return lines
+
+
 def caddyfile(site: CaddySite) -> str:
     """The proxy's whole configuration."""
     host = f"[{site.public_host}]" if ":" in site.public_host else site.public_host
-    # A Host other than the name the TLS session was opened for gets 421 from Caddy instead
-    # of an empty answer. Clients send no SNI to an IP address, so only for DNS names.
-    strict_sni = "" if _is_ip(site.public_host) else "\n\t\tstrict_sni_host on"
-    global_options = [
+    server_options: list[Directive] = [
+        # HTTP/1.1 and HTTP/2 only: HTTP/3 would need UDP published as well.
+        "protocols h1 h2",
+        # Headers must arrive promptly (slowloris); bodies and responses may take as long
+        # as a multi-GB artifact needs, so neither has a timeout.
+        ("timeouts", ["read_header 30s", "idle 5m"]),
+    ]
+    if not _is_ip(site.public_host):
+        # A Host other than the name the TLS session was opened for gets 421 from Caddy
+        # instead of an empty answer. Clients send no SNI to an IP address: names only.
+        server_options.append("strict_sni_host on")
+    global_options: list[Directive] = [
         # No admin API: the config only changes by replacing the container.
         "admin off",
         f"http_port {HTTP_PORT}",
@@ -108,21 +131,17 @@ def caddyfile(site: CaddySite) -> str:
         "auto_https disable_redirects",
         # Clients that send no SNI (or connect by IP address) get publicHost's certificate.
         f"default_sni {site.public_host}",
-        # HTTP/1.1 and HTTP/2 only: HTTP/3 would need UDP published as well. Headers must
-        # arrive promptly (slowloris); bodies and responses may take as long as a
-        # multi-GB artifact needs, so neither has a timeout.
-        "servers {\n\t\tprotocols h1 h2\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}" + strict_sni + "\n\t}",
+        ("servers", server_options),
         # Caddy's own log as JSON on stderr; Docker rotates it (logMaxSize, logMaxFiles).
-        "log {\n\t\toutput stderr\n\t\tformat json\n\t}",
+        ("log", ["output stderr", "format json"]),
     ]
-    tls_lines = ["protocols tls1.2 tls1.3"]
+    tls_options: list[Directive] = ["protocols tls1.2 tls1.3"]
     tls_head = "tls"
     if site.tls_mode == "internal":
-        global_options.append(
-            f"pki {{\n\t\tca {_PKI_CA} {{\n\t\t\tname {_quote('mlflow-platform ' + site.public_host)}\n"
-            f"\t\t\troot {{\n\t\t\t\tcert {CA_CERT_FILE}\n\t\t\t\tkey {CA_KEY_FILE}\n\t\t\t}}\n\t\t}}\n\t}}"
-        )
-        tls_lines.append(f"issuer internal {{\n\t\t\tca {_PKI_CA}\n\t\t}}")
+        root = ("root", [f"cert {CA_CERT_FILE}", f"key {CA_KEY_FILE}"])
+        name = f"name {_quote('mlflow-platform ' + site.public_host)}"
+        global_options.append(("pki", [(f"ca {_PKI_CA}", [name, root])]))
+        tls_options.append(("issuer internal", [f"ca {_PKI_CA}"]))
     elif site.tls_mode == "acme":
         global_options.append(f"email {_quote(site.acme_email)}")
         if site.acme_directory_url:
@@ -134,34 +153,26 @@ def caddyfile(site: CaddySite) -> str:
     else:
         raise ValueError(f"no proxy for tlsMode {site.tls_mode!r}")
 
-    site_lines = [f"{tls_head} {{\n\t\t" + "\n\t\t".join(tls_lines) + "\n\t}"]
+    site_directives: list[Directive] = [(tls_head, tls_options)]
     if site.tls_mode in ("acme", "provided"):
-        site_lines.append(f"header Strict-Transport-Security {_quote(HSTS)}")
-    site_lines += [
-        f"request_body {{\n\t\tmax_size {site.max_upload_mb}MiB\n\t}}",
+        site_directives.append(f"header Strict-Transport-Security {_quote(HSTS)}")
+    site_directives += [
+        ("request_body", [f"max_size {site.max_upload_mb}MiB"]),
         # Streams responses as they come (artifact downloads, long listings).
-        f"reverse_proxy {site.upstream} {{\n\t\tflush_interval -1\n\t}}",
+        (f"reverse_proxy {site.upstream}", ["flush_interval -1"]),
         # Access log as JSON on stdout. Caddy logs Authorization and Cookie headers as
         # REDACTED unless told otherwise (log_credentials), which this never does.
-        "log {\n\t\toutput stdout\n\t\tformat json\n\t}",
+        ("log", ["output stdout", "format json"]),
     ]
-    lines = ["{", *(f"\t{option}" for option in global_options), "}", ""]
-    lines += [
-        f"http://:{HTTP_PORT} {{",
+    blocks: list[list[Directive]] = [
+        [("", global_options)],
         # A fixed target, never the request's Host: no open redirect to another site.
-        f"\tredir {public_origin(site.public_host, site.https_port)}{{uri}} 308",
-        "}",
-        "",
-        f"http://:{HEALTH_PORT} {{",
-        "\tbind 127.0.0.1",
-        '\trespond /health "ok" 200',
-        "}",
-        "",
-        f"https://{host} {{",
-        *(f"\t{line}" for line in site_lines),
-        "}",
+        [(f"http://:{HTTP_PORT}", [f"redir {public_origin(site.public_host, site.https_port)}{{uri}} 308"])],
+        [(f"http://:{HEALTH_PORT}", ["bind 127.0.0.1", 'respond /health "ok" 200'])],
+        [(f"https://{host}", site_directives)],
     ]
-    return "\n".join(lines) + "\n"
+    rendered = ["\n".join(_render(block)).lstrip() for block in blocks]
+    return "\n\n".join(rendered) + "\n"
 
 
 class TlsProxyArgs(TypedDict):
@@ -243,13 +254,15 @@ class TlsProxy(pulumi.ComponentResource):
             docker.ContainerUploadArgs(file=CADDYFILE, content=self.config, owner="0", group="0", permissions="0444")
         ]
         if site.tls_mode == "internal":
-            assert args["ca_certificate"] is not None and args["ca_private_key"] is not None
+            if args["ca_certificate"] is None or args["ca_private_key"] is None:
+                raise ValueError("tlsMode internal needs the CA's certificate and key")
             uploads += [
                 self._public_file(CA_CERT_FILE, args["ca_certificate"]),
                 self._secret_file(CA_KEY_FILE, args["ca_private_key"]),
             ]
         elif site.tls_mode == "provided":
-            assert args["tls_private_key"] is not None
+            if args["tls_private_key"] is None:
+                raise ValueError("tlsMode provided needs the private key")
             uploads += [
                 self._public_file(TLS_CERT_FILE, args["tls_certificate"]),
                 self._secret_file(TLS_KEY_FILE, args["tls_private_key"]),
