@@ -58,3 +58,26 @@ def self_signed(
 
 def other_key() -> str:
     return _pem_key(ec.generate_private_key(ec.SECP256R1()))
+
+
+def issued_by(ca: KeyPair, names: list[str], days: int = 30) -> KeyPair:
+    """A server certificate for `names`, signed by `ca` (from `self_signed(..., ca=True)`)."""
+    ca_certificate = x509.load_pem_x509_certificate(ca.certificate.encode())
+    ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the test CA's key is ECDSA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return KeyPair(certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))

@@ -49,6 +49,32 @@ class Deployed:
         return client.containers.get(str(self.outputs[f"{role}_container_name"]))
 
 
+@contextlib.contextmanager
+def trusting(deployed: Deployed, directory: Path, auth: tuple[str, str] | None = None) -> Iterator[Path | None]:
+    """Clients in this process trust the stack's CA (and log in), as the README tells users to.
+
+    `requests` reads REQUESTS_CA_BUNDLE and the MLflow client MLFLOW_TRACKING_SERVER_CERT_PATH.
+    """
+    values: dict[str, str] = {}
+    ca_file = None
+    if deployed.outputs.get("ca_certificate"):
+        ca_file = directory / "ca.pem"
+        ca_file.write_text(str(deployed.outputs["ca_certificate"]))
+        values |= {"REQUESTS_CA_BUNDLE": str(ca_file), "MLFLOW_TRACKING_SERVER_CERT_PATH": str(ca_file)}
+    if auth:
+        values |= {"MLFLOW_TRACKING_USERNAME": auth[0], "MLFLOW_TRACKING_PASSWORD": auth[1]}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield ca_file
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def deploy(stack: str, overrides: Mapping[str, object] | None = None) -> Deployed:
     started = time.monotonic()
     outputs = deployer.up(stack, dict(overrides or {}))
