@@ -1,8 +1,9 @@
 """End to end: a production-shaped stack (staging's settings) under auth, hardening, faults and load.
 
-The stack is `staging` as committed, with two local changes so a test machine can
-reach it: another host port (dev may hold 5000) and `localhost` as the public
-host (staging's DNS name does not resolve here). Tests run in file order; the
+The stack is `staging` as committed, behind its HTTPS proxy (`tlsMode: internal`),
+with local changes so a test machine can reach it: other host ports (443 and 80 may
+be taken) and `localhost` as the public host (staging's DNS name does not resolve
+here). Every client trusts the stack's `ca_certificate`. Tests run in file order; the
 fault tests come last because they kill containers.
 """
 
@@ -27,15 +28,22 @@ from tests import e2e
 
 pytestmark = pytest.mark.docker
 
-STAGING_OVERRIDES = {"hostPort": 5001, "publicHost": "localhost", "corsAllowedOrigins": ["https://ui.example.com"]}
+STAGING_OVERRIDES = {
+    "httpsPort": 5443,
+    "httpPort": 5080,
+    "publicHost": "localhost",
+    "corsAllowedOrigins": ["https://ui.example.com"],
+}
 API = "/api/2.0/mlflow"
 
 
 @pytest.fixture(scope="module")
-def staging(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
+def staging(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[e2e.Deployed]:
     with e2e.stack("staging", STAGING_OVERRIDES) as deployed:
-        e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (staging stack, auth on)")
-        yield deployed
+        e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (staging stack, auth on, HTTPS)")
+        assert deployed.tracking_uri == "https://localhost:5443"
+        with e2e.trusting(deployed, tmp_path_factory.mktemp("trust")):
+            yield deployed
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +187,8 @@ def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.Do
         assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}
         assert host["RestartPolicy"]["Name"] == "unless-stopped"
         assert attrs["State"]["Health"]["Status"] == "healthy"
-    assert server["HostConfig"]["PortBindings"] == {"5000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "5001"}]}
+    # Behind the proxy MLflow publishes nothing (tests/test_e2e_https.py covers the proxy).
+    assert not server["HostConfig"]["PortBindings"]
     assert not database["HostConfig"]["PortBindings"]
     # The processes really run unprivileged (exec uses the container's user).
     for role, uid in (("mlflow", "10001"), ("postgres", "999")):
@@ -191,7 +200,8 @@ def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.Do
 
 def test_hosts_and_origins_are_checked(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
     url = f"{staging.tracking_uri}{API}/experiments/search"
-    for host, expected in (("localhost:5001", 200), ("mlflow:5000", 200), ("evil.example.com", 403)):
+    # Through the proxy: a Host other than the TLS session's name is refused at the door (421).
+    for host, expected in (("localhost:5443", 200), ("localhost", 200), ("evil.example.com", 421)):
         response = requests.post(url, json={"max_results": 1}, headers={"Host": host}, auth=admin, timeout=10)
         assert response.status_code == expected, host
     for origin, expected in (("https://ui.example.com", 200), ("https://evil.example.com", 403)):
