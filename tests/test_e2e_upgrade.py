@@ -18,7 +18,8 @@ pytestmark = pytest.mark.docker
 
 # A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own.
 STACK = "upgrade"
-OVERRIDES = {"hostPort": 5002}
+# Plain HTTP on loopback: this test is about the schema, not the front door.
+OVERRIDES = {"hostPort": 5002, "tlsMode": "off"}
 
 
 def _schema_version(deployed: e2e.Deployed, client: docker.DockerClient) -> str:
