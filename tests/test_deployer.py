@@ -16,11 +16,15 @@ from typing import Any
 
 import pulumi
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD
-from tests.harness import EngineMocks, run_program
+from tests.harness import EngineMocks, is_secret, run_program
 from tests.local_deploy import deployer
 from tests.local_deploy.deployer import (
     LocalDeployer,
@@ -33,6 +37,14 @@ from tests.local_deploy.deployer import (
 )
 
 DEFAULT_SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
+_PAIR = self_signed(["mlflow.example.internal"])
+PROVIDED_TLS = {"tlsMode": "provided", "tlsCertificate": _PAIR.certificate, "tlsPrivateKey": _PAIR.key}
+ACME_TLS = {
+    "tlsMode": "acme",
+    "acmeEmail": "ops@example.com",
+    "acmeDirectoryUrl": "https://ca.example.internal/acme/directory",
+    "acmeCaCertificate": self_signed(["ca.example.internal"], ca=True).certificate,
+}
 
 
 @pytest.fixture
@@ -115,7 +127,10 @@ class _CheckingMocks(EngineMocks):
         ("dev", {"authEnabled": True, "corsAllowedOrigins": ["https://ml.example.com"]}),
         ("staging", {}),
         ("prod", {}),
+        ("prod", PROVIDED_TLS),
+        ("prod", ACME_TLS),
     ],
+    ids=["dev", "dev-auth-cors", "staging", "prod", "prod-provided", "prod-acme"],
 )
 def test_the_deployer_implements_every_input_the_program_declares(stack: str, overrides: dict[str, object]) -> None:
     """Otherwise `python -m tests.local_deploy up` would refuse the program itself."""
@@ -128,6 +143,74 @@ def test_the_deployer_implements_every_input_the_program_declares(stack: str, ov
 
     run()
     assert mocks.of_type(CONTAINER)
+
+
+# --- TLS keys and certificates ---------------------------------------------------------------
+
+TLS_KEY = "tls:index/privateKey:PrivateKey"
+TLS_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+CA_INPUTS: dict[str, Any] = {
+    "subject": {"commonName": "unit root CA", "organization": "mlflow-platform"},
+    "isCaCertificate": True,
+    "maxPathLength": 1.0,
+    "validityPeriodHours": 87600.0,
+    "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
+    "setSubjectKeyId": True,
+}
+
+
+def test_a_ca_is_made_as_pulumi_tls_declares_it_and_kept_while_inputs_stay(local_deployer: LocalDeployer) -> None:
+    key_inputs = {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    _, key = local_deployer.create(_args(TLS_KEY, "ca-key", key_inputs), key_inputs)
+    private_pem = key["privateKeyPem"]["value"]
+    assert is_secret(key["privateKeyPem"])
+    loaded = serialization.load_pem_private_key(private_pem.encode(), password=None)
+    assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+    assert loaded.curve.name == "secp256r1"
+
+    cert_inputs = {**CA_INPUTS, "privateKeyPem": private_pem}
+    _, cert = local_deployer.create(_args(TLS_CERT, "ca-root", cert_inputs), cert_inputs)
+    root = x509.load_pem_x509_certificate(cert["certPem"].encode())
+    assert root.subject.rfc4514_string() == "CN=unit root CA,O=mlflow-platform"
+    assert root.issuer == root.subject
+    assert root.extensions.get_extension_for_class(x509.BasicConstraints).value == x509.BasicConstraints(True, 1)
+    usage = root.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert (usage.key_cert_sign, usage.crl_sign, usage.digital_signature) == (True, True, True)
+    assert (usage.key_encipherment, usage.content_commitment) == (False, False)
+    assert (root.not_valid_after_utc - root.not_valid_before_utc).days == 3650
+    assert root.public_key() == loaded.public_key()
+    # The same inputs give the same certificate, as Pulumi state would.
+    _, again = local_deployer.create(_args(TLS_CERT, "ca-root", cert_inputs), cert_inputs)
+    assert again["certPem"] == cert["certPem"]
+
+
+def test_an_unimplemented_tls_input_is_refused() -> None:
+    with pytest.raises(UnsupportedInputError, match="'earlyRenewalHours'"):
+        check_inputs(TLS_CERT, "ca-root", {**CA_INPUTS, "earlyRenewalHours": 24.0})
+
+
+def test_only_protected_tls_state_survives_down_with_kept_volumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
+
+    class _NoEngine:
+        def __getattr__(self, name: str) -> Any:
+            return self
+
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return []
+
+    monkeypatch.setattr(deployer.docker, "from_env", lambda **_: _NoEngine())
+    deployer.save_state(
+        "unit",
+        {
+            "random": {},
+            "tls": {"urn:protected": {"protected": True, "outputs": {}}, "urn:open": {"protected": False}},
+        },
+    )
+    deployer.destroy("mlflow-platform", "unit", keep_volumes=True)
+    assert set(deployer.load_state("unit")["tls"]) == {"urn:protected"}
 
 
 # --- Random values --------------------------------------------------------------------------
