@@ -12,7 +12,6 @@ import ipaddress
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtensionOID
 
 
 class CertificateError(ValueError):
@@ -41,7 +40,7 @@ def _describe(certificate: x509.Certificate) -> str:
 def covered_names(certificate: x509.Certificate) -> list[str]:
     """The DNS names and IP addresses in the subject alternative names (what clients check)."""
     try:
-        names = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
     dns = [str(name) for name in names.get_values_for_type(x509.DNSName)]

@@ -138,7 +138,7 @@ def caddyfile(site: CaddySite) -> str:
     tls_options: list[Directive] = ["protocols tls1.2 tls1.3"]
     tls_head = "tls"
     if site.tls_mode == "internal":
-        root = ("root", [f"cert {CA_CERT_FILE}", f"key {CA_KEY_FILE}"])
+        root: Directive = ("root", [f"cert {CA_CERT_FILE}", f"key {CA_KEY_FILE}"])
         name = f"name {_quote('mlflow-platform ' + site.public_host)}"
         global_options.append(("pki", [(f"ca {_PKI_CA}", [name, root])]))
         tls_options.append(("issuer internal", [f"ca {_PKI_CA}"]))

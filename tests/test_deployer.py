@@ -201,7 +201,7 @@ def test_only_protected_tls_state_survives_down_with_kept_volumes(
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return []
 
-    monkeypatch.setattr(deployer.docker, "from_env", lambda **_: _NoEngine())
+    monkeypatch.setattr("docker.from_env", lambda **_: _NoEngine())
     deployer.save_state(
         "unit",
         {
