@@ -38,7 +38,10 @@ HTTP_PORT = 8080
 # Loopback inside the container only: the health probe's target, nothing else.
 HEALTH_PORT = 8081
 CADDYFILE = "/etc/caddy/Caddyfile"
-DATA_DIR = "/data"
+# Certificates, ACME accounts, the internal CA's intermediate: the persistent volume.
+# Not the image's /data: it is a declared VOLUME there, so no build step can hand it to
+# the proxy's user, while a fresh volume on this path takes its owner from the image.
+STORAGE_DIR = "/var/lib/mlflow-proxy"
 CA_CERT_FILE = f"{SECRETS_DIR}/ca-root.crt"
 CA_KEY_FILE = f"{SECRETS_DIR}/ca-root.key"
 TLS_CERT_FILE = f"{SECRETS_DIR}/tls.crt"
@@ -47,9 +50,12 @@ ACME_CA_FILE = f"{SECRETS_DIR}/acme-ca.crt"
 # The name of the internal CA inside Caddy's pki app.
 _PKI_CA = "mlflow"
 HEALTH_PROBE = ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/health"]
-# Caddy writes its autosaved config to /config; nothing there needs to survive.
+# Caddy writes its autosaved config to /config and an instance id to /data; neither
+# needs to survive, and tmpfs there keeps Docker from making anonymous volumes for the
+# image's declared VOLUMEs.
 _TMPFS = {
-    "/config": "rw,noexec,nosuid,nodev,size=16m",
+    "/config": f"rw,noexec,nosuid,nodev,size=16m,uid={PROXY_UID},gid={PROXY_UID},mode=0700",
+    "/data": f"rw,noexec,nosuid,nodev,size=16m,uid={PROXY_UID},gid={PROXY_UID},mode=0700",
     "/tmp": "rw,noexec,nosuid,nodev,size=64m",  # noqa: S108 - a private tmpfs
 }
 # A year; clients remember to use HTTPS only. Not for `internal`: a client that does not
@@ -129,6 +135,7 @@ def caddyfile(site: CaddySite) -> str:
         "skip_install_trust",
         # The redirect is ours (below): Caddy's own would name the internal port.
         "auto_https disable_redirects",
+        f"storage file_system {STORAGE_DIR}",
         # Clients that send no SNI (or connect by IP address) get publicHost's certificate.
         f"default_sni {site.public_host}",
         ("servers", server_options),
@@ -183,7 +190,7 @@ class TlsProxyArgs(TypedDict):
     container_name: pulumi.Input[str]
     """Docker name of the container."""
     data_volume_name: pulumi.Input[str]
-    """Docker name of Caddy's /data volume: ACME account and certificates, the CA's intermediate."""
+    """Docker name of Caddy's storage volume: ACME account and certificates, the CA's intermediate."""
     network_name: pulumi.Input[str]
     """The stack network, where MLflow is reached by its alias."""
     site: CaddySite
@@ -278,7 +285,7 @@ class TlsProxy(pulumi.ComponentResource):
             user=f"{PROXY_UID}:{PROXY_UID}",
             uploads=uploads,
             volumes=[
-                docker.ContainerVolumeArgs(volume_name=self.data_volume.name, container_path=DATA_DIR),
+                docker.ContainerVolumeArgs(volume_name=self.data_volume.name, container_path=STORAGE_DIR),
                 # Anonymous volumes: uploads land here before start (the root is read-only).
                 docker.ContainerVolumeArgs(container_path="/etc/caddy"),
                 secrets_volume(),

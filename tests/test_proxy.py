@@ -69,7 +69,7 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
                 "name": "mlflow-platform-prod-proxy",
                 "user": "10002:10002",
                 "volumes": [
-                    {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/data"},
+                    {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/var/lib/mlflow-proxy"},
                     {"containerPath": "/etc/caddy"},
                     {"containerPath": "/run/secrets"},
                 ],
@@ -87,7 +87,11 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
                 },
                 "restart": "unless-stopped",
                 "readOnly": True,
-                "tmpfs": {"/config": "rw,noexec,nosuid,nodev,size=16m", "/tmp": "rw,noexec,nosuid,nodev,size=64m"},
+                "tmpfs": {
+                    "/config": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
+                    "/data": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
+                    "/tmp": "rw,noexec,nosuid,nodev,size=64m",
+                },
                 "capabilities": {"drops": ["ALL"]},
                 "securityOpts": ["no-new-privileges:true"],
                 "memory": 256,
@@ -199,6 +203,7 @@ def _site(mode: str, **changes: Any) -> CaddySite:
 
 COMMON_LINES = [
     "admin off",
+    "storage file_system /var/lib/mlflow-proxy",
     "http_port 8080",
     "https_port 8443",
     "skip_install_trust",
