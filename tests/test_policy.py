@@ -495,14 +495,15 @@ def _generated_password(declared: list[Declared]) -> str:
 @pulumi.runtime.test
 def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
     def check(declared: list[Declared]) -> None:
-        # The rules had something to judge: both containers, both volumes, both images, the password.
+        # The rules had something to judge: the three containers (Postgres, the database bootstrap,
+        # MLflow), the three volumes (data, socket, artifacts), both images, the passwords.
         types = [resource.type for resource in declared]
-        assert types.count(CONTAINER) == 2, types
-        assert types.count(VOLUME) == 2, types
+        assert types.count(CONTAINER) == 3, types
+        assert types.count(VOLUME) == 3, types
         assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
         # Property dependencies were recorded: the password reaches the containers only through uploads.
         postgres = _one(declared, CONTAINER, "postgres-container")
-        password = _one(declared, RANDOM_PASSWORD, "postgres-password")
+        password = _one(declared, RANDOM_PASSWORD, "postgres-superuser-password")
         assert password.urn in postgres.property_dependencies["uploads"]
         assert password.urn not in postgres.property_dependencies.get("envs", [])
         assert _evaluate(declared) == {}
