@@ -237,9 +237,7 @@ class MlflowServer(pulumi.ComponentResource):
             # must start only once Postgres is healthy (wait=True there) and the
             # bootstrap has put the secrets in force: say so. The name is fixed, so
             # the old container goes before its replacement starts.
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=list(args["start_after"]), delete_before_replace=True
-            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
         )
         self.register_outputs(
             {"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name}

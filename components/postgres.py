@@ -97,9 +97,7 @@ class PostgresDatabase(pulumi.ComponentResource):
 
         # MLflow's role's password (DatabaseBootstrap applies it). Same resource name
         # as when it was the superuser's, so existing stacks keep their value.
-        self.password = generated_password(
-            f"{name}-password", args["password_length"], args["secrets_rotation"], child
-        )
+        self.password = generated_password(f"{name}-password", args["password_length"], args["secrets_rotation"], child)
         # initdb sets it on a new data directory; DatabaseBootstrap sets it on every
         # other (kept or restored data, a rotation). Nothing connects with it.
         self.superuser = SUPERUSER

@@ -64,9 +64,7 @@ def _connect_as_superuser(superuser: str, user: str) -> psycopg.Connection[tuple
         if not _role_exists(legacy, _MIGRATION_ROLE):
             legacy.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN").format(sql.Identifier(_MIGRATION_ROLE)))
     with _connect(_MIGRATION_ROLE) as migration:
-        migration.execute(
-            sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(user), sql.Identifier(superuser))
-        )
+        migration.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(user), sql.Identifier(superuser)))
     connection = _connect(superuser)
     connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(_MIGRATION_ROLE)))
     return connection

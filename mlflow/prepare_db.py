@@ -123,8 +123,8 @@ def _apply_admin_password(database_uri: str, username: str, password: str) -> No
     """The declared admin password in force, whatever the auth database held."""
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
 
-    store = AuthStore()  # type: ignore[no-untyped-call]
-    store.init_db(database_uri)  # creates or upgrades the auth tables
+    store = AuthStore()
+    store.init_db(database_uri)  # type: ignore[no-untyped-call]  # creates or upgrades the auth tables
     if not store.has_user(username):
         store.create_user(username, password, is_admin=True)
         print(f"prepare_db: created admin user '{username}'", file=sys.stderr)

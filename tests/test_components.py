@@ -135,13 +135,13 @@ def test_postgres_database_protects_its_volume() -> pulumi.Output[None]:
     install(mocks, "dev")
     database = PostgresDatabase("t", _postgres_args(protect_data=True))
 
-    def check(name: str) -> None:
+    def check(names: list[str]) -> None:
         volume = mocks.one(VOLUME, "t-data")
         assert (volume.protect, volume.retain_on_delete) == (True, True)
-        assert mocks.one(VOLUME, "t-socket").protect is True
-        assert volume.inputs["name"] == name == "t-pgdata"
+        assert (mocks.one(VOLUME, "t-socket").protect, mocks.one(VOLUME, "t-socket").retain_on_delete) == (True, True)
+        assert volume.inputs["name"] == names[0] == "t-pgdata"
 
-    return database.volume.name.apply(check)
+    return pulumi.Output.all(database.volume.name, database.socket_volume.name).apply(check)
 
 
 @pulumi.runtime.test

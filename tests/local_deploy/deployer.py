@@ -672,9 +672,7 @@ class LocalDeployer(EngineMocks):
 
     def _create_container(self, config: dict[str, Any], stop_timeout: int | None) -> docker.models.containers.Container:
         """`containers.create`, plus StopTimeout, which the SDK's high-level API does not pass on."""
-        create_kwargs = docker.models.containers._create_container_args(
-            {**config, "version": self.client.api._version}
-        )
+        create_kwargs = docker.models.containers._create_container_args({**config, "version": self.client.api._version})
         if stop_timeout is not None:
             create_kwargs["stop_timeout"] = stop_timeout
         response = self.client.api.create_container(**create_kwargs)
