@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -233,3 +235,48 @@ def test_a_replaced_postgres_shuts_down_cleanly(history: History, docker_client:
     assert "not properly shut down" not in log
     assert "automatic recovery in progress" not in log
     _assert_all_runs_readable(history)
+
+
+def test_a_stopped_server_finishes_the_request_in_flight(history: History, docker_client: docker.DockerClient) -> None:
+    """SIGTERM while an artifact upload streams in: the upload completes, then the server exits."""
+    deployed = history.current
+    server = deployed.container(docker_client, "mlflow")
+    chunk, chunks = b"x" * 2**20, 12
+    url = f"{deployed.tracking_uri}/api/2.0/mlflow-artifacts/artifacts/inflight/blob.bin"
+    result: dict[str, object] = {}
+
+    def body() -> Iterator[bytes]:
+        for _ in range(chunks):
+            time.sleep(0.4)
+            yield chunk
+
+    def upload() -> None:
+        try:
+            result["status"] = requests.put(url, data=body(), auth=_admin(deployed), timeout=60).status_code
+        except requests.RequestException as error:
+            result["status"] = repr(error)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    time.sleep(1.5)  # the upload is under way
+    stop_started = time.monotonic()
+    server.stop(timeout=60)
+    stopped_after = time.monotonic() - stop_started
+    uploader.join(timeout=60)
+    server.reload()
+    exit_code = server.attrs["State"]["ExitCode"]
+    server.start()
+    e2e.wait_until_serving(deployed.tracking_uri, auth=_admin(deployed))
+    listed = requests.get(
+        f"{deployed.tracking_uri}/api/2.0/mlflow-artifacts/artifacts",
+        params={"path": "inflight"},
+        auth=_admin(deployed),
+        timeout=30,
+    ).json()
+    e2e.report(
+        f"docker stop during a {chunks} MiB upload: upload -> {result.get('status')}, stop took "
+        f"{stopped_after:.1f}s, exit code {exit_code}, stored {listed.get('files')}"
+    )
+    assert result.get("status") == 200
+    assert listed["files"] == [{"path": "blob.bin", "is_dir": False, "file_size": chunks * 2**20}]
+    assert stopped_after < 60  # it exited by itself, not by the SIGKILL after the timeout
