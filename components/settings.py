@@ -273,9 +273,13 @@ _MLFLOW_ACCEPTED = (
     f"{'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION and graceful SIGTERM handling)"
 )
-# The measured peak of the server with one worker and job execution off is ~350 MiB
-# (mlflow_server.py); prepare_db runs before it. Below 512 MiB there is no headroom.
-MIN_MLFLOW_MEMORY_MB = 512
+# What the server needs: measured after start with 2 workers, auth on and job
+# execution off, it holds 582 MiB (tests/test_e2e_secrets.py reports it): the CLI
+# and uvicorn's supervisor plus ~200 MiB per worker. The floor leaves headroom:
+# 256 MiB, plus 256 per worker (so 512 for one worker, 768 for two).
+MLFLOW_BASE_MEMORY_MB = 256
+MLFLOW_WORKER_MEMORY_MB = 256
+MIN_MLFLOW_MEMORY_MB = MLFLOW_BASE_MEMORY_MB + MLFLOW_WORKER_MEMORY_MB
 
 
 def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> StackSettings:
@@ -338,6 +342,15 @@ def _check_combinations(settings: StackSettings) -> None:
         raise SettingsError("authEnabled", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
     if settings.stack in PROTECTED_STACKS and not settings.protect_data:
         raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
+    needed = MLFLOW_BASE_MEMORY_MB + MLFLOW_WORKER_MEMORY_MB * settings.workers
+    if settings.mlflow_memory_mb < needed:
+        raise SettingsError(
+            "mlflowMemoryMb",
+            settings.mlflow_memory_mb,
+            f"with workers = {settings.workers} the server needs at least {needed} MiB "
+            f"({MLFLOW_BASE_MEMORY_MB} plus {MLFLOW_WORKER_MEMORY_MB} per worker); "
+            "accepted: that much or more, or fewer workers",
+        )
     if not ipaddress.ip_address(settings.bind_address).is_loopback and not settings.auth_enabled:
         raise SettingsError(
             "bindAddress",

@@ -107,12 +107,12 @@ def history(docker_client: docker.DockerClient) -> Iterator[History]:
 
 
 def test_the_server_fits_the_minimum_memory(history: History, docker_client: docker.DockerClient) -> None:
-    """mlflowMemoryMb's floor (512) against what the running server uses (Pulumi.yaml's 2 workers)."""
+    """What mlflowMemoryMb's floor (256 MiB + 256 per worker) is measured against: Pulumi.yaml's 2 workers."""
     server = history.current.container(docker_client, "mlflow")
     stats = server.stats(stream=False)["memory_stats"]
     used_mib = (stats["usage"] - stats.get("stats", {}).get("inactive_file", 0)) / 2**20
     e2e.report(f"MLflow server memory after start, 2 workers, auth on: {used_mib:.0f} MiB")
-    assert used_mib < 512
+    assert used_mib < 256 + 2 * 256
 
 
 def test_an_upper_case_public_host_serves_clients(history: History) -> None:

@@ -45,6 +45,7 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"postgresMemoryMb": 64}, "postgresMemoryMb", "64", "an integer from 128"),
     ("dev", {"mlflowMemoryMb": -1}, "mlflowMemoryMb", "-1", "an integer from 512"),
     ("dev", {"mlflowMemoryMb": 256}, "mlflowMemoryMb", "256", "an integer from 512"),
+    ("dev", {"workers": 4, "mlflowMemoryMb": 1024}, "mlflowMemoryMb", "1024", "at least 1280 MiB"),
     ("dev", {"useWheelhouse": "yes"}, "useWheelhouse", "'yes'", "true or false"),
     ("dev", {"allowedHosts": "mlflow.example.com"}, "allowedHosts", "'mlflow.example.com'", "a list of"),
     ("dev", {"allowedHosts": ["ok.example.com", "bad host"]}, "allowedHosts", "'bad host'", "a host name"),
