@@ -58,6 +58,7 @@ def checkout() -> Iterator[Path]:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     # The stand-in build installs from the wheelhouse (gitignored): hard links, no copy.
+    shutil.rmtree(target / "mlflow" / "wheelhouse")
     subprocess.run(["cp", "-al", str(PROJECT_DIR / "mlflow" / "wheelhouse"), str(target / "mlflow")], check=True)
     try:
         yield target
