@@ -20,6 +20,8 @@ from components.docker_common import (
     secrets_volume,
     volume_labels,
 )
+from components.secrets import generated_password
+from components.settings import host_header
 
 SERVER_PORT = 5000
 # The image's dedicated user (mlflow/Dockerfile).
@@ -40,6 +42,12 @@ HEALTH_PROBE = [
 # The root file system is read-only; the server writes temporary files (artifact
 # uploads it proxies, library caches) here. noexec: nothing should run from it.
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
+# `mlflow server` (3.10.0 and newer) forwards SIGTERM to uvicorn, which stops
+# accepting connections and finishes the requests in flight before it exits.
+STOP_SIGNAL = "SIGTERM"
+# Long enough for an in-flight artifact upload; Docker's default is 10 s and
+# pulumi-docker's on replace or destroy 0 s (an immediate SIGKILL).
+STOP_TIMEOUT_SECONDS = 60
 
 
 class MlflowServerArgs(TypedDict):
@@ -83,6 +91,8 @@ class MlflowServerArgs(TypedDict):
     """Run MLflow's basic-auth app."""
     admin_password_length: int
     """Length of the generated admin password."""
+    secrets_rotation: str
+    """Keeper of the generated admin password and Flask secret key: a new value rotates them."""
     protect_data: bool
     """Protect the artifacts volume from deletion by destroy or replacement."""
     log_max_size: str
@@ -93,14 +103,15 @@ class MlflowServerArgs(TypedDict):
     """How long `pulumi up` waits for the container to be healthy."""
     labels: dict[str, str]
     """Labels that identify the stack."""
-    start_after: Sequence[pulumi.Resource]
-    """Resources that must exist first: the health-gated Postgres container."""
+    start_after: Sequence[pulumi.Input[pulumi.Resource]]
+    """Resources that must exist first: the health-gated Postgres container, the
+    database bootstrap (an Output that fails when the bootstrap did)."""
 
 
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
     """Every Host header clients send. `--allowed-hosts` replaces MLflow's defaults,
     so a name left out here is answered with 403 (the in-network alias included)."""
-    hosts = [public_host, f"{public_host}:{host_port}", alias, f"{alias}:{SERVER_PORT}"]
+    hosts = [host_header(public_host), host_header(public_host, host_port), alias, f"{alias}:{SERVER_PORT}"]
     if ipaddress.ip_address(bind_address).is_loopback:
         # Published on loopback only: whoever reaches it is on this machine, and
         # may well type 127.0.0.1 instead of the public host.
@@ -149,19 +160,14 @@ class MlflowServer(pulumi.ComponentResource):
         self.admin_password = None
         self.flask_secret_key = None
         if args["auth_enabled"]:
-            self.admin_password = random.RandomPassword(
-                f"{name}-admin-password",
-                length=args["admin_password_length"],
-                special=False,
-                min_lower=1,
-                min_upper=1,
-                min_numeric=1,
-                opts=child,
+            # prepare_db sets it as the admin's password on every start.
+            self.admin_password = generated_password(
+                f"{name}-admin-password", args["admin_password_length"], args["secrets_rotation"], child
             )
             # Signs the Flask session and CSRF tokens of the auth app; must be the
             # same in every worker and survive restarts, so it is generated once here.
-            self.flask_secret_key = random.RandomPassword(
-                f"{name}-flask-secret-key", length=64, special=False, opts=child
+            self.flask_secret_key = generated_password(
+                f"{name}-flask-secret-key", 64, args["secrets_rotation"], child, mixed=False
             )
             envs += [
                 f"MLFLOW_AUTH_ADMIN_USERNAME={ADMIN_USERNAME}",
@@ -228,9 +234,14 @@ class MlflowServer(pulumi.ComponentResource):
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],
+            stop_signal=STOP_SIGNAL,
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
             # Nothing flows from the Postgres container to this one, yet the server
-            # must start only once Postgres is healthy (wait=True there): say so.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"])),
+            # must start only once Postgres is healthy (wait=True there) and the
+            # bootstrap has put the secrets in force: say so. The name is fixed, so
+            # the old container goes before its replacement starts.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
         )
         self.register_outputs(
             {"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name}

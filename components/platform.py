@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 import pulumi
 
+from components.db_bootstrap import DatabaseBootstrap
 from components.docker_common import stack_labels
 from components.internal_ca import InternalCa
 from components.mlflow_image import MlflowImage
@@ -14,7 +15,7 @@ from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
 from components.proxy import CaddySite, TlsProxy
-from components.settings import StackSettings
+from components.settings import AUTH_DATABASE_SUFFIX, StackSettings
 
 POSTGRES_ALIAS = "postgres"
 MLFLOW_ALIAS = "mlflow"
@@ -30,6 +31,7 @@ class MlflowPlatform(pulumi.ComponentResource):
 
     network: StackNetwork
     database: PostgresDatabase
+    bootstrap: DatabaseBootstrap
     image: MlflowImage
     server: MlflowServer
     tracking_uri: str
@@ -57,11 +59,11 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "image": settings.postgres_image,
                 "container_name": f"{prefix}-postgres",
                 "volume_name": f"{prefix}-pgdata",
+                "socket_volume_name": f"{prefix}-pgsocket",
                 "network_name": self.network.name,
                 "alias": POSTGRES_ALIAS,
-                "database": settings.postgres_database,
-                "user": settings.postgres_user,
                 "password_length": settings.postgres_password_length,
+                "secrets_rotation": settings.secrets_rotation,
                 "memory_mb": settings.postgres_memory_mb,
                 "log_max_size": settings.log_max_size,
                 "log_max_files": settings.log_max_files,
@@ -78,6 +80,25 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "mlflow_version": settings.mlflow_version,
                 "base_image": settings.base_image,
                 "use_wheelhouse": settings.use_wheelhouse,
+            },
+            opts=child,
+        )
+        self.bootstrap = DatabaseBootstrap(
+            f"{name}-db-bootstrap",
+            {
+                "image": self.image.repo_digest,
+                "container_name": f"{prefix}-db-bootstrap",
+                "socket_volume_name": self.database.socket_volume.name,
+                "postgres_container": self.database.container,
+                "superuser": self.database.superuser,
+                "superuser_password": self.database.superuser_password.result,
+                "user": settings.postgres_user,
+                "password": self.database.password.result,
+                "database": settings.postgres_database,
+                "auth_database": f"{settings.postgres_database}{AUTH_DATABASE_SUFFIX}",
+                "log_max_size": settings.log_max_size,
+                "log_max_files": settings.log_max_files,
+                "labels": labels("database-bootstrap"),
             },
             opts=child,
         )
@@ -105,12 +126,13 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "cors_allowed_origins": settings.cors_allowed_origins,
                 "auth_enabled": settings.auth_enabled,
                 "admin_password_length": settings.admin_password_length,
+                "secrets_rotation": settings.secrets_rotation,
                 "protect_data": settings.protect_data,
                 "log_max_size": settings.log_max_size,
                 "log_max_files": settings.log_max_files,
                 "startup_timeout_seconds": settings.startup_timeout_seconds,
                 "labels": labels("tracking-server"),
-                "start_after": [self.database.container],
+                "start_after": [self.database.container, self.bootstrap.succeeded],
             },
             opts=child,
         )

@@ -49,6 +49,9 @@ TLS_KEY_FILE = f"{SECRETS_DIR}/tls.key"
 ACME_CA_FILE = f"{SECRETS_DIR}/acme-ca.crt"
 # The name of the internal CA inside Caddy's pki app.
 _PKI_CA = "mlflow"
+# Longer than Caddy's grace period, so an artifact transfer in flight can finish.
+STOP_TIMEOUT_SECONDS = 60
+GRACE_PERIOD = "50s"
 HEALTH_PROBE = ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/health"]
 # Caddy writes its autosaved config to /config and an instance id to /data; neither
 # needs to survive, and tmpfs there keeps Docker from making anonymous volumes for the
@@ -138,6 +141,8 @@ def caddyfile(site: CaddySite) -> str:
         f"storage file_system {STORAGE_DIR}",
         # Clients that send no SNI (or connect by IP address) get publicHost's certificate.
         f"default_sni {site.public_host}",
+        # On SIGTERM (a replaced or stopped proxy) requests in flight get this long to finish.
+        f"grace_period {GRACE_PERIOD}",
         ("servers", server_options),
         # Caddy's own log as JSON on stderr; Docker rotates it (logMaxSize, logMaxFiles).
         ("log", ["output stderr", "format json"]),
@@ -310,7 +315,12 @@ class TlsProxy(pulumi.ComponentResource):
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"])),
+            # SIGTERM: Caddy stops accepting and lets requests in flight finish (grace_period).
+            stop_signal="SIGTERM",
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
+            # Fixed name and host ports: the old container goes before its replacement starts.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
         )
         self.register_outputs({"container_name": self.container.name, "data_volume_name": self.data_volume.name})
 

@@ -39,8 +39,25 @@ _IMAGE_REFERENCE = re.compile(
 # RFC 1123 host name: labels of letters, digits and inner hyphens.
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
 _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
-_ORIGIN = re.compile(r"^https?://[^/\s:]+(?::[0-9]{1,5})?$")
-_MLFLOW_VERSION = re.compile(r"^3\.[0-9]+\.[0-9]+$")
+_ORIGIN = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/\[\]:]+)(?::(?P<port>[0-9]{1,5}))?$")
+_MLFLOW_VERSION = re.compile(r"^(?P<major>[0-9]+)\.(?P<minor>[0-9]+)\.(?P<patch>[0-9]+)$")
+# The oldest release with every contract the program relies on, read from the
+# released wheels (mlflow/cli.py, mlflow/environment_variables.py, mlflow/server/):
+# the basic-auth config keys (default_permission, database_uri, admin_username,
+# admin_password, authorization_function: 3.4 has them all), `mlflow server
+# --allowed-hosts` and the job-execution switch MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+# (both first in 3.5.0), and `mlflow server` forwarding SIGTERM to uvicorn, so a
+# stopped container finishes its in-flight requests (first in 3.10.0; before, the
+# CLI died and uvicorn was killed with it).
+OLDEST_MLFLOW = (3, 10, 0)
+# Postgres's identifier limit (NAMEDATALEN - 1); the auth database adds a suffix.
+_POSTGRES_NAME_MAX = 63
+AUTH_DATABASE_SUFFIX = "_auth"
+# Databases every cluster has: MLflow's tables do not belong in them.
+_RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+# The cluster's superuser (the official image's default POSTGRES_USER) is the
+# bootstrap role; MLflow's role must be another one. pg_* names are reserved.
+SUPERUSER = "postgres"
 _POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
 # Enough to reject a typo; the ACME CA is the judge of a real address.
@@ -101,6 +118,8 @@ class StackSettings:
     def proxied(self) -> bool:
         """The TLS front door is on: it is the only container that publishes a port."""
         return self.tls_mode != "off"
+
+    secrets_rotation: str
 
     @property
     def tracking_uri(self) -> str:
@@ -199,9 +218,78 @@ def _is_ip_address(value: str) -> bool:
     return True
 
 
+def _split_host_port(value: str) -> tuple[str, str] | None:
+    """(host, port) of 'name', 'name:port', 'ipv6', '[ipv6]' or '[ipv6]:port'; None if malformed."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        return (host, rest[1:]) if rest else (host, "")
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return host, port
+    return value, ""
+
+
+def _valid_port(port: str) -> bool:
+    return port.isdigit() and 1 <= int(port) <= 65535
+
+
 def _is_allowed_host(value: str) -> bool:
-    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    return _is_host_name(host) and (not port or (port.isdigit() and 1 <= int(port) <= 65535))
+    parts = _split_host_port(value)
+    if parts is None:
+        return False
+    host, port = parts
+    if value.startswith("[") and ":" not in host:
+        return False  # brackets only around IPv6 addresses
+    return _is_host_name(host) and (not port or _valid_port(port))
+
+
+def host_header(host: str, port: int | str | None = None) -> str:
+    """A host as clients write it in the Host header: lower case, IPv6 in brackets."""
+    host = host.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
+
+def _normalise_allowed_host(value: str) -> str:
+    parts = _split_host_port(value)
+    assert parts is not None  # checked by _is_allowed_host
+    return host_header(*parts)
+
+
+def _is_origin(value: str) -> bool:
+    """scheme://host[:port]: one origin, so no comma, path, user info or stray character
+    (MLflow splits its --cors-allowed-origins on commas)."""
+    match = _ORIGIN.match(value)
+    if match is None:
+        return False
+    host, port = match.group("host"), match.group("port")
+    if host.startswith("["):
+        host = host[1:-1]
+        if ":" not in host:
+            return False
+    elif host.startswith("*."):
+        host = host[2:]  # MLflow's subdomain wildcard
+    return _is_host_name(host) and (port is None or _valid_port(port))
+
+
+def _is_supported_mlflow(value: str) -> bool:
+    match = _MLFLOW_VERSION.match(value)
+    return match is not None and tuple(int(part) for part in match.groups()) >= OLDEST_MLFLOW
+
+
+def _is_tracking_database(value: str) -> bool:
+    return (
+        _POSTGRES_IDENTIFIER.match(value) is not None
+        and len(value) + len(AUTH_DATABASE_SUFFIX) <= _POSTGRES_NAME_MAX
+        and value not in _RESERVED_DATABASES
+    )
+
+
+def _is_application_role(value: str) -> bool:
+    return _POSTGRES_IDENTIFIER.match(value) is not None and value != SUPERUSER and not value.startswith("pg_")
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
@@ -213,6 +301,27 @@ _IMAGE_ACCEPTED = (
     "pinned to a tag other than 'latest' or to an @sha256 digest"
 )
 _IDENTIFIER_ACCEPTED = "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters)"
+_DATABASE_ACCEPTED = (
+    "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*) of at most "
+    f"{_POSTGRES_NAME_MAX - len(AUTH_DATABASE_SUFFIX)} characters (the auth database is the name plus "
+    f"'{AUTH_DATABASE_SUFFIX}'), other than {', '.join(sorted(_RESERVED_DATABASES))}"
+)
+_ROLE_ACCEPTED = (
+    f"accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters) other than "
+    f"'{SUPERUSER}' (the cluster's superuser) and not starting with 'pg_'"
+)
+_MLFLOW_ACCEPTED = (
+    "accepted: an exact MLflow release such as '3.17.2', "
+    f"{'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION and graceful SIGTERM handling)"
+)
+# What the server needs: measured after start with 2 workers, auth on and job
+# execution off, it holds 582 MiB (tests/test_e2e_secrets.py reports it): the CLI
+# and uvicorn's supervisor plus ~200 MiB per worker. The floor leaves headroom:
+# 256 MiB, plus 256 per worker (so 512 for one worker, 768 for two).
+MLFLOW_BASE_MEMORY_MB = 256
+MLFLOW_WORKER_MEMORY_MB = 256
+MIN_MLFLOW_MEMORY_MB = MLFLOW_BASE_MEMORY_MB + MLFLOW_WORKER_MEMORY_MB
 
 
 def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> StackSettings:
@@ -222,27 +331,36 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         stack=stack or pulumi.get_stack(),
         project=pulumi.get_project(),
         postgres_image=read.string("postgresImage", _is_pinned_image, _IMAGE_ACCEPTED),
-        postgres_database=read.string("postgresDatabase", _matches(_POSTGRES_IDENTIFIER), _IDENTIFIER_ACCEPTED),
-        postgres_user=read.string("postgresUser", _matches(_POSTGRES_IDENTIFIER), _IDENTIFIER_ACCEPTED),
+        postgres_database=read.string("postgresDatabase", _is_tracking_database, _DATABASE_ACCEPTED),
+        postgres_user=read.string("postgresUser", _is_application_role, _ROLE_ACCEPTED),
         postgres_password_length=read.integer("postgresPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
         postgres_memory_mb=read.integer("postgresMemoryMb", 128, 1_048_576),
-        mlflow_version=read.string(
-            "mlflowVersion", _matches(_MLFLOW_VERSION), "accepted: an exact MLflow 3.x release such as '3.17.2'"
-        ),
+        mlflow_version=read.string("mlflowVersion", _is_supported_mlflow, _MLFLOW_ACCEPTED),
         base_image=read.string("baseImage", _is_pinned_image, _IMAGE_ACCEPTED),
         use_wheelhouse=read.boolean("useWheelhouse"),
-        public_host=read.string("publicHost", _is_host_name, "accepted: a DNS host name or an IP address"),
+        # Clients send the Host header in lower case and MLflow compares it exactly.
+        public_host=read.string("publicHost", _is_host_name, "accepted: a DNS host name or an IP address").lower(),
         bind_address=read.string(
             "bindAddress", _is_ip_address, "accepted: an IPv4 or IPv6 address such as 127.0.0.1 or 0.0.0.0"
         ),
         host_port=read.integer("hostPort", 1, 65535),
         workers=read.integer("workers", 1, 32),
-        mlflow_memory_mb=read.integer("mlflowMemoryMb", 256, 1_048_576),
-        allowed_hosts=read.string_list(
-            "allowedHosts", _is_allowed_host, "a host name or IP address, optionally with ':port'"
+        mlflow_memory_mb=read.integer("mlflowMemoryMb", MIN_MLFLOW_MEMORY_MB, 1_048_576),
+        allowed_hosts=tuple(
+            _normalise_allowed_host(host)
+            for host in read.string_list(
+                "allowedHosts",
+                _is_allowed_host,
+                "a host name or IP address, optionally with ':port' (an IPv6 address with a port in brackets)",
+            )
         ),
-        cors_allowed_origins=read.string_list(
-            "corsAllowedOrigins", _matches(_ORIGIN), "an origin such as 'https://ml.example.com' (no path)"
+        cors_allowed_origins=tuple(
+            origin.lower()
+            for origin in read.string_list(
+                "corsAllowedOrigins",
+                _is_origin,
+                "one origin such as 'https://ml.example.com' (scheme://host[:port]: no path, no comma)",
+            )
         ),
         auth_enabled=read.boolean("authEnabled"),
         admin_password_length=read.integer("adminPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
@@ -264,6 +382,9 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         # Up to 1 TiB: a model checkpoint of tens of GB must pass; larger is a typo.
         max_upload_mb=read.integer("maxUploadMb", 1, 1_048_576),
         proxy_memory_mb=read.integer("proxyMemoryMb", 64, 1_048_576),
+        secrets_rotation=read.string(
+            "secretsRotation", lambda value: len(value) <= 256, "accepted: any string of at most 256 characters"
+        ),
     )
     _check_combinations(settings)
     _check_tls(settings)
@@ -276,6 +397,15 @@ def _check_combinations(settings: StackSettings) -> None:
         raise SettingsError("authEnabled", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
     if settings.stack in PROTECTED_STACKS and not settings.protect_data:
         raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
+    needed = MLFLOW_BASE_MEMORY_MB + MLFLOW_WORKER_MEMORY_MB * settings.workers
+    if settings.mlflow_memory_mb < needed:
+        raise SettingsError(
+            "mlflowMemoryMb",
+            settings.mlflow_memory_mb,
+            f"with workers = {settings.workers} the server needs at least {needed} MiB "
+            f"({MLFLOW_BASE_MEMORY_MB} plus {MLFLOW_WORKER_MEMORY_MB} per worker); "
+            "accepted: that much or more, or fewer workers",
+        )
     if settings.stack in PROTECTED_STACKS and settings.tls_mode == "off":
         raise SettingsError(
             "tlsMode",

@@ -3,10 +3,15 @@
 Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
 - upgrades an existing tracking schema (`mlflow db upgrade`), so redeploying with a
   newer `mlflowVersion` never leaves the server refusing to start;
+- refuses, before serving, a release older than the schema in the database (a
+  downgrade of `mlflowVersion`), naming the release the data needs;
 - creates the tables of a fresh database here, in one process: left to the server,
   every uvicorn worker races to create them and all but one fail;
-- when basic auth is on (MLFLOW_AUTH_CONFIG_PATH set), creates the auth database in
-  the same Postgres and writes the auth config that points at it.
+- when basic auth is on (MLFLOW_AUTH_CONFIG_PATH set), writes the auth config that
+  points at the auth database (DatabaseBootstrap creates it: this role may not) and
+  sets the admin's password to the declared one on every start: MLflow itself sets
+  it only when it creates the admin, so kept, restored or rotated data would keep
+  an old one.
 
 Secrets stay in this process: the URI goes to click through `main(args=...)`, not
 through a child process's command line.
@@ -24,6 +29,9 @@ from sqlalchemy.engine import make_url
 
 _CONNECT_ATTEMPTS = 30
 _AUTH_DATABASE_SUFFIX = "_auth"
+# Recorded on the schema's version table (so it travels with pg_dump): which
+# release last wrote the schema, for the downgrade message.
+_WRITTEN_BY = "mlflow-platform: schema written by MLflow "
 # Where `--serve-artifacts` puts runs when no --default-artifact-root is given; the
 # Default experiment created here records it as its artifact location.
 _PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
@@ -47,11 +55,49 @@ def _wait_for_database(engine: sqlalchemy.Engine) -> None:
             time.sleep(2)
 
 
+def _known_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+    from mlflow.store import db_migrations
+
+    directory = ScriptDirectory(os.path.dirname(db_migrations.__file__))
+    return {script.revision for script in directory.walk_revisions()}
+
+
+def _refuse_downgrade(connection: sqlalchemy.Connection) -> None:
+    """A release older than the schema cannot run on it: say which release the data needs."""
+    import mlflow
+
+    revision = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    if revision is None or revision in _known_revisions():
+        return
+    comment = connection.execute(
+        sqlalchemy.text("SELECT obj_description('alembic_version'::regclass, 'pg_class')")
+    ).scalar()
+    needed = str(comment).removeprefix(_WRITTEN_BY) if comment and str(comment).startswith(_WRITTEN_BY) else None
+    raise SystemExit(
+        f"prepare_db: config key 'mlflowVersion' is {mlflow.__version__}, but the tracking database's schema "
+        f"(revision {revision}) was written by "
+        + (f"MLflow {needed}" if needed else f"a newer MLflow release than {mlflow.__version__}")
+        + f", which {mlflow.__version__} cannot read; set mlflowVersion to "
+        + (f"{needed} or newer" if needed else "the release the stack ran before")
+        + " (a downgrade needs a backup taken before the upgrade)"
+    )
+
+
+def _record_release(engine: sqlalchemy.Engine) -> None:
+    import mlflow
+
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text(f"COMMENT ON TABLE alembic_version IS '{_WRITTEN_BY}{mlflow.__version__}'"))
+
+
 def _prepare_tracking_schema(uri: str) -> None:
     engine = _engine(uri)
     _wait_for_database(engine)
     with engine.connect() as connection:
         has_schema = sqlalchemy.inspect(connection).has_table("alembic_version")
+        if has_schema:
+            _refuse_downgrade(connection)
     engine.dispose()
     if has_schema:
         from mlflow.cli import cli
@@ -62,23 +108,33 @@ def _prepare_tracking_schema(uri: str) -> None:
 
     # Creates the tables on a fresh database, and verifies the schema is current.
     SqlAlchemyStore(uri, _PROXIED_ARTIFACT_ROOT)  # type: ignore[no-untyped-call]  # mlflow ships no types
+    engine = _engine(uri)
+    _record_release(engine)
+    engine.dispose()
 
 
-def _ensure_auth_database(uri: str) -> str:
+def _auth_database_uri(uri: str) -> str:
     tracking_url = make_url(uri)
     auth_url = tracking_url.set(database=f"{tracking_url.database}{_AUTH_DATABASE_SUFFIX}")
-    admin = _engine(uri, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        exists = connection.execute(
-            sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :name"),
-            {"name": auth_url.database},
-        ).scalar()
-        if not exists:
-            print(f"prepare_db: creating database {auth_url.database}", file=sys.stderr)
-            quoted = connection.dialect.identifier_preparer.quote(auth_url.database or "")
-            connection.execute(sqlalchemy.text(f"CREATE DATABASE {quoted}"))
-    admin.dispose()
     return auth_url.render_as_string(hide_password=False)
+
+
+def _apply_admin_password(database_uri: str, username: str, password: str) -> None:
+    """The declared admin password in force, whatever the auth database held."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
+
+    store = AuthStore()
+    store.init_db(database_uri)  # type: ignore[no-untyped-call]  # creates or upgrades the auth tables
+    if not store.has_user(username):
+        store.create_user(username, password, is_admin=True)
+        print(f"prepare_db: created admin user '{username}'", file=sys.stderr)
+    else:
+        if not store.authenticate_user(username, password):
+            store.update_user(username, password=password)
+            print(f"prepare_db: set the declared password of admin user '{username}'", file=sys.stderr)
+        if not store.get_user(username).is_admin:
+            store.update_user(username, is_admin=True)
+    store.engine.dispose()
 
 
 def _write_auth_config(path: str, database_uri: str) -> None:
@@ -88,6 +144,8 @@ def _write_auth_config(path: str, database_uri: str) -> None:
         "default_permission": os.environ.get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ"),
         "database_uri": database_uri.replace("%", "%%"),
         "admin_username": os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
+        # Read by releases before MLFLOW_AUTH_ADMIN_PASSWORD existed (the key is required there).
+        "admin_password": os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"].replace("%", "%%"),
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
     }
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -100,7 +158,11 @@ def main() -> None:
     _prepare_tracking_schema(uri)
     auth_config_path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
     if auth_config_path:
-        _write_auth_config(auth_config_path, _ensure_auth_database(uri))
+        auth_uri = _auth_database_uri(uri)
+        _write_auth_config(auth_config_path, auth_uri)
+        _apply_admin_password(
+            auth_uri, os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+        )
 
 
 if __name__ == "__main__":

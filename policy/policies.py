@@ -267,8 +267,14 @@ def _validate_postgres_not_published(args: ResourceValidationArgs, report: Repor
         report("publishAllPorts publishes the port the Postgres image exposes (5432) on every interface.", None)
 
 
+def is_one_shot(props: Any) -> bool:
+    """A task container (`attach` and not `mustRun`): it runs to completion during the
+    deployment, so neither a healthcheck nor a restart policy applies to it."""
+    return _field(props, "attach") is True and _field(props, "mustRun") is False
+
+
 def _validate_healthcheck(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != CONTAINER:
+    if args.resource_type != CONTAINER or is_one_shot(args.props):
         return
     healthcheck = _field(args.props, "healthcheck")
     if healthcheck is UNKNOWN:
@@ -281,7 +287,7 @@ def _validate_healthcheck(args: ResourceValidationArgs, report: ReportViolation)
 
 
 def _validate_restart_policy(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != CONTAINER:
+    if args.resource_type != CONTAINER or is_one_shot(args.props):
         return
     restart = _field(args.props, "restart")
     if restart is UNKNOWN:

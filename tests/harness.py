@@ -153,7 +153,8 @@ def _computed_outputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> 
     elif type_token == "docker:index/volume:Volume":
         outputs.update(name=inputs.get("name", name), mountpoint=f"/var/lib/docker/volumes/{name}/_data")
     elif type_token == "docker:index/container:Container":
-        outputs.update(name=inputs.get("name", name), exitCode=None, networkDatas=[])
+        # An attached (one-shot) container has exited by the time the create returns.
+        outputs.update(name=inputs.get("name", name), exitCode=0 if inputs.get("attach") else None, networkDatas=[])
     return resource_id, outputs
 
 

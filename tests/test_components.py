@@ -27,11 +27,11 @@ def _postgres_args(**changes: Any) -> PostgresDatabaseArgs:
         "image": "postgres:17.6",
         "container_name": "t-postgres",
         "volume_name": "t-pgdata",
+        "socket_volume_name": "t-pgsocket",
         "network_name": "t-net",
         "alias": "postgres",
-        "database": "mlflow",
-        "user": "mlflow",
         "password_length": 40,
+        "secrets_rotation": "",
         "memory_mb": 512,
         "log_max_size": "5m",
         "log_max_files": 2,
@@ -65,6 +65,7 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "cors_allowed_origins": [],
         "auth_enabled": False,
         "admin_password_length": 30,
+        "secrets_rotation": "",
         "protect_data": False,
         "log_max_size": "5m",
         "log_max_files": 2,
@@ -101,11 +102,13 @@ def test_postgres_database() -> pulumi.Output[None]:
     database = PostgresDatabase("t", _postgres_args())
 
     def check(args: list[Any]) -> None:
-        urn, password, _ = args
+        urn, password, superuser_password, _ = args
         children = {r.type: r for r in _children(mocks, database, urn)}
         assert set(children) == {RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME, CONTAINER}
-        assert children[RANDOM_PASSWORD].inputs["length"] == 40
-        assert children[RANDOM_PASSWORD].inputs["special"] is False
+        passwords = [r for r in _children(mocks, database, urn) if r.type == RANDOM_PASSWORD]
+        assert sorted(r.name for r in passwords) == ["t-password", "t-superuser-password"]
+        assert {r.inputs["length"] for r in passwords} == {40}
+        assert {r.inputs["special"] for r in passwords} == {False}
         container = children[CONTAINER].inputs
         assert container["user"] == "999:999"
         assert "ports" not in container
@@ -115,11 +118,16 @@ def test_postgres_database() -> pulumi.Output[None]:
         assert container["logDriver"] == "json-file"
         assert container["logOpts"] == {"max-size": "5m", "max-file": "2"}
         assert container["waitTimeout"] == 90
-        assert container["uploads"][0]["content"] == password
-        assert password not in str(container["envs"])
-        assert children[VOLUME].protect is False
+        # Only the superuser's password goes to Postgres; MLflow's is the bootstrap's to apply.
+        assert container["uploads"][0]["content"] == superuser_password
+        assert password not in str(container["uploads"])
+        assert superuser_password not in str(container["envs"])
+        assert "POSTGRES_USER=postgres" in container["envs"]
+        assert mocks.one(VOLUME, "t-data").protect is False
 
-    return pulumi.Output.all(database.urn, database.password.result, database.container.id).apply(check)
+    return pulumi.Output.all(
+        database.urn, database.password.result, database.superuser_password.result, database.container.id
+    ).apply(check)
 
 
 @pulumi.runtime.test
@@ -128,12 +136,13 @@ def test_postgres_database_protects_its_volume() -> pulumi.Output[None]:
     install(mocks, "dev")
     database = PostgresDatabase("t", _postgres_args(protect_data=True))
 
-    def check(name: str) -> None:
-        volume = mocks.one(VOLUME)
+    def check(names: list[str]) -> None:
+        volume = mocks.one(VOLUME, "t-data")
         assert (volume.protect, volume.retain_on_delete) == (True, True)
-        assert volume.inputs["name"] == name == "t-pgdata"
+        assert (mocks.one(VOLUME, "t-socket").protect, mocks.one(VOLUME, "t-socket").retain_on_delete) == (True, True)
+        assert volume.inputs["name"] == names[0] == "t-pgdata"
 
-    return database.volume.name.apply(check)
+    return pulumi.Output.all(database.volume.name, database.socket_volume.name).apply(check)
 
 
 @pulumi.runtime.test

@@ -91,8 +91,9 @@ def test_a_pushed_image_is_refused(local_deployer: LocalDeployer) -> None:
 
 
 def test_an_unimplemented_random_input_is_refused() -> None:
-    with pytest.raises(UnsupportedInputError, match=r"'pw'.*'keepers'"):
-        check_inputs(RANDOM_PASSWORD, "pw", {"length": 32, "keepers": {"rotate": "1"}})
+    # `number`: the provider's deprecated spelling of `numeric`.
+    with pytest.raises(UnsupportedInputError, match=r"'pw'.*'number'"):
+        check_inputs(RANDOM_PASSWORD, "pw", {"length": 32, "number": False})
 
 
 @pytest.mark.parametrize("unset", [None, "", [], {}])

@@ -501,10 +501,11 @@ def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
         names = {resource.name for resource in declared}
         assert {"mlflow-postgres-container", "mlflow-server-container"} <= names, names
         assert {"mlflow-postgres-data", "mlflow-server-artifacts"} <= names, names
+        assert "mlflow-db-bootstrap-container" in names, names
         assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
         # Property dependencies were recorded: the password reaches the containers only through uploads.
         postgres = _one(declared, CONTAINER, "postgres-container")
-        password = _one(declared, RANDOM_PASSWORD, "postgres-password")
+        password = _one(declared, RANDOM_PASSWORD, "postgres-superuser-password")
         assert password.urn in postgres.property_dependencies["uploads"]
         assert password.urn not in postgres.property_dependencies.get("envs", [])
         assert _evaluate(declared) == {}

@@ -15,6 +15,7 @@ COMPONENT_TYPES = {
     "mlflow-platform:stack:MlflowPlatform",
     "mlflow-platform:network:StackNetwork",
     "mlflow-platform:database:PostgresDatabase",
+    "mlflow-platform:database:DatabaseBootstrap",
     "mlflow-platform:image:MlflowImage",
     "mlflow-platform:server:MlflowServer",
 }
@@ -47,7 +48,15 @@ def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
     def check(values: dict[str, Any], secrets: set[str]) -> None:
         declared = sorted(r.type for r in mocks.registrations.values())
         assert declared == sorted(
-            [*COMPONENT_TYPES, CONTAINER, CONTAINER, VOLUME, VOLUME, NETWORK, IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD]
+            [
+                *COMPONENT_TYPES,
+                *[CONTAINER] * 3,  # Postgres, the database bootstrap, MLflow
+                *[VOLUME] * 3,  # data, Postgres's socket, artifacts
+                NETWORK,
+                IMAGE,
+                REMOTE_IMAGE,
+                *[RANDOM_PASSWORD] * 2,  # MLflow's role, the superuser
+            ]
         )
         # Every provider resource lives inside a component: nothing loose under the stack.
         for registration in mocks.registrations.values():
@@ -85,7 +94,7 @@ def test_no_secret_reaches_env_command_entrypoint_or_labels() -> pulumi.Output[N
         for name, value in values.items():
             if any(password in str(value) for password in passwords):
                 assert name in secrets, f"stack output {name} carries a secret in the clear"
-        assert passwords[0] in values["backend_store_uri"]
+        assert mocks.one(RANDOM_PASSWORD, "postgres-password").outputs["result"] in values["backend_store_uri"]
 
     return resolved(outputs, check)
 
@@ -126,12 +135,20 @@ def test_postgres_container_contract() -> pulumi.Output[None]:
         assert image.inputs == {"name": "postgres:17.6", "keepLocally": True}
         assert postgres.inputs["image"] == image.outputs["imageId"]
         envs = postgres.inputs["envs"]
-        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password" in envs
-        assert not any(env.startswith("POSTGRES_PASSWORD=") for env in envs)
-        [upload] = postgres.inputs["uploads"]
-        assert upload["file"] == "/run/secrets/postgres-password"
+        # initdb's superuser is the official image's default, with a password of its own.
+        assert "POSTGRES_USER=postgres" in envs
+        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-superuser-password" in envs
+        assert not any(env.startswith(("POSTGRES_PASSWORD=", "POSTGRES_DB=")) for env in envs)
+        upload, entrypoint = postgres.inputs["uploads"]
+        assert upload["file"] == "/run/secrets/postgres-superuser-password"
         assert (upload["owner"], upload["group"], upload["permissions"]) == ("999", "999", "0400")
-        assert upload["content"] == mocks.one(RANDOM_PASSWORD).outputs["result"]
+        assert upload["content"] == mocks.one(RANDOM_PASSWORD, "superuser-password").outputs["result"]
+        assert (entrypoint["file"], entrypoint["permissions"]) == (
+            "/usr/local/bin/mlflow-platform-postgres-entrypoint",
+            "0755",
+        )
+        assert postgres.inputs["entrypoints"] == ["/usr/local/bin/mlflow-platform-postgres-entrypoint"]
+        assert "exec docker-entrypoint.sh" in entrypoint["content"]
         assert postgres.inputs["healthcheck"]["tests"][:3] == ["CMD", "pg_isready", "-q"]
         assert postgres.inputs["restart"] == "unless-stopped"
         assert postgres.inputs["wait"] is True

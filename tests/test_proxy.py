@@ -105,6 +105,9 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
                 ],
                 "wait": True,
                 "waitTimeout": 300,
+                "stopSignal": "SIGTERM",
+                "stopTimeout": 60,
+                "destroyGraceSeconds": 60,
             }
             assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
             assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
@@ -209,6 +212,7 @@ COMMON_LINES = [
     "skip_install_trust",
     "auto_https disable_redirects",
     "default_sni mlflow.example.com",
+    "grace_period 50s",
     "strict_sni_host on",
     "protocols h1 h2",
     "read_header 30s",

@@ -34,18 +34,35 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "a loopback address"),
     ("dev", {"publicHost": ""}, "publicHost", "''", "a DNS host name or an IP address"),
     ("dev", {"publicHost": "mlflow_server!"}, "publicHost", "'mlflow_server!'", "a DNS host name"),
-    ("dev", {"mlflowVersion": "2.22.0"}, "mlflowVersion", "'2.22.0'", "an exact MLflow 3.x release"),
-    ("dev", {"mlflowVersion": "3.17"}, "mlflowVersion", "'3.17'", "an exact MLflow 3.x release"),
+    ("dev", {"mlflowVersion": "2.22.0"}, "mlflowVersion", "'2.22.0'", "3.10.0 or newer"),
+    ("dev", {"mlflowVersion": "3.17"}, "mlflowVersion", "'3.17'", "an exact MLflow release"),
+    # 3.9.0 has --allowed-hosts and the job switch, but its CLI kills uvicorn on SIGTERM.
+    ("dev", {"mlflowVersion": "3.9.0"}, "mlflowVersion", "'3.9.0'", "3.10.0 or newer"),
+    ("dev", {"mlflowVersion": "3.4.0"}, "mlflowVersion", "'3.4.0'", "--allowed-hosts"),
     ("dev", {"postgresDatabase": "ml-flow"}, "postgresDatabase", "'ml-flow'", "a lower-case Postgres identifier"),
+    # 59 characters: the auth database (plus '_auth') would pass Postgres's 63.
+    ("dev", {"postgresDatabase": "m" * 59}, "postgresDatabase", repr("m" * 59), "at most 58 characters"),
+    ("dev", {"postgresDatabase": "postgres"}, "postgresDatabase", "'postgres'", "other than postgres"),
+    ("dev", {"postgresDatabase": "template0"}, "postgresDatabase", "'template0'", "template0, template1"),
+    ("dev", {"postgresDatabase": "template1"}, "postgresDatabase", "'template1'", "template0, template1"),
+    ("dev", {"postgresUser": "postgres"}, "postgresUser", "'postgres'", "the cluster's superuser"),
+    ("dev", {"postgresUser": "pg_monitor"}, "postgresUser", "'pg_monitor'", "not starting with 'pg_'"),
     ("dev", {"postgresUser": "Admin"}, "postgresUser", "'Admin'", "a lower-case Postgres identifier"),
     ("dev", {"postgresPasswordLength": 16}, "postgresPasswordLength", "16", "an integer from 24 to 128"),
     ("dev", {"adminPasswordLength": 12}, "adminPasswordLength", "12", "an integer from 24 to 128"),
     ("dev", {"postgresMemoryMb": 64}, "postgresMemoryMb", "64", "an integer from 128"),
-    ("dev", {"mlflowMemoryMb": -1}, "mlflowMemoryMb", "-1", "an integer from 256"),
+    ("dev", {"mlflowMemoryMb": -1}, "mlflowMemoryMb", "-1", "an integer from 512"),
+    ("dev", {"mlflowMemoryMb": 256}, "mlflowMemoryMb", "256", "an integer from 512"),
+    ("dev", {"workers": 4, "mlflowMemoryMb": 1024}, "mlflowMemoryMb", "1024", "at least 1280 MiB"),
     ("dev", {"useWheelhouse": "yes"}, "useWheelhouse", "'yes'", "true or false"),
     ("dev", {"allowedHosts": "mlflow.example.com"}, "allowedHosts", "'mlflow.example.com'", "a list of"),
     ("dev", {"allowedHosts": ["ok.example.com", "bad host"]}, "allowedHosts", "'bad host'", "a host name"),
-    ("dev", {"corsAllowedOrigins": ["ml.example.com"]}, "corsAllowedOrigins", "'ml.example.com'", "an origin"),
+    ("dev", {"corsAllowedOrigins": ["ml.example.com"]}, "corsAllowedOrigins", "'ml.example.com'", "one origin"),
+    # MLflow splits the flag on commas: this entry would allow every origin.
+    ("dev", {"corsAllowedOrigins": ["https://a.com,*"]}, "corsAllowedOrigins", "'https://a.com,*'", "no comma"),
+    ("dev", {"corsAllowedOrigins": ["https://a.com/x"]}, "corsAllowedOrigins", "'https://a.com/x'", "no path"),
+    ("dev", {"allowedHosts": ["[mlflow.example.com]"]}, "allowedHosts", "'[mlflow.example.com]'", "in brackets"),
+    ("dev", {"secretsRotation": "x" * 257}, "secretsRotation", repr("x" * 257), "at most 256 characters"),
     ("dev", {"logMaxSize": "10MB"}, "logMaxSize", "'10MB'", "a size such as '10m'"),
     ("dev", {"logMaxFiles": 0}, "logMaxFiles", "0", "an integer from 1 to 100"),
     ("dev", {"startupTimeoutSeconds": 5}, "startupTimeoutSeconds", "5", "an integer from 30 to 3600"),
@@ -149,6 +166,36 @@ def test_every_committed_stack_file_is_valid_and_complete(stack: str) -> None:
     assert set(config) == set(declared), "a stack file sets a key Pulumi.yaml does not declare"
     for key, declaration in declared.items():
         assert {"type", "default", "description"} <= set(declaration), key
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        # Clients send the Host header in lower case; MLflow compares it exactly.
+        ({"publicHost": "MLflow.Example.COM"}, {"public_host": "mlflow.example.com"}),
+        ({"allowedHosts": ["ML.example.com:8080"]}, {"allowed_hosts": ("ml.example.com:8080",)}),
+        # IPv6 as clients write it in the Host header: in brackets.
+        ({"allowedHosts": ["fd00::5", "[FD00::6]:8080"]}, {"allowed_hosts": ("[fd00::5]", "[fd00::6]:8080")}),
+        ({"corsAllowedOrigins": ["https://UI.example.com"]}, {"cors_allowed_origins": ("https://ui.example.com",)}),
+        ({"postgresDatabase": "m" * 58}, {"postgres_database": "m" * 58}),
+        ({"mlflowVersion": "3.10.0"}, {"mlflow_version": "3.10.0"}),
+        ({"secretsRotation": " 2026-11 "}, {"secrets_rotation": "2026-11"}),
+    ],
+)
+def test_accepted_values_are_normalised(overrides: dict[str, Any], expected: dict[str, Any]) -> None:
+    install(EngineMocks(), "dev", overrides)
+    settings = load_settings()
+    assert {key: getattr(settings, key) for key in expected} == expected
+
+
+def test_an_ipv6_public_host_is_bracketed_in_allowed_hosts_and_uri() -> None:
+    from components.mlflow_server import allowed_hosts
+
+    install(EngineMocks(), "dev", {"publicHost": "FD00::1"})
+    settings = load_settings()
+    assert settings.tracking_uri == "http://[fd00::1]:5000"
+    hosts = allowed_hosts(settings.public_host, 5000, "127.0.0.1", "mlflow", settings.allowed_hosts)
+    assert hosts[:2] == ["[fd00::1]", "[fd00::1]:5000"]
 
 
 @settings(max_examples=40, deadline=None)

@@ -49,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_parser.add_argument("--no-standins", action="store_true", help="use the configured images, not the stand-ins")
     down_parser = commands.add_parser("down", help="remove what `up` made for the stack")
     down_parser.add_argument("--stack", default="dev")
-    down_parser.add_argument("--keep-volumes", action="store_true", help="keep the data volumes and their passwords")
+    down_parser.add_argument(
+        "--keep-volumes",
+        action="store_true",
+        help="keep the data volumes; forget the passwords, as pulumi destroy does",
+    )
     args = parser.parse_args(argv)
 
     # Imported here: `--help` should not wait for the Pulumi SDK to load.

@@ -72,9 +72,10 @@ TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 # The program's own ComponentResources: nothing to create, they only group children.
 COMPONENT_PREFIX = "mlflow-platform:"
 
+# keepers only matter through the comparison of inputs: changed inputs, new value.
 _RANDOM_INPUTS = frozenset(
     {"length", "special", "overrideSpecial", "upper", "lower", "numeric"}
-    | {"minLower", "minUpper", "minNumeric", "minSpecial"}
+    | {"minLower", "minUpper", "minNumeric", "minSpecial", "keepers"}
 )
 # Top-level inputs each resource type handles. Anything else that is set fails the deployment.
 HANDLED_INPUTS: dict[str, frozenset[str]] = {
@@ -88,7 +89,8 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     CONTAINER: frozenset({"image", "name", "command", "entrypoints", "envs", "user", "labels", "restart"})
     | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
     | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts"}
-    | {"healthcheck", "wait", "waitTimeout"},
+    | {"healthcheck", "wait", "waitTimeout"}
+    | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach"},
     TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
     TLS_SELF_SIGNED_CERT: frozenset({"privateKeyPem", "subject", "isCaCertificate", "maxPathLength"})
     | {"validityPeriodHours", "allowedUses", "setSubjectKeyId", "dnsNames", "ipAddresses"},
@@ -122,11 +124,17 @@ _BUILD_LOG_TAIL = 30
 _CONTAINER_LOG_TAIL = 40
 # pulumi-docker's defaults.
 _DEFAULT_WAIT_TIMEOUT = 60
-_DESTROY_GRACE_SECONDS = 30
-# What `down --keep-volumes` keeps of the state file: the volumes and their passwords.
-# Protected TLS resources (the internal CA) are kept too: `pulumi destroy` refuses to
+# pulumi-docker stops a container with `destroy_grace_seconds` as the timeout
+# before it removes it (on replace and destroy); unset, the timeout is 0: SIGKILL.
+_DEFAULT_DESTROY_GRACE_SECONDS = 0
+# How long an attached (one-shot) container may run; the provider waits forever.
+_ATTACH_TIMEOUT = 600
+# What `down --keep-volumes` keeps of the state file: the volume records. Not the
+# generated values: a destroy drops the random resources from Pulumi's state, so
+# the next `up` generates new ones for the kept data, as the real engine does.
+# Protected TLS resources (the internal CA) are kept: `pulumi destroy` refuses to
 # delete a protected resource, so its state survives.
-_KEPT_WITH_VOLUMES = ("project", "stack", "random", "volumes", "retainedVolumes")
+_KEPT_WITH_VOLUMES = ("project", "stack", "volumes", "retainedVolumes")
 
 
 class DeployError(RuntimeError):
@@ -699,12 +707,13 @@ class LocalDeployer(EngineMocks):
     # -- container --
 
     def _remove_container(self, name: str) -> None:
-        """An earlier `up` left it: the engine would replace it, so it goes first."""
+        """An earlier `up` left it: the engine would replace it, so it goes first,
+        stopped the way the provider's delete stops it."""
         try:
             old = self.client.containers.get(name)
         except docker.errors.NotFound:
             return
-        old.stop(timeout=_DESTROY_GRACE_SECONDS)
+        stop_container(old, grace_seconds(self._state, name))
         old.remove(v=True, force=True)
         self._event("removed old container", name)
 
@@ -786,21 +795,38 @@ class LocalDeployer(EngineMocks):
             config["log_config"] = docker.types.LogConfig(
                 type=inputs.get("logDriver") or "json-file", config=dict(inputs.get("logOpts") or {})
             )
+        if inputs.get("stopSignal"):
+            config["stop_signal"] = inputs["stopSignal"]
+        if inputs.get("networkMode"):
+            config["network_mode"] = inputs["networkMode"]
         return config
+
+    def _create_container(self, config: dict[str, Any], stop_timeout: int | None) -> docker.models.containers.Container:
+        """`containers.create`, plus StopTimeout, which the SDK's high-level API does not pass on."""
+        create_kwargs = docker.models.containers._create_container_args({**config, "version": self.client.api._version})
+        if stop_timeout is not None:
+            create_kwargs["stop_timeout"] = stop_timeout
+        response = self.client.api.create_container(**create_kwargs)
+        return self.client.containers.get(response["Id"])
 
     def _container(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         config = self._container_config(args, inputs)
         name = config["name"]
         self._remove_container(name)
         networks = inputs.get("networksAdvanced") or []
+        if networks and inputs.get("networkMode"):
+            raise UnsupportedInputError(f"'{args.name}': networkMode and networksAdvanced together")
         if networks:
             first = networks[0]
             config["network"] = first["name"]
             config["networking_config"] = {
                 first["name"]: self.client.api.create_endpoint_config(aliases=list(first.get("aliases") or []) or None)
             }
-        container = self.client.containers.create(**config)
+        stop_timeout = _whole(inputs, "stopTimeout", -1) if inputs.get("stopTimeout") is not None else None
+        container = self._create_container(config, stop_timeout)
         self._record("containers", name)
+        grace = _whole(inputs, "destroyGraceSeconds", _DEFAULT_DESTROY_GRACE_SECONDS)
+        self._update_state(lambda state: state.setdefault("destroyGraceSeconds", {}).__setitem__(name, grace))
         try:
             # Every network joined before start, so the process never sees a partial set.
             for network in networks[1:]:
@@ -816,6 +842,8 @@ class LocalDeployer(EngineMocks):
             if inputs.get("wait"):
                 timeout = float(inputs.get("waitTimeout") or _DEFAULT_WAIT_TIMEOUT)
                 self._wait_healthy(args.name, container, timeout)
+            if inputs.get("attach"):
+                self._wait_exited(args.name, container)
         except Exception:
             # What the engine does with a failed create: nothing half-made stays behind
             # except the logs printed in the error.
@@ -827,7 +855,27 @@ class LocalDeployer(EngineMocks):
             {"networkName": net, "ipAddress": data.get("IPAddress"), "gateway": data.get("Gateway")}
             for net, data in (container.attrs["NetworkSettings"].get("Networks") or {}).items()
         ]
-        return str(container.id), {"name": name, "networkDatas": network_datas, "exitCode": None}
+        state = container.attrs["State"]
+        # As the provider's read: the exit code of a container that is not running.
+        exit_code = None if state.get("Running") else state.get("ExitCode")
+        # mustRun only decides what a later refresh does with a stopped container;
+        # an `up` from nothing, all this deployer does, never reads it.
+        return str(container.id), {"name": name, "networkDatas": network_datas, "exitCode": exit_code}
+
+    def _wait_exited(self, resource: str, container: docker.models.containers.Container) -> None:
+        """pulumi-docker's `attach`: the create returns once the container has exited,
+        whatever its exit code (the provider records it as `exitCode` and does not fail)."""
+        deadline = time.monotonic() + _ATTACH_TIMEOUT
+        while True:
+            self._check_aborted(resource)
+            container.reload()
+            if container.attrs["State"].get("Status") in ("exited", "dead"):
+                code = container.attrs["State"].get("ExitCode")
+                self._event(f"exited with code {code}:", str(container.name))
+                return
+            if time.monotonic() > deadline:
+                raise DeployError(f"'{resource}': container {container.name} still runs after {_ATTACH_TIMEOUT}s")
+            time.sleep(0.5)
 
     def _wait_healthy(self, resource: str, container: docker.models.containers.Container, timeout: float) -> None:
         """pulumi-docker's `wait`: the create succeeds only once Docker reports the container healthy."""
@@ -869,14 +917,30 @@ class LocalDeployer(EngineMocks):
 # --- down -----------------------------------------------------------------------------------
 
 
+def grace_seconds(state: Mapping[str, Any], name: str) -> int:
+    """The destroyGraceSeconds the container was created with (0 if unknown, as the provider)."""
+    return int((state.get("destroyGraceSeconds") or {}).get(name, _DEFAULT_DESTROY_GRACE_SECONDS))
+
+
+def stop_container(container: docker.models.containers.Container, grace: int) -> None:
+    """The provider's delete: stop with the grace period as timeout, then remove.
+
+    Docker sends the container's stop signal, waits `grace` seconds, then SIGKILLs.
+    """
+    container.reload()
+    if container.attrs["State"].get("Running"):
+        container.stop(timeout=grace)
+
+
 def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
     """Removes what `up` made for the stack: found by label (the stack's and this
     deployer's marker), so any process can do it, and by the names the state file
     recorded. A real `pulumi up` of the same stack on this engine is left alone.
 
-    Kept: the volumes with `keep_volumes` (and then the generated passwords, which
-    the data was initialised with), volumes declared retainOnDelete, and images
-    declared keepLocally (the stand-ins among them).
+    Kept: the volumes with `keep_volumes` (not the generated passwords: as in
+    Pulumi, a destroy drops the random resources, so the next `up` generates new
+    ones and must put them in force on the kept data), volumes declared
+    retainOnDelete, and images declared keepLocally (the stand-ins among them).
     """
     client = docker.from_env(timeout=300)
     filters = {"label": [f"{PROJECT_LABEL}={project}", f"{STACK_LABEL}={stack}", f"{MANAGED_LABEL}=true"]}
@@ -887,9 +951,10 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
         with suppress(docker.errors.NotFound):
             containers.setdefault(name, client.containers.get(name))
     for name, container in sorted(containers.items()):
-        # A graceful stop first: Postgres shuts down cleanly, so kept data is consistent.
+        # Stopped as the provider's delete stops it: destroyGraceSeconds decides
+        # whether Postgres shuts down cleanly or is killed.
         with suppress(docker.errors.DockerException):
-            container.stop(timeout=_DESTROY_GRACE_SECONDS)
+            stop_container(container, grace_seconds(state, name))
         # v: the anonymous volumes (the secrets) go with the container, as pulumi-docker's removeVolumes.
         container.remove(v=True, force=True)
         log(f"removed container {name}")
@@ -923,8 +988,7 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
 
     if keep_volumes:
         if state_path(stack).exists():
-            # The passwords stay (the kept data was initialised with them) and so do the
-            # volume records; what was removed is forgotten.
+            # The volume records stay; the generated values and what was removed are forgotten.
             kept: dict[str, Any] = {key: state[key] for key in _KEPT_WITH_VOLUMES if key in state}
             kept["tls"] = {urn: entry for urn, entry in state.get("tls", {}).items() if entry.get("protected")}
             save_state(stack, kept)

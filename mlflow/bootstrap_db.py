@@ -1,0 +1,149 @@
+"""Puts the stack's database roles and passwords in force; run by DatabaseBootstrap.
+
+Connects over Postgres's local socket, which the official image trusts, so it
+works whatever passwords the data directory was made with. On every run it:
+- moves a stack made before this layout (MLflow connecting as the bootstrap
+  superuser, named like MLflow's role) to it: the superuser is renamed to
+  POSTGRES_SUPERUSER and a new, unprivileged role takes MLflow's name;
+- makes MLflow's role a plain login role (no SUPERUSER, CREATEDB, CREATEROLE,
+  REPLICATION, BYPASSRLS, no membership such as pg_execute_server_program) with
+  the generated password, and the superuser's password the generated one;
+- creates the tracking and auth databases if missing and gives MLflow's role
+  ownership of them and of every object in them (restored or migrated data).
+
+Passwords are read from files and sent only as SCRAM verifiers computed here by
+libpq, so neither the server's statement log nor an error report can show one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import psycopg
+from psycopg import sql
+
+_CONNECT_ATTEMPTS = 30
+# Renames the legacy superuser: a session cannot rename its own role.
+_MIGRATION_ROLE = "mlflow_platform_migration"
+
+
+def _log(message: str) -> None:
+    print(f"bootstrap_db: {message}", file=sys.stderr, flush=True)
+
+
+def _read_secret(variable: str) -> str:
+    with open(os.environ[variable], encoding="utf-8") as handle:
+        return handle.read().rstrip("\n")
+
+
+def _connect(user: str, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(host=os.environ["POSTGRES_SOCKET_DIR"], user=user, dbname=database, autocommit=True)
+
+
+def _role_exists(connection: psycopg.Connection[tuple[object, ...]], role: str) -> bool:
+    return connection.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def _connect_as_superuser(superuser: str, user: str) -> psycopg.Connection[tuple[object, ...]]:
+    """The superuser's session; migrates a legacy cluster whose only superuser is MLflow's role."""
+    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        try:
+            return _connect(superuser)
+        except psycopg.OperationalError as error:
+            if f'role "{superuser}" does not exist' in str(error):
+                break
+            if attempt == _CONNECT_ATTEMPTS:
+                raise
+            _log(f"Postgres not ready ({type(error).__name__}), retrying")
+            time.sleep(2)
+    # Made by an earlier version: initdb created MLflow's role as the bootstrap superuser.
+    _log(f"legacy layout: '{user}' is the cluster's superuser; renaming it to '{superuser}'")
+    with _connect(user) as legacy:
+        if not _role_exists(legacy, _MIGRATION_ROLE):
+            legacy.execute(sql.SQL("CREATE ROLE {} SUPERUSER LOGIN").format(sql.Identifier(_MIGRATION_ROLE)))
+    with _connect(_MIGRATION_ROLE) as migration:
+        migration.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(sql.Identifier(user), sql.Identifier(superuser)))
+    connection = _connect(superuser)
+    connection.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(_MIGRATION_ROLE)))
+    return connection
+
+
+def _verifier(connection: psycopg.Connection[tuple[object, ...]], role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier libpq computes client-side (what psql's \\password sends)."""
+    return connection.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
+
+
+def _apply_roles(connection: psycopg.Connection[tuple[object, ...]], superuser: str, user: str) -> None:
+    role = sql.Identifier(user)
+    password = _verifier(connection, user, _read_secret("POSTGRES_PASSWORD_FILE"))
+    attributes = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT")
+    verb = "ALTER" if _role_exists(connection, user) else "CREATE"
+    connection.execute(
+        sql.SQL("{} ROLE {} {} PASSWORD {}").format(sql.SQL(verb), role, attributes, sql.Literal(password))
+    )
+    # No inherited powers either (pg_execute_server_program, pg_read_server_files, ...).
+    granted = connection.execute(
+        "SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+        "JOIN pg_roles u ON u.oid = m.member WHERE u.rolname = %s",
+        (user,),
+    ).fetchall()
+    for (group,) in granted:
+        connection.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(str(group)), role))
+    superuser_password = _verifier(connection, superuser, _read_secret("POSTGRES_SUPERUSER_PASSWORD_FILE"))
+    connection.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(superuser), sql.Literal(superuser_password))
+    )
+    _log(f"role '{user}' (unprivileged) and superuser '{superuser}' have the declared passwords")
+
+
+# Every relation, type and routine outside the system schemas that MLflow's role
+# does not own yet; sequences owned by a column follow their table.
+_FOREIGN_OBJECTS = """
+SELECT 'TABLE', c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+   AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND c.relowner <> %(role)s::regrole
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                   AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i'))
+UNION ALL
+SELECT 'TYPE', t.oid::regtype::text FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+   AND t.typtype IN ('e', 'd', 'r', 'm') AND t.typowner <> %(role)s::regrole
+UNION ALL
+SELECT 'ROUTINE', p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND p.proowner <> %(role)s::regrole
+"""
+
+
+def _own_database(superuser: str, user: str, database: str) -> None:
+    with _connect(superuser) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            _log(f"creating database {database}")
+            connection.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(user))
+            )
+        connection.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(user))
+        )
+    with _connect(superuser, database) as connection:
+        objects = connection.execute(_FOREIGN_OBJECTS, {"role": user}).fetchall()
+        for kind, name in objects:
+            connection.execute(
+                sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(str(kind)), sql.SQL(str(name)), sql.Identifier(user))
+            )
+        if objects:
+            _log(f"database {database}: {len(objects)} objects handed to '{user}'")
+
+
+def main() -> None:
+    superuser, user = os.environ["POSTGRES_SUPERUSER"], os.environ["POSTGRES_USER"]
+    with _connect_as_superuser(superuser, user) as connection:
+        _apply_roles(connection, superuser, user)
+    for database in (os.environ["POSTGRES_DB"], os.environ["POSTGRES_AUTH_DB"]):
+        _own_database(superuser, user, database)
+    _log("done")
+
+
+if __name__ == "__main__":
+    main()
