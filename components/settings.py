@@ -19,8 +19,10 @@ import pulumi
 
 T = TypeVar("T")
 
-# Stacks that hold real experiment data: auth and volume protection are mandatory there.
-PROTECTED_STACKS = frozenset({"staging", "prod"})
+# Config key `environmentKind`: every stack is shared (auth and volume protection mandatory)
+# unless its stack file says it is one person's dev stack. Never decided by the stack's name,
+# so `production`, `prod-eu` or `Prod` get no way around the rules. policy/policies.py agrees.
+ENVIRONMENT_KINDS = ("dev", "shared")
 MIN_SECRET_LENGTH = 24
 MAX_SECRET_LENGTH = 128
 
@@ -77,6 +79,12 @@ class StackSettings:
     log_max_size: str
     log_max_files: int
     startup_timeout_seconds: int
+    environment_kind: str
+
+    @property
+    def shared(self) -> bool:
+        """Holds shared experiment data: anything but an explicit personal dev stack."""
+        return self.environment_kind != "dev"
 
     @property
     def tracking_uri(self) -> str:
@@ -211,6 +219,11 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
         log_max_files=read.integer("logMaxFiles", 1, 100),
         startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
+        environment_kind=read.string(
+            "environmentKind",
+            lambda value: value in ENVIRONMENT_KINDS,
+            "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
+        ),
     )
     _check_combinations(settings)
     return settings
@@ -218,10 +231,11 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
 
 def _check_combinations(settings: StackSettings) -> None:
     """Rules that span keys: where each stands, the error names the key to change."""
-    if settings.stack in PROTECTED_STACKS and not settings.auth_enabled:
-        raise SettingsError("authEnabled", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
-    if settings.stack in PROTECTED_STACKS and not settings.protect_data:
-        raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
+    shared = f"the '{settings.stack}' stack holds shared data (environmentKind is not 'dev'): accepted: true"
+    if settings.shared and not settings.auth_enabled:
+        raise SettingsError("authEnabled", False, shared)
+    if settings.shared and not settings.protect_data:
+        raise SettingsError("protectData", False, shared)
     if not ipaddress.ip_address(settings.bind_address).is_loopback and not settings.auth_enabled:
         raise SettingsError(
             "bindAddress",

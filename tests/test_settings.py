@@ -41,8 +41,16 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"logMaxSize": "10MB"}, "logMaxSize", "'10MB'", "a size such as '10m'"),
     ("dev", {"logMaxFiles": 0}, "logMaxFiles", "0", "an integer from 1 to 100"),
     ("dev", {"startupTimeoutSeconds": 5}, "startupTimeoutSeconds", "5", "an integer from 30 to 3600"),
-    ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data: accepted: true"),
+    ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data"),
     ("staging", {"protectData": False}, "protectData", "False", "the 'staging' stack holds shared data"),
+    ("dev", {"environmentKind": "personal"}, "environmentKind", "'personal'", "'shared' (the default"),
+    ("dev", {"environmentKind": "Dev"}, "environmentKind", "'Dev'", "or 'dev' (a personal stack)"),
+    # Former bypasses: only stacks named exactly 'staging' or 'prod' required auth and protection.
+    ("production", {}, "authEnabled", "False", "the 'production' stack holds shared data (environmentKind is not"),
+    ("prod-eu", {"authEnabled": True}, "protectData", "False", "the 'prod-eu' stack holds shared data"),
+    ("Prod", {}, "authEnabled", "False", "the 'Prod' stack holds shared data"),
+    # Not even a stack called dev is exempt without the explicit kind.
+    ("dev", {"environmentKind": "shared"}, "authEnabled", "False", "the 'dev' stack holds shared data"),
     ("dev", {"authEnabled": "maybe"}, "authEnabled", "'maybe'", "true or false"),
 ]
 
@@ -50,7 +58,7 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
 @pytest.mark.parametrize(
     ("stack", "overrides", "key", "shown", "accepted"),
     BAD_SETTINGS,
-    ids=[f"{row[0]}-{row[2]}={row[1][row[2]]!r}" for row in BAD_SETTINGS],
+    ids=[f"{row[0]}-{row[2]}={row[1].get(row[2], '<default>')!r}" for row in BAD_SETTINGS],
 )
 def test_bad_setting_is_refused_before_any_resource(
     stack: str, overrides: dict[str, Any], key: str, shown: str, accepted: str
@@ -90,3 +98,24 @@ def test_host_port_range(port: int) -> None:
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "shared"),
+    [
+        ("dev", {}, False),
+        ("staging", {}, True),
+        ("prod", {}, True),
+        # Any other name is shared by default; only the explicit kind makes a personal stack.
+        ("alice", {"environmentKind": "dev"}, False),
+        ("production", {"authEnabled": True, "protectData": True}, True),
+    ],
+)
+def test_environment_kind_decides_what_is_shared(stack: str, overrides: dict[str, Any], shared: bool) -> None:
+    install(EngineMocks(), stack, overrides)
+    settings_ = load_settings()
+    assert settings_.shared is shared
+    assert settings_.environment_kind == ("shared" if shared else "dev")
+    # A personal stack may still turn both on; a shared one must.
+    if shared:
+        assert (settings_.auth_enabled, settings_.protect_data) == (True, True)
