@@ -202,8 +202,9 @@ def test_pack_project_file_and_requirements_match_the_repository() -> None:
         lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return dict(line.split("==", 1) for line in lines if "==" in line)
 
-    pack, program = pins(POLICY_DIR / "requirements.txt"), pins(PROJECT_DIR / "requirements.txt")
-    dev = pins(PROJECT_DIR / "requirements-dev.txt")
+    # The *.in inputs of the hash-locked requirement files (tests/test_requirements_locks.py checks the locks).
+    pack, program = pins(POLICY_DIR / "requirements.in"), pins(PROJECT_DIR / "requirements.in")
+    dev = pins(PROJECT_DIR / "requirements-dev.in")
     assert pack == {"pulumi": program["pulumi"], "pulumi-policy": dev["pulumi-policy"]}
 
 
