@@ -7,40 +7,65 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e
+.PHONY: help install deploy destroy test lint unit e2e lock lock-image
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
 	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
-	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in staging/prod are kept)"
+	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in shared stacks are kept)"
+	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
+	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt
+# Every install is hash-locked (--require-hashes): requirements*.txt and policy/requirements.txt
+# are generated from the *.in files next to them by `make lock`. The venv's own pip is used as is
+# (upgrading it would be an install outside the lock).
+$(BIN)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.txt
 	touch $@
 
 install: $(BIN)/.installed
 
-deploy: $(BIN)/.installed
-	@command -v pulumi >/dev/null || { echo "error: the Pulumi CLI is not installed; see https://www.pulumi.com/docs/iac/download-install/" >&2; exit 1; }
-	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine answers; start Docker first" >&2; exit 1; }
-	@pulumi whoami >/dev/null 2>&1 || pulumi login --local
-	pulumi stack select --create $(STACK)
-	pulumi up --stack $(STACK)
-	@echo "tracking URI: $$(pulumi stack output tracking_uri --stack $(STACK))"
+# The policy pack's own virtualenv (policy/PulumiPolicy.yaml), which the CLI would otherwise fill without hashes.
+policy/venv/.installed: policy/requirements.txt
+	$(PYTHON) -m venv policy/venv
+	policy/venv/bin/pip install --quiet --require-hashes -r policy/requirements.txt
+	touch $@
 
-destroy: $(BIN)/.installed
-	pulumi destroy --stack $(STACK)
+# scripts/deploy.sh finds or installs the Pulumi CLI matching the SDK pin, then runs
+# `pulumi up --refresh --policy-pack policy` (tests/test_deploy_script.py).
+deploy: $(BIN)/.installed policy/venv/.installed
+	scripts/deploy.sh up $(STACK)
+
+destroy: $(BIN)/.installed policy/venv/.installed
+	scripts/deploy.sh destroy $(STACK)
+
+# uv resolves for every platform and Python >= 3.11 (--universal) and records the hash of every
+# file of each pin. The dev lock comes first; the program's and the pack's follow its versions, so
+# the tests run exactly the releases a deployment installs.
+LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
+
+lock: $(BIN)/.installed
+	$(LOCK) --custom-compile-command "make lock" requirements-dev.in -o requirements-dev.txt
+	$(LOCK) --custom-compile-command "make lock" requirements.in --constraint requirements-dev.txt -o requirements.txt
+	$(LOCK) --custom-compile-command "make lock" policy/requirements.in --constraint requirements-dev.txt \
+		-o policy/requirements.txt
+
+# mlflow/requirements.txt with the release filled in (uv does not expand ${MLFLOW_VERSION}).
+lock-image: $(BIN)/.installed
+	@test -n "$(MLFLOW_VERSION)" || { echo "usage: make lock-image MLFLOW_VERSION=3.17.2" >&2; exit 2; }
+	sed 's/$${MLFLOW_VERSION}/$(MLFLOW_VERSION)/' mlflow/requirements.txt \
+		| $(LOCK) --custom-compile-command "make lock-image MLFLOW_VERSION=$(MLFLOW_VERSION)" - \
+			-o mlflow/locks/$(MLFLOW_VERSION).txt
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint mlflow/Dockerfile mlflow/proxy/Dockerfile tests/standins/*/Dockerfile
-	$(BIN)/shellcheck mlflow/entrypoint.sh postgres/entrypoint.sh tests/standins/*/*.sh .ci/run
+	$(BIN)/shellcheck mlflow/entrypoint.sh postgres/entrypoint.sh tests/standins/*/*.sh .ci/run scripts/*.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
-	$(BIN)/zizmor --offline .github/workflows
+	$(BIN)/zizmor --persona auditor --offline .github/workflows
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not docker"

@@ -23,8 +23,10 @@ from components.certificates import CertificateError, check_key_pair, parse_cert
 
 T = TypeVar("T")
 
-# Stacks that hold real experiment data: auth and volume protection are mandatory there.
-PROTECTED_STACKS = frozenset({"staging", "prod"})
+# Config key `environmentKind`: every stack is shared (auth and volume protection mandatory)
+# unless its stack file says it is one person's dev stack. Never decided by the stack's name,
+# so `production`, `prod-eu` or `Prod` get no way around the rules. policy/policies.py agrees.
+ENVIRONMENT_KINDS = ("dev", "shared")
 MIN_SECRET_LENGTH = 24
 MAX_SECRET_LENGTH = 128
 
@@ -113,13 +115,18 @@ class StackSettings:
     tls_private_key: str = field(repr=False)
     max_upload_mb: int
     proxy_memory_mb: int
+    secrets_rotation: str
+    environment_kind: str
 
     @property
     def proxied(self) -> bool:
         """The TLS front door is on: it is the only container that publishes a port."""
         return self.tls_mode != "off"
 
-    secrets_rotation: str
+    @property
+    def shared(self) -> bool:
+        """Holds shared experiment data: anything but an explicit personal dev stack."""
+        return self.environment_kind != "dev"
 
     @property
     def tracking_uri(self) -> str:
@@ -385,6 +392,11 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         secrets_rotation=read.string(
             "secretsRotation", lambda value: len(value) <= 256, "accepted: any string of at most 256 characters"
         ),
+        environment_kind=read.string(
+            "environmentKind",
+            lambda value: value in ENVIRONMENT_KINDS,
+            "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
+        ),
     )
     _check_combinations(settings)
     _check_tls(settings)
@@ -393,10 +405,11 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
 
 def _check_combinations(settings: StackSettings) -> None:
     """Rules that span keys: where each stands, the error names the key to change."""
-    if settings.stack in PROTECTED_STACKS and not settings.auth_enabled:
-        raise SettingsError("authEnabled", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
-    if settings.stack in PROTECTED_STACKS and not settings.protect_data:
-        raise SettingsError("protectData", False, f"the '{settings.stack}' stack holds shared data: accepted: true")
+    shared = f"the '{settings.stack}' stack holds shared data (environmentKind is not 'dev'): accepted: true"
+    if settings.shared and not settings.auth_enabled:
+        raise SettingsError("authEnabled", False, shared)
+    if settings.shared and not settings.protect_data:
+        raise SettingsError("protectData", False, shared)
     needed = MLFLOW_BASE_MEMORY_MB + MLFLOW_WORKER_MEMORY_MB * settings.workers
     if settings.mlflow_memory_mb < needed:
         raise SettingsError(
@@ -406,11 +419,12 @@ def _check_combinations(settings: StackSettings) -> None:
             f"({MLFLOW_BASE_MEMORY_MB} plus {MLFLOW_WORKER_MEMORY_MB} per worker); "
             "accepted: that much or more, or fewer workers",
         )
-    if settings.stack in PROTECTED_STACKS and settings.tls_mode == "off":
+    if settings.shared and settings.tls_mode == "off":
         raise SettingsError(
             "tlsMode",
             "off",
-            f"the '{settings.stack}' stack is reached over a network: accepted: internal, acme, provided",
+            f"the '{settings.stack}' stack holds shared data and is reached over a network "
+            "(environmentKind is not 'dev'): accepted: internal, acme, provided",
         )
     if not ipaddress.ip_address(settings.bind_address).is_loopback:
         if not settings.auth_enabled:

@@ -19,8 +19,14 @@ What the engine hands a policy, as read from pulumi-policy 1.21.0's source:
 - Resource options carry `protect` but not `retainOnDelete` (`PolicyResourceOptions`
   has no such field), so volume protection is checked through `protect` alone.
 - The stack name is not an argument; it is the third field of every URN
-  (`urn:pulumi:<stack>::<project>::<type>::<name>`), and the program also labels
-  every container and volume with `com.pulumi.stack`. Either marks a protected stack.
+  (`urn:pulumi:<stack>::<project>::<type>::<name>`). It decides nothing: every stack
+  is shared (authentication and protected volumes required) unless the pack's config
+  says `environmentKind: dev`, which `make deploy` and the workflows pass from
+  policy/config/<stack>.json, the counterpart of the stack's own `environmentKind`
+  (components/settings.py). A stack named `production`, `prod-eu` or `Prod` is shared.
+- The stack config is not visible either; the pack config is (`args.get_config()`,
+  set with `--policy-pack-config`), per policy: each policy that depends on the
+  environment kind declares `environmentKind` in its config schema.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, Final
 
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyConfigSchema,
     PolicyResource,
     ReportViolation,
     ResourceValidationArgs,
@@ -49,15 +56,25 @@ IMAGE: Final = "docker:index/image:Image"
 REMOTE_IMAGE: Final = "docker:index/remoteImage:RemoteImage"
 RANDOM_PASSWORD: Final = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
 RANDOM_BYTES: Final = "random:index/randomBytes:RandomBytes"
+TLS_PRIVATE_KEY: Final = "tls:index/privateKey:PrivateKey"
 
-# Stacks that hold shared experiment data (components/settings.py's PROTECTED_STACKS;
-# the pack runs in its own virtualenv and cannot import the program).
-PROTECTED_STACKS: Final = frozenset({"staging", "prod"})
+# The pack config key that marks one person's dev stack (components/settings.py's `environmentKind`;
+# the pack runs in its own virtualenv and cannot import the program). Absent means shared.
+ENVIRONMENT_KIND: Final = "environmentKind"
+ENVIRONMENT_KIND_SCHEMA: Final = PolicyConfigSchema(
+    properties={ENVIRONMENT_KIND: {"type": "string", "enum": ["dev", "shared"], "default": "shared"}}
+)
+# Packages whose resources live only in the Pulumi state (encrypted there) and take generated secrets
+# as inputs by design (a certificate signed with a private key): the secret-value rule skips them.
+SECRET_HANDLING_PACKAGES: Final = frozenset({"random", "tls"})
+# Container inputs that carry secrets on purpose: file uploads into /run/secrets.
+SECRET_CARRYING_INPUTS: Final = frozenset({"uploads"})
+# The MLflow server image is the one built from the project's mlflow/ directory.
+MLFLOW_BUILD_CONTEXT: Final = "mlflow"
+MLFLOW_ENTRYPOINT: Final = "/usr/local/bin/mlflow-entrypoint"
 POSTGRES_PORT: Final = 5432
-STACK_LABEL: Final = "com.pulumi.stack"
 ROLE_LABEL: Final = "org.mlflow-platform.role"
 DATABASE_ROLE: Final = "database"
-TRACKING_SERVER_ROLE: Final = "tracking-server"
 # `mlflow server --app-name basic-auth` is MLflow's built-in authentication.
 AUTH_APP_NAMES: Final = frozenset({"basic-auth"})
 # Without one of these Docker never restarts the container after a crash or a reboot.
@@ -68,6 +85,7 @@ SECRET_NAME_MARKERS: Final = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY"
 SECRET_OUTPUTS: Final[Mapping[str, tuple[str, ...]]] = {
     RANDOM_PASSWORD: ("result", "bcryptHash"),
     RANDOM_BYTES: ("base64", "hex"),
+    TLS_PRIVATE_KEY: ("privateKeyPem", "privateKeyPemPkcs8", "privateKeyOpenssh"),
 }
 # Shorter values would match by accident (a port, a flag); every generated secret here is 24+ characters.
 MIN_SECRET_LENGTH: Final = 8
@@ -150,12 +168,9 @@ def stack_of(urn: str) -> str:
     return urn[len(prefix) :].split("::", 1)[0] if urn.startswith(prefix) else ""
 
 
-def protected_stack(urn: str, props: Any) -> str | None:
-    """The stack with shared data the resource belongs to, by its URN or its `com.pulumi.stack` label."""
-    for stack in (stack_of(urn), labels(props).get(STACK_LABEL)):
-        if stack in PROTECTED_STACKS:
-            return stack
-    return None
+def is_shared(config: Mapping[str, Any]) -> bool:
+    """Every stack holds shared data unless the pack config explicitly marks a personal dev stack."""
+    return bool(config.get(ENVIRONMENT_KIND, "shared") != "dev")
 
 
 def image_pin_problem(reference: str) -> str | None:
@@ -194,14 +209,53 @@ def is_postgres(props: Any) -> bool:
     return False
 
 
-def is_mlflow_server(props: Any) -> bool:
-    """The program's tracking server, or any container whose arguments are `mlflow server`'s."""
-    if labels(props).get(ROLE_LABEL) == TRACKING_SERVER_ROLE:
-        return True
+def runs_mlflow_server_arguments(props: Any) -> bool:
+    """A container whose arguments are `mlflow server`'s, whatever image it runs."""
     arguments = _arguments(props)
     if ("mlflow", "server") in pairwise(arguments):
         return True
     return any(argument.split("=", 1)[0] in MLFLOW_SERVER_FLAGS for argument in arguments)
+
+
+def keeps_server_entrypoint(props: Any) -> bool:
+    """The image's own entrypoint (which starts `mlflow server`) is kept, not replaced by another program."""
+    entrypoints = _strings(props, "entrypoints")
+    return not entrypoints or entrypoints[0] in (MLFLOW_ENTRYPOINT, "mlflow-entrypoint")
+
+
+def is_mlflow_image(image: PolicyResource) -> bool:
+    """A docker:Image built from the project's mlflow/ directory (the server's Dockerfile)."""
+    if image.resource_type != IMAGE:
+        return False
+    context = _field(_field(image.props, "build"), "context")
+    return isinstance(context, str) and context.rstrip("/").removeprefix("./") == MLFLOW_BUILD_CONTEXT
+
+
+def is_mlflow_server(container: PolicyResource, mlflow_images: Sequence[PolicyResource]) -> bool:
+    """The tracking server, recognised by what it runs, never by a label.
+
+    Either its arguments are `mlflow server`'s, or it runs the image built from mlflow/ (its `image`
+    input comes from that image resource, or equals that image's ID or name) without replacing the
+    entrypoint by another program (`mlflow gc` in a maintenance container is no server).
+    """
+    props = container.props
+    if runs_mlflow_server_arguments(props):
+        return True
+    if not keeps_server_entrypoint(props):
+        return False
+    built = {image.urn for image in mlflow_images}
+    if any(dependency.urn in built for dependency in container.property_dependencies.get("image", [])):
+        return True
+    image = _field(props, "image")
+    if not isinstance(image, str):
+        return False
+    references = {
+        value
+        for candidate in mlflow_images
+        for value in (_field(candidate.props, "repoDigest"), _field(candidate.props, "imageName"))
+        if isinstance(value, str) and value
+    }
+    return image in references
 
 
 def mlflow_auth_enabled(props: Any) -> bool:
@@ -338,44 +392,107 @@ def _validate_env_secret_names(args: ResourceValidationArgs, report: ReportViola
             )
 
 
+_SHARED_BECAUSE = (
+    "every stack is shared unless the policy pack config sets environmentKind: dev (policy/config/<stack>.json)"
+)
+
+
 def _validate_volume_protected(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    stack = protected_stack(args.urn, args.props)
-    if args.resource_type != VOLUME or stack is None:
+    if args.resource_type != VOLUME or not is_shared(args.get_config()):
         return
     if not args.opts.protect:
         name = _field(args.props, "name")
         report(
-            f"volume {name!r} of the '{stack}' stack is not protected: a destroy or a replacement "
-            "would delete it with the data in it.",
-            None,
-        )
-
-
-def _validate_protected_stack_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    stack = protected_stack(args.urn, args.props)
-    if args.resource_type != CONTAINER or stack is None:
-        return
-    if is_mlflow_server(args.props) and not mlflow_auth_enabled(args.props):
-        report(
-            f"the tracking server of the '{stack}' stack runs without `--app-name basic-auth`: "
-            "anyone who reaches it can read and delete experiments.",
-            None,
-        )
-
-
-def _validate_public_needs_auth(args: ResourceValidationArgs, report: ReportViolation) -> None:
-    if args.resource_type != CONTAINER or not is_mlflow_server(args.props) or mlflow_auth_enabled(args.props):
-        return
-    bindings = public_bindings(args.props)
-    if bindings:
-        report(
-            f"the tracking server is reachable beyond this host through {'; '.join(bindings)} "
-            "without `--app-name basic-auth`.",
+            f"volume {name!r} of the shared stack '{stack_of(args.urn)}' is not protected: a destroy or a "
+            f"replacement would delete it with the data in it ({_SHARED_BECAUSE}).",
             None,
         )
 
 
 # --- Stack policies ------------------------------------------------------------------------
+
+
+def _mlflow_servers(resources: Sequence[PolicyResource]) -> list[PolicyResource]:
+    images = [resource for resource in resources if is_mlflow_image(resource)]
+    return [
+        resource for resource in resources if resource.resource_type == CONTAINER and is_mlflow_server(resource, images)
+    ]
+
+
+def _validate_shared_stack_auth(args: StackValidationArgs, report: ReportViolation) -> None:
+    if not is_shared(args.get_config()):
+        return
+    for server in _mlflow_servers(args.resources):
+        if not mlflow_auth_enabled(server.props):
+            report(
+                f"the tracking server {server.name} of the shared stack '{stack_of(server.urn)}' runs without "
+                f"`--app-name basic-auth`: anyone who reaches it can read and delete experiments ({_SHARED_BECAUSE}).",
+                server.urn,
+            )
+
+
+def _validate_public_needs_auth(args: StackValidationArgs, report: ReportViolation) -> None:
+    # A front door that is public forwards to the server: it is reachable through that too.
+    front_doors = [
+        f"{resource.name} ({'; '.join(public_bindings(resource.props))})"
+        for resource in args.resources
+        if resource.resource_type == CONTAINER
+        and public_bindings(resource.props)
+        and resource.urn not in {server.urn for server in _mlflow_servers(args.resources)}
+    ]
+    for server in _mlflow_servers(args.resources):
+        if mlflow_auth_enabled(server.props):
+            continue
+        bindings = public_bindings(server.props) + front_doors
+        if bindings:
+            report(
+                f"the tracking server {server.name} is reachable beyond this host through {'; '.join(bindings)} "
+                "without `--app-name basic-auth`.",
+                server.urn,
+            )
+
+
+def _published_ports(props: Any) -> list[str]:
+    """Everything a container publishes on the Docker host, loopback included."""
+    found = [f"ports[{index}]" for index, _ in _entries(_field(props, "ports"))]
+    if _field(props, "networkMode") == "host":
+        found.append("the host network")
+    if _field(props, "publishAllPorts") is True:
+        found.append("publishAllPorts")
+    return found
+
+
+def _validate_server_behind_proxy(args: StackValidationArgs, report: ReportViolation) -> None:
+    public = sorted(
+        resource.name
+        for resource in args.resources
+        if resource.resource_type == CONTAINER and public_bindings(resource.props)
+    )
+    if not public:
+        return
+    for server in _mlflow_servers(args.resources):
+        published = _published_ports(server.props)
+        if published:
+            report(
+                f"the stack publishes on a non-loopback address ({', '.join(public)}), so the tracking server "
+                f"{server.name} must publish no port, but it publishes {', '.join(published)}: the front door "
+                "(the TLS proxy) is the only way in.",
+                server.urn,
+            )
+
+
+def _validate_shared_stack_tls(args: StackValidationArgs, report: ReportViolation) -> None:
+    if not is_shared(args.get_config()):
+        return
+    for server in _mlflow_servers(args.resources):
+        published = _published_ports(server.props)
+        if published:
+            report(
+                f"the tracking server {server.name} of the shared stack '{stack_of(server.urn)}' publishes "
+                f"{', '.join(published)}: plain HTTP, where every request carries a password; only the TLS proxy "
+                f"may publish a port ({_SHARED_BECAUSE}).",
+                server.urn,
+            )
 
 
 def _secret_sources(resources: Sequence[PolicyResource]) -> dict[str, PolicyResource]:
@@ -399,30 +516,48 @@ def _secret_values(sources: Mapping[str, PolicyResource]) -> dict[str, str]:
     return values
 
 
+def _strings_within(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, string) of every known string anywhere in a property value: lists, maps, nested."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key in value:
+            yield from _strings_within(_field(value, key), f"{path}.{key}" if path else str(key))
+    else:
+        for index, item in _entries(value):
+            yield from _strings_within(item, f"{path}[{index}]")
+
+
+def _package(type_token: str) -> str:
+    return type_token.split(":", 1)[0]
+
+
 def _validate_no_secret_values(args: StackValidationArgs, report: ReportViolation) -> None:
     sources = _secret_sources(args.resources)
     values = _secret_values(sources)
     for resource in args.resources:
-        if resource.resource_type != CONTAINER:
+        if resource.urn in sources or _package(resource.resource_type) in SECRET_HANDLING_PACKAGES:
             continue
-        for key in ("envs", "command", "entrypoints"):
+        exempt = SECRET_CARRYING_INPUTS if resource.resource_type == CONTAINER else frozenset()
+        for key, dependencies in sorted(resource.property_dependencies.items()):
             # Known even in preview, when the secret itself is not: the input is computed from its output.
-            derived = sorted({dep.name for dep in resource.property_dependencies.get(key, []) if dep.urn in sources})
-            if derived:
+            derived = sorted({dep.name for dep in dependencies if dep.urn in sources})
+            if derived and key not in exempt:
                 report(
-                    f"`{key}` of container {resource.name} is computed from the secret output of "
+                    f"`{key}` of {resource.name} is computed from the secret output of "
                     f"{', '.join(derived)}; pass it as an uploaded file instead.",
                     resource.urn,
                 )
-            for index, item in _entries(_field(resource.props, key)):
-                if not isinstance(item, str):
-                    continue
+        for key in resource.props:
+            if key in exempt:
+                continue
+            for path, item in _strings_within(_field(resource.props, key), key):
                 for value, source in values.items():
                     if value in item:
-                        shown = item.partition("=")[0] if key == "envs" else f"argument {index}"
+                        shown = f"{path} ({item.partition('=')[0]})" if key == "envs" else path
                         report(
-                            f"{key}[{index}] ({shown}) of container {resource.name} contains the secret "
-                            f"generated by {source}; pass it as an uploaded file instead.",
+                            f"{shown} of {resource.name} contains the secret generated by {source}; "
+                            "pass it as an uploaded file instead.",
                             resource.urn,
                         )
 
@@ -493,8 +628,9 @@ container_env_secret_names = ResourceValidationPolicy(
 container_env_no_secret_values = StackValidationPolicy(
     name="container-env-no-secret-values",
     description=(
-        "No container environment value, command or entrypoint argument carries a generated secret (a "
-        "RandomPassword result or any other secret output), whatever the variable is called."
+        "No input of any resource carries a generated secret (a RandomPassword result, a private key or any "
+        "other secret output), whatever it is called: environment, command, entrypoint, health check, labels, "
+        "build arguments and every other string, except the file uploads into /run/secrets."
     ),
     validate=_validate_no_secret_values,
     enforcement_level=EnforcementLevel.MANDATORY,
@@ -505,25 +641,57 @@ container_env_no_secret_values = StackValidationPolicy(
 protected_stack_volumes = ResourceValidationPolicy(
     name="protected-stack-volumes",
     description=(
-        "In the staging and prod stacks every volume (the Postgres data and the MLflow artifacts) is protected, "
-        "so neither `pulumi destroy` nor a replacement deletes experiment data."
+        "In every shared stack (any stack whose pack config does not set environmentKind: dev) every volume "
+        "(the Postgres data and the MLflow artifacts) is protected, so neither `pulumi destroy` nor a "
+        "replacement deletes experiment data."
     ),
     validate=_validate_volume_protected,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.CRITICAL,
+    config_schema=ENVIRONMENT_KIND_SCHEMA,
     remediation_steps="Set `protectData: true` in the stack's config file.",
 )
 
-protected_stack_mlflow_auth = ResourceValidationPolicy(
+protected_stack_mlflow_auth = StackValidationPolicy(
     name="protected-stack-mlflow-auth",
-    description="In the staging and prod stacks the MLflow tracking server runs with authentication (basic-auth).",
-    validate=_validate_protected_stack_auth,
+    description=(
+        "In every shared stack (any stack whose pack config does not set environmentKind: dev) the MLflow "
+        "tracking server, recognised by the image built from mlflow/ or by `mlflow server`'s arguments, runs "
+        "with authentication (basic-auth)."
+    ),
+    validate=_validate_shared_stack_auth,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.CRITICAL,
+    config_schema=ENVIRONMENT_KIND_SCHEMA,
     remediation_steps="Set `authEnabled: true` in the stack's config file.",
 )
 
-mlflow_public_needs_auth = ResourceValidationPolicy(
+mlflow_behind_proxy = StackValidationPolicy(
+    name="mlflow-behind-proxy",
+    description=(
+        "When a stack publishes anything on a non-loopback address, the MLflow tracking server container "
+        "publishes no port at all: the proxy in front of it is the only way in."
+    ),
+    validate=_validate_server_behind_proxy,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    remediation_steps="Let the front door (the TLS proxy) publish the public port and drop the server's `ports`.",
+)
+
+shared_stack_tls = StackValidationPolicy(
+    name="shared-stack-tls",
+    description=(
+        "In every shared stack (any stack whose pack config does not set environmentKind: dev) the MLflow "
+        "tracking server publishes no port: clients reach it only through the TLS proxy."
+    ),
+    validate=_validate_shared_stack_tls,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    config_schema=ENVIRONMENT_KIND_SCHEMA,
+    remediation_steps="Set `tlsMode` to internal, acme or provided in the stack's config file.",
+)
+
+mlflow_public_needs_auth = StackValidationPolicy(
     name="mlflow-public-needs-auth",
     description=(
         "The MLflow tracking server is not published on a non-loopback address (or the host network) "
@@ -545,4 +713,6 @@ POLICIES: Final[list[ResourceValidationPolicy | StackValidationPolicy]] = [
     protected_stack_volumes,
     protected_stack_mlflow_auth,
     mlflow_public_needs_auth,
+    mlflow_behind_proxy,
+    shared_stack_tls,
 ]

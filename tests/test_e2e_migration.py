@@ -30,7 +30,7 @@ pytestmark = pytest.mark.docker
 # The last commit where MLflow connected as the image's superuser `mlflow`.
 LEGACY_COMMIT = "5b51a0c26cbdef19d748c75b5813b8d76c659cd6"
 STACK = "migration"
-OVERRIDES: dict[str, object] = {"hostPort": 5004, "authEnabled": True, "tlsMode": "off"}
+OVERRIDES: dict[str, object] = {"hostPort": 5004, "authEnabled": True, "tlsMode": "off", "environmentKind": "dev"}
 API = "/api/2.0/mlflow"
 
 

@@ -17,7 +17,7 @@ from tests.stack_config import stack_config
 pytestmark = pytest.mark.docker
 
 STACK = "refusals"
-OVERRIDES = {"hostPort": 5005, "tlsMode": "off"}
+OVERRIDES = {"hostPort": 5005, "tlsMode": "off", "environmentKind": "dev"}
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,14 @@ pytestmark = pytest.mark.docker
 STACK = "secrets"
 # protectData: a plain `down` keeps the volumes (retainOnDelete), as in staging.
 # Plain HTTP on loopback: these tests are about secrets, not the front door (test_e2e_https.py).
-OVERRIDES = {"hostPort": 5003, "authEnabled": True, "protectData": True, "publicHost": "LocalHost", "tlsMode": "off"}
+OVERRIDES = {
+    "hostPort": 5003,
+    "authEnabled": True,
+    "protectData": True,
+    "publicHost": "LocalHost",
+    "tlsMode": "off",
+    "environmentKind": "dev",
+}
 API = "/api/2.0/mlflow"
 
 

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.docker
 
 # A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own.
 STACK = "upgrade"
-# Plain HTTP on loopback: this test is about the schema, not the front door.
-OVERRIDES = {"hostPort": 5002, "tlsMode": "off"}
+# A personal stack on loopback, plain HTTP: this test is about the schema, not the front door.
+OVERRIDES = {"hostPort": 5002, "tlsMode": "off", "environmentKind": "dev"}
 
 
 def _schema_version(deployed: e2e.Deployed, client: docker.DockerClient) -> str:

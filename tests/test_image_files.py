@@ -6,13 +6,16 @@ import re
 from pathlib import Path
 
 from tests.stack_config import PROJECT_DIR, stack_config
+from tests.test_requirements_locks import lock_problems
 
 DOCKERFILE = (PROJECT_DIR / "mlflow" / "Dockerfile").read_text(encoding="utf-8")
 ENTRYPOINT = (PROJECT_DIR / "mlflow" / "entrypoint.sh").read_text(encoding="utf-8")
 
 
 def _pin(path: Path, package: str) -> str:
-    match = re.search(rf"^{re.escape(package)}==(\S+)$", path.read_text(encoding="utf-8"), re.MULTILINE)
+    # A plain pin, or a hash-locked one (`name==1.2.3 \\` followed by its --hash lines).
+    pattern = rf"^{re.escape(package)}==([^\s;\\]+)(?:\s*\\)?$"
+    match = re.search(pattern, path.read_text(encoding="utf-8"), re.MULTILINE)
     assert match, f"{package} is not pinned exactly in {path.name}"
     return match.group(1)
 
@@ -60,8 +63,9 @@ def test_the_default_release_is_locked() -> None:
     assert _pin(lock, "mlflow") == configured
     requirements = PROJECT_DIR / "mlflow" / "requirements.txt"
     assert _pin(lock, "psycopg") == re.sub(r"^psycopg\[binary\]==", "", _driver_line(requirements))
-    pins = [line for line in lock.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[^=\s]+", line) for line in pins), "every line an exact pin"
+    # Every line an exact pin with its hashes.
+    _, problems = lock_problems(lock.read_text(encoding="utf-8"))
+    assert problems == []
 
 
 def _driver_line(requirements: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,12 +36,16 @@ from policy import policies
 from policy.policies import POLICIES
 from tests import harness
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
-from tests.stack_config import PROJECT_DIR, STACKS
+from tests.stack_config import PROJECT_DIR, STACKS, stack_config
 
 POLICY_DIR = PROJECT_DIR / "policy"
+# What `make deploy` and the workflows pass as `--policy-pack-config` for a stack, when the file exists.
+PACK_CONFIG_DIR = POLICY_DIR / "config"
+DEV_KIND = {"environmentKind": "dev"}
 BY_NAME = {policy.name: policy for policy in POLICIES}
 PASSWORD = "Zq7hT2mKx9PwL4vNc8RbY3sJ"  # the shape of a generated one: 24 letters and digits
 IMAGE_ID = "sha256:" + "ab" * 32
+PROXY_IMAGE_ID = "sha256:" + "cd" * 32
 
 Violations = dict[str, list[str]]
 
@@ -63,8 +68,23 @@ def _urn(type_token: str, name: str, stack: str = "dev") -> str:
     return f"urn:pulumi:{stack}::mlflow-platform::{type_token}::{name}"
 
 
+def _pack_config(stack: str) -> dict[str, dict[str, Any]]:
+    """The committed pack config of a stack (policy name -> config); none for a stack without a file."""
+    path = PACK_CONFIG_DIR / f"{stack}.json"
+    if not path.exists():
+        return {}
+    loaded = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict)
+    return loaded
+
+
 def _check_resource(
-    policy_name: str, type_token: str, props: Mapping[str, Any], stack: str = "dev", protect: bool = False
+    policy_name: str,
+    type_token: str,
+    props: Mapping[str, Any],
+    stack: str = "dev",
+    protect: bool = False,
+    config: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """The messages one resource policy reports for one resource."""
     policy = BY_NAME[policy_name]
@@ -81,6 +101,7 @@ def _check_resource(
         "subject",
         _options(protect),
         None,
+        dict(config or {}),
     )
     policy.validate(args, report)
     return messages
@@ -91,11 +112,12 @@ def _stack_resource(
     name: str,
     props: Mapping[str, Any],
     additional_secret_outputs: list[str] | None = None,
+    stack: str = "dev",
 ) -> PolicyResource:
     return PolicyResource(
         type_token,
         unknown_checking_proxy(copy.deepcopy(dict(props))),
-        _urn(type_token, name),
+        _urn(type_token, name, stack),
         name,
         _options(additional_secret_outputs=additional_secret_outputs),
         None,
@@ -105,7 +127,9 @@ def _stack_resource(
     )
 
 
-def _check_stack(policy_name: str, resources: list[PolicyResource]) -> list[tuple[str | None, str]]:
+def _check_stack(
+    policy_name: str, resources: list[PolicyResource], config: Mapping[str, Any] | None = None
+) -> list[tuple[str | None, str]]:
     """(urn, message) of every violation one stack policy reports."""
     policy = BY_NAME[policy_name]
     assert isinstance(policy, StackValidationPolicy)
@@ -114,7 +138,7 @@ def _check_stack(policy_name: str, resources: list[PolicyResource]) -> list[tupl
     def report(message: str, urn: str | None = None) -> None:
         reported.append((urn, message))
 
-    policy.validate(StackValidationArgs(resources), report)
+    policy.validate(StackValidationArgs(resources, dict(config or {})), report)
     return reported
 
 
@@ -150,7 +174,7 @@ NO_AUTH = ["--host", "0.0.0.0", "--port", "5000", "--serve-artifacts"]
 
 
 def test_every_policy_is_mandatory_named_once_and_described() -> None:
-    assert len(BY_NAME) == len(POLICIES) == 9
+    assert len(BY_NAME) == len(POLICIES) == 11
     for policy in POLICIES:
         assert policy.enforcement_level == EnforcementLevel.MANDATORY, policy.name
         # A reviewer reads this in the PR comment: a sentence, not a tag.
@@ -178,8 +202,9 @@ def test_pack_project_file_and_requirements_match_the_repository() -> None:
         lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
         return dict(line.split("==", 1) for line in lines if "==" in line)
 
-    pack, program = pins(POLICY_DIR / "requirements.txt"), pins(PROJECT_DIR / "requirements.txt")
-    dev = pins(PROJECT_DIR / "requirements-dev.txt")
+    # The *.in inputs of the hash-locked requirement files (tests/test_requirements_locks.py checks the locks).
+    pack, program = pins(POLICY_DIR / "requirements.in"), pins(PROJECT_DIR / "requirements.in")
+    dev = pins(PROJECT_DIR / "requirements-dev.in")
     assert pack == {"pulumi": program["pulumi"], "pulumi-policy": dev["pulumi-policy"]}
 
 
@@ -320,7 +345,7 @@ def test_container_env_no_secret_values_by_value_and_by_dependency() -> None:
     reported = _check_stack("container-env-no-secret-values", [unknown_password, computed])
     [(urn, message)] = reported
     assert urn == computed.urn
-    assert "`envs` of container computed is computed from the secret output of pg-password" in message
+    assert "`envs` of computed is computed from the secret output of pg-password" in message
 
     # Any output marked secret counts, not only random passwords.
     token = _stack_resource("custom:index:Token", "token", {"value": "t0k3n-t0k3n-t0k3n"}, ["value"])
@@ -328,41 +353,132 @@ def test_container_env_no_secret_values_by_value_and_by_dependency() -> None:
     assert len(_check_stack("container-env-no-secret-values", [token, uses_token])) == 1
 
 
+def test_secret_values_in_any_input_of_any_resource_are_caught() -> None:
+    password = _stack_resource(RANDOM_PASSWORD, "pg-password", {"length": 24.0, "result": PASSWORD})
+    leaks = [
+        _stack_resource(CONTAINER, "in-healthcheck", _mlflow(healthcheck={"tests": ["CMD", "pg_isready", PASSWORD]})),
+        _stack_resource(CONTAINER, "in-label", _mlflow(labels=[{"label": "db", "value": f"x:{PASSWORD}"}])),
+        _stack_resource(IMAGE, "in-build-arg", {"imageName": "m:1", "build": {"args": {"DB_URL": f"x{PASSWORD}"}}}),
+        _stack_resource("docker:index/network:Network", "in-network-label", {"options": {"o": PASSWORD}}),
+    ]
+    reported = _check_stack("container-env-no-secret-values", [password, *leaks])
+    assert [urn for urn, _ in reported] == [leak.urn for leak in leaks]
+    assert reported[0][1].startswith("healthcheck.tests[2] of in-healthcheck contains the secret generated by pg")
+    assert reported[1][1].startswith("labels[0].value of in-label contains")
+    assert reported[2][1].startswith("build.args.DB_URL of in-build-arg contains")
+    assert reported[3][1].startswith("options.o of in-network-label contains")
+
+
+def test_secret_values_in_uploads_and_in_secret_handling_resources_are_allowed() -> None:
+    password = _stack_resource(RANDOM_PASSWORD, "pg-password", {"length": 24.0, "result": PASSWORD})
+    # The one intended way into a container: a file under /run/secrets.
+    uploads = _postgres(uploads=[{"file": "/run/secrets/postgres-password", "content": PASSWORD}])
+    container = _stack_resource(CONTAINER, "postgres", uploads)
+    container.property_dependencies = {"uploads": [password]}
+    # A certificate signed with a generated key lives in the (encrypted) state only.
+    key = _stack_resource("tls:index/privateKey:PrivateKey", "ca-key", {"privateKeyPem": "-----BEGIN KEY-----x"})
+    cert = _stack_resource("tls:index/selfSignedCert:SelfSignedCert", "ca", {"privateKeyPem": "-----BEGIN KEY-----x"})
+    cert.property_dependencies = {"privateKeyPem": [key]}
+    assert _check_stack("container-env-no-secret-values", [password, container, key, cert]) == []
+    # The same key computed into a container's label is caught, by dependency.
+    labelled = _stack_resource(CONTAINER, "labelled", _postgres())
+    labelled.property_dependencies = {"labels": [key]}
+    [(urn, message)] = _check_stack("container-env-no-secret-values", [key, labelled])
+    assert urn == labelled.urn
+    assert message.startswith("`labels` of labelled is computed from the secret output of ca-key")
+
+
 @pytest.mark.parametrize(
-    ("stack", "props", "protect", "passes"),
+    ("stack", "config", "protect", "passes"),
     [
-        ("prod", {"name": "p-pgdata"}, True, True),
-        ("dev", {"name": "d-pgdata"}, False, True),
-        ("prod", {"name": "p-pgdata"}, False, False),
-        ("staging", {"name": "s-artifacts"}, False, False),
-        # The stack label marks a protected stack too, whatever the URN says.
-        ("dev", {"name": "x", "labels": [{"label": "com.pulumi.stack", "value": "prod"}]}, False, False),
+        ("prod", {}, True, True),
+        ("dev", DEV_KIND, False, True),
+        ("prod", {}, False, False),
+        ("staging", {}, False, False),
+        # Former bypasses: only the exact names 'staging' and 'prod' were protected.
+        ("production", {}, False, False),
+        ("prod-eu", {}, False, False),
+        ("Prod", {}, False, False),
+        # The name 'dev' exempts nothing either: only the explicit kind does.
+        ("dev", {}, False, False),
+        ("dev", {"environmentKind": "shared"}, False, False),
     ],
 )
-def test_protected_stack_volumes(stack: str, props: dict[str, Any], protect: bool, passes: bool) -> None:
-    messages = _check_resource("protected-stack-volumes", VOLUME, props, stack=stack, protect=protect)
+def test_protected_stack_volumes(stack: str, config: dict[str, Any], protect: bool, passes: bool) -> None:
+    messages = _check_resource(
+        "protected-stack-volumes", VOLUME, {"name": "v-pgdata"}, stack=stack, protect=protect, config=config
+    )
     assert (messages == []) is passes
     if not passes:
-        assert "of the 'prod' stack" in messages[0] or "of the 'staging' stack" in messages[0]
+        assert messages[0].startswith(f"volume 'v-pgdata' of the shared stack '{stack}' is not protected")
+        assert "environmentKind: dev" in messages[0]
+
+
+def _built_image(context: str = "./mlflow") -> PolicyResource:
+    props = {"imageName": "mlflow-platform/mlflow:3.17.2-prod", "build": {"context": context}, "repoDigest": IMAGE_ID}
+    return _stack_resource(IMAGE, "image", props)
+
+
+def _server_from_image(image: PolicyResource, stack: str = "dev", **changes: Any) -> PolicyResource:
+    """A container running the image built from mlflow/ with its default command: no label, no server flags."""
+    props = {**{k: v for k, v in _mlflow().items() if k not in ("labels", "command")}, **changes}
+    container = _stack_resource(CONTAINER, "server", props, stack=stack)
+    container.property_dependencies = {"image": [image]}
+    return container
 
 
 @pytest.mark.parametrize(
-    ("stack", "props", "passes"),
+    ("stack", "props", "config", "passes"),
     [
-        ("prod", _mlflow(), True),
-        ("dev", _mlflow(command=NO_AUTH), True),
-        ("prod", _postgres(), True),
-        ("prod", _mlflow(command=NO_AUTH), False),
-        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=some-plugin"]), False),
-        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=basic-auth"]), True),
-        # Recognised by `mlflow server`'s own arguments when the labels are missing.
-        ("prod", {"command": ["mlflow", "server", "--backend-store-uri", "x"]}, False),
+        ("prod", _mlflow(), {}, True),
+        ("dev", _mlflow(command=NO_AUTH), DEV_KIND, True),
+        ("prod", _postgres(), {}, True),
+        ("prod", _mlflow(command=NO_AUTH), {}, False),
+        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=some-plugin"]), {}, False),
+        ("staging", _mlflow(command=[*NO_AUTH, "--app-name=basic-auth"]), {}, True),
+        # Former bypasses: a shared stack under another name.
+        ("production", _mlflow(command=NO_AUTH), {}, False),
+        ("prod-eu", _mlflow(command=NO_AUTH), {}, False),
+        ("Prod", _mlflow(command=NO_AUTH), {}, False),
+        ("dev", _mlflow(command=NO_AUTH), {}, False),
+        # Recognised by `mlflow server`'s own arguments; the role label counts for nothing.
+        ("prod", {"command": ["mlflow", "server", "--backend-store-uri", "x"]}, {}, False),
+        ("prod", _mlflow(command=NO_AUTH, labels=[]), {}, False),
         # A maintenance job is no server.
-        ("prod", {"command": ["mlflow", "gc", "--backend-store-uri", "x"]}, True),
+        ("prod", {"command": ["mlflow", "gc", "--backend-store-uri", "x"]}, {}, True),
     ],
 )
-def test_protected_stack_mlflow_auth(stack: str, props: dict[str, Any], passes: bool) -> None:
-    assert (_check_resource("protected-stack-mlflow-auth", CONTAINER, props, stack=stack) == []) is passes
+def test_protected_stack_mlflow_auth(stack: str, props: dict[str, Any], config: dict[str, Any], passes: bool) -> None:
+    container = _stack_resource(CONTAINER, "server", props, stack=stack)
+    reported = _check_stack("protected-stack-mlflow-auth", [container], config)
+    assert (reported == []) is passes, reported
+    if not passes:
+        assert reported[0][1].startswith(f"the tracking server server of the shared stack '{stack}' runs without")
+
+
+def test_the_server_is_recognised_by_the_image_it_runs() -> None:
+    image = _built_image()
+    # No label, no `mlflow server` arguments: the Dockerfile's default CMD starts the server without auth.
+    by_dependency = _server_from_image(image, stack="prod")
+    assert not policies.runs_mlflow_server_arguments(by_dependency.props)
+    [(urn, _)] = _check_stack("protected-stack-mlflow-auth", [image, by_dependency])
+    assert urn == by_dependency.urn
+    # After the image exists, the container's image is the image's ID: recognised by value too.
+    by_value = _server_from_image(image, stack="prod")
+    by_value.property_dependencies = {}
+    assert len(_check_stack("protected-stack-mlflow-auth", [image, by_value])) == 1
+    # The same image with its entrypoint replaced by a maintenance command is no server.
+    maintenance = _server_from_image(image, stack="prod", entrypoints=["mlflow", "gc"])
+    assert _check_stack("protected-stack-mlflow-auth", [image, maintenance]) == []
+    # An image built from another directory is someone else's.
+    other = _built_image("./caddy")
+    assert _check_stack("protected-stack-mlflow-auth", [other, _server_from_image(other, stack="prod")]) == []
+    # Published on every interface without auth, in any stack: recognised by its image as well.
+    [(urn, message)] = _check_stack("mlflow-public-needs-auth", [image, _server_from_image(image, stack="dev")])
+    assert "through 0.0.0.0:5000 -> 5000 without `--app-name basic-auth`" in message
+    # ... and the auth flag still satisfies the rule.
+    with_auth = _server_from_image(image, stack="prod", entrypoints=[], command=["--app-name", "basic-auth"])
+    assert _check_stack("protected-stack-mlflow-auth", [image, with_auth]) == []
 
 
 @pytest.mark.parametrize(
@@ -382,7 +498,56 @@ def test_protected_stack_mlflow_auth(stack: str, props: dict[str, Any], passes: 
     ],
 )
 def test_mlflow_public_needs_auth(props: dict[str, Any], passes: bool) -> None:
-    assert (_check_resource("mlflow-public-needs-auth", CONTAINER, props) == []) is passes
+    assert (_check_stack("mlflow-public-needs-auth", [_stack_resource(CONTAINER, "s", props)]) == []) is passes
+
+
+def _proxy(ip: str = "0.0.0.0") -> PolicyResource:
+    props = {
+        "image": PROXY_IMAGE_ID,
+        "command": ["caddy", "run", "--config", "/etc/caddy/Caddyfile"],
+        "ports": [{"internal": 443.0, "external": 443.0, "ip": ip, "protocol": "tcp"}],
+        "healthcheck": {"tests": ["CMD", "caddy", "version"]},
+        "restart": "unless-stopped",
+    }
+    return _stack_resource(CONTAINER, "proxy", props)
+
+
+@pytest.mark.parametrize(
+    ("resources", "passes"),
+    [
+        # The front door publishes 443 on every interface; the server publishes nothing: compliant.
+        (lambda: [_proxy(), _stack_resource(CONTAINER, "server", _mlflow(ports=[]))], True),
+        # Nothing public at all: the dev stack on loopback.
+        (
+            lambda: [_stack_resource(CONTAINER, "server", _mlflow(ports=[{"internal": 5000.0, "ip": "127.0.0.1"}]))],
+            True,
+        ),
+        (
+            lambda: [_proxy("127.0.0.1"), _stack_resource(CONTAINER, "server", _mlflow(ports=[{"ip": "127.0.0.1"}]))],
+            True,
+        ),
+        # The front door is public and the server still publishes, even on loopback: a way around the proxy.
+        (
+            lambda: [
+                _proxy(),
+                _stack_resource(CONTAINER, "server", _mlflow(ports=[{"internal": 5000.0, "ip": "::1"}])),
+            ],
+            False,
+        ),
+        # Today's staging and prod: the server itself published on 0.0.0.0.
+        (lambda: [_stack_resource(CONTAINER, "server", _mlflow())], False),
+        (lambda: [_proxy(), _stack_resource(CONTAINER, "server", _mlflow(ports=[], networkMode="host"))], False),
+        (lambda: [_proxy(), image := _built_image(), _server_from_image(image, ports=[{"ip": "127.0.0.1"}])], False),
+    ],
+)
+def test_mlflow_behind_proxy(resources: Callable[[], list[PolicyResource]], passes: bool) -> None:
+    found = resources()
+    reported = _check_stack("mlflow-behind-proxy", found)
+    assert (reported == []) is passes, reported
+    if not passes:
+        [(urn, message)] = reported
+        assert urn == found[-1].urn
+        assert "the tracking server server must publish no port" in message
 
 
 # --- Every rule over what each stack declares ------------------------------------------------
@@ -421,8 +586,14 @@ def _declared(mocks: harness.EngineMocks) -> list[Declared]:
 
 
 def _evaluate(declared: list[Declared]) -> Violations:
-    """Every policy over the declared resources: policy name -> messages (each prefixed with the resource name)."""
+    """Every policy over the declared resources: policy name -> messages (each prefixed with the resource name).
+
+    Each policy gets the committed pack config of the stack named in the URNs, as `make deploy` and the
+    workflows pass it (`--policy-pack-config policy/config/<stack>.json`; none when there is no file).
+    """
     violations: Violations = defaultdict(list)
+    [stack] = {policies.stack_of(resource.urn) for resource in declared}
+    pack_config = _pack_config(stack)
 
     def reporter(policy: str, name: str | None) -> Callable[[str, str | None], None]:
         def report(message: str, urn: str | None = None) -> None:
@@ -441,6 +612,7 @@ def _evaluate(declared: list[Declared]) -> Violations:
                     resource.name,
                     _options(resource.protect),
                     None,
+                    pack_config.get(policy.name, {}),
                 )
                 policy.validate(args, reporter(policy.name, resource.name))
 
@@ -468,7 +640,8 @@ def _evaluate(declared: list[Declared]) -> Violations:
         }
     for policy in POLICIES:
         if isinstance(policy, StackValidationPolicy):
-            policy.validate(StackValidationArgs(list(by_urn.values())), reporter(policy.name, None))
+            stack_args = StackValidationArgs(list(by_urn.values()), pack_config.get(policy.name, {}))
+            policy.validate(stack_args, reporter(policy.name, None))
     return dict(violations)
 
 
@@ -489,6 +662,45 @@ def _generated_password(declared: list[Declared]) -> str:
     assert isinstance(value, str)
     assert len(value) >= 24
     return value
+
+
+def _behind_a_proxy(declared: list[Declared]) -> None:
+    """A public proxy added next to dev's server (dev has none of its own): the server must then publish nothing."""
+    server = _one(declared, CONTAINER, "server-container")
+    server.inputs["ports"] = []
+    proxy = copy.deepcopy(server)
+    proxy.name, proxy.urn = "proxy-container", server.urn.replace("server-container", "proxy-container")
+    proxy.inputs = {
+        "image": PROXY_IMAGE_ID,
+        "command": ["caddy", "run", "--config", "/etc/caddy/Caddyfile"],
+        "ports": [{"internal": 443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"}],
+        "healthcheck": {"tests": ["CMD", "caddy", "version"]},
+        "restart": "unless-stopped",
+    }
+    proxy.outputs, proxy.property_dependencies = {}, {}
+    declared.append(proxy)
+
+
+def test_only_the_dev_stack_has_a_dev_pack_config_and_it_agrees_with_its_stack_file() -> None:
+    # The pack's counterpart of each stack's `environmentKind` (components/settings.py): the two agree.
+    configured = sorted(path.stem for path in PACK_CONFIG_DIR.glob("*.json"))
+    assert configured == ["dev"]
+    for stack in STACKS:
+        kind = stack_config(stack)["environmentKind"]
+        expected = {name: DEV_KIND for name, policy in BY_NAME.items() if policy.config_schema} if kind == "dev" else {}
+        assert _pack_config(stack) == expected, stack
+    assert [stack for stack in STACKS if stack_config(stack)["environmentKind"] == "dev"] == ["dev"]
+    assert set(BY_NAME["protected-stack-volumes"].config_schema.properties) == {"environmentKind"}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+@pulumi.runtime.test
+def test_committed_shared_stacks_sit_behind_a_proxy(stack: str) -> pulumi.Output[None]:
+    return _declare(stack, lambda declared: _assert_equal(_evaluate(declared), {}))
+
+
+def _assert_equal(found: Violations, expected: Violations) -> None:
+    assert found == expected
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -567,8 +779,68 @@ def _auth_off(declared: list[Declared]) -> None:
     del command[index : index + 2]
 
 
+def _auth_off_on_loopback(declared: list[Declared]) -> None:
+    """Auth off, and the front door only on this host: the shared-stack rule alone still fires."""
+    _auth_off(declared)
+    for resource in declared:
+        for port in resource.inputs.get("ports") or [] if resource.type == CONTAINER else []:
+            port["ip"] = "127.0.0.1"
+
+
+def _server_published_on_loopback(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "server-container").inputs["ports"] = [
+        {"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}
+    ]
+
+
 def _dev_published_everywhere(declared: list[Declared]) -> None:
     _one(declared, CONTAINER, "server-container").inputs["ports"][0]["ip"] = "0.0.0.0"
+
+
+def _renamed(stack: str) -> Callable[[list[Declared]], None]:
+    """The same resources under another stack name (and so without the dev stack's pack config)."""
+
+    def rename(declared: list[Declared]) -> None:
+        def new_urn(urn: str) -> str:
+            return urn.replace("urn:pulumi:dev::", f"urn:pulumi:{stack}::", 1)
+
+        for resource in declared:
+            resource.urn, resource.parent = new_urn(resource.urn), new_urn(resource.parent)
+            resource.dependencies = [new_urn(urn) for urn in resource.dependencies]
+            resource.property_dependencies = {
+                key: [new_urn(urn) for urn in urns] for key, urns in resource.property_dependencies.items()
+            }
+
+    return rename
+
+
+def _password_in_healthcheck(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "postgres-container")
+    container.inputs["healthcheck"]["tests"] = ["CMD", "psql", f"postgresql://mlflow:{_generated_password(declared)}@/"]
+
+
+def _password_in_label(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "server-container")
+    container.inputs["labels"].append({"label": "backend", "value": _generated_password(declared)})
+
+
+def _password_in_build_arg(declared: list[Declared]) -> None:
+    image = _one(declared, IMAGE, "image-image")
+    image.inputs["build"]["args"]["DB_PASSWORD"] = _generated_password(declared)
+
+
+def _server_without_label_or_flags(declared: list[Declared]) -> None:
+    # The image's default command starts the server: no role label, no `mlflow server` arguments, no auth.
+    server = _one(declared, CONTAINER, "server-container")
+    server.inputs["labels"] = [item for item in server.inputs["labels"] if item["label"] != "org.mlflow-platform.role"]
+    server.inputs["command"] = []
+
+
+def _proxy_next_to_a_published_server(declared: list[Declared]) -> None:
+    _behind_a_proxy(declared)
+    _one(declared, CONTAINER, "server-container").inputs["ports"] = [
+        {"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}
+    ]
 
 
 BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]]] = [
@@ -582,9 +854,44 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("env-computed-from-password", "staging", _env_computed_from_password, {"container-env-no-secret-values"}),
     ("staging-artifacts-unprotected", "staging", _unprotect_artifacts, {"protected-stack-volumes"}),
     ("prod-pgdata-unprotected", "prod", _unprotect_pgdata, {"protected-stack-volumes"}),
-    # prod's MLflow publishes nothing (the TLS proxy is the way in): auth off breaks the shared-stack rule.
-    ("prod-auth-off", "prod", _auth_off, {"protected-stack-mlflow-auth"}),
-    ("dev-published-without-auth", "dev", _dev_published_everywhere, {"mlflow-public-needs-auth"}),
+    # prod publishes on 0.0.0.0: without auth it breaks both rules.
+    ("prod-auth-off", "prod", _auth_off, {"protected-stack-mlflow-auth", "mlflow-public-needs-auth"}),
+    ("prod-auth-off-on-loopback", "prod", _auth_off_on_loopback, {"protected-stack-mlflow-auth"}),
+    (
+        "dev-published-without-auth",
+        "dev",
+        _dev_published_everywhere,
+        {"mlflow-public-needs-auth", "mlflow-behind-proxy"},
+    ),
+    # Former bypasses, each caught now.
+    *[
+        (
+            f"stack-named-{name}",
+            "dev",
+            _renamed(name),
+            {"protected-stack-volumes", "protected-stack-mlflow-auth", "shared-stack-tls"},
+        )
+        for name in ("production", "prod-eu", "Prod")
+    ],
+    ("password-in-healthcheck", "prod", _password_in_healthcheck, {"container-env-no-secret-values"}),
+    ("password-in-label", "staging", _password_in_label, {"container-env-no-secret-values"}),
+    ("password-in-build-arg", "dev", _password_in_build_arg, {"container-env-no-secret-values"}),
+    (
+        "server-without-role-label",
+        "prod",
+        _server_without_label_or_flags,
+        {"protected-stack-mlflow-auth", "mlflow-public-needs-auth"},
+    ),
+    # Issue 8's rule: with a public front door, the server publishes nothing, not even on loopback.
+    # dev's server has no auth: behind a public front door it is public too.
+    (
+        "server-published-beside-proxy",
+        "dev",
+        _proxy_next_to_a_published_server,
+        {"mlflow-behind-proxy", "mlflow-public-needs-auth"},
+    ),
+    # A shared stack's server reachable in plain HTTP, even only on loopback, beside its proxy.
+    ("prod-server-published", "prod", _server_published_on_loopback, {"shared-stack-tls", "mlflow-behind-proxy"}),
 ]
 
 

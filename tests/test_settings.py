@@ -66,12 +66,26 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"logMaxSize": "10MB"}, "logMaxSize", "'10MB'", "a size such as '10m'"),
     ("dev", {"logMaxFiles": 0}, "logMaxFiles", "0", "an integer from 1 to 100"),
     ("dev", {"startupTimeoutSeconds": 5}, "startupTimeoutSeconds", "5", "an integer from 30 to 3600"),
-    ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data: accepted: true"),
+    ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data"),
     ("staging", {"protectData": False}, "protectData", "False", "the 'staging' stack holds shared data"),
+    ("dev", {"environmentKind": "personal"}, "environmentKind", "'personal'", "'shared' (the default"),
+    ("dev", {"environmentKind": "Dev"}, "environmentKind", "'Dev'", "or 'dev' (a personal stack)"),
+    # Former bypasses: only stacks named exactly 'staging' or 'prod' required auth and protection.
+    ("production", {}, "authEnabled", "False", "the 'production' stack holds shared data (environmentKind is not"),
+    ("prod-eu", {"authEnabled": True}, "protectData", "False", "the 'prod-eu' stack holds shared data"),
+    ("Prod", {}, "authEnabled", "False", "the 'Prod' stack holds shared data"),
+    # Not even a stack called dev is exempt without the explicit kind.
+    ("dev", {"environmentKind": "shared"}, "authEnabled", "False", "the 'dev' stack holds shared data"),
     ("dev", {"authEnabled": "maybe"}, "authEnabled", "'maybe'", "true or false"),
     # The HTTPS front door.
     ("dev", {"tlsMode": "on"}, "tlsMode", "'on'", "one of off, internal, acme, provided"),
-    ("prod", {"tlsMode": "off"}, "tlsMode", "'off'", "the 'prod' stack is reached over a network"),
+    (
+        "prod",
+        {"tlsMode": "off"},
+        "tlsMode",
+        "'off'",
+        "the 'prod' stack holds shared data and is reached over a network",
+    ),
     ("staging", {"tlsMode": "off", "bindAddress": "127.0.0.1"}, "tlsMode", "'off'", "accepted: internal, acme"),
     ("dev", {"authEnabled": True, "bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "while tlsMode is off"),
     ("dev", {"tlsMode": "internal", "bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "authEnabled is false"),
@@ -271,3 +285,24 @@ def test_a_provided_certificate_for_another_name_is_refused(names: list[str], ho
 def test_tracking_uri(stack: str, overrides: dict[str, Any], uri: str) -> None:
     install(EngineMocks(), stack, overrides)
     assert load_settings().tracking_uri == uri
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "shared"),
+    [
+        ("dev", {}, False),
+        ("staging", {}, True),
+        ("prod", {}, True),
+        # Any other name is shared by default; only the explicit kind makes a personal stack.
+        ("alice", {"environmentKind": "dev"}, False),
+        ("production", {"authEnabled": True, "protectData": True}, True),
+    ],
+)
+def test_environment_kind_decides_what_is_shared(stack: str, overrides: dict[str, Any], shared: bool) -> None:
+    install(EngineMocks(), stack, overrides)
+    settings_ = load_settings()
+    assert settings_.shared is shared
+    assert settings_.environment_kind == ("shared" if shared else "dev")
+    # A personal stack may still turn both on; a shared one must.
+    if shared:
+        assert (settings_.auth_enabled, settings_.protect_data) == (True, True)

@@ -24,11 +24,9 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -467,47 +465,30 @@ def _wheelhouse_ready(version: str, probe: Mapping[str, str]) -> bool:
     return bool(recorded == _wheelhouse_key(version, probe) and has_mlflow)
 
 
-def _host_matches(probe: Mapping[str, str]) -> bool:
-    """Whether a wheel built on this host installs in the image (same Python and arch)."""
-    host_version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    libc, libc_version = platform.libc_ver()
-    return (
-        host_version == probe["version"]
-        and sysconfig.get_platform() == probe["platform"]
-        and libc == "glibc"
-        and tuple(map(int, libc_version.split(".")[:2])) <= tuple(map(int, probe["libc_version"].split(".")[:2]))
-    )
-
-
 def _fill_wheelhouse(version: str, probe: Mapping[str, str]) -> None:
     """Downloads the wheels of one MLflow version (plus pip/setuptools/wheel) into the wheelhouse.
 
-    Wheels only, for the image's interpreter and platform. If some requirement
-    ships no such wheel, `pip wheel` on the host builds it, which is valid only
-    because the host runs the same CPython minor on the same platform (checked).
+    Wheels only, for the image's interpreter and platform, exactly those of the hash-locked
+    mlflow/locks/<version>.txt the Dockerfile installs with --require-hashes: a wheel built
+    here would match none of the lock's hashes, so a missing wheel is an error.
     """
-    WHEELHOUSE_DIR.mkdir(parents=True, exist_ok=True)
-    # pip expands ${MLFLOW_VERSION} in requirements.txt from the environment.
-    env = {**os.environ, "MLFLOW_VERSION": version}
-    requirements = ["-r", str(REQUIREMENTS_FILE), *BOOTSTRAP_PACKAGES]
-    if _lock(version).is_file():
-        requirements += ["--constraint", str(_lock(version))]
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    log = BUILD_DIR / f"pip-download-mlflow-{version}.log"
-    try:
-        _run([*pip, "download", "--dest", str(WHEELHOUSE_DIR), *_wheel_tags(probe), *requirements], log=log, env=env)
-    except PrepareError as download_error:
-        if not _host_matches(probe):
-            raise PrepareError(
-                f"no complete set of wheels for MLflow {version} on {probe}, and this host's "
-                f"Python cannot build the missing ones for that image:\n{download_error}"
-            ) from download_error
-        print(f"prepare: some requirement of MLflow {version} has no wheel; building on the host", flush=True)
-        _run(
-            [*pip, "wheel", "--wheel-dir", str(WHEELHOUSE_DIR), "--find-links", str(WHEELHOUSE_DIR), *requirements],
-            log=BUILD_DIR / f"pip-wheel-mlflow-{version}.log",
-            env=env,
+    lock = _lock(version)
+    if not lock.is_file():
+        raise PrepareError(
+            f"MLflow {version} has no dependency lock ({lock}); the image refuses to build without one. "
+            f"Generate it with 'make lock-image MLFLOW_VERSION={version}'."
         )
+    WHEELHOUSE_DIR.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    download = [*pip, "download", "--dest", str(WHEELHOUSE_DIR), *_wheel_tags(probe)]
+    try:
+        _run([*download, "--require-hashes", "-r", str(lock)], log=BUILD_DIR / f"pip-download-mlflow-{version}.log")
+        # Not part of the lock (the image keeps the venv's own pip): only for a venv that upgrades them.
+        _run([*download, *BOOTSTRAP_PACKAGES], log=BUILD_DIR / f"pip-download-bootstrap-{version}.log")
+    except PrepareError as download_error:
+        raise PrepareError(
+            f"no complete set of locked wheels for MLflow {version} on {probe}:\n{download_error}"
+        ) from download_error
     if not any(WHEELHOUSE_DIR.glob(f"mlflow-{version}-*.whl")):
         raise PrepareError(f"pip finished but no mlflow-{version} wheel is in {WHEELHOUSE_DIR}")
     _marker(version).write_text(json.dumps(_wheelhouse_key(version, probe), indent=2) + "\n")
