@@ -116,7 +116,7 @@ def test_the_proxy_is_the_only_published_port(prod: e2e.Deployed, docker_client:
         if container.attrs["HostConfig"]["PortBindings"]
     }
     assert published == {
-        "mlflow-platform-prod-proxy": {
+        str(prod.outputs["proxy_container_name"]): {
             "8443/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8443"}],
             "8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
         }
@@ -126,7 +126,7 @@ def test_the_proxy_is_the_only_published_port(prod: e2e.Deployed, docker_client:
 
 
 def test_the_proxy_is_hardened(prod: e2e.Deployed, docker_client: docker.DockerClient) -> None:
-    proxy = docker_client.containers.get("mlflow-platform-prod-proxy")
+    proxy = prod.container(docker_client, "proxy")
     host = proxy.attrs["HostConfig"]
     assert proxy.attrs["Config"]["User"] == "10002:10002"
     assert (host["ReadonlyRootfs"], host["CapDrop"], host["CapAdd"]) == (True, ["ALL"], None)
@@ -147,7 +147,7 @@ def test_hosts_are_checked_at_the_door_and_behind_it(prod: e2e.Deployed, docker_
         response = requests.post(url, json={"max_results": 1}, headers={"Host": host}, auth=auth, timeout=10)
         assert response.status_code == expected, host
     # On the stack network MLflow's own --allowed-hosts check still answers (401: host fine, no login).
-    proxy = docker_client.containers.get("mlflow-platform-prod-proxy")
+    proxy = prod.container(docker_client, "proxy")
     search = "http://mlflow:5000/api/2.0/mlflow/experiments/search"
     for in_network_host, status in (("mlflow:5000", "401"), ("evil.example.com", "403")):
         command = f"wget -S -O /dev/null --header 'Host: {in_network_host}' {search} 2>&1"
@@ -176,7 +176,7 @@ def test_a_big_artifact_goes_up_and_down_through_the_proxy(prod: e2e.Deployed, t
 def test_no_credential_in_the_proxy_log(prod: e2e.Deployed, docker_client: docker.DockerClient) -> None:
     password = str(prod.outputs["admin_password"])
     basic = base64.b64encode(f"admin:{password}".encode()).decode()
-    logs = docker_client.containers.get("mlflow-platform-prod-proxy").logs().decode(errors="replace")
+    logs = prod.container(docker_client, "proxy").logs().decode(errors="replace")
     access = [json.loads(line) for line in logs.splitlines() if '"http.log.access' in line]
     assert access, "no access log line"
     assert password not in logs
@@ -299,7 +299,8 @@ def test_acme_issues_and_the_proxy_serves_it(acme_server: tuple[str, str], tmp_p
                 error = failure
                 time.sleep(2)
         else:
-            logs = docker.from_env().containers.get("mlflow-platform-staging-proxy").logs().decode()[-3000:]
+            proxy = docker.from_env().containers.get(str(deployed.outputs["proxy_container_name"]))
+            logs = proxy.logs().decode()[-3000:]
             raise AssertionError(f"no certificate issued by ACME within 90s ({error}); proxy log:\n{logs}")
         waited = time.monotonic() - started
         e2e.report(f"ACME certificate for {_names(served)} issued and served after {waited:.1f}s ({version})")
