@@ -7,12 +7,13 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e
+.PHONY: help install deploy destroy test lint unit e2e bench
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
 	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in staging/prod are kept)"
+	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +51,7 @@ e2e: $(BIN)/.installed
 	$(BIN)/python -m pytest -m docker -s
 
 test: lint unit e2e
+
+# Deploys its own bench-* stacks (own names and host ports) one after another; results in .build/bench/.
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(ARGS)

@@ -79,6 +79,8 @@ class MlflowServerArgs(TypedDict):
     """Browser origins allowed to call the API; empty keeps MLflow's default."""
     auth_enabled: bool
     """Run MLflow's basic-auth app."""
+    auth_cache_ttl_seconds: int
+    """Seconds each worker trusts a password it verified (MLflow's auth cache); 0 turns it off."""
     admin_password_length: int
     """Length of the generated admin password."""
     protect_data: bool
@@ -165,6 +167,8 @@ class MlflowServer(pulumi.ComponentResource):
                 f"MLFLOW_AUTH_ADMIN_USERNAME={ADMIN_USERNAME}",
                 f"MLFLOW_AUTH_ADMIN_PASSWORD_FILE={_ADMIN_PASSWORD_FILE}",
                 f"MLFLOW_FLASK_SERVER_SECRET_KEY_FILE={_FLASK_SECRET_FILE}",
+                # prepare_db.py writes it into the basic-auth config (auth_cache_ttl_seconds).
+                f"MLFLOW_AUTH_CACHE_TTL_SECONDS={args['auth_cache_ttl_seconds']}",
             ]
             uploads += [
                 self._secret_file(_ADMIN_PASSWORD_FILE, self.admin_password.result),

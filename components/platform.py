@@ -97,6 +97,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "extra_allowed_hosts": settings.allowed_hosts,
                 "cors_allowed_origins": settings.cors_allowed_origins,
                 "auth_enabled": settings.auth_enabled,
+                "auth_cache_ttl_seconds": settings.auth_cache_ttl_seconds,
                 "admin_password_length": settings.admin_password_length,
                 "protect_data": settings.protect_data,
                 "log_max_size": settings.log_max_size,

@@ -77,6 +77,7 @@ class StackSettings:
     log_max_size: str
     log_max_files: int
     startup_timeout_seconds: int
+    auth_cache_ttl_seconds: int
 
     @property
     def tracking_uri(self) -> str:
@@ -211,6 +212,9 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
         log_max_files=read.integer("logMaxFiles", 1, 100),
         startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
+        # At most 5 minutes: past a few seconds the throughput gain is already whole,
+        # while a revoked password keeps working for up to this long.
+        auth_cache_ttl_seconds=read.integer("authCacheTtlSeconds", 0, 300),
     )
     _check_combinations(settings)
     return settings

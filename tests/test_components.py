@@ -63,6 +63,7 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "extra_allowed_hosts": [],
         "cors_allowed_origins": [],
         "auth_enabled": False,
+        "auth_cache_ttl_seconds": 45,
         "admin_password_length": 30,
         "protect_data": False,
         "log_max_size": "5m",
@@ -178,6 +179,8 @@ def test_mlflow_server_without_auth() -> pulumi.Output[None]:
         assert container["command"][container["command"].index("--workers") + 1] == "3"
         assert [u["file"] for u in container["uploads"]] == ["/run/secrets/postgres-password"]
         assert children[CONTAINER].secret_inputs() == {"uploads"}
+        # No auth app, no auth config: the cache setting would mean nothing.
+        assert not any(env.startswith("MLFLOW_AUTH_") for env in container["envs"])
         assert server.admin_password is None
 
     return pulumi.Output.all(server.urn, server.container.id).apply(check)
@@ -207,6 +210,7 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
             "/run/secrets/postgres-password",
         ]
         assert "MLFLOW_AUTH_ADMIN_PASSWORD_FILE=/run/secrets/admin-password" in container["envs"]
+        assert "MLFLOW_AUTH_CACHE_TTL_SECONDS=45" in container["envs"]
         assert admin_password not in str(container["envs"]) + str(command)
 
     return pulumi.Output.all(server.urn, server.admin_password.result, server.container.id).apply(check)

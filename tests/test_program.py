@@ -234,6 +234,8 @@ def test_stack_differences(stack: str) -> None:
             assert server.inputs["memory"] == expected["mem"]
             assert _postgres(mocks).inputs["memory"] > 0
             if expected["auth"]:
+                # Pulumi.yaml's default: no stack file overrides it.
+                assert "MLFLOW_AUTH_CACHE_TTL_SECONDS=30" in server.inputs["envs"]
                 assert values["admin_username"] == "admin"
                 assert len(values["admin_password"]) >= 24
 

@@ -44,6 +44,9 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("prod", {"authEnabled": False}, "authEnabled", "False", "the 'prod' stack holds shared data: accepted: true"),
     ("staging", {"protectData": False}, "protectData", "False", "the 'staging' stack holds shared data"),
     ("dev", {"authEnabled": "maybe"}, "authEnabled", "'maybe'", "true or false"),
+    ("prod", {"authCacheTtlSeconds": -1}, "authCacheTtlSeconds", "-1", "an integer from 0 to 300"),
+    ("prod", {"authCacheTtlSeconds": 301}, "authCacheTtlSeconds", "301", "an integer from 0 to 300"),
+    ("prod", {"authCacheTtlSeconds": "1m"}, "authCacheTtlSeconds", "'1m'", "an integer from 0 to 300"),
 ]
 
 
@@ -90,3 +93,11 @@ def test_host_port_range(port: int) -> None:
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [({}, 30), ({"authCacheTtlSeconds": 0}, 0), ({"authCacheTtlSeconds": 300}, 300)]
+)
+def test_auth_cache_ttl_default_and_bounds(overrides: dict[str, Any], expected: int) -> None:
+    install(EngineMocks(), "prod", overrides)
+    assert load_settings().auth_cache_ttl_seconds == expected
