@@ -37,6 +37,16 @@ HEALTH_PROBE = [
     "-c",
     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}/health', timeout=4)",
 ]
+# Database connections each SQLAlchemy engine of a worker may hold (pool + overflow).
+# A worker runs its Flask handlers in a thread pool of 40, but on these cores more than
+# a handful of queries at once per worker only queue inside Postgres instead of here.
+DB_POOL_SIZE = 5
+DB_MAX_OVERFLOW = 5
+# SQLAlchemy engines per worker, each with its own pool: the tracking store and the
+# model registry store (MLflow keeps one engine map per store class), plus the auth
+# store when basic auth is on.
+_ENGINES = 2
+_ENGINES_WITH_AUTH = 3
 # The root file system is read-only; the server writes temporary files (artifact
 # uploads it proxies, library caches) here. noexec: nothing should run from it.
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
@@ -97,6 +107,16 @@ class MlflowServerArgs(TypedDict):
     """Resources that must exist first: the health-gated Postgres container."""
 
 
+def database_connections(workers: int, auth_enabled: bool) -> int:
+    """The most connections the server's workers open at once: what Postgres must allow.
+
+    MLflow's default pool (5 + 10 overflow per engine) lets 4 workers with auth open 180,
+    far beyond Postgres's default max_connections of 100: a burst would be refused.
+    """
+    engines = _ENGINES_WITH_AUTH if auth_enabled else _ENGINES
+    return workers * engines * (DB_POOL_SIZE + DB_MAX_OVERFLOW)
+
+
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
     """Every Host header clients send. `--allowed-hosts` replaces MLflow's defaults,
     so a name left out here is answered with 403 (the in-network alias included)."""
@@ -144,6 +164,9 @@ class MlflowServer(pulumi.ComponentResource):
             # GenAI jobs a tracking server does not run; inside 1.5 GiB it got the
             # container OOM-killed in a loop. Off, the server peaks near 350 MiB.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+            # Bounded per engine, so Postgres's max_connections (database_connections) covers every worker.
+            f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={DB_POOL_SIZE}",
+            f"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW={DB_MAX_OVERFLOW}",
         ]
         uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
         self.admin_password = None

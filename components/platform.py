@@ -9,7 +9,7 @@ import pulumi
 
 from components.docker_common import stack_labels
 from components.mlflow_image import MlflowImage
-from components.mlflow_server import ADMIN_USERNAME, MlflowServer
+from components.mlflow_server import ADMIN_USERNAME, MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
 from components.settings import StackSettings
@@ -58,6 +58,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "user": settings.postgres_user,
                 "password_length": settings.postgres_password_length,
                 "memory_mb": settings.postgres_memory_mb,
+                "client_connections": database_connections(settings.workers, settings.auth_enabled),
                 "log_max_size": settings.log_max_size,
                 "log_max_files": settings.log_max_files,
                 "protect_data": settings.protect_data,
