@@ -29,8 +29,7 @@ import docker
 import docker.errors
 
 from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
-from bench.load import Target, run_load
-from tests.local_deploy import deployer
+from bench.load import LoadGenerator, Target
 from tests.stack_config import PROJECT_DIR
 
 DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
@@ -98,7 +97,12 @@ def target_for(outputs: dict[str, Any], workdir: Path) -> Target:
     return Target(str(outputs["tracking_uri"]), auth, verify)
 
 
-def bench_one(config: BenchConfig, index: int, args: argparse.Namespace, client: docker.DockerClient) -> dict[str, Any]:
+def bench_one(
+    config: BenchConfig, index: int, args: argparse.Namespace, client: docker.DockerClient, load: LoadGenerator
+) -> dict[str, Any]:
+    # Imported here: the client processes import this module too, and need none of Pulumi.
+    from tests.local_deploy import deployer
+
     overrides = deploy_overrides(config, index)
     deployer.down(config.stack)
     try:
@@ -110,19 +114,17 @@ def bench_one(config: BenchConfig, index: int, args: argparse.Namespace, client:
             server = client.containers.get(str(outputs["mlflow_container_name"]))
             database = client.containers.get(str(outputs["postgres_container_name"]))
             with peak_memory(server) as server_peak, peak_memory(database) as database_peak:
-                first = run_load(
+                first = load.run(
                     target,
-                    label=f"{config.name}/first",
-                    clients=args.clients,
+                    label=f"{config.name}/first 10 s",
                     batch_size=args.batch_size,
                     duration=args.first_window,
                     warmup=0,
                     window_start=up_returned,
                 )
-                warm = run_load(
+                warm = load.run(
                     target,
                     label=config.name,
-                    clients=args.clients,
                     batch_size=args.batch_size,
                     duration=args.duration,
                     warmup=args.warmup,
@@ -185,14 +187,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     client = docker.from_env(timeout=300)
     chosen = [(index, config) for index, config in enumerate(CONFIGS) if config.name in args.configs]
+    from tests.local_deploy import deployer
+
     rows = []
-    for index, config in chosen:
-        print(f"bench: {config.name}: {config.description}", file=sys.stderr, flush=True)
-        try:
-            rows.append(bench_one(config, index, args, client))
-        except deployer.DeployError as error:
-            print(f"bench: {config.name}: deployment failed: {error}", file=sys.stderr)
-            return 1
+    with LoadGenerator(args.clients) as load:
+        for index, config in chosen:
+            print(f"bench: {config.name}: {config.description}", file=sys.stderr, flush=True)
+            try:
+                rows.append(bench_one(config, index, args, client, load))
+            except deployer.DeployError as error:
+                print(f"bench: {config.name}: deployment failed: {error}", file=sys.stderr)
+                return 1
     checks = check_targets({row["config"]: row for row in rows})
     spec = machine()
     results: dict[str, Any] = {

@@ -102,18 +102,22 @@ def create_runs(target: Target, count: int, experiment_name: str) -> list[str]:
     return runs
 
 
+# Set in each client process by the pool's initializer: shared counters for the progress line.
+_COUNTERS: tuple[Synchronized[int], Synchronized[int]] | None = None
+
+
+def _init_client(done: Synchronized[int], failed: Synchronized[int]) -> None:
+    global _COUNTERS
+    _COUNTERS = (done, failed)
+
+
 def _client(
-    target: Target,
-    run_id: str,
-    index: int,
-    batch_size: int,
-    window: tuple[float, float],
-    counters: tuple[Synchronized[int], Synchronized[int]],
-    results: Any,
-) -> None:
-    """Logs batches from window[0]'s warm-up start until window[1]; reports what fell inside the window."""
+    target: Target, run_id: str, index: int, batch_size: int, window: tuple[float, float]
+) -> tuple[list[float], int, str]:
+    """Logs batches until window[1]; returns the latencies and errors of requests inside [window[0], window[1]]."""
     measure_from, until = window
-    done, failed = counters
+    assert _COUNTERS is not None
+    done, failed = _COUNTERS
     session = _session(target)
     url = f"{target.tracking_uri}{API}/runs/log-batch"
     latencies: list[float] = []
@@ -141,67 +145,81 @@ def _client(
                 first_error = first_error or problem
             else:
                 latencies.append(finished - started)
-        with (failed if problem else done).get_lock():
-            (failed if problem else done).value += 1
-    results.put((latencies, errors, first_error))
+        counter = failed if problem else done
+        with counter.get_lock():
+            counter.value += 1
+    return latencies, errors, first_error
 
 
-def run_load(
-    target: Target,
-    *,
-    label: str,
-    clients: int,
-    batch_size: int,
-    duration: float,
-    warmup: float,
-    window_start: float | None = None,
-) -> LoadResult:
-    """Runs `clients` processes; measures `duration` seconds after `warmup` seconds of unmeasured load.
+class LoadGenerator:
+    """`clients` processes, started once and reused for every phase.
 
-    `window_start` (a time.monotonic() value) anchors the window to an earlier moment,
-    such as the moment `up` returned; run creation and process start then count against it.
+    Started before any deployment: a spawned process imports its modules first (a
+    second or two each on a small machine), which would otherwise land in the
+    first seconds after `up` and be counted against the server.
     """
-    anchor = time.monotonic() if window_start is None else window_start
-    run_ids = create_runs(target, clients, f"bench-{label}-{int(time.time() * 1000)}")
-    measure_from = anchor + warmup
-    until = measure_from + duration
-    done: Synchronized[int] = _CONTEXT.Value("q", 0)
-    failed: Synchronized[int] = _CONTEXT.Value("q", 0)
-    results = _CONTEXT.Queue()
-    processes = [
-        _CONTEXT.Process(
-            target=_client,
-            args=(target, run_ids[index], index, batch_size, (measure_from, until), (done, failed), results),
-            daemon=True,
+
+    def __init__(self, clients: int) -> None:
+        self.clients = clients
+        self._done: Synchronized[int] = _CONTEXT.Value("q", 0)
+        self._failed: Synchronized[int] = _CONTEXT.Value("q", 0)
+        self._pool = _CONTEXT.Pool(clients, initializer=_init_client, initargs=(self._done, self._failed))
+        # Every process up and idle before the first phase: one no-op per process.
+        self._pool.map(time.sleep, [0.5] * clients, chunksize=1)
+
+    def __enter__(self) -> LoadGenerator:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._pool.terminate()
+        self._pool.join()
+
+    def run(
+        self,
+        target: Target,
+        *,
+        label: str,
+        batch_size: int,
+        duration: float,
+        warmup: float,
+        window_start: float | None = None,
+    ) -> LoadResult:
+        """Measures `duration` seconds after `warmup` seconds of unmeasured load.
+
+        `window_start` (a time.monotonic() value) anchors the window to an earlier moment,
+        such as the moment `up` returned: run creation then counts against it.
+        """
+        anchor = time.monotonic() if window_start is None else window_start
+        run_ids = create_runs(target, self.clients, f"bench-{label}-{int(time.time() * 1000)}")
+        measure_from = anchor + warmup
+        until = measure_from + duration
+        for counter in (self._done, self._failed):
+            with counter.get_lock():
+                counter.value = 0
+        pending = self._pool.starmap_async(
+            _client,
+            [(target, run_ids[index], index, batch_size, (measure_from, until)) for index in range(self.clients)],
+            chunksize=1,
         )
-        for index in range(clients)
-    ]
-    for process in processes:
-        process.start()
-    collected: list[tuple[list[float], int, str]] = []
-    try:
-        while len(collected) < clients:
-            now = time.monotonic()
-            phase = "warm-up" if now < measure_from else "measuring"
-            elapsed = max(0.0, now - (anchor if now < measure_from else measure_from))
-            print(
-                f"\rbench: {label:<14} {phase:<9} {elapsed:5.1f}s  requests {done.value:6d}  errors {failed.value:4d}",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-            try:
-                collected.append(results.get(timeout=1))
-            except Exception:  # queue.Empty: keep updating the progress line
-                if now > until + _REQUEST_TIMEOUT + 30:
-                    raise RuntimeError(f"{label}: clients did not report back") from None
-    finally:
-        print(file=sys.stderr, flush=True)
-        for process in processes:
-            process.join(timeout=10)
-            if process.is_alive():
-                process.kill()
-    latencies = [latency for client_latencies, _, _ in collected for latency in client_latencies]
-    errors = sum(count for _, count, _ in collected)
-    first_error = next((error for _, _, error in collected if error), "")
-    return summarize(latencies, errors, duration, batch_size, first_error)
+        try:
+            while not pending.ready():
+                now = time.monotonic()
+                phase = "warm-up" if now < measure_from else "measuring"
+                elapsed = max(0.0, now - (anchor if now < measure_from else measure_from))
+                print(
+                    f"\rbench: {label:<18} {phase:<9} {elapsed:5.1f}s  "
+                    f"requests {self._done.value:6d}  errors {self._failed.value:4d}",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                pending.wait(1)
+                if not pending.ready() and now > until + _REQUEST_TIMEOUT + 30:
+                    raise RuntimeError(f"{label}: clients did not report back")
+        finally:
+            print(file=sys.stderr, flush=True)
+        collected = pending.get()
+        latencies = [latency for client_latencies, _, _ in collected for latency in client_latencies]
+        errors = sum(count for _, count, _ in collected)
+        first_error = next((error for _, _, error in collected if error), "")
+        return summarize(latencies, errors, duration, batch_size, first_error)
