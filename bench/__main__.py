@@ -30,7 +30,7 @@ import docker.errors
 
 from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
 from bench.load import LoadGenerator, Target
-from tests.stack_config import PROJECT_DIR
+from tests.stack_config import PROJECT_DIR, stack_config
 
 DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
 _MIB = 1024 * 1024
@@ -104,6 +104,7 @@ def bench_one(
     from tests.local_deploy import deployer
 
     overrides = deploy_overrides(config, index)
+    settings = stack_config(config.stack, overrides)
     deployer.down(config.stack)
     try:
         started = time.monotonic()
@@ -134,8 +135,8 @@ def bench_one(
             "config": config.name,
             "description": config.description,
             "stack": config.stack,
-            "workers": overrides["workers"],
-            "auth": bool(overrides["authEnabled"]),
+            "workers": settings["workers"],
+            "auth": bool(settings["authEnabled"]),
             "tracking_uri": target.tracking_uri,
             "seconds_up_to_healthy": round(up_returned - started, 1),
             **warm.as_dict(),

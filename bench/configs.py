@@ -56,7 +56,10 @@ CONFIG_NAMES = tuple(config.name for config in CONFIGS)
 def deploy_overrides(config: BenchConfig, index: int) -> dict[str, object]:
     """Config overrides for `deployer.up(config.stack, ...)`: the stack file's values, then the bench's."""
     declared = project_file().get("config", {})
-    values = stack_config(config.base_stack)
+    defaults = {key: declaration.get("default") for key, declaration in declared.items()}
+    # Only what the stack file changes: Pulumi.yaml's defaults stay defaults, so the
+    # local deployer's stand-in images (its own overrides) still apply underneath.
+    values = {key: value for key, value in stack_config(config.base_stack).items() if value != defaults.get(key)}
     values.update(
         {
             "publicHost": "localhost",

@@ -45,7 +45,14 @@ def test_bench_configs_take_the_committed_stack_values() -> None:
         4096,
         4096,
     )
-    assert dev["authEnabled"] is False
+    assert dev == {
+        "workers": 1,
+        "mlflowMemoryMb": 1536,
+        "publicHost": "localhost",
+        "bindAddress": "127.0.0.1",
+        "protectData": False,
+        "hostPort": 5720,
+    }
 
 
 def _row(metrics: float, p99: float, errors: int = 0, first: float | None = None) -> dict[str, float]:
