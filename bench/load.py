@@ -174,7 +174,7 @@ class LoadGenerator:
         self._pool.terminate()
         self._pool.join()
 
-    def run(
+    def measure(
         self,
         target: Target,
         *,
@@ -183,14 +183,14 @@ class LoadGenerator:
         duration: float,
         warmup: float,
         window_start: float | None = None,
-    ) -> LoadResult:
-        """Measures `duration` seconds after `warmup` seconds of unmeasured load.
+    ) -> Sample:
+        """Loads the target for `warmup` unmeasured seconds, then measures `duration` seconds.
 
         `window_start` (a time.monotonic() value) anchors the window to an earlier moment,
         such as the moment `up` returned: run creation then counts against it.
         """
         anchor = time.monotonic() if window_start is None else window_start
-        run_ids = create_runs(target, self.clients, f"bench-{label}-{int(time.time() * 1000)}")
+        run_ids = create_runs(target, self.clients, f"bench-{label.replace(' ', '-')}-{int(time.time() * 1000)}")
         measure_from = anchor + warmup
         until = measure_from + duration
         for counter in (self._done, self._failed):
@@ -207,7 +207,7 @@ class LoadGenerator:
                 phase = "warm-up" if now < measure_from else "measuring"
                 elapsed = max(0.0, now - (anchor if now < measure_from else measure_from))
                 print(
-                    f"\rbench: {label:<18} {phase:<9} {elapsed:5.1f}s  "
+                    f"\rbench: {label:<26} {phase:<9} {elapsed:5.1f}s  "
                     f"requests {self._done.value:6d}  errors {self._failed.value:4d}",
                     end="",
                     file=sys.stderr,
@@ -219,7 +219,31 @@ class LoadGenerator:
         finally:
             print(file=sys.stderr, flush=True)
         collected = pending.get()
-        latencies = [latency for client_latencies, _, _ in collected for latency in client_latencies]
-        errors = sum(count for _, count, _ in collected)
-        first_error = next((error for _, _, error in collected if error), "")
-        return summarize(latencies, errors, duration, batch_size, first_error)
+        return Sample(
+            latencies=[latency for client_latencies, _, _ in collected for latency in client_latencies],
+            errors=sum(count for _, count, _ in collected),
+            first_error=next((error for _, _, error in collected if error), ""),
+            seconds=duration,
+        )
+
+
+@dataclass
+class Sample:
+    """Raw measurements of one window; several windows of one configuration add up."""
+
+    latencies: list[float]
+    errors: int
+    first_error: str
+    seconds: float
+
+    @staticmethod
+    def combine(samples: list[Sample]) -> Sample:
+        return Sample(
+            latencies=[latency for sample in samples for latency in sample.latencies],
+            errors=sum(sample.errors for sample in samples),
+            first_error=next((sample.first_error for sample in samples if sample.first_error), ""),
+            seconds=sum(sample.seconds for sample in samples),
+        )
+
+    def summary(self, batch_size: int) -> LoadResult:
+        return summarize(self.latencies, self.errors, self.seconds, batch_size, self.first_error)
