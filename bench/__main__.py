@@ -237,8 +237,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds",
         type=int,
-        default=4,
-        help="windows the measured seconds are split into, configurations taking turns (default 4)",
+        default=6,
+        help="windows the measured seconds are split into, configurations taking turns (default 6)",
     )
     parser.add_argument(
         "--round-warmup", type=float, default=2, help="unmeasured seconds at the start of each window (default 2)"
