@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e lock lock-image
+.PHONY: help install deploy destroy test lint unit e2e lock lock-image bench
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
@@ -15,6 +15,7 @@ help:
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in shared stacks are kept)"
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
+	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
 
 # Every install is hash-locked (--require-hashes): requirements*.txt and policy/requirements.txt
 # are generated from the *.in files next to them by `make lock`. The venv's own pip is used as is
@@ -75,3 +76,7 @@ e2e: $(BIN)/.installed
 	$(BIN)/python -m pytest -m docker -s
 
 test: lint unit e2e
+
+# Deploys its own bench-* stacks (own names and host ports) one after another; results in .build/bench/.
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench $(ARGS)

@@ -39,6 +39,16 @@ HEALTH_PROBE = [
     "-c",
     f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{SERVER_PORT}/health', timeout=4)",
 ]
+# Database connections each SQLAlchemy engine of a worker may hold (pool + overflow).
+# A worker runs its Flask handlers in a thread pool of 40, but on these cores more than
+# a handful of queries at once per worker only queue inside Postgres instead of here.
+DB_POOL_SIZE = 5
+DB_MAX_OVERFLOW = 5
+# SQLAlchemy engines per worker, each with its own pool: the tracking store and the
+# model registry store (MLflow keeps one engine map per store class), plus the auth
+# store when basic auth is on.
+_ENGINES = 2
+_ENGINES_WITH_AUTH = 3
 # The root file system is read-only; the server writes temporary files (artifact
 # uploads it proxies, library caches) here. noexec: nothing should run from it.
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
@@ -89,6 +99,8 @@ class MlflowServerArgs(TypedDict):
     """Browser origins allowed to call the API; empty keeps MLflow's default."""
     auth_enabled: bool
     """Run MLflow's basic-auth app."""
+    auth_cache_ttl_seconds: int
+    """Seconds each worker trusts a password it verified (MLflow's auth cache); 0 turns it off."""
     admin_password_length: int
     """Length of the generated admin password."""
     secrets_rotation: str
@@ -106,6 +118,16 @@ class MlflowServerArgs(TypedDict):
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container, the
     database bootstrap (an Output that fails when the bootstrap did)."""
+
+
+def database_connections(workers: int, auth_enabled: bool) -> int:
+    """The most connections the server's workers open at once: what Postgres must allow.
+
+    MLflow's default pool (5 + 10 overflow per engine) lets 4 workers with auth open 180,
+    far beyond Postgres's default max_connections of 100: a burst would be refused.
+    """
+    engines = _ENGINES_WITH_AUTH if auth_enabled else _ENGINES
+    return workers * engines * (DB_POOL_SIZE + DB_MAX_OVERFLOW)
 
 
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
@@ -155,6 +177,9 @@ class MlflowServer(pulumi.ComponentResource):
             # GenAI jobs a tracking server does not run; inside 1.5 GiB it got the
             # container OOM-killed in a loop. Off, the server peaks near 350 MiB.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
+            # Bounded per engine, so Postgres's max_connections (database_connections) covers every worker.
+            f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={DB_POOL_SIZE}",
+            f"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW={DB_MAX_OVERFLOW}",
         ]
         uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
         self.admin_password = None
@@ -173,6 +198,8 @@ class MlflowServer(pulumi.ComponentResource):
                 f"MLFLOW_AUTH_ADMIN_USERNAME={ADMIN_USERNAME}",
                 f"MLFLOW_AUTH_ADMIN_PASSWORD_FILE={_ADMIN_PASSWORD_FILE}",
                 f"MLFLOW_FLASK_SERVER_SECRET_KEY_FILE={_FLASK_SECRET_FILE}",
+                # prepare_db.py writes it into the basic-auth config (auth_cache_ttl_seconds).
+                f"MLFLOW_AUTH_CACHE_TTL_SECONDS={args['auth_cache_ttl_seconds']}",
             ]
             uploads += [
                 self._secret_file(_ADMIN_PASSWORD_FILE, self.admin_password.result),

@@ -11,7 +11,7 @@ from components.db_bootstrap import DatabaseBootstrap
 from components.docker_common import stack_labels
 from components.internal_ca import InternalCa
 from components.mlflow_image import MlflowImage
-from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer
+from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
 from components.proxy import CaddySite, TlsProxy
@@ -65,6 +65,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "password_length": settings.postgres_password_length,
                 "secrets_rotation": settings.secrets_rotation,
                 "memory_mb": settings.postgres_memory_mb,
+                "client_connections": database_connections(settings.workers, settings.auth_enabled),
                 "log_max_size": settings.log_max_size,
                 "log_max_files": settings.log_max_files,
                 "protect_data": settings.protect_data,
@@ -125,6 +126,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "extra_allowed_hosts": settings.allowed_hosts,
                 "cors_allowed_origins": settings.cors_allowed_origins,
                 "auth_enabled": settings.auth_enabled,
+                "auth_cache_ttl_seconds": settings.auth_cache_ttl_seconds,
                 "admin_password_length": settings.admin_password_length,
                 "secrets_rotation": settings.secrets_rotation,
                 "protect_data": settings.protect_data,

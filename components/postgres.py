@@ -47,6 +47,36 @@ STOP_SIGNAL = "SIGINT"
 STOP_TIMEOUT_SECONDS = 120
 
 
+# Connections kept free for maintenance (psql, pg_dump, the health probe) on top of the
+# server's own, and the floor: Postgres's default.
+_SPARE_CONNECTIONS = 20
+_MIN_MAX_CONNECTIONS = 100
+
+
+def server_command(memory_mb: int, client_connections: int) -> list[str]:
+    """`postgres -c ...`: memory settings sized to the container's limit, durability spelled out.
+
+    Postgres's defaults assume a 128 MB machine (shared_buffers 128MB, effective_cache_size
+    4GB whatever the memory). A quarter of the limit for shared buffers and three quarters
+    as the planner's cache estimate are the usual starting points; the rest is left to
+    backends and the page cache, which the container's limit also counts. fsync and
+    synchronous_commit are Postgres's defaults, repeated so no tuning turns them off: an
+    acknowledged metric must survive a crash (tests/test_e2e_production.py).
+    """
+    settings = {
+        "max_connections": str(max(_MIN_MAX_CONNECTIONS, client_connections + _SPARE_CONNECTIONS)),
+        "shared_buffers": f"{max(16, memory_mb // 4)}MB",
+        "effective_cache_size": f"{max(32, memory_mb * 3 // 4)}MB",
+        "maintenance_work_mem": f"{max(16, min(1024, memory_mb // 16))}MB",
+        "fsync": "on",
+        "synchronous_commit": "on",
+    }
+    command = ["postgres"]
+    for name, value in settings.items():
+        command += ["-c", f"{name}={value}"]
+    return command
+
+
 class PostgresDatabaseArgs(TypedDict):
     image: pulumi.Input[str]
     """Postgres image reference, pinned to a tag or digest."""
@@ -66,6 +96,8 @@ class PostgresDatabaseArgs(TypedDict):
     """Keeper of the generated superuser password: a new value rotates it."""
     memory_mb: pulumi.Input[int]
     """Memory limit in MiB; swap is not allowed on top."""
+    client_connections: int
+    """The most connections the clients (the server's workers) open at once."""
     log_max_size: str
     """json-file log size that triggers rotation."""
     log_max_files: int
@@ -136,7 +168,9 @@ class PostgresDatabase(pulumi.ComponentResource):
             user=f"{POSTGRES_UID}:{POSTGRES_UID}",
             # Checks the data directory's major version, then runs the image's own entrypoint.
             entrypoints=[_ENTRYPOINT],
-            command=["postgres"],
+            command=pulumi.Output.from_input(args["memory_mb"]).apply(
+                lambda memory_mb: server_command(memory_mb, args["client_connections"])
+            ),
             envs=[
                 # The superuser and its database: the tracking and auth databases and
                 # MLflow's role are DatabaseBootstrap's.

@@ -117,6 +117,7 @@ class StackSettings:
     proxy_memory_mb: int
     secrets_rotation: str
     environment_kind: str
+    auth_cache_ttl_seconds: int
 
     @property
     def proxied(self) -> bool:
@@ -397,6 +398,9 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
             lambda value: value in ENVIRONMENT_KINDS,
             "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
         ),
+        # At most 5 minutes: past a few seconds the throughput gain is already whole,
+        # while a revoked password keeps working for up to this long.
+        auth_cache_ttl_seconds=read.integer("authCacheTtlSeconds", 0, 300),
     )
     _check_combinations(settings)
     _check_tls(settings)

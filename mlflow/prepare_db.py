@@ -147,6 +147,9 @@ def _write_auth_config(path: str, database_uri: str) -> None:
         # Read by releases before MLFLOW_AUTH_ADMIN_PASSWORD existed (the key is required there).
         "admin_password": os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"].replace("%", "%%"),
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        # Seconds a worker trusts a password it verified instead of hashing it again on
+        # every request (API clients send no session cookie); 0, MLflow's default, is off.
+        "auth_cache_ttl_seconds": os.environ.get("MLFLOW_AUTH_CACHE_TTL_SECONDS", "0"),
     }
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:

@@ -9,9 +9,9 @@ import pytest
 
 from components.docker_common import stack_labels
 from components.mlflow_image import MlflowImage
-from components.mlflow_server import MlflowServer, MlflowServerArgs, allowed_hosts
+from components.mlflow_server import MlflowServer, MlflowServerArgs, allowed_hosts, database_connections
 from components.network import StackNetwork
-from components.postgres import PostgresDatabase, PostgresDatabaseArgs
+from components.postgres import PostgresDatabase, PostgresDatabaseArgs, server_command
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.harness import EngineMocks, Registration, install
 
@@ -33,6 +33,7 @@ def _postgres_args(**changes: Any) -> PostgresDatabaseArgs:
         "password_length": 40,
         "secrets_rotation": "",
         "memory_mb": 512,
+        "client_connections": 150,
         "log_max_size": "5m",
         "log_max_files": 2,
         "protect_data": False,
@@ -64,6 +65,7 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "extra_allowed_hosts": [],
         "cors_allowed_origins": [],
         "auth_enabled": False,
+        "auth_cache_ttl_seconds": 45,
         "admin_password_length": 30,
         "secrets_rotation": "",
         "protect_data": False,
@@ -115,6 +117,16 @@ def test_postgres_database() -> pulumi.Output[None]:
         assert container["capabilities"] == {"drops": ["ALL"]}
         assert container["securityOpts"] == ["no-new-privileges:true"]
         assert (container["memory"], container["memorySwap"]) == (512, 512)
+        # Memory settings from the 512 MiB limit; room for 150 client connections and 20 spare.
+        assert container["command"] == [
+            "postgres",
+            "-c", "max_connections=170",
+            "-c", "shared_buffers=128MB",
+            "-c", "effective_cache_size=384MB",
+            "-c", "maintenance_work_mem=32MB",
+            "-c", "fsync=on",
+            "-c", "synchronous_commit=on",
+        ]  # fmt: skip
         assert container["logDriver"] == "json-file"
         assert container["logOpts"] == {"max-size": "5m", "max-file": "2"}
         assert container["waitTimeout"] == 90
@@ -186,8 +198,12 @@ def test_mlflow_server_without_auth() -> pulumi.Output[None]:
         assert "/tmp" in container["tmpfs"]
         assert container["capabilities"] == {"drops": ["ALL"]}
         assert container["command"][container["command"].index("--workers") + 1] == "3"
+        pool = [env for env in container["envs"] if env.startswith("MLFLOW_SQLALCHEMYSTORE_")]
+        assert pool == ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=5", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW=5"]
         assert [u["file"] for u in container["uploads"]] == ["/run/secrets/postgres-password"]
         assert children[CONTAINER].secret_inputs() == {"uploads"}
+        # No auth app, no auth config: the cache setting would mean nothing.
+        assert not any(env.startswith("MLFLOW_AUTH_") for env in container["envs"])
         assert server.admin_password is None
 
     return pulumi.Output.all(server.urn, server.container.id).apply(check)
@@ -217,6 +233,7 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
             "/run/secrets/postgres-password",
         ]
         assert "MLFLOW_AUTH_ADMIN_PASSWORD_FILE=/run/secrets/admin-password" in container["envs"]
+        assert "MLFLOW_AUTH_CACHE_TTL_SECONDS=45" in container["envs"]
         assert admin_password not in str(container["envs"]) + str(command)
 
     return pulumi.Output.all(server.urn, server.admin_password.result, server.container.id).apply(check)
@@ -234,3 +251,50 @@ def test_allowed_hosts_lists_every_name_clients_use(bind: str, extra: list[str],
     assert set(expected) <= set(hosts)
     assert len(hosts) == len(set(hosts))
     assert ("127.0.0.1:8080" in hosts) == (bind == "127.0.0.1")
+
+
+@pytest.mark.parametrize(
+    ("workers", "auth", "expected"),
+    # Per worker: tracking and registry engines (plus auth's), 5 pooled + 5 overflow each.
+    [(1, False, 20), (2, True, 60), (4, True, 120), (32, True, 960)],
+)
+def test_database_connections_cover_every_worker_engine(workers: int, auth: bool, expected: int) -> None:
+    assert database_connections(workers, auth) == expected
+
+
+@pytest.mark.parametrize(
+    ("memory_mb", "clients", "expected"),
+    [
+        # Postgres's floor of 100 connections stays; tiny limits still get workable buffers.
+        (
+            128,
+            20,
+            ["max_connections=100", "shared_buffers=32MB", "effective_cache_size=96MB", "maintenance_work_mem=16MB"],
+        ),
+        (
+            4096,
+            120,
+            [
+                "max_connections=140",
+                "shared_buffers=1024MB",
+                "effective_cache_size=3072MB",
+                "maintenance_work_mem=256MB",
+            ],
+        ),
+        (
+            65536,
+            960,
+            [
+                "max_connections=980",
+                "shared_buffers=16384MB",
+                "effective_cache_size=49152MB",
+                "maintenance_work_mem=1024MB",
+            ],
+        ),
+    ],
+)
+def test_postgres_settings_follow_the_memory_limit(memory_mb: int, clients: int, expected: list[str]) -> None:
+    command = server_command(memory_mb, clients)
+    assert command[0] == "postgres"
+    assert command[1::2] == ["-c"] * 6
+    assert command[2::2] == [*expected, "fsync=on", "synchronous_commit=on"]

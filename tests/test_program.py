@@ -176,7 +176,7 @@ def test_mlflow_server_contract() -> pulumi.Output[None]:
         assert _flag(command, "--artifacts-destination") == "/mlflow/artifacts"
         assert "--serve-artifacts" in command
         assert "--default-artifact-root" not in command
-        assert _flag(command, "--workers") == "1"  # Pulumi.dev.yaml
+        assert _flag(command, "--workers") == "2"  # Pulumi.dev.yaml
         assert "--app-name" not in command
         assert server.inputs["healthcheck"]["tests"][-1].endswith("/health', timeout=4)")
         assert server.inputs["restart"] == "unless-stopped"
@@ -209,7 +209,15 @@ def test_every_stack_runs_and_labels_its_resources(stack: str) -> None:
 
 # What each committed stack file changes, as the program declares it.
 STACK_DIFFERENCES = {
-    "dev": {"auth": False, "protected": False, "bind": "127.0.0.1", "host": "localhost", "workers": "1", "mem": 1536},
+    "dev": {
+        "auth": False,
+        "protected": False,
+        "bind": "127.0.0.1",
+        "host": "localhost",
+        "workers": "2",
+        "mem": 1536,
+        "connections": 100,
+    },
     "staging": {
         "auth": True,
         "protected": True,
@@ -217,6 +225,7 @@ STACK_DIFFERENCES = {
         "host": "mlflow.staging.example.internal",
         "workers": "2",
         "mem": 2048,
+        "connections": 100,
     },
     "prod": {
         "auth": True,
@@ -225,6 +234,7 @@ STACK_DIFFERENCES = {
         "host": "mlflow.example.internal",
         "workers": "4",
         "mem": 4096,
+        "connections": 140,
     },
 }
 
@@ -263,7 +273,11 @@ def test_stack_differences(stack: str) -> None:
             assert _flag(command, "--workers") == expected["workers"]
             assert server.inputs["memory"] == expected["mem"]
             assert _postgres(mocks).inputs["memory"] > 0
+            # Postgres admits every connection the workers' pools may open (tracking, registry, auth).
+            assert _flag(_postgres(mocks).inputs["command"], "-c") == f"max_connections={expected['connections']}"
             if expected["auth"]:
+                # Pulumi.yaml's default: no stack file overrides it.
+                assert "MLFLOW_AUTH_CACHE_TTL_SECONDS=30" in server.inputs["envs"]
                 assert values["admin_username"] == "admin"
                 assert len(values["admin_password"]) >= 24
 

@@ -145,6 +145,9 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
         "'<certificate for other.example.com>'",
         "cover publicHost 'mlflow.example.com'",
     ),
+    ("prod", {"authCacheTtlSeconds": -1}, "authCacheTtlSeconds", "-1", "an integer from 0 to 300"),
+    ("prod", {"authCacheTtlSeconds": 301}, "authCacheTtlSeconds", "301", "an integer from 0 to 300"),
+    ("prod", {"authCacheTtlSeconds": "1m"}, "authCacheTtlSeconds", "'1m'", "an integer from 0 to 300"),
 ]
 
 
@@ -306,3 +309,11 @@ def test_environment_kind_decides_what_is_shared(stack: str, overrides: dict[str
     # A personal stack may still turn both on; a shared one must.
     if shared:
         assert (settings_.auth_enabled, settings_.protect_data) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"), [({}, 30), ({"authCacheTtlSeconds": 0}, 0), ({"authCacheTtlSeconds": 300}, 300)]
+)
+def test_auth_cache_ttl_default_and_bounds(overrides: dict[str, Any], expected: int) -> None:
+    install(EngineMocks(), "prod", overrides)
+    assert load_settings().auth_cache_ttl_seconds == expected

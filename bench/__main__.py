@@ -1,0 +1,311 @@
+"""`python -m bench` (`make bench`): every configuration deployed and loaded the same way, in one run.
+
+Each configuration gets a stack of its own (`bench-<name>`, its own host ports). One
+after another: `up` (timed: seconds to healthy, with whatever build cache the engine
+holds), then the first seconds right after `up` returned are measured with no
+warm-up. Once all are up, each is warmed up, then they are measured in turns, a
+few short windows each, so background load on a shared machine spreads over all of
+them. Memory is sampled throughout. Then the table and the targets (ratios within
+this run) are printed and written as JSON, and every bench stack is removed.
+
+Exit status: 0 when every target passes, 3 when one fails, 1 when a deployment fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
+from bench.load import LoadGenerator, LoadResult, Sample, Target
+from tests.stack_config import PROJECT_DIR, stack_config
+
+DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
+_MIB = 1024 * 1024
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: they mean little without it."""
+    model = ""
+    with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo", encoding="utf-8") as meminfo:
+        total_kib = int(meminfo.readline().split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(total_kib / 1024 / 1024, 1),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def _memory_mib(container: Any) -> float:
+    """What `docker stats` shows: usage minus the inactive page cache."""
+    stats = container.stats(stream=False, one_shot=True)["memory_stats"]
+    inactive = stats.get("stats", {}).get("inactive_file", 0)
+    return float(stats.get("usage", 0) - inactive) / _MIB
+
+
+@contextmanager
+def peak_memory(container: Any) -> Iterator[dict[str, float]]:
+    """Samples the container's memory every second while the block runs; yields the peak so far."""
+    peak = {"mib": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with suppress(docker.errors.DockerException, KeyError):
+                peak["mib"] = max(peak["mib"], _memory_mib(container))
+            stop.wait(1)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def target_for(outputs: dict[str, Any], workdir: Path) -> Target:
+    """The stack's own `tracking_uri`; its admin credentials when auth is on; its CA when it has one."""
+    auth = None
+    if outputs.get("admin_password"):
+        auth = (str(outputs["admin_username"]), str(outputs["admin_password"]))
+    verify: bool | str = True
+    if outputs.get("ca_certificate"):
+        # The front door's certificate is issued by the stack's own CA: trust that one, not the world.
+        bundle = workdir / "ca.pem"
+        bundle.write_text(str(outputs["ca_certificate"]), encoding="utf-8")
+        verify = str(bundle)
+    return Target(str(outputs["tracking_uri"]), auth, verify)
+
+
+@dataclass
+class Deployed:
+    """One configuration, up, with what was measured on it so far."""
+
+    config: BenchConfig
+    settings: dict[str, object]
+    outputs: dict[str, Any]
+    target: Target
+    seconds_up_to_healthy: float
+    first_window: LoadResult
+    server_peak: dict[str, float]
+    database_peak: dict[str, float]
+    samples: list[Sample] = field(default_factory=list)
+
+
+def deploy(
+    config: BenchConfig,
+    index: int,
+    args: argparse.Namespace,
+    client: docker.DockerClient,
+    load: LoadGenerator,
+    resources: ExitStack,
+    workdir: Path,
+) -> Deployed:
+    """`up` (timed), then the first seconds after it returned measured with no warm-up."""
+    # Imported here: the client processes import this module too, and need none of Pulumi.
+    from tests.local_deploy import deployer
+
+    overrides = deploy_overrides(config, index)
+    deployer.down(config.stack)
+    resources.callback(deployer.down, config.stack)
+    started = time.monotonic()
+    outputs = deployer.up(config.stack, overrides)
+    up_returned = time.monotonic()
+    stack_dir = workdir / config.stack
+    stack_dir.mkdir()
+    target = target_for(outputs, stack_dir)
+    server_peak = resources.enter_context(peak_memory(client.containers.get(str(outputs["mlflow_container_name"]))))
+    database_peak = resources.enter_context(peak_memory(client.containers.get(str(outputs["postgres_container_name"]))))
+    first = load.measure(
+        target,
+        label=f"{config.name} first {args.first_window:g} s",
+        batch_size=args.batch_size,
+        duration=args.first_window,
+        warmup=0,
+        window_start=up_returned,
+    )
+    return Deployed(
+        config,
+        stack_config(config.stack, overrides),
+        outputs,
+        target,
+        up_returned - started,
+        first.summary(args.batch_size),
+        server_peak,
+        database_peak,
+    )
+
+
+def measure_all(stacks: list[Deployed], args: argparse.Namespace, load: LoadGenerator) -> None:
+    """Warm every stack up, then measure them in turns, `rounds` short windows each.
+
+    The machine is shared: a burst of someone else's work lands in one window of one
+    configuration, not in the whole figure of one, so the ratios stay fair.
+    """
+    for stack in stacks:
+        load.measure(
+            stack.target, label=f"{stack.config.name} warm-up", batch_size=args.batch_size, duration=0,
+            warmup=args.warmup,
+        )  # fmt: skip
+    window = args.duration / args.rounds
+    for round_number in range(args.rounds):
+        # Rotated each round, so no configuration always follows the same one.
+        shift = round_number % len(stacks)
+        for stack in stacks[shift:] + stacks[:shift]:
+            stack.samples.append(
+                load.measure(
+                    stack.target,
+                    label=f"{stack.config.name} {round_number + 1}/{args.rounds}",
+                    batch_size=args.batch_size,
+                    duration=window,
+                    warmup=args.round_warmup,
+                )
+            )
+
+
+def row(stack: Deployed, client: docker.DockerClient, batch_size: int) -> dict[str, Any]:
+    warm = Sample.combine(stack.samples).summary(batch_size)
+    image = client.images.get(str(stack.outputs["mlflow_image_name"]))
+    return {
+        "config": stack.config.name,
+        "description": stack.config.description,
+        "stack": stack.config.stack,
+        "workers": stack.settings["workers"],
+        "auth": bool(stack.settings["authEnabled"]),
+        "tracking_uri": stack.target.tracking_uri,
+        "seconds_up_to_healthy": round(stack.seconds_up_to_healthy, 1),
+        **warm.as_dict(),
+        "rounds": [sample.summary(batch_size).metrics_per_second for sample in stack.samples],
+        "first_window": stack.first_window.as_dict(),
+        "first_window_metrics_per_second": stack.first_window.metrics_per_second,
+        "server_memory_peak_mib": round(stack.server_peak["mib"]),
+        "postgres_memory_peak_mib": round(stack.database_peak["mib"]),
+        "image_size_mb": round(image.attrs["Size"] / 1e6),
+    }
+
+
+def table(rows: Sequence[dict[str, Any]]) -> str:
+    header = (
+        "| config | workers | auth | metrics/s | requests/s | p50 ms | p99 ms | errors | server memory MiB "
+        "| first 10 s metrics/s | up to healthy s | image MB |"
+    )
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        lines.append(
+            f"| {row['config']} | {row['workers']} | {'on' if row['auth'] else 'off'} "
+            f"| {row['metrics_per_second']:,.0f} | {row['requests_per_second']:.1f} "
+            f"| {row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {row['errors']} | {row['server_memory_peak_mib']} "
+            f"| {row['first_window_metrics_per_second']:,.0f} | {row['seconds_up_to_healthy']:.1f} "
+            f"| {row['image_size_mb']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8, help="client processes (default 8)")
+    parser.add_argument("--batch-size", type=int, default=100, help="metrics per log-batch request (default 100)")
+    parser.add_argument("--duration", type=float, default=30, help="measured seconds per configuration (default 30)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10,
+        help="unmeasured seconds of load on each configuration before any is measured (default 10)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="windows the measured seconds are split into, configurations taking turns (default 6)",
+    )
+    parser.add_argument(
+        "--round-warmup", type=float, default=2, help="unmeasured seconds at the start of each window (default 2)"
+    )
+    parser.add_argument("--first-window", type=float, default=10,
+                        help="seconds measured right after `up` returns, no warm-up (default 10)")  # fmt: skip
+    parser.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
+                        help="configurations to run, in this order (default: all)")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.rounds < 1 or args.duration <= 0:
+        parser.error("--clients, --rounds and --duration must be positive")
+    if not 1 <= args.batch_size <= 1000:
+        parser.error("--batch-size must be from 1 to 1000 (MLflow's limit per log-batch request)")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    client = docker.from_env(timeout=300)
+    chosen = [(index, config) for index, config in enumerate(CONFIGS) if config.name in args.configs]
+    from tests.local_deploy import deployer
+
+    with LoadGenerator(args.clients) as load, ExitStack() as resources:
+        workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))
+        stacks = []
+        for index, config in chosen:
+            print(f"bench: {config.name}: {config.description}", file=sys.stderr, flush=True)
+            try:
+                stacks.append(deploy(config, index, args, client, load, resources, workdir))
+            except deployer.DeployError as error:
+                print(f"bench: {config.name}: deployment failed: {error}", file=sys.stderr)
+                return 1
+        measure_all(stacks, args, load)
+        rows = [row(stack, client, args.batch_size) for stack in stacks]
+    checks = check_targets({row["config"]: row for row in rows})
+    spec = machine()
+    results: dict[str, Any] = {
+        "machine": spec,
+        "load": {
+            "clients": args.clients,
+            "batch_size": args.batch_size,
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "rounds": args.rounds,
+            "round_warmup_seconds": args.round_warmup,
+            "first_window_seconds": args.first_window,
+        },
+        "command": "make bench ARGS='" + " ".join(sys.argv[1:] if argv is None else argv) + "'",
+        "configs": rows,
+        "targets": [check.__dict__ for check in checks],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"\nmachine: {spec['nproc']} CPUs ({spec['cpu_model']}), {spec['memory_gib']} GiB")
+    print(
+        f"load: {args.clients} client processes, log-batch of {args.batch_size} metrics, "
+        f"{args.warmup:g} s warm-up, {args.duration:g} s measured per configuration "
+        f"in {args.rounds} turns of {args.duration / args.rounds:g} s\n"
+    )
+    print(table(rows))
+    print()
+    for check in checks:
+        print(check.line())
+    print(f"\nresults: {args.output}")
+    return 0 if all(check.passed for check in checks) else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The configurations the benchmark compares, and the targets it checks.
+
+Each configuration is one of the project's stacks as committed (the stack file's
+values, passed as overrides) deployed under a stack name of its own
+(`bench-<name>`), so its containers, network, volumes and image tag never meet a
+developer's `dev` stack, and with host ports of its own. The few other overrides
+make a stack reachable and removable on this machine without changing how the
+server runs: `localhost` as the public host, loopback as the bind address, no
+volume protection (a Pulumi option only; the benchmark removes what it made).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tests.stack_config import project_file, stack_config
+
+# Far from 5000 (dev), 5001 (the staging end-to-end test) and 80/443.
+BENCH_PORT_BASE = 5710
+# Host-port keys the program may declare (the HTTPS front door adds the last two);
+# each bench stack gets its own value for every one that Pulumi.yaml declares.
+_PORT_KEYS = ("hostPort", "httpPort", "httpsPort")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    name: str
+    description: str
+    base_stack: str
+    """The committed stack file whose values the configuration takes."""
+    overrides: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def stack(self) -> str:
+        return f"bench-{self.name}"
+
+
+CONFIGS = (
+    BenchConfig(
+        "chapter",
+        "the chapter's `mlflow server`: no auth, MLflow's default 4 workers",
+        "dev",
+        # No memory limit to speak of, as with a bare `mlflow server`.
+        {"workers": 4, "authEnabled": False, "mlflowMemoryMb": 4096},
+    ),
+    BenchConfig("dev", "the project's dev stack as committed", "dev"),
+    BenchConfig(
+        "prod-noauth", "the prod stack without auth (same workers): the reference", "prod", {"authEnabled": False}
+    ),
+    BenchConfig("prod", "the production path: the prod stack, basic auth on", "prod"),
+)
+CONFIG_NAMES = tuple(config.name for config in CONFIGS)
+
+
+def deploy_overrides(config: BenchConfig, index: int) -> dict[str, object]:
+    """Config overrides for `deployer.up(config.stack, ...)`: the stack file's values, then the bench's."""
+    declared = project_file().get("config", {})
+    defaults = {key: declaration.get("default") for key, declaration in declared.items()}
+    # Only what the stack file changes: Pulumi.yaml's defaults stay defaults, so the
+    # local deployer's stand-in images (its own overrides) still apply underneath.
+    values = {key: value for key, value in stack_config(config.base_stack).items() if value != defaults.get(key)}
+    values.update(
+        {
+            "publicHost": "localhost",
+            "bindAddress": "127.0.0.1",
+            "protectData": False,
+        }
+    )
+    for offset, key in enumerate(_PORT_KEYS):
+        if key in declared:
+            values[key] = BENCH_PORT_BASE + 10 * index + offset
+    values.update(config.overrides)
+    return values
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    name: str
+    measured: float
+    limit: float
+    passed: bool
+
+    def line(self) -> str:
+        return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.measured:.2f} (target {self.limit})"
+
+
+def check_targets(results: Mapping[str, Mapping[str, float]]) -> list[TargetCheck]:
+    """The issue's targets, as ratios within one run; a configuration not measured is skipped.
+
+    `results[name]` holds `metrics_per_second`, `p99_ms`, `errors` and
+    `first_window_metrics_per_second` of that configuration.
+    """
+    checks: list[TargetCheck] = []
+
+    def ratio(name: str, numerator: float, denominator: float, minimum: float) -> None:
+        value = numerator / denominator if denominator else 0.0
+        checks.append(TargetCheck(name, value, minimum, value >= minimum))
+
+    prod, reference = results.get("prod"), results.get("prod-noauth")
+    if prod is not None and reference is not None:
+        ratio("production path / same stack without auth, metrics/s", prod["metrics_per_second"],
+              reference["metrics_per_second"], 0.8)  # fmt: skip
+        p99 = prod["p99_ms"] / reference["p99_ms"] if reference["p99_ms"] else float("inf")
+        checks.append(TargetCheck("production path p99 / same stack without auth p99 (at most)", p99, 2.0, p99 <= 2.0))
+    if prod is not None:
+        checks.append(TargetCheck("production path errors (at most)", prod["errors"], 0, prod["errors"] == 0))
+    dev, chapter = results.get("dev"), results.get("chapter")
+    if dev is not None and chapter is not None:
+        ratio("dev defaults / chapter's configuration, metrics/s", dev["metrics_per_second"],
+              chapter["metrics_per_second"], 1.0)  # fmt: skip
+    for name, measured in results.items():
+        ratio(f"{name}: first 10 s after up / warm, metrics/s", measured["first_window_metrics_per_second"],
+              measured["metrics_per_second"], 0.8)  # fmt: skip
+    return checks

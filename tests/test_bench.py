@@ -1,0 +1,93 @@
+"""The benchmark's arithmetic and configurations (the benchmark itself runs with `make bench`, never in tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.configs import CONFIGS, check_targets, deploy_overrides
+from bench.load import summarize
+from tests.stack_config import project_file, stack_config
+
+
+def test_summary_counts_acknowledged_batches_and_quantiles() -> None:
+    latencies = [i / 1000 for i in range(1, 101)]  # 1 ms .. 100 ms
+    result = summarize(latencies, errors=3, seconds=10, batch_size=50, first_error="HTTP 500: boom")
+    assert (result.requests, result.errors, result.metrics) == (100, 3, 5000)
+    assert (result.metrics_per_second, result.requests_per_second) == (500.0, 10.0)
+    assert result.p50_ms == pytest.approx(50.5)
+    assert result.p99_ms == pytest.approx(99.01)
+    assert result.first_error == "HTTP 500: boom"
+
+
+def test_summary_of_no_answer_is_zero() -> None:
+    result = summarize([], errors=8, seconds=10, batch_size=100)
+    assert (result.requests, result.metrics_per_second, result.p50_ms, result.p99_ms) == (0, 0.0, 0.0, 0.0)
+
+
+def test_bench_stacks_have_their_own_names_and_ports() -> None:
+    overrides = [deploy_overrides(config, index) for index, config in enumerate(CONFIGS)]
+    assert [config.stack for config in CONFIGS] == ["bench-chapter", "bench-dev", "bench-prod-noauth", "bench-prod"]
+    ports = [value for item in overrides for key, value in item.items() if key.endswith("Port")]
+    assert len(ports) == len(set(ports))
+    assert 5000 not in ports
+    assert all(item["publicHost"] == "localhost" and item["bindAddress"] == "127.0.0.1" for item in overrides)
+    # Only keys the program declares: nothing a future Pulumi.yaml would not read.
+    assert all(set(item) <= set(project_file()["config"]) for item in overrides)
+
+
+def test_bench_configs_take_the_committed_stack_values() -> None:
+    chapter, dev, reference, prod = (deploy_overrides(config, index) for index, config in enumerate(CONFIGS))
+    assert (chapter["workers"], chapter["authEnabled"]) == (4, False)
+    assert (reference["workers"], reference["authEnabled"]) == (prod["workers"], False)
+    assert (prod["workers"], prod["authEnabled"], prod["mlflowMemoryMb"], prod["postgresMemoryMb"]) == (
+        4,
+        True,
+        4096,
+        4096,
+    )
+    assert dev == {
+        "mlflowMemoryMb": 1536,
+        "publicHost": "localhost",
+        "bindAddress": "127.0.0.1",
+        "protectData": False,
+        "hostPort": 5720,
+    }
+    assert stack_config("bench-dev", dev)["workers"] == 2
+
+
+def _row(metrics: float, p99: float, errors: int = 0, first: float | None = None) -> dict[str, float]:
+    return {
+        "metrics_per_second": metrics,
+        "p99_ms": p99,
+        "errors": errors,
+        "first_window_metrics_per_second": metrics if first is None else first,
+    }
+
+
+def test_targets_pass_and_fail_on_the_ratios() -> None:
+    results = {
+        "chapter": _row(6000, 400),
+        "dev": _row(5900, 380),
+        "prod-noauth": _row(6000, 400),
+        "prod": _row(4900, 790, first=3800),
+    }
+    verdicts = {check.name: check.passed for check in check_targets(results)}
+    assert verdicts == {
+        "production path / same stack without auth, metrics/s": True,
+        "production path p99 / same stack without auth p99 (at most)": True,
+        "production path errors (at most)": True,
+        "dev defaults / chapter's configuration, metrics/s": False,
+        "chapter: first 10 s after up / warm, metrics/s": True,
+        "dev: first 10 s after up / warm, metrics/s": True,
+        "prod-noauth: first 10 s after up / warm, metrics/s": True,
+        "prod: first 10 s after up / warm, metrics/s": False,
+    }
+
+
+def test_targets_fail_on_errors_and_slow_tails() -> None:
+    checks = check_targets({"prod-noauth": _row(6000, 400), "prod": _row(5000, 801, errors=1)})
+    failed = {check.name for check in checks if not check.passed}
+    assert failed == {
+        "production path p99 / same stack without auth p99 (at most)",
+        "production path errors (at most)",
+    }
