@@ -38,7 +38,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint mlflow/Dockerfile tests/standins/*/Dockerfile
-	$(BIN)/shellcheck mlflow/entrypoint.sh tests/standins/*/*.sh .ci/run
+	$(BIN)/shellcheck mlflow/entrypoint.sh backup/mlflow-backup tests/standins/*/*.sh .ci/run
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --offline .github/workflows
 

@@ -40,6 +40,10 @@ HEALTH_PROBE = [
 # The root file system is read-only; the server writes temporary files (artifact
 # uploads it proxies, library caches) here. noexec: nothing should run from it.
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
+# prometheus_client's multiprocess files (one set per uvicorn worker): on a tmpfs,
+# so every start begins with empty counters, as the client library requires.
+METRICS_DIR = "/run/mlflow-metrics"
+_METRICS_TMPFS = "rw,noexec,nosuid,nodev,size=64m"
 
 
 class MlflowServerArgs(TypedDict):
@@ -93,6 +97,12 @@ class MlflowServerArgs(TypedDict):
     """Labels that identify the stack."""
     start_after: Sequence[pulumi.Resource]
     """Resources that must exist first: the health-gated Postgres container."""
+    metrics_enabled: bool
+    """Serve Prometheus metrics at /metrics (`--expose-prometheus`)."""
+    telemetry_enabled: bool
+    """Let MLflow send its usage telemetry; off unless true."""
+    pre_upgrade_backup: bool
+    """Before a schema upgrade, prepare_db asks the backup container for a backup and waits for it."""
 
 
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
@@ -143,6 +153,19 @@ class MlflowServer(pulumi.ComponentResource):
             # container OOM-killed in a loop. Off, the server peaks near 350 MiB.
             "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false",
         ]
+        if not args["telemetry_enabled"]:
+            # MLflow 3 reports usage to its maintainers unless told not to.
+            envs.append("MLFLOW_DISABLE_TELEMETRY=true")
+        if args["pre_upgrade_backup"]:
+            envs += [
+                "MLFLOW_PRE_UPGRADE_BACKUP=true",
+                # Part of the start: it must end within the wait for a healthy container.
+                f"MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT={args['startup_timeout_seconds']}",
+            ]
+        tmpfs = dict(_TMPFS)
+        if args["metrics_enabled"]:
+            tmpfs[METRICS_DIR] = _METRICS_TMPFS
+            envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
         uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
         self.admin_password = None
         self.flask_secret_key = None
@@ -188,6 +211,10 @@ class MlflowServer(pulumi.ComponentResource):
             self.command += ["--cors-allowed-origins", ",".join(args["cors_allowed_origins"])]
         if args["auth_enabled"]:
             self.command += ["--app-name", "basic-auth"]
+        if args["metrics_enabled"]:
+            # /metrics is not among basic auth's exempt paths: with auth on, a scraper
+            # needs credentials like any client.
+            self.command += ["--expose-prometheus", METRICS_DIR]
 
         self.container = docker.Container(
             f"{name}-container",
@@ -214,7 +241,7 @@ class MlflowServer(pulumi.ComponentResource):
             ),
             restart=RESTART_POLICY,
             read_only=True,
-            tmpfs=_TMPFS,
+            tmpfs=tmpfs,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=[NO_NEW_PRIVILEGES],
             memory=args["memory_mb"],

@@ -39,6 +39,8 @@ _ORIGIN = re.compile(r"^https?://[^/\s:]+(?::[0-9]{1,5})?$")
 _MLFLOW_VERSION = re.compile(r"^3\.[0-9]+\.[0-9]+$")
 _POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+# `mlflow gc --older-than`: days, hours, minutes, seconds, each optional, in that order.
+_GC_AGE = re.compile(r"^(?=.)([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
 
 class SettingsError(ValueError):
@@ -77,6 +79,20 @@ class StackSettings:
     log_max_size: str
     log_max_files: int
     startup_timeout_seconds: int
+    backup_interval_hours: int
+    backup_interval_minutes: int
+    backup_keep: int
+    gc_older_than: str
+    gc_interval_hours: int
+    metrics_enabled: bool
+    telemetry_enabled: bool
+
+    @property
+    def backup_interval_seconds(self) -> int:
+        """backupIntervalMinutes, when set, replaces backupIntervalHours."""
+        if self.backup_interval_minutes:
+            return self.backup_interval_minutes * 60
+        return self.backup_interval_hours * 3600
 
     @property
     def tracking_uri(self) -> str:
@@ -211,6 +227,17 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
         log_max_files=read.integer("logMaxFiles", 1, 100),
         startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
+        backup_interval_hours=read.integer("backupIntervalHours", 1, 720),
+        backup_interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
+        backup_keep=read.integer("backupKeep", 1, 1000),
+        gc_older_than=read.string(
+            "gcOlderThan",
+            _matches(_GC_AGE),
+            "accepted: an age such as '30d', '12h' or '1d12h30m' (whole days, hours, minutes, seconds, in that order)",
+        ),
+        gc_interval_hours=read.integer("gcIntervalHours", 1, 720),
+        metrics_enabled=read.boolean("metricsEnabled"),
+        telemetry_enabled=read.boolean("telemetryEnabled"),
     )
     _check_combinations(settings)
     return settings

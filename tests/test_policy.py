@@ -495,10 +495,11 @@ def _generated_password(declared: list[Declared]) -> str:
 @pulumi.runtime.test
 def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
     def check(declared: list[Declared]) -> None:
-        # The rules had something to judge: both containers, both volumes, both images, the password.
+        # The rules had something to judge: database, server, backup and gc containers, the data,
+        # artifacts and backups volumes, both images, the password.
         types = [resource.type for resource in declared]
-        assert types.count(CONTAINER) == 2, types
-        assert types.count(VOLUME) == 2, types
+        assert types.count(CONTAINER) == 4, types
+        assert types.count(VOLUME) == 3, types
         assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
         # Property dependencies were recorded: the password reaches the containers only through uploads.
         postgres = _one(declared, CONTAINER, "postgres-container")

@@ -17,6 +17,8 @@ COMPONENT_TYPES = {
     "mlflow-platform:database:PostgresDatabase",
     "mlflow-platform:image:MlflowImage",
     "mlflow-platform:server:MlflowServer",
+    "mlflow-platform:backups:BackupService",
+    "mlflow-platform:gc:GarbageCollector",
 }
 
 
@@ -47,7 +49,7 @@ def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
     def check(values: dict[str, Any], secrets: set[str]) -> None:
         declared = sorted(r.type for r in mocks.registrations.values())
         assert declared == sorted(
-            [*COMPONENT_TYPES, CONTAINER, CONTAINER, VOLUME, VOLUME, NETWORK, IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD]
+            [*COMPONENT_TYPES, *[CONTAINER] * 4, *[VOLUME] * 3, NETWORK, IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD]
         )
         # Every provider resource lives inside a component: nothing loose under the stack.
         for registration in mocks.registrations.values():
@@ -61,6 +63,9 @@ def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
         assert values["postgres_volume_name"] == "mlflow-platform-dev-pgdata"
         assert values["artifacts_volume_name"] == "mlflow-platform-dev-artifacts"
         assert values["mlflow_image_name"] == "mlflow-platform/mlflow:3.17.2-dev"
+        assert values["backup_container_name"] == "mlflow-platform-dev-backup"
+        assert values["backups_volume_name"] == "mlflow-platform-dev-backups"
+        assert values["gc_container_name"] == "mlflow-platform-dev-gc"
         assert "admin_password" not in values
         assert secrets == {"backend_store_uri"}
 
