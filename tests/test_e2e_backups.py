@@ -331,6 +331,16 @@ def test_metrics_answer_on_the_network_and_count_requests(
 ) -> None:
     gc = _gc(deployed, docker_client)
     assert _request_total(gc, None)[0] == 401
+    # Basic auth fails closed on a route without a permission rule: only the admin reads it.
+    reader = ("metrics-reader", "reader-" + uuid.uuid4().hex)
+    created = requests.post(
+        f"{deployed.tracking_uri}{API}/users/create",
+        json={"username": reader[0], "password": reader[1]},
+        auth=admin,
+        timeout=30,
+    )
+    assert created.status_code == 200, created.text
+    assert _request_total(gc, reader)[0] == 403
     assert requests.get(f"{deployed.tracking_uri}/metrics", timeout=10).status_code == 401
     status, first = _request_total(gc, admin)
     assert status == 200
