@@ -84,7 +84,7 @@ class BackupServiceArgs(TypedDict):
     """Resources that must exist first: the health-gated Postgres container."""
 
 
-def backup_config(args: BackupServiceArgs, network_name: str) -> str:
+def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_name: str) -> str:
     """The script's settings, as shell assignments; every value is a checked identifier or number."""
     values = {
         "PGHOST": args["postgres_host"],
@@ -102,6 +102,7 @@ def backup_config(args: BackupServiceArgs, network_name: str) -> str:
         # For the one-off restore command the script prints.
         "CONTAINER_NAME": args["container_name"],
         "NETWORK_NAME": network_name,
+        "ARTIFACTS_VOLUME": artifacts_volume_name,
         "IMAGE": args["image_reference"],
     }
     return "".join(f"{key}='{value}'\n" for key, value in values.items())
@@ -123,7 +124,9 @@ class BackupService(pulumi.ComponentResource):
                 parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
             ),
         )
-        config = pulumi.Output.from_input(args["network_name"]).apply(lambda network: backup_config(args, network))
+        config = pulumi.Output.all(args["network_name"], args["artifacts_volume_name"]).apply(
+            lambda names: backup_config(args, names[0], names[1])
+        )
         # libpq's password file: host:port:database:user:password.
         pgpass: pulumi.Output[str] = pulumi.Output.secret(
             pulumi.Output.concat(

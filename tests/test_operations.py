@@ -78,7 +78,7 @@ def test_backup_container_inputs() -> pulumi.Output[None]:
                     "TRACKING_DB='mlflow'\nAUTH_DB='mlflow_auth'\nADMIN_USERNAME='admin'\nMLFLOW_VERSION='3.17.2'\n"
                     "BACKUP_DIR='/var/lib/postgresql/data'\nARTIFACTS_DIR='/mlflow/artifacts'\n"
                     "INTERVAL_SECONDS='86400'\nKEEP='7'\nCONTAINER_NAME='t-backup'\nNETWORK_NAME='t-net'\n"
-                    "IMAGE='postgres:17.6'\n"
+                    "ARTIFACTS_VOLUME='t-artifacts'\nIMAGE='postgres:17.6'\n"
                 ),
                 "owner": "0",
                 "group": "0",
