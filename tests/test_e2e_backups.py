@@ -422,3 +422,10 @@ def test_the_schedule_backs_up_and_a_stopped_schedule_turns_unhealthy(
         _exec(backup, "sh", "-c", "kill -CONT 1")
     # Resumed, it catches up at once and the container is healthy again.
     e2e.wait_for_health_status(backup, "healthy", timeout=60)
+    caught_up = _list(backup)[0]
+    assert caught_up[2] == "scheduled"
+    # Restarted, it keeps the rhythm from the volume: no backup at start, only an interval after the last.
+    backup.restart(timeout=30)
+    time.sleep(15)
+    assert _list(backup)[0][0] == caught_up[0]
+    assert backup.logs(tail=20).decode().count("schedule: a backup every 60s, keeping 3") == 1
