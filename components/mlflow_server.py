@@ -58,6 +58,10 @@ STOP_SIGNAL = "SIGTERM"
 # Long enough for an in-flight artifact upload; Docker's default is 10 s and
 # pulumi-docker's on replace or destroy 0 s (an immediate SIGKILL).
 STOP_TIMEOUT_SECONDS = 60
+# prometheus_client's multiprocess files (one set per uvicorn worker): on a tmpfs,
+# so every start begins with empty counters, as the client library requires.
+METRICS_DIR = "/run/mlflow-metrics"
+_METRICS_TMPFS = "rw,noexec,nosuid,nodev,size=64m"
 
 
 class MlflowServerArgs(TypedDict):
@@ -118,6 +122,12 @@ class MlflowServerArgs(TypedDict):
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container, the
     database bootstrap (an Output that fails when the bootstrap did)."""
+    metrics_enabled: bool
+    """Serve Prometheus metrics at /metrics (`--expose-prometheus`)."""
+    telemetry_enabled: bool
+    """Let MLflow send its usage telemetry; off unless true."""
+    pre_upgrade_backup: bool
+    """Before a schema upgrade, prepare_db asks the backup container for a backup and waits for it."""
 
 
 def database_connections(workers: int, auth_enabled: bool) -> int:
@@ -181,6 +191,19 @@ class MlflowServer(pulumi.ComponentResource):
             f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={DB_POOL_SIZE}",
             f"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW={DB_MAX_OVERFLOW}",
         ]
+        if not args["telemetry_enabled"]:
+            # MLflow 3 reports usage to its maintainers unless told not to.
+            envs.append("MLFLOW_DISABLE_TELEMETRY=true")
+        if args["pre_upgrade_backup"]:
+            envs += [
+                "MLFLOW_PRE_UPGRADE_BACKUP=true",
+                # Part of the start: it must end within the wait for a healthy container.
+                f"MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT={args['startup_timeout_seconds']}",
+            ]
+        tmpfs = dict(_TMPFS)
+        if args["metrics_enabled"]:
+            tmpfs[METRICS_DIR] = _METRICS_TMPFS
+            envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
         uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
         self.admin_password = None
         self.flask_secret_key = None
@@ -223,6 +246,10 @@ class MlflowServer(pulumi.ComponentResource):
             self.command += ["--cors-allowed-origins", ",".join(args["cors_allowed_origins"])]
         if args["auth_enabled"]:
             self.command += ["--app-name", "basic-auth"]
+        if args["metrics_enabled"]:
+            # /metrics is not among basic auth's exempt paths: with auth on, a scraper
+            # needs credentials like any client.
+            self.command += ["--expose-prometheus", METRICS_DIR]
 
         self.container = docker.Container(
             f"{name}-container",
@@ -251,7 +278,7 @@ class MlflowServer(pulumi.ComponentResource):
             ),
             restart=RESTART_POLICY,
             read_only=True,
-            tmpfs=_TMPFS,
+            tmpfs=tmpfs,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=[NO_NEW_PRIVILEGES],
             memory=args["memory_mb"],

@@ -7,8 +7,10 @@ from urllib.parse import quote
 
 import pulumi
 
+from components.backups import BackupService
 from components.db_bootstrap import DatabaseBootstrap
 from components.docker_common import stack_labels
+from components.gc import GarbageCollector
 from components.internal_ca import InternalCa
 from components.mlflow_image import MlflowImage
 from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer, database_connections
@@ -34,6 +36,8 @@ class MlflowPlatform(pulumi.ComponentResource):
     bootstrap: DatabaseBootstrap
     image: MlflowImage
     server: MlflowServer
+    backups: BackupService
+    gc: GarbageCollector
     tracking_uri: str
     backend_store_uri: pulumi.Output[str]
     admin_password: pulumi.Output[str] | None
@@ -135,6 +139,61 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "startup_timeout_seconds": settings.startup_timeout_seconds,
                 "labels": labels("tracking-server"),
                 "start_after": [self.database.container, self.bootstrap.succeeded],
+                "metrics_enabled": settings.metrics_enabled,
+                "telemetry_enabled": settings.telemetry_enabled,
+                "pre_upgrade_backup": True,
+            },
+            opts=child,
+        )
+        # Started alongside the server: before a schema upgrade the server's
+        # entrypoint asks this container for a backup and waits for it.
+        self.backups = BackupService(
+            f"{name}-backups",
+            {
+                "image": self.database.image.image_id,
+                "image_reference": settings.postgres_image,
+                "container_name": f"{prefix}-backup",
+                "volume_name": f"{prefix}-backups",
+                "artifacts_volume_name": self.server.artifacts_volume.name,
+                "network_name": self.network.name,
+                "postgres_host": POSTGRES_ALIAS,
+                "postgres_port": self.database.port,
+                "database": settings.postgres_database,
+                "user": settings.postgres_user,
+                "password": self.database.password.result,
+                "admin_username": ADMIN_USERNAME if settings.auth_enabled else "",
+                "mlflow_version": settings.mlflow_version,
+                "interval_seconds": settings.backup_interval_seconds,
+                "keep": settings.backup_keep,
+                "protect_data": settings.protect_data,
+                "log_max_size": settings.log_max_size,
+                "log_max_files": settings.log_max_files,
+                "startup_timeout_seconds": settings.startup_timeout_seconds,
+                "labels": labels("backup"),
+                "start_after": [self.database.container, self.bootstrap.succeeded],
+            },
+            opts=child,
+        )
+        self.gc = GarbageCollector(
+            f"{name}-gc",
+            {
+                "image": self.image.repo_digest,
+                "container_name": f"{prefix}-gc",
+                "artifacts_volume_name": self.server.artifacts_volume.name,
+                "network_name": self.network.name,
+                "postgres_host": POSTGRES_ALIAS,
+                "postgres_port": self.database.port,
+                "database": settings.postgres_database,
+                "user": settings.postgres_user,
+                "password": self.database.password.result,
+                "older_than": settings.gc_older_than,
+                "interval_seconds": settings.gc_interval_hours * 3600,
+                "telemetry_enabled": settings.telemetry_enabled,
+                "log_max_size": settings.log_max_size,
+                "log_max_files": settings.log_max_files,
+                "startup_timeout_seconds": settings.startup_timeout_seconds,
+                "labels": labels("gc"),
+                "start_after": [self.server.container],
             },
             opts=child,
         )

@@ -65,6 +65,8 @@ _DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
 # Enough to reject a typo; the ACME CA is the judge of a real address.
 _EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 TLS_MODES = ("off", "internal", "acme", "provided")
+# `mlflow gc --older-than`: days, hours, minutes, seconds, each optional, in that order.
+_GC_AGE = re.compile(r"^(?=.)([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
 
 class SettingsError(ValueError):
@@ -118,6 +120,13 @@ class StackSettings:
     secrets_rotation: str
     environment_kind: str
     auth_cache_ttl_seconds: int
+    backup_interval_hours: int
+    backup_interval_minutes: int
+    backup_keep: int
+    gc_older_than: str
+    gc_interval_hours: int
+    metrics_enabled: bool
+    telemetry_enabled: bool
 
     @property
     def proxied(self) -> bool:
@@ -128,6 +137,13 @@ class StackSettings:
     def shared(self) -> bool:
         """Holds shared experiment data: anything but an explicit personal dev stack."""
         return self.environment_kind != "dev"
+
+    @property
+    def backup_interval_seconds(self) -> int:
+        """backupIntervalMinutes, when set, replaces backupIntervalHours."""
+        if self.backup_interval_minutes:
+            return self.backup_interval_minutes * 60
+        return self.backup_interval_hours * 3600
 
     @property
     def tracking_uri(self) -> str:
@@ -401,6 +417,17 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         # At most 5 minutes: past a few seconds the throughput gain is already whole,
         # while a revoked password keeps working for up to this long.
         auth_cache_ttl_seconds=read.integer("authCacheTtlSeconds", 0, 300),
+        backup_interval_hours=read.integer("backupIntervalHours", 1, 720),
+        backup_interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
+        backup_keep=read.integer("backupKeep", 1, 1000),
+        gc_older_than=read.string(
+            "gcOlderThan",
+            _matches(_GC_AGE),
+            "accepted: an age such as '30d', '12h' or '1d12h30m' (whole days, hours, minutes, seconds, in that order)",
+        ),
+        gc_interval_hours=read.integer("gcIntervalHours", 1, 720),
+        metrics_enabled=read.boolean("metricsEnabled"),
+        telemetry_enabled=read.boolean("telemetryEnabled"),
     )
     _check_combinations(settings)
     _check_tls(settings)

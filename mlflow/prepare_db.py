@@ -2,7 +2,9 @@
 
 Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
 - upgrades an existing tracking schema (`mlflow db upgrade`), so redeploying with a
-  newer `mlflowVersion` never leaves the server refusing to start;
+  newer `mlflowVersion` never leaves the server refusing to start; when a migration
+  is pending and MLFLOW_PRE_UPGRADE_BACKUP is true, it first has the stack's backup
+  container take a backup, and logs its id, so the upgrade can be rolled back;
 - refuses, before serving, a release older than the schema in the database (a
   downgrade of `mlflowVersion`), naming the release the data needs;
 - creates the tables of a fresh database here, in one process: left to the server,
@@ -35,6 +37,10 @@ _WRITTEN_BY = "mlflow-platform: schema written by MLflow "
 # Where `--serve-artifacts` puts runs when no --default-artifact-root is given; the
 # Default experiment created here records it as its artifact location.
 _PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
+# The backup container (backup/mlflow-backup) polls for a session of the MLflow role
+# with this application name, takes a backup, and NOTIFYs its id on this channel.
+_BACKUP_REQUEST_APPLICATION_NAME = "mlflow-backup-request"
+_BACKUP_NOTIFY_CHANNEL = "mlflow_backup"
 
 
 def _engine(uri: str, **kwargs: object) -> sqlalchemy.Engine:
@@ -102,6 +108,10 @@ def _prepare_tracking_schema(uri: str) -> None:
     if has_schema:
         from mlflow.cli import cli
 
+        if os.environ.get("MLFLOW_PRE_UPGRADE_BACKUP") == "true" and _upgrade_pending(uri):
+            backup_id = _request_backup(uri, float(os.environ.get("MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT", "300")))
+            print(f"prepare_db: pre-upgrade backup {backup_id} taken; to roll back, restore it", file=sys.stderr)
+
         print("prepare_db: upgrading the tracking schema", file=sys.stderr)
         cli.main(args=["db", "upgrade", uri], prog_name="mlflow", standalone_mode=False)
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -111,6 +121,46 @@ def _prepare_tracking_schema(uri: str) -> None:
     engine = _engine(uri)
     _record_release(engine)
     engine.dispose()
+
+
+def _upgrade_pending(uri: str) -> bool:
+    """Whether the database's schema revision differs from this MLflow's newest migration."""
+    from pathlib import Path
+
+    import mlflow.store.db_migrations
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory(str(Path(mlflow.store.db_migrations.__file__).parent)).get_current_head()
+    engine = _engine(uri)
+    with engine.connect() as connection:
+        current = connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+    engine.dispose()
+    return current != head
+
+
+def _request_backup(uri: str, timeout: float) -> str:
+    """Asks the backup container for a backup through Postgres, which both reach; returns its id.
+
+    No upgrade without it: a timeout or a failed backup stops the start here.
+    """
+    engine = _engine(uri, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"LISTEN {_BACKUP_NOTIFY_CHANNEL}"))
+        # Set after LISTEN, so the backup container never answers before we listen.
+        connection.execute(sqlalchemy.text(f"SET application_name = '{_BACKUP_REQUEST_APPLICATION_NAME}'"))
+        print(f"prepare_db: schema upgrade pending; waiting up to {timeout:.0f}s for a backup", file=sys.stderr)
+        # psycopg 3's own connection delivers the notifications.
+        driver_connection = connection.connection.driver_connection
+        assert driver_connection is not None
+        for notice in driver_connection.notifies(timeout=timeout, stop_after=1):
+            if notice.payload == "failed":
+                raise SystemExit("prepare_db: the pre-upgrade backup failed (see the backup container's log)")
+            return str(notice.payload)
+    engine.dispose()
+    raise SystemExit(
+        f"prepare_db: no pre-upgrade backup within {timeout:.0f}s: is the backup container running? "
+        "The schema was not upgraded."
+    )
 
 
 def _auth_database_uri(uri: str) -> str:

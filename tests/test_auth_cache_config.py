@@ -45,7 +45,8 @@ def test_the_installed_mlflow_reads_the_ttl_prepare_db_writes(
     else:
         monkeypatch.setenv("MLFLOW_AUTH_CACHE_TTL_SECONDS", env)
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
-    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    # The entrypoint exports it in its own process (read from the 0400 file); a '%' must survive.
+    monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD", "adm%in-Pass1")
     path = tmp_path / "basic-auth.ini"
     # A percent-encoded password, as the entrypoint builds the URI.
     _prepare_db()._write_auth_config(str(path), "postgresql+psycopg://mlflow:p%40ss@postgres:5432/mlflow_auth")
@@ -55,4 +56,5 @@ def test_the_installed_mlflow_reads_the_ttl_prepare_db_writes(
     assert config.auth_cache_ttl_seconds == expected
     assert config.database_uri == "postgresql+psycopg://mlflow:p%40ss@postgres:5432/mlflow_auth"
     assert config.authorization_function == "mlflow.server.auth:authenticate_request_basic_auth"
+    assert config.admin_password == "adm%in-Pass1"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

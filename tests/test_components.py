@@ -74,6 +74,9 @@ def _server_args(**changes: Any) -> MlflowServerArgs:
         "startup_timeout_seconds": 90,
         "labels": LABELS,
         "start_after": [],
+        "metrics_enabled": False,
+        "telemetry_enabled": False,
+        "pre_upgrade_backup": False,
     }
     args.update(changes)  # type: ignore[typeddict-item]
     return args

@@ -119,7 +119,13 @@ def test_host_sees_mlflow_on_loopback_only_and_postgres_not_at_all(
 
 def test_no_secret_in_inspect_or_logs(dev: e2e.Deployed, docker_client: docker.DockerClient) -> None:
     secrets = dev.secrets()
-    for role in ("postgres", "mlflow"):
+    files = {
+        "postgres": ("/run/secrets/postgres-superuser-password", "400 999"),
+        "mlflow": ("/run/secrets/postgres-password", "400 10001"),
+        "backup": ("/run/secrets/pgpass", "400 10001"),
+        "gc": ("/run/secrets/postgres-password", "400 10001"),
+    }
+    for role, (path, expected_mode) in files.items():
         container = dev.container(docker_client, role)
         config = container.attrs["Config"]
         exposed = {key: config.get(key) for key in ("Env", "Cmd", "Entrypoint", "Labels")}
@@ -130,9 +136,8 @@ def test_no_secret_in_inspect_or_logs(dev: e2e.Deployed, docker_client: docker.D
             assert secret not in whole, f"{role}: secret somewhere in docker inspect"
             assert secret not in logs, f"{role}: secret in the container log"
         # The password arrived as a file only its user can read (Postgres gets only its superuser's).
-        path = "/run/secrets/postgres-superuser-password" if role == "postgres" else "/run/secrets/postgres-password"
         mode = container.exec_run(["stat", "-c", "%a %u", path]).output.decode().strip()
-        assert mode == ("400 999" if role == "postgres" else "400 10001")
+        assert mode == expected_mode, role
 
 
 def test_redeploy_with_volumes_kept_finds_everything(

@@ -62,6 +62,18 @@ def test_upgrade_runs_db_upgrade_and_keeps_the_data(old: e2e.Deployed, docker_cl
     server = new.container(docker_client, "mlflow")
     logs = server.logs().decode(errors="replace")
     assert "prepare_db: upgrading the tracking schema" in logs
+    # Before upgrading, the entrypoint had the backup container take a backup of the old schema.
+    taken = [line for line in logs.splitlines() if line.startswith("prepare_db: pre-upgrade backup ")]
+    assert len(taken) == 1, logs
+    backup_id = taken[0].split()[3]
+    assert logs.index(taken[0]) < logs.index("prepare_db: upgrading the tracking schema")
+    backup = docker_client.containers.get(str(new.outputs["backup_container_name"]))
+    listed = backup.exec_run(["mlflow-backup", "list"], demux=True)
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line.split() for line in listed.output[0].decode().splitlines()}
+    assert rows[backup_id][2] == "pre-upgrade"
+    assert rows[backup_id][-1] == old_schema
+    e2e.report(f"pre-upgrade backup {backup_id} holds schema {old_schema}")
     new_schema = _schema_version(new, docker_client)
     e2e.report(f"upgrade {UPGRADE_FROM_VERSION} -> {current}: schema {old_schema} -> {new_schema}")
     assert new_schema == _head_of_installed_mlflow()

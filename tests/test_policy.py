@@ -713,7 +713,7 @@ def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
         names = {resource.name for resource in declared}
         assert {"mlflow-postgres-container", "mlflow-server-container"} <= names, names
         assert {"mlflow-postgres-data", "mlflow-server-artifacts"} <= names, names
-        assert "mlflow-db-bootstrap-container" in names, names
+        assert {"mlflow-db-bootstrap-container", "mlflow-backups-container", "mlflow-gc-container"} <= names, names
         assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
         # Property dependencies were recorded: the password reaches the containers only through uploads.
         postgres = _one(declared, CONTAINER, "postgres-container")

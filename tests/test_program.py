@@ -18,6 +18,8 @@ COMPONENT_TYPES = {
     "mlflow-platform:database:DatabaseBootstrap",
     "mlflow-platform:image:MlflowImage",
     "mlflow-platform:server:MlflowServer",
+    "mlflow-platform:backups:BackupService",
+    "mlflow-platform:gc:GarbageCollector",
 }
 
 
@@ -50,8 +52,8 @@ def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
         assert declared == sorted(
             [
                 *COMPONENT_TYPES,
-                *[CONTAINER] * 3,  # Postgres, the database bootstrap, MLflow
-                *[VOLUME] * 3,  # data, Postgres's socket, artifacts
+                *[CONTAINER] * 5,  # Postgres, the database bootstrap, MLflow, backup, gc
+                *[VOLUME] * 4,  # data, Postgres's socket, artifacts, backups
                 NETWORK,
                 IMAGE,
                 REMOTE_IMAGE,
@@ -70,6 +72,9 @@ def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
         assert values["postgres_volume_name"] == "mlflow-platform-dev-pgdata"
         assert values["artifacts_volume_name"] == "mlflow-platform-dev-artifacts"
         assert values["mlflow_image_name"] == "mlflow-platform/mlflow:3.17.2-dev"
+        assert values["backup_container_name"] == "mlflow-platform-dev-backup"
+        assert values["backups_volume_name"] == "mlflow-platform-dev-backups"
+        assert values["gc_container_name"] == "mlflow-platform-dev-gc"
         assert "admin_password" not in values
         assert secrets == {"backend_store_uri"}
 

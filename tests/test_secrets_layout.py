@@ -96,6 +96,8 @@ def test_no_secret_in_env_command_entrypoint_or_labels_of_any_container() -> pul
             "mlflow-db-bootstrap-container",
             "mlflow-server-container",
             "mlflow-proxy-container",
+            "mlflow-backups-container",
+            "mlflow-gc-container",
         }
         for container in containers:
             exposed = json.dumps(

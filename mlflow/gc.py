@@ -1,0 +1,114 @@
+#!/opt/mlflow/bin/python
+"""`mlflow gc` for the stack: purges runs and experiments deleted more than GC_OLDER_THAN ago.
+
+    mlflow-gc loop   the gc container's main process: a gc now, then every GC_INTERVAL_SECONDS
+    mlflow-gc now    one gc, for operators (`docker exec <gc container> mlflow-gc now`)
+    mlflow-gc health the health check: the last gc succeeded within twice the interval
+
+The database password comes from POSTGRES_PASSWORD_FILE and stays in this process:
+the URI reaches `mlflow gc` through `main(args=...)`, not a child's command line.
+
+The server proxies artifacts (`mlflow-artifacts:/` URIs), which `mlflow gc` would
+delete through the server's HTTP API, with credentials. This container mounts the
+artifacts volume instead, so those URIs are resolved to the same files on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+_HEARTBEAT = Path(os.environ.get("TMPDIR", "/tmp")) / "mlflow-gc.last-success"  # noqa: S108 - the container's private tmpfs
+_RETRY_SECONDS = 300
+
+
+def _log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} mlflow-gc: {message}", file=sys.stderr, flush=True)
+
+
+def backend_store_uri() -> str:
+    password = Path(os.environ["POSTGRES_PASSWORD_FILE"]).read_text(encoding="utf-8").rstrip("\n")
+    user = quote(os.environ["POSTGRES_USER"], safe="")
+    host, port, database = os.environ["POSTGRES_HOST"], os.environ["POSTGRES_PORT"], os.environ["POSTGRES_DB"]
+    return f"postgresql+psycopg://{user}:{quote(password, safe='')}@{host}:{port}/{database}"
+
+
+def local_artifact_repository(artifacts_dir: str) -> Any:
+    """`get_artifact_repository`, with `mlflow-artifacts:/<path>` read as `<artifacts_dir>/<path>`."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    root = Path(artifacts_dir).resolve()
+
+    def resolve(uri: str, *args: Any, **kwargs: Any) -> Any:
+        if not uri.startswith("mlflow-artifacts:"):
+            return get_artifact_repository(uri, *args, **kwargs)
+        path = (root / urlsplit(uri).path.lstrip("/")).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise ValueError(f"artifact URI {uri!r} points outside the run's own directory")
+        return LocalArtifactRepository(str(path))
+
+    return resolve
+
+
+def gc_once() -> None:
+    import mlflow.cli
+
+    uri = backend_store_uri()
+    older_than = os.environ["GC_OLDER_THAN"]
+    # The gc command looks the function up in its own module when it runs.
+    mlflow.cli.get_artifact_repository = local_artifact_repository(os.environ["ARTIFACTS_DIR"])  # type: ignore[attr-defined]
+    _log(f"purging runs and experiments deleted more than {older_than} ago")
+    mlflow.cli.cli.main(
+        args=["gc", "--backend-store-uri", uri, "--tracking-uri", uri, "--older-than", older_than],
+        prog_name="mlflow",
+        standalone_mode=False,
+    )
+    _HEARTBEAT.write_text(str(int(time.time())), encoding="utf-8")
+    _log("done")
+
+
+def loop() -> None:
+    interval = int(os.environ["GC_INTERVAL_SECONDS"])
+    while True:
+        try:
+            gc_once()
+            pause = interval
+        except Exception as error:  # logged and retried: a failed gc is never silently skipped
+            pause = min(interval, _RETRY_SECONDS)
+            _log(f"gc FAILED ({type(error).__name__}: {error}); retrying in {pause}s")
+        time.sleep(pause)
+
+
+def health() -> int:
+    interval = int(os.environ["GC_INTERVAL_SECONDS"])
+    try:
+        age = time.time() - int(_HEARTBEAT.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        print("no successful gc yet")
+        return 1
+    print(f"last successful gc {age:.0f}s ago")
+    return 0 if age <= 2 * interval else 1
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    if command == "loop":
+        loop()
+    elif command == "now":
+        gc_once()
+    elif command == "health":
+        return health()
+    else:
+        print("usage: mlflow-gc loop|now|health", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
