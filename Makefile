@@ -7,12 +7,13 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e
+.PHONY: help install deploy destroy test lint unit e2e mutation
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
 	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in staging/prod are kept)"
+	@echo "make mutation             mutation testing (mutmut) of components/, mlflow/prepare_db.py and policy/ against the fast tests"
 
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +46,16 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not docker"
 
-# Needs a Docker engine; REQUIRE_DOCKER=1 turns a missing engine into a failure.
+# Needs a Docker engine. First builds the stand-in images and the wheelhouse, or with
+# LOCAL_DEPLOY_STANDINS=0 pulls the official images: idempotent, seconds when they are
+# there. A missing prerequisite (engine, debootstrap, registry) stops here with one line
+# naming the command that fixes it, instead of as one error per end-to-end test.
 e2e: $(BIN)/.installed
-	$(BIN)/python -m pytest -m docker -s
+	@$(BIN)/python -m tests.local_deploy prepare
+	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
+
+# Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".
+mutation: $(BIN)/.installed
+	$(BIN)/python -m tests.mutation
 
 test: lint unit e2e

@@ -98,11 +98,15 @@ class MlflowServerArgs(TypedDict):
 def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: str, extra: Sequence[str]) -> list[str]:
     """Every Host header clients send. `--allowed-hosts` replaces MLflow's defaults,
     so a name left out here is answered with 403 (the in-network alias included)."""
-    hosts = [public_host, f"{public_host}:{host_port}", alias, f"{alias}:{SERVER_PORT}"]
+    # A Host header brackets an IPv6 address, and MLflow compares headers exactly.
+    public = f"[{public_host}]" if ":" in public_host else public_host
+    hosts = [public, f"{public}:{host_port}", alias, f"{alias}:{SERVER_PORT}"]
     if ipaddress.ip_address(bind_address).is_loopback:
         # Published on loopback only: whoever reaches it is on this machine, and
         # may well type 127.0.0.1 instead of the public host.
         hosts += ["localhost", f"localhost:{host_port}", "127.0.0.1", f"127.0.0.1:{host_port}"]
+        if ipaddress.ip_address(bind_address).version == 6:
+            hosts += ["[::1]", f"[::1]:{host_port}"]
     hosts += extra
     return list(dict.fromkeys(hosts))
 

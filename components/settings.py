@@ -158,9 +158,27 @@ def _is_ip_address(value: str) -> bool:
     return True
 
 
+def _is_port(value: str) -> bool:
+    return value.isdigit() and 1 <= int(value) <= 65535
+
+
 def _is_allowed_host(value: str) -> bool:
+    """A `Host` header value, which MLflow compares exactly: a name or IPv4 address, or an
+    IPv6 address in brackets (a bare one never matches a header), each with an optional port."""
+    if value.startswith("["):
+        address, closed, rest = value[1:].partition("]")
+        if not closed or not _is_ipv6_address(address):
+            return False
+        return rest == "" or (rest.startswith(":") and _is_port(rest[1:]))
     host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
-    return _is_host_name(host) and (not port or (port.isdigit() and 1 <= int(port) <= 65535))
+    return ":" not in host and _is_host_name(host) and (not port or _is_port(port))
+
+
+def _is_ipv6_address(value: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(value), ipaddress.IPv6Address)
+    except ValueError:
+        return False
 
 
 def _matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
@@ -198,7 +216,9 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         workers=read.integer("workers", 1, 32),
         mlflow_memory_mb=read.integer("mlflowMemoryMb", 256, 1_048_576),
         allowed_hosts=read.string_list(
-            "allowedHosts", _is_allowed_host, "a host name or IP address, optionally with ':port'"
+            "allowedHosts",
+            _is_allowed_host,
+            "a host name or IP address as a Host header carries it (IPv6 in brackets), optionally with ':port'",
         ),
         cors_allowed_origins=read.string_list(
             "corsAllowedOrigins", _matches(_ORIGIN), "an origin such as 'https://ml.example.com' (no path)"

@@ -213,14 +213,42 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
 
 
 @pytest.mark.parametrize(
-    ("bind", "extra", "expected"),
+    ("public", "bind", "extra", "expected"),
     [
-        ("127.0.0.1", [], ["mlflow.example.com", "mlflow.example.com:8080", "mlflow", "mlflow:5000", "localhost"]),
-        ("0.0.0.0", ["10.0.0.5:8080"], ["mlflow.example.com", "mlflow.example.com:8080", "10.0.0.5:8080"]),
+        (
+            "mlflow.example.com",
+            "127.0.0.1",
+            [],
+            "mlflow.example.com mlflow.example.com:8080 mlflow mlflow:5000"
+            " localhost localhost:8080 127.0.0.1 127.0.0.1:8080",
+        ),
+        (
+            "mlflow.example.com",
+            "0.0.0.0",
+            ["10.0.0.5:8080"],
+            "mlflow.example.com mlflow.example.com:8080 mlflow mlflow:5000 10.0.0.5:8080",
+        ),
+        # A Host header brackets IPv6; on an IPv6 loopback, [::1] is what a local client sends.
+        (
+            "::1",
+            "::1",
+            [],
+            "[::1] [::1]:8080 mlflow mlflow:5000 localhost localhost:8080 127.0.0.1 127.0.0.1:8080",
+        ),
+        (
+            "2001:db8::5",
+            "::",
+            ["[2001:db8::6]:8080"],
+            "[2001:db8::5] [2001:db8::5]:8080 mlflow mlflow:5000 [2001:db8::6]:8080",
+        ),
+        # Names given twice are listed once, in their first place.
+        (
+            "localhost",
+            "127.0.0.1",
+            ["mlflow", "extra:1"],
+            "localhost localhost:8080 mlflow mlflow:5000 127.0.0.1 127.0.0.1:8080 extra:1",
+        ),
     ],
 )
-def test_allowed_hosts_lists_every_name_clients_use(bind: str, extra: list[str], expected: list[str]) -> None:
-    hosts = allowed_hosts("mlflow.example.com", 8080, bind, "mlflow", extra)
-    assert set(expected) <= set(hosts)
-    assert len(hosts) == len(set(hosts))
-    assert ("127.0.0.1:8080" in hosts) == (bind == "127.0.0.1")
+def test_allowed_hosts_lists_every_name_clients_use(public: str, bind: str, extra: list[str], expected: str) -> None:
+    assert allowed_hosts(public, 8080, bind, "mlflow", extra) == expected.split()

@@ -90,3 +90,101 @@ def test_host_port_range(port: int) -> None:
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
+
+
+# Every bounded integer key and its accepted range, written out here (not imported
+# from the code under test): a changed bound must change this table too.
+INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
+    "postgresPasswordLength": (24, 128),
+    "postgresMemoryMb": (128, 1_048_576),
+    "hostPort": (1, 65535),
+    "workers": (1, 32),
+    "mlflowMemoryMb": (256, 1_048_576),
+    "adminPasswordLength": (24, 128),
+    "logMaxFiles": (1, 100),
+    "startupTimeoutSeconds": (30, 3600),
+}
+_FIELD = {  # config key -> StackSettings attribute
+    "postgresPasswordLength": "postgres_password_length",
+    "postgresMemoryMb": "postgres_memory_mb",
+    "hostPort": "host_port",
+    "workers": "workers",
+    "mlflowMemoryMb": "mlflow_memory_mb",
+    "adminPasswordLength": "admin_password_length",
+    "logMaxFiles": "log_max_files",
+    "startupTimeoutSeconds": "startup_timeout_seconds",
+}
+
+
+def test_the_bounds_table_covers_every_integer_key() -> None:
+    integers = {key for key, declaration in project_file()["config"].items() if declaration["type"] == "integer"}
+    assert integers == set(INTEGER_BOUNDS)
+
+
+_BOUND_CASES = [
+    (key, value, accepted)
+    for key, (low, high) in INTEGER_BOUNDS.items()
+    for value, accepted in ((low - 1, False), (low, True), (high, True), (high + 1, False))
+]
+
+
+@pytest.mark.parametrize(("key", "value", "accepted"), _BOUND_CASES, ids=[f"{k}={v}" for k, v, _ in _BOUND_CASES])
+def test_integer_bounds_at_both_ends(key: str, value: int, accepted: bool) -> None:
+    low, high = INTEGER_BOUNDS[key]
+    install(EngineMocks(), "dev", {key: value})
+    if accepted:
+        assert getattr(load_settings(), _FIELD[key]) == value
+    else:
+        with pytest.raises(SettingsError) as raised:
+            load_settings()
+        assert str(raised.value) == (
+            f"config key '{key}' has the value {value}; accepted: an integer from {low} to {high}"
+        )
+
+
+@pytest.mark.parametrize(
+    ("public_host", "port", "expected"),
+    [
+        ("::1", 5000, "http://[::1]:5000"),
+        ("2001:db8::5", 8443, "http://[2001:db8::5]:8443"),
+        ("192.0.2.10", 5000, "http://192.0.2.10:5000"),
+        ("mlflow.example.com", 80, "http://mlflow.example.com:80"),
+    ],
+)
+def test_tracking_uri_brackets_ipv6_hosts(public_host: str, port: int, expected: str) -> None:
+    install(EngineMocks(), "dev", {"publicHost": public_host, "hostPort": port})
+    assert load_settings().tracking_uri == expected
+
+
+@pytest.mark.parametrize(
+    ("hosts", "accepted"),
+    [
+        (["::1"], False),  # a Host header brackets IPv6: a bare address never matches
+        (["2001:db8::5"], False),
+        (["[::1]:5000"], True),
+        (["[2001:db8::5]"], True),
+        (["10.0.0.5:8080"], True),
+        (["mlflow.example.com:65535"], True),
+        (["mlflow.example.com:0"], False),
+        (["mlflow.example.com:65536"], False),
+        (["[::1]:0"], False),
+        (["[::1"], False),
+        (["[mlflow.example.com]:5000"], False),
+        (["2001:db8::zz"], False),
+    ],
+)
+def test_allowed_hosts_ipv6_forms(hosts: list[str], accepted: bool) -> None:
+    install(EngineMocks(), "dev", {"allowedHosts": hosts})
+    if accepted:
+        assert load_settings().allowed_hosts == tuple(hosts)
+    else:
+        with pytest.raises(SettingsError, match=r"config key 'allowedHosts' has the value .*; each item must be"):
+            load_settings()
+
+
+def test_an_ipv6_loopback_bind_address_needs_no_auth() -> None:
+    install(EngineMocks(), "dev", {"bindAddress": "::1"})
+    assert load_settings().bind_address == "::1"
+    install(EngineMocks(), "dev", {"bindAddress": "::"})
+    with pytest.raises(SettingsError, match="config key 'bindAddress' has the value '::'"):
+        load_settings()

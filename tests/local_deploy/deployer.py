@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -347,6 +348,10 @@ class LocalDeployer(EngineMocks):
         # a health wait) stop early instead of holding the process for minutes.
         self.aborted = threading.Event()
         self.first_error: DeployError | None = None
+        # Creates still running: after a failure `up` waits for them, so a `down`
+        # that follows never races a container being created behind its back.
+        self._in_flight = 0
+        self._idle = threading.Condition()
         self.started = time.monotonic()
         # (seconds since start, event, resource name): the order things happened in.
         self.events: list[tuple[float, str, str]] = []
@@ -398,9 +403,24 @@ class LocalDeployer(EngineMocks):
 
     # -- entry point --
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no create is running; False if some still are after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
     def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if args.typ.startswith(COMPONENT_PREFIX):
             return "", {}
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._create(args, inputs)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         try:
             self._check_aborted(args.name)
             check_inputs(args.typ, args.name, inputs)
@@ -738,7 +758,11 @@ class LocalDeployer(EngineMocks):
 # --- down -----------------------------------------------------------------------------------
 
 
-def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
+def _remove_volume(client: docker.DockerClient, name: str) -> None:
+    client.volumes.get(name).remove()
+
+
+def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = False) -> None:
     """Removes what `up` made for the stack: found by label (the stack's and this
     deployer's marker), so any process can do it, and by the names the state file
     recorded. A real `pulumi up` of the same stack on this engine is left alone.
@@ -746,10 +770,30 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
     Kept: the volumes with `keep_volumes` (and then the generated passwords, which
     the data was initialised with), volumes declared retainOnDelete, and images
     declared keepLocally (the stand-ins among them).
+
+    `purge` (for tests) also removes the retainOnDelete volumes, and with them the
+    state file: nothing of the stack stays, so the next `up` starts from nothing
+    instead of finding data initialised with a password it no longer knows.
+
+    One resource that cannot be removed does not stop the others: every failure is
+    reported together at the end.
     """
+    if keep_volumes and purge:
+        raise ValueError("keep_volumes and purge contradict each other")
     client = docker.from_env(timeout=300)
     filters = {"label": [f"{PROJECT_LABEL}={project}", f"{STACK_LABEL}={stack}", f"{MANAGED_LABEL}=true"]}
     state = load_state(stack)
+    failures: list[str] = []
+
+    def attempt(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as error:
+            failures.append(f"{what}: {error}")
+            return
+        log(f"removed {what}")
 
     containers = {c.name: c for c in client.containers.list(all=True, filters=filters)}
     for name in state.get("containers", []):
@@ -759,36 +803,31 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
         # A graceful stop first: Postgres shuts down cleanly, so kept data is consistent.
         with suppress(docker.errors.DockerException):
             container.stop(timeout=_DESTROY_GRACE_SECONDS)
+
         # v: the anonymous volumes (the secrets) go with the container, as pulumi-docker's removeVolumes.
-        container.remove(v=True, force=True)
-        log(f"removed container {name}")
+        attempt(f"container {name}", partial(container.remove, v=True, force=True))
 
     networks = {n.name for n in client.networks.list(filters=filters)} | set(state.get("networks", []))
     for name in sorted(networks):
         for network in client.networks.list(names=[name]):
             if network.name == name:
-                network.remove()
-                log(f"removed network {name}")
+                attempt(f"network {name}", network.remove)
 
     images = {*state.get("builtImages", []), *state.get("removeImages", [])}
     images |= {tag for image in client.images.list(filters=filters) for tag in image.tags}
     for reference in sorted(images):
-        with suppress(docker.errors.ImageNotFound):
-            # noprune: the untagged parent layers are the classic builder's cache, and
-            # pulumi-docker's BuildKit keeps its build cache across a destroy too.
-            client.images.remove(reference, noprune=True)
-            log(f"removed image {reference}")
+        # noprune: the untagged parent layers are the classic builder's cache, and
+        # pulumi-docker's BuildKit keeps its build cache across a destroy too.
+        attempt(f"image {reference}", partial(client.images.remove, reference, noprune=True))
 
     if not keep_volumes:
         retained = set(state.get("retainedVolumes", []))
         volumes = {v.name for v in client.volumes.list(filters=filters)} | set(state.get("volumes", []))
         for name in sorted(volumes):
-            if name in retained:
+            if name in retained and not purge:
                 log(f"kept volume {name} (retainOnDelete)")
                 continue
-            with suppress(docker.errors.NotFound):
-                client.volumes.get(name).remove()
-                log(f"removed volume {name}")
+            attempt(f"volume {name}", partial(_remove_volume, client, name))
 
     if keep_volumes:
         if state_path(stack).exists():
@@ -796,8 +835,11 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
             # volume records; what was removed is forgotten.
             kept: dict[str, Any] = {key: state[key] for key in _KEPT_WITH_VOLUMES if key in state}
             save_state(stack, kept)
-    else:
+    elif not failures:
+        # With a volume left behind by a failure, its password stays for the next try.
         state_path(stack).unlink(missing_ok=True)
+    if failures:
+        raise DeployError(f"down --stack {stack} left resources behind:\n" + "\n".join(failures))
 
 
 # --- up / down ------------------------------------------------------------------------------
@@ -853,6 +895,10 @@ def up(
         _sync_await(run_pulumi_func(lambda: _sync_await(program().future())))
     except BaseException as error:
         deployer.aborted.set()
+        # Creates in other threads see the abort within a second or two (a container
+        # being replaced may take its stop grace period); they end before `up` does.
+        if not deployer.wait_idle(timeout=_DESTROY_GRACE_SECONDS + 30):
+            log("up: some creates were still running after the failure")
         # The SDK reports whichever registration it awaited first, which may be one
         # that only stopped because of the real failure.
         if deployer.first_error is not None and deployer.first_error is not error:
@@ -862,6 +908,7 @@ def up(
     return values
 
 
-def down(stack: str = "dev", keep_volumes: bool = False) -> None:
-    """Removes the stack's containers, networks, built images and (unless keep_volumes) volumes."""
-    destroy(project_name(), stack, keep_volumes=keep_volumes)
+def down(stack: str = "dev", keep_volumes: bool = False, *, purge: bool = False) -> None:
+    """Removes the stack's containers, networks, built images and (unless keep_volumes) volumes;
+    with `purge`, the retainOnDelete volumes and the state file too (tests start from nothing)."""
+    destroy(project_name(), stack, keep_volumes=keep_volumes, purge=purge)
