@@ -7,6 +7,7 @@ with scram-sha-256 password authentication, like the official image.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -58,6 +59,23 @@ class PostgresServer:
         secret = self.password if password is None else password
         credentials = f"{quote(self.user, safe='')}:{quote(secret, safe='')}"
         return f"postgresql+psycopg://{credentials}@{self.host}:{self.port}/{database}"
+
+
+# `make mutation` starts one server for the whole run and names it here as JSON
+# ({"host", "port", "user", "password"}): a server per mutant would cost seconds each.
+SHARED_ENV = "TEST_POSTGRES_SERVER"
+
+
+def shared_server() -> PostgresServer | None:
+    described = os.environ.get(SHARED_ENV)
+    if not described:
+        return None
+    fields = json.loads(described)
+    return PostgresServer(str(fields["host"]), int(fields["port"]), str(fields["user"]), str(fields["password"]))
+
+
+def describe(server: PostgresServer) -> str:
+    return json.dumps({"host": server.host, "port": server.port, "user": server.user, "password": server.password})
 
 
 @contextmanager

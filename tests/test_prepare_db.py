@@ -24,10 +24,14 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
-from tests.postgres_server import PostgresServer, PostgresUnavailableError, running_postgres
+from tests.postgres_server import PostgresServer, PostgresUnavailableError, running_postgres, shared_server
 from tests.stack_config import PROJECT_DIR
 
 pytestmark = pytest.mark.postgres
+
+# Set by `make mutation` with the shared server: a database of the current schema,
+# made by the unmutated prepare_db.py (a mutant must not build the template it is tested on).
+TEMPLATE_ENV = "TEST_POSTGRES_TEMPLATE"
 
 
 def _load_prepare_db() -> ModuleType:
@@ -45,6 +49,10 @@ prepare_db = _load_prepare_db()
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
+    shared = shared_server()
+    if shared is not None:
+        yield shared
+        return
     required = os.environ.get("REQUIRE_POSTGRES") == "1" or bool(os.environ.get("CI"))
     try:
         with running_postgres() as server:
@@ -62,13 +70,21 @@ def _admin(server: PostgresServer) -> sqlalchemy.Engine:
 def _new_database(server: PostgresServer, template: str = "template0") -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = _admin(server)
-    with admin.connect() as connection:
-        # A copy needs the template to itself: MLflow's engines may still hold pooled connections.
-        connection.execute(
-            sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-            {"name": template},
-        )
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    for attempt in range(20):
+        try:
+            with admin.connect() as connection:
+                # A copy needs the template to itself: MLflow's engines may still hold pooled connections.
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": template},
+                )
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            break
+        except sqlalchemy.exc.OperationalError as error:
+            # Another test copying the same template at this moment (`make mutation` runs two).
+            if "is being accessed by other users" not in str(error) or attempt == 19:
+                raise
+            time.sleep(0.5)
     yield server.uri(name)
     with admin.connect() as connection:
         for database in (name, f"{name}_auth"):
@@ -85,6 +101,9 @@ def database(postgres: PostgresServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def current_schema_template(postgres: PostgresServer) -> Iterator[str]:
     """A database with the current schema, made once: creating it takes seconds, copying it does not."""
+    if os.environ.get(TEMPLATE_ENV):
+        yield os.environ[TEMPLATE_ENV]
+        return
     for uri in _new_database(postgres):
         prepare_db._prepare_tracking_schema(uri)
         yield uri.rsplit("/", 1)[1]

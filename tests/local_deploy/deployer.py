@@ -858,6 +858,23 @@ def standin_config() -> dict[str, object]:
     return dict(STANDIN_CONFIG)
 
 
+def require_standin_images(client: docker.DockerClient) -> None:
+    """Before any create: a missing stand-in is one clear error, not a deployment that fails
+    halfway with creates running in several threads."""
+    from tests.local_deploy.prepare import STANDIN_CONFIG
+
+    for key in ("baseImage", "postgresImage"):
+        reference = str(STANDIN_CONFIG[key])
+        try:
+            client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            raise DeployError(
+                f"the stand-in image {reference} is not on this engine: run "
+                "`venv/bin/python -m tests.local_deploy prepare` (or set LOCAL_DEPLOY_STANDINS=0 where a registry "
+                "answers)"
+            ) from None
+
+
 def up(
     stack: str = "dev", overrides: Mapping[str, object] | None = None, *, standins: bool | None = None
 ) -> dict[str, object]:
@@ -871,6 +888,8 @@ def up(
         standins = standins_enabled()
     config = {**(standin_config() if standins else {}), **(overrides or {})}
     deployer = LocalDeployer(project_name(), stack)
+    if standins:
+        require_standin_images(deployer.client)
     install(deployer, stack, config)
     values: dict[str, object] = {}
 
