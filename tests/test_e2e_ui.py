@@ -51,7 +51,7 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1440,1000",
+    "--window-size=1440,1800",
 )
 PAGE_TIMEOUT = 60
 ARTIFACT_TEXT = "hello from the browser test"

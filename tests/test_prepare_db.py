@@ -35,8 +35,10 @@ TEMPLATE_ENV = "TEST_POSTGRES_TEMPLATE"
 
 
 def _load_prepare_db() -> ModuleType:
-    # mlflow/ is not a package (and `mlflow` is MLflow's own name): load the file itself.
-    spec = importlib.util.spec_from_file_location("prepare_db", PROJECT_DIR / "mlflow" / "prepare_db.py")
+    # mlflow/ is not a package (and `mlflow` is MLflow's own name): load the file itself, not
+    # entered in sys.modules. Its functions' __module__ is then "mlflow.prepare_db", the name
+    # mutmut gives this file's mutants.
+    spec = importlib.util.spec_from_file_location("mlflow.prepare_db", PROJECT_DIR / "mlflow" / "prepare_db.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
