@@ -15,6 +15,7 @@ the deployment look tested when it is not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -41,7 +42,7 @@ import docker.types
 import pulumi
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from tests.harness import EngineMocks, _working_directory, install, secret
 from tests.stack_config import PROJECT_DIR, project_name
@@ -875,6 +876,27 @@ def require_standin_images(client: docker.DockerClient) -> None:
             ) from None
 
 
+def _quiet_aborted_futures() -> None:
+    """After a failed `up`, the SDK drops one future per registration that stopped with the
+    failure; asyncio logs each from its finalizer ("Future exception was never retrieved"),
+    hundreds of tracebacks repeating the one error `up` raised. Those are not logged."""
+    loop: asyncio.AbstractEventLoop = _ensure_event_loop()  # type: ignore[no-untyped-call]  # `_sync_await`'s loop
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_aborted_futures", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), DeployError) and "never retrieved" in str(context.get("message")):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_aborted_futures = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def up(
     stack: str = "dev", overrides: Mapping[str, object] | None = None, *, standins: bool | None = None
 ) -> dict[str, object]:
@@ -905,6 +927,7 @@ def up(
 
         return pulumi.Output.from_input(gather())
 
+    _quiet_aborted_futures()
     # What pulumi.runtime.test does: run the program, then wait until every
     # registration (and so every create) and every output has finished.
     pulumi_settings.SETTINGS.rpc_manager.clear()
