@@ -837,8 +837,12 @@ def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = 
             kept: dict[str, Any] = {key: state[key] for key in _KEPT_WITH_VOLUMES if key in state}
             save_state(stack, kept)
     elif not failures:
-        # With a volume left behind by a failure, its password stays for the next try.
         state_path(stack).unlink(missing_ok=True)
+    elif state_path(stack).exists():
+        # What could not be removed stays recorded for the next `down`; the passwords stay
+        # only while a volume initialised with them does.
+        volume_left = any(failure.startswith("volume ") for failure in failures)
+        save_state(stack, {key: value for key, value in state.items() if volume_left or key != "random"})
     if failures:
         raise DeployError(f"down --stack {stack} left resources behind:\n" + "\n".join(failures))
 
