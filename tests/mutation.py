@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -57,9 +58,11 @@ def results() -> dict[str, int | None]:
 
 
 def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
+    """Prints the survivors and the score of the mutants that ran; 0 when it meets the target."""
+    ran = {name: code for name, code in codes.items() if code is not None}
     counts: Counter[str] = Counter()
     survivors = []
-    for name, code in sorted(codes.items()):
+    for name, code in sorted(ran.items()):
         if name in listed:
             counts["equivalent"] += 1
         elif code == _KILLED or code in _TIMEOUTS:
@@ -74,37 +77,60 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
             counts[f"other ({code})"] += 1
             survivors.append(name)
     stale = sorted(set(listed) - set(codes))
-    considered = len(codes) - counts["equivalent"]
+    considered = len(ran) - counts["equivalent"]
     ratio = counts["killed"] / considered if considered else 0.0
     for name in survivors:
-        print(f"survived: {name} (`venv/bin/mutmut show {name}`)")
+        print(f"survived: {name} (`venv/bin/mutmut show '{name}'`)")
     for name in stale:
         print(f"stale entry in {EQUIVALENTS_FILE.name}: {name} is no longer a mutant")
+    others = ", ".join(f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent"))
+    not_run = len(codes) - len(ran)
     print(
-        f"mutation score: {ratio:.1%} ({counts['killed']} killed of {considered}; "
-        f"{len(codes)} mutants, {counts['equivalent']} listed equivalent, "
-        + ", ".join(f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent"))
+        f"mutation score: {ratio:.1%} ({counts['killed']} killed of {considered}; {len(ran)} mutants ran"
+        + (f" of {len(codes)}" if not_run else "")
+        + f", {counts['equivalent']} listed equivalent"
+        + (f", {others}" if others else "")
         + f"); target {TARGET:.0%}"
     )
-    return 0 if ratio >= TARGET else 1
+    if not_run:
+        print(f"{not_run} mutants did not run: the score covers only those that did")
+    return 0 if ratio >= TARGET and not not_run else 1
+
+
+def sample(size: int, seed: int) -> list[str]:
+    """A reproducible random sample of the mutants (generated first, without running any)."""
+    if not results():
+        raise SystemExit("no mutants generated yet: run `make mutation` once (or `venv/bin/mutmut run` briefly)")
+    names = sorted(results())
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def _mutmut() -> str:
+    return str(Path(sys.executable).with_name("mutmut"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.splitlines()[0])
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--score-only", action="store_true", help="score the last run without running mutmut")
+    parser.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
+    parser.add_argument("--seed", type=int, default=13, help="the sample's random seed")
     parser.add_argument("mutants", nargs="*", help="only these mutants (mutmut names or globs)")
     args = parser.parse_args(argv)
     listed = equivalents()
+    chosen = list(args.mutants) or (sample(args.sample, args.seed) if args.sample else [])
     if not args.score_only:
         started = time.monotonic()
         with running_postgres() as server:
             env = {**os.environ, SHARED_ENV: describe(server)}
             env["TEST_POSTGRES_TEMPLATE"] = _make_template(server, env)
-            command = [str(Path(sys.executable).with_name("mutmut")), "run", "--max-children", str(args.max_children)]
-            result = subprocess.run([*command, *args.mutants], cwd=PROJECT_DIR, env=env, check=False)
+            command = [_mutmut(), "run", "--max-children", str(args.max_children), *chosen]
+            result = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False)
         print(f"mutmut ran for {time.monotonic() - started:.0f}s (exit {result.returncode})")
-    return score(results(), listed)
+    codes = results()
+    if chosen:
+        codes = {name: code for name, code in codes.items() if name in chosen}
+    return score(codes, listed)
 
 
 def _make_template(server: object, env: dict[str, str]) -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pulumi
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from components.settings import SettingsError, load_settings
 from tests.harness import EngineMocks, install, run_program
-from tests.stack_config import STACKS, project_file, stack_config
+from tests.stack_config import STACKS, project_file, runtime_config, stack_config
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
@@ -165,6 +166,7 @@ def test_tracking_uri_brackets_ipv6_hosts(public_host: str, port: int, expected:
         (["[2001:db8::5]"], True),
         (["10.0.0.5:8080"], True),
         (["mlflow.example.com:65535"], True),
+        (["mlflow.example.com:1", "[::1]:1"], True),
         (["mlflow.example.com:0"], False),
         (["mlflow.example.com:65536"], False),
         (["[::1]:0"], False),
@@ -188,3 +190,139 @@ def test_an_ipv6_loopback_bind_address_needs_no_auth() -> None:
     install(EngineMocks(), "dev", {"bindAddress": "::"})
     with pytest.raises(SettingsError, match="config key 'bindAddress' has the value '::'"):
         load_settings()
+
+
+# One bad value per distinct refusal, with the whole message a person reads, literally.
+FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "dev",
+        {"postgresImage": "postgres:latest"},
+        "config key 'postgresImage' has the value 'postgres:latest'; accepted: an image reference such as "
+        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an @sha256 digest",
+    ),
+    (
+        "dev",
+        {"baseImage": "python"},
+        "config key 'baseImage' has the value 'python'; accepted: an image reference such as "
+        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an @sha256 digest",
+    ),
+    (
+        "dev",
+        {"postgresDatabase": "ml-flow"},
+        "config key 'postgresDatabase' has the value 'ml-flow'; accepted: a lower-case Postgres identifier "
+        "([a-z_][a-z0-9_]*, at most 63 characters)",
+    ),
+    (
+        "dev",
+        {"postgresUser": "Admin"},
+        "config key 'postgresUser' has the value 'Admin'; accepted: a lower-case Postgres identifier "
+        "([a-z_][a-z0-9_]*, at most 63 characters)",
+    ),
+    (
+        "dev",
+        {"mlflowVersion": "3.17"},
+        "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow 3.x release such as '3.17.2'",
+    ),
+    (
+        "dev",
+        {"publicHost": "bad host"},
+        "config key 'publicHost' has the value 'bad host'; accepted: a DNS host name or an IP address",
+    ),
+    (
+        "dev",
+        {"bindAddress": "localhost"},
+        "config key 'bindAddress' has the value 'localhost'; accepted: an IPv4 or IPv6 address such as "
+        "127.0.0.1 or 0.0.0.0",
+    ),
+    (
+        "dev",
+        {"bindAddress": "0.0.0.0"},
+        "config key 'bindAddress' has the value '0.0.0.0'; a non-loopback address publishes the server beyond "
+        "this host; accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
+    ),
+    (
+        "dev",
+        {"allowedHosts": "mlflow.example.com"},
+        "config key 'allowedHosts' has the value 'mlflow.example.com'; accepted: a list of a host name or IP "
+        "address as a Host header carries it (IPv6 in brackets), optionally with ':port'",
+    ),
+    (
+        "dev",
+        {"allowedHosts": {"host": "x"}},
+        "config key 'allowedHosts' has the value {'host': 'x'}; accepted: a list of a host name or IP "
+        "address as a Host header carries it (IPv6 in brackets), optionally with ':port'",
+    ),
+    (
+        "dev",
+        {"allowedHosts": ["ok.example.com", "bad host"]},
+        "config key 'allowedHosts' has the value 'bad host'; each item must be a host name or IP address as a "
+        "Host header carries it (IPv6 in brackets), optionally with ':port'",
+    ),
+    (
+        "dev",
+        {"corsAllowedOrigins": ["ml.example.com"]},
+        "config key 'corsAllowedOrigins' has the value 'ml.example.com'; each item must be an origin such as "
+        "'https://ml.example.com' (no path)",
+    ),
+    (
+        "dev",
+        {"logMaxSize": "10MB"},
+        "config key 'logMaxSize' has the value '10MB'; accepted: a size such as '10m' (a whole number, then k, m or g)",
+    ),
+    ("dev", {"useWheelhouse": "yes"}, "config key 'useWheelhouse' has the value 'yes'; accepted: true or false"),
+    ("dev", {"workers": "two"}, "config key 'workers' has the value 'two'; accepted: an integer from 1 to 32"),
+    (
+        "prod",
+        {"authEnabled": False},
+        "config key 'authEnabled' has the value False; the 'prod' stack holds shared data: accepted: true",
+    ),
+    (
+        "staging",
+        {"protectData": False},
+        "config key 'protectData' has the value False; the 'staging' stack holds shared data: accepted: true",
+    ),
+]
+
+
+@pytest.mark.parametrize(("stack", "overrides", "message"), FULL_MESSAGES, ids=[m[2][12:40] for m in FULL_MESSAGES])
+def test_the_whole_refusal_message(stack: str, overrides: dict[str, Any], message: str) -> None:
+    install(EngineMocks(), stack, overrides)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == message
+    key = message.split("'")[1]
+    assert (raised.value.key, raised.value.value) == (key, raised.value.value)
+
+
+def test_a_key_missing_from_the_configuration_is_named() -> None:
+    install(EngineMocks(), "dev", {})
+    config = {key: value for key, value in stack_config("dev").items() if key != "workers"}
+    pulumi.runtime.set_all_config(runtime_config(config))
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "config key 'workers' has the value None; it is missing; declare it in Pulumi.yaml with a default"
+    )
+    assert (raised.value.key, raised.value.value) == ("workers", None)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("TRUE", True), ("False", False), (" true", None)])
+def test_booleans_ignore_case_only(raw: str, expected: bool | None) -> None:
+    install(EngineMocks(), "dev", {"useWheelhouse": raw})
+    if expected is None:
+        with pytest.raises(SettingsError):
+            load_settings()
+    else:
+        assert load_settings().use_wheelhouse is expected
+
+
+@pytest.mark.parametrize("value", ["  mlflow.example.com ", "mlflow.example.com\n"])
+def test_strings_are_trimmed(value: str) -> None:
+    install(EngineMocks(), "dev", {"publicHost": value})
+    assert load_settings().public_host == "mlflow.example.com"
+
+
+def test_the_stack_and_project_come_from_pulumi() -> None:
+    install(EngineMocks(), "staging", {})
+    settings = load_settings()
+    assert (settings.stack, settings.project) == ("staging", "mlflow-platform")
