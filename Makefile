@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e lock lock-image bench
+.PHONY: help install deploy destroy test lint unit e2e lock lock-image bench mutation
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
@@ -16,6 +16,7 @@ help:
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
 	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
+	@echo "make mutation             mutation testing (mutmut) of components/, mlflow/prepare_db.py and policy/ against the fast tests"
 
 # Every install is hash-locked (--require-hashes): requirements*.txt and policy/requirements.txt
 # are generated from the *.in files next to them by `make lock`. The venv's own pip is used as is
@@ -71,9 +72,17 @@ lint: $(BIN)/.installed
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not docker"
 
-# Needs a Docker engine; REQUIRE_DOCKER=1 turns a missing engine into a failure.
+# Needs a Docker engine. First builds the stand-in images and the wheelhouse, or with
+# LOCAL_DEPLOY_STANDINS=0 pulls the official images: idempotent, seconds when they are
+# there. A missing prerequisite (engine, debootstrap, registry) stops here with one line
+# naming the command that fixes it, instead of as one error per end-to-end test.
 e2e: $(BIN)/.installed
-	$(BIN)/python -m pytest -m docker -s
+	@$(BIN)/python -m tests.local_deploy prepare
+	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
+
+# Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".
+mutation: $(BIN)/.installed
+	$(BIN)/python -m tests.mutation
 
 test: lint unit e2e
 

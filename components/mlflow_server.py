@@ -148,6 +148,8 @@ def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: st
         # Published on loopback only: whoever reaches it is on this machine, and
         # may well type 127.0.0.1 instead of the public host.
         hosts += ["localhost", f"localhost:{host_port}", "127.0.0.1", f"127.0.0.1:{host_port}"]
+        if ipaddress.ip_address(bind_address).version == 6:
+            hosts += ["[::1]", f"[::1]:{host_port}"]
     hosts += extra
     return list(dict.fromkeys(hosts))
 

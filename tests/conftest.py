@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests import ast_guard
+
+# Before any failure is reported: pytest parses source to show one (see tests/ast_guard.py).
+ast_guard.install()
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
 NETWORK = "docker:index/network:Network"

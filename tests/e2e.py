@@ -87,12 +87,15 @@ def redeploy(deployed: Deployed, overrides: Mapping[str, object] | None = None) 
 
 @contextlib.contextmanager
 def stack(stack_name: str, overrides: Mapping[str, object] | None = None) -> Iterator[Deployed]:
-    """Deploys from nothing (leftovers of an earlier run removed first) and removes it all after."""
-    deployer.down(stack_name)
+    """Deploys from nothing (leftovers of an earlier run removed first) and removes it all after,
+    whether the deployment or the tests failed: the retainOnDelete volumes and the state
+    file too (purge), or the next run would find data initialised with a password it
+    no longer knows."""
+    deployer.down(stack_name, purge=True)
     try:
         yield deploy(stack_name, overrides)
     finally:
-        deployer.down(stack_name)
+        deployer.down(stack_name, purge=True)
 
 
 def wait_until_serving(tracking_uri: str, timeout: float = 180, auth: tuple[str, str] | None = None) -> float:

@@ -95,7 +95,6 @@ def test_stack_network() -> pulumi.Output[None]:
         assert child.inputs["name"] == name == "t-net"
         assert child.inputs["driver"] == "bridge"
         assert {"label": "com.pulumi.stack", "value": "test"} in child.inputs["labels"]
-        assert network.network is not None
 
     return pulumi.Output.all(network.urn, network.name).apply(check)
 
@@ -170,7 +169,7 @@ def test_mlflow_image() -> pulumi.Output[None]:
     )
 
     def check(args: list[Any]) -> None:
-        urn, digest = args
+        urn, image_name = args
         [child] = _children(mocks, image, urn)
         assert child.type == IMAGE
         assert child.inputs["imageName"] == "p/mlflow:3.17.2-t"
@@ -180,9 +179,11 @@ def test_mlflow_image() -> pulumi.Output[None]:
             "MLFLOW_VERSION": "3.17.2",
             "USE_WHEELHOUSE": "true",
         }
-        assert digest.startswith("sha256:")
+        assert child.inputs["build"]["context"] == "./mlflow"
+        assert child.inputs["build"]["dockerfile"] == "./mlflow/Dockerfile"
+        assert image_name == "p/mlflow:3.17.2-t"
 
-    return pulumi.Output.all(image.urn, image.repo_digest).apply(check)
+    return pulumi.Output.all(image.urn, image.image_name).apply(check)
 
 
 @pulumi.runtime.test
@@ -243,17 +244,45 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
 
 
 @pytest.mark.parametrize(
-    ("bind", "extra", "expected"),
+    ("public", "bind", "extra", "expected"),
     [
-        ("127.0.0.1", [], ["mlflow.example.com", "mlflow.example.com:8080", "mlflow", "mlflow:5000", "localhost"]),
-        ("0.0.0.0", ["10.0.0.5:8080"], ["mlflow.example.com", "mlflow.example.com:8080", "10.0.0.5:8080"]),
+        (
+            "mlflow.example.com",
+            "127.0.0.1",
+            [],
+            "mlflow.example.com mlflow.example.com:8080 mlflow mlflow:5000"
+            " localhost localhost:8080 127.0.0.1 127.0.0.1:8080",
+        ),
+        (
+            "mlflow.example.com",
+            "0.0.0.0",
+            ["10.0.0.5:8080"],
+            "mlflow.example.com mlflow.example.com:8080 mlflow mlflow:5000 10.0.0.5:8080",
+        ),
+        # A Host header brackets IPv6; on an IPv6 loopback, [::1] is what a local client sends.
+        (
+            "::1",
+            "::1",
+            [],
+            "[::1] [::1]:8080 mlflow mlflow:5000 localhost localhost:8080 127.0.0.1 127.0.0.1:8080",
+        ),
+        (
+            "2001:db8::5",
+            "::",
+            ["[2001:db8::6]:8080"],
+            "[2001:db8::5] [2001:db8::5]:8080 mlflow mlflow:5000 [2001:db8::6]:8080",
+        ),
+        # Names given twice are listed once, in their first place.
+        (
+            "localhost",
+            "127.0.0.1",
+            ["mlflow", "extra:1"],
+            "localhost localhost:8080 mlflow mlflow:5000 127.0.0.1 127.0.0.1:8080 extra:1",
+        ),
     ],
 )
-def test_allowed_hosts_lists_every_name_clients_use(bind: str, extra: list[str], expected: list[str]) -> None:
-    hosts = allowed_hosts("mlflow.example.com", 8080, bind, "mlflow", extra)
-    assert set(expected) <= set(hosts)
-    assert len(hosts) == len(set(hosts))
-    assert ("127.0.0.1:8080" in hosts) == (bind == "127.0.0.1")
+def test_allowed_hosts_lists_every_name_clients_use(public: str, bind: str, extra: list[str], expected: str) -> None:
+    assert allowed_hosts(public, 8080, bind, "mlflow", extra) == expected.split()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import docker
+import docker.errors
 import pulumi
 import pytest
 from cryptography import x509
@@ -333,3 +335,117 @@ def test_an_upload_becomes_a_tar_member_with_owner_group_and_mode() -> None:
 def test_an_upload_owned_by_a_user_name_is_refused() -> None:
     with pytest.raises(ValueError, match="numeric id"):
         upload_archive({"file": "/run/secrets/x", "content": "x", "owner": "postgres"})
+
+
+# --- down: what stays and what goes -----------------------------------------------------------
+
+
+class _FakeVolume:
+    def __init__(self, engine: _FakeEngine, name: str) -> None:
+        self.engine, self.name = engine, name
+
+    def remove(self) -> None:
+        self.engine.volume_names.remove(self.name)
+
+
+class _FakeNetwork:
+    def __init__(self, engine: _FakeEngine, name: str) -> None:
+        self.engine, self.name = engine, name
+
+    def remove(self) -> None:
+        if self.name in self.engine.busy_networks:
+            raise docker.errors.APIError(f"network {self.name} has active endpoints")
+        self.engine.network_names.remove(self.name)
+
+
+class _FakeEngine:
+    """The part of the Docker SDK `destroy` uses: labelled volumes and networks, no containers or images."""
+
+    def __init__(self, volumes: list[str], networks: list[str], busy_networks: tuple[str, ...] = ()) -> None:
+        self.volume_names, self.network_names, self.busy_networks = list(volumes), list(networks), busy_networks
+        self.containers = self.images = self
+        self.volumes = _FakeVolumes(self)
+        self.networks = _FakeNetworks(self)
+
+    def list(self, **_: Any) -> list[Any]:  # containers.list, images.list
+        return []
+
+
+class _FakeVolumes:
+    def __init__(self, engine: _FakeEngine) -> None:
+        self.engine = engine
+
+    def list(self, **_: Any) -> list[_FakeVolume]:
+        return [_FakeVolume(self.engine, name) for name in self.engine.volume_names]
+
+    def get(self, name: str) -> _FakeVolume:
+        if name not in self.engine.volume_names:
+            raise docker.errors.NotFound(name)
+        return _FakeVolume(self.engine, name)
+
+
+class _FakeNetworks:
+    def __init__(self, engine: _FakeEngine) -> None:
+        self.engine = engine
+
+    def list(self, names: list[str] | None = None, **_: Any) -> list[_FakeNetwork]:
+        return [_FakeNetwork(self.engine, n) for n in self.engine.network_names if names is None or n in names]
+
+
+@pytest.fixture
+def stack_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
+    deployer.save_state(
+        "staging",
+        {
+            "random": {"urn::password": {"inputs": {"length": 32}, "result": "kept-with-the-data"}},
+            "volumes": ["staging-artifacts", "staging-pgdata"],
+            "retainedVolumes": ["staging-artifacts", "staging-pgdata"],
+            "networks": ["staging-net"],
+        },
+    )
+    return deployer.state_path("staging")
+
+
+def _engine(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> _FakeEngine:
+    engine = _FakeEngine(["staging-artifacts", "staging-pgdata", "staging-scratch"], ["staging-net"], **kwargs)
+    monkeypatch.setattr(docker, "from_env", lambda **_: engine)
+    return engine
+
+
+def test_down_keeps_retained_volumes_and_forgets_the_passwords(
+    stack_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(monkeypatch)
+    deployer.destroy("mlflow-platform", "staging")
+    # As pulumi destroy: retainOnDelete volumes stay on the engine, out of the state.
+    assert engine.volume_names == ["staging-artifacts", "staging-pgdata"]
+    assert engine.network_names == []
+    assert not stack_state.exists()
+
+
+def test_purge_removes_retained_volumes_too(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine(monkeypatch)
+    deployer.destroy("mlflow-platform", "staging", purge=True)
+    assert (engine.volume_names, engine.network_names) == ([], [])
+    assert not stack_state.exists()
+
+
+def test_keep_volumes_keeps_them_and_their_passwords(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine(monkeypatch)
+    deployer.destroy("mlflow-platform", "staging", keep_volumes=True)
+    assert engine.volume_names == ["staging-artifacts", "staging-pgdata", "staging-scratch"]
+    assert deployer.load_state("staging")["random"]["urn::password"]["result"] == "kept-with-the-data"
+    with pytest.raises(ValueError, match="contradict"):
+        deployer.destroy("mlflow-platform", "staging", keep_volumes=True, purge=True)
+
+
+def test_one_failed_removal_does_not_stop_the_others(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = _engine(monkeypatch, busy_networks=("staging-net",))
+    with pytest.raises(deployer.DeployError, match=r"left resources behind:\nnetwork staging-net: .*active endpoints"):
+        deployer.destroy("mlflow-platform", "staging", purge=True)
+    assert engine.volume_names == []
+    # The record stays while something of the stack does, for the next down; the passwords
+    # went with the volumes.
+    state = deployer.load_state("staging")
+    assert (state["random"], state["networks"]) == ({}, ["staging-net"])

@@ -49,11 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_parser.add_argument("--no-standins", action="store_true", help="use the configured images, not the stand-ins")
     down_parser = commands.add_parser("down", help="remove what `up` made for the stack")
     down_parser.add_argument("--stack", default="dev")
-    down_parser.add_argument(
+    keep = down_parser.add_mutually_exclusive_group()
+    keep.add_argument(
         "--keep-volumes",
         action="store_true",
         help="keep the data volumes; forget the passwords, as pulumi destroy does",
     )
+    keep.add_argument("--purge", action="store_true", help="also remove retainOnDelete volumes and the state file")
     args = parser.parse_args(argv)
 
     # Imported here: `--help` should not wait for the Pulumi SDK to load.
@@ -63,12 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prepare":
             from tests.local_deploy.prepare import prepare
 
-            prepare(mlflow_versions())
+            prepare(mlflow_versions(), standins=deployer.standins_enabled())
         elif args.command == "up":
             outputs = deployer.up(args.stack, parse_set(args.sets), standins=False if args.no_standins else None)
             print(json.dumps(outputs, sort_keys=True, default=str), flush=True)
         else:
-            deployer.down(args.stack, keep_volumes=args.keep_volumes)
+            deployer.down(args.stack, keep_volumes=args.keep_volumes, purge=args.purge)
     except KeyboardInterrupt:
         print(f"local-deploy: {args.command} interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,7 @@ the deployment look tested when it is not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import hashlib
@@ -33,6 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pulumi.runtime import settings as pulumi_settings
 from pulumi.runtime.stack import run_pulumi_func
-from pulumi.runtime.sync_await import _sync_await
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from tests.harness import EngineMocks, _working_directory, install, secret
 from tests.stack_config import PROJECT_DIR, project_name
@@ -464,6 +466,10 @@ class LocalDeployer(EngineMocks):
         # a health wait) stop early instead of holding the process for minutes.
         self.aborted = threading.Event()
         self.first_error: DeployError | None = None
+        # Creates still running: after a failure `up` waits for them, so a `down`
+        # that follows never races a container being created behind its back.
+        self._in_flight = 0
+        self._idle = threading.Condition()
         self.started = time.monotonic()
         # (seconds since start, event, resource name): the order things happened in.
         self.events: list[tuple[float, str, str]] = []
@@ -515,9 +521,24 @@ class LocalDeployer(EngineMocks):
 
     # -- entry point --
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits until no create is running; False if some still are after `timeout` seconds."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout=timeout)
+
     def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         if args.typ.startswith(COMPONENT_PREFIX):
             return "", {}
+        with self._idle:
+            self._in_flight += 1
+        try:
+            return self._create(args, inputs)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         try:
             self._check_aborted(args.name)
             check_inputs(args.typ, args.name, inputs)
@@ -932,7 +953,11 @@ def stop_container(container: docker.models.containers.Container, grace: int) ->
         container.stop(timeout=grace)
 
 
-def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
+def _remove_volume(client: docker.DockerClient, name: str) -> None:
+    client.volumes.get(name).remove()
+
+
+def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = False) -> None:
     """Removes what `up` made for the stack: found by label (the stack's and this
     deployer's marker), so any process can do it, and by the names the state file
     recorded. A real `pulumi up` of the same stack on this engine is left alone.
@@ -941,10 +966,30 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
     Pulumi, a destroy drops the random resources, so the next `up` generates new
     ones and must put them in force on the kept data), volumes declared
     retainOnDelete, and images declared keepLocally (the stand-ins among them).
+
+    `purge` (for tests) also removes the retainOnDelete volumes, and with them the
+    state file: nothing of the stack stays, so the next `up` starts from nothing
+    instead of finding data initialised with a password it no longer knows.
+
+    One resource that cannot be removed does not stop the others: every failure is
+    reported together at the end.
     """
+    if keep_volumes and purge:
+        raise ValueError("keep_volumes and purge contradict each other")
     client = docker.from_env(timeout=300)
     filters = {"label": [f"{PROJECT_LABEL}={project}", f"{STACK_LABEL}={stack}", f"{MANAGED_LABEL}=true"]}
     state = load_state(stack)
+    failures: list[str] = []
+
+    def attempt(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as error:
+            failures.append(f"{what}: {error}")
+            return
+        log(f"removed {what}")
 
     containers = {c.name: c for c in client.containers.list(all=True, filters=filters)}
     for name in state.get("containers", []):
@@ -956,35 +1001,29 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
         with suppress(docker.errors.DockerException):
             stop_container(container, grace_seconds(state, name))
         # v: the anonymous volumes (the secrets) go with the container, as pulumi-docker's removeVolumes.
-        container.remove(v=True, force=True)
-        log(f"removed container {name}")
+        attempt(f"container {name}", partial(container.remove, v=True, force=True))
 
     networks = {n.name for n in client.networks.list(filters=filters)} | set(state.get("networks", []))
     for name in sorted(networks):
         for network in client.networks.list(names=[name]):
             if network.name == name:
-                network.remove()
-                log(f"removed network {name}")
+                attempt(f"network {name}", network.remove)
 
     images = {*state.get("builtImages", []), *state.get("removeImages", [])}
     images |= {tag for image in client.images.list(filters=filters) for tag in image.tags}
     for reference in sorted(images):
-        with suppress(docker.errors.ImageNotFound):
-            # noprune: the untagged parent layers are the classic builder's cache, and
-            # pulumi-docker's BuildKit keeps its build cache across a destroy too.
-            client.images.remove(reference, noprune=True)
-            log(f"removed image {reference}")
+        # noprune: the untagged parent layers are the classic builder's cache, and
+        # pulumi-docker's BuildKit keeps its build cache across a destroy too.
+        attempt(f"image {reference}", partial(client.images.remove, reference, noprune=True))
 
     if not keep_volumes:
         retained = set(state.get("retainedVolumes", []))
         volumes = {v.name for v in client.volumes.list(filters=filters)} | set(state.get("volumes", []))
         for name in sorted(volumes):
-            if name in retained:
+            if name in retained and not purge:
                 log(f"kept volume {name} (retainOnDelete)")
                 continue
-            with suppress(docker.errors.NotFound):
-                client.volumes.get(name).remove()
-                log(f"removed volume {name}")
+            attempt(f"volume {name}", partial(_remove_volume, client, name))
 
     if keep_volumes:
         if state_path(stack).exists():
@@ -992,8 +1031,15 @@ def destroy(project: str, stack: str, keep_volumes: bool = False) -> None:
             kept: dict[str, Any] = {key: state[key] for key in _KEPT_WITH_VOLUMES if key in state}
             kept["tls"] = {urn: entry for urn, entry in state.get("tls", {}).items() if entry.get("protected")}
             save_state(stack, kept)
-    else:
+    elif not failures:
         state_path(stack).unlink(missing_ok=True)
+    elif state_path(stack).exists():
+        # What could not be removed stays recorded for the next `down`; the passwords stay
+        # only while a volume initialised with them does.
+        volume_left = any(failure.startswith("volume ") for failure in failures)
+        save_state(stack, {key: value for key, value in state.items() if volume_left or key != "random"})
+    if failures:
+        raise DeployError(f"down --stack {stack} left resources behind:\n" + "\n".join(failures))
 
 
 # --- up / down ------------------------------------------------------------------------------
@@ -1012,6 +1058,44 @@ def standin_config() -> dict[str, object]:
     return dict(STANDIN_CONFIG)
 
 
+def require_standin_images(client: docker.DockerClient) -> None:
+    """Before any create: a missing stand-in is one clear error, not a deployment that fails
+    halfway with creates running in several threads."""
+    from tests.local_deploy.prepare import STANDIN_CONFIG
+
+    for key in ("baseImage", "postgresImage"):
+        reference = str(STANDIN_CONFIG[key])
+        try:
+            client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            raise DeployError(
+                f"the stand-in image {reference} is not on this engine: run "
+                "`venv/bin/python -m tests.local_deploy prepare` (or set LOCAL_DEPLOY_STANDINS=0 where a registry "
+                "answers)"
+            ) from None
+
+
+def _quiet_aborted_futures() -> None:
+    """After a failed `up`, the SDK drops one future per registration that stopped with the
+    failure; asyncio logs each from its finalizer ("Future exception was never retrieved"),
+    hundreds of tracebacks repeating the one error `up` raised. Those are not logged."""
+    loop: asyncio.AbstractEventLoop = _ensure_event_loop()  # type: ignore[no-untyped-call]  # `_sync_await`'s loop
+    previous = loop.get_exception_handler()
+    if getattr(previous, "quiets_aborted_futures", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), DeployError) and "never retrieved" in str(context.get("message")):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_aborted_futures = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def up(
     stack: str = "dev", overrides: Mapping[str, object] | None = None, *, standins: bool | None = None
 ) -> dict[str, object]:
@@ -1025,6 +1109,8 @@ def up(
         standins = standins_enabled()
     config = {**(standin_config() if standins else {}), **(overrides or {})}
     deployer = LocalDeployer(project_name(), stack)
+    if standins:
+        require_standin_images(deployer.client)
     install(deployer, stack, config)
     values: dict[str, object] = {}
 
@@ -1040,6 +1126,7 @@ def up(
 
         return pulumi.Output.from_input(gather())
 
+    _quiet_aborted_futures()
     # What pulumi.runtime.test does: run the program, then wait until every
     # registration (and so every create) and every output has finished.
     pulumi_settings.SETTINGS.rpc_manager.clear()
@@ -1049,6 +1136,11 @@ def up(
         _sync_await(run_pulumi_func(lambda: _sync_await(program().future())))
     except BaseException as error:
         deployer.aborted.set()
+        # Creates in other threads see the abort within a second or two (a container
+        # being replaced may take its stop grace period); they end before `up` does.
+        # The longest stop grace the program declares is 60 s (MLflow, Postgres, the proxy).
+        if not deployer.wait_idle(timeout=90):
+            log("up: some creates were still running after the failure")
         # The SDK reports whichever registration it awaited first, which may be one
         # that only stopped because of the real failure.
         if deployer.first_error is not None and deployer.first_error is not error:
@@ -1058,6 +1150,7 @@ def up(
     return values
 
 
-def down(stack: str = "dev", keep_volumes: bool = False) -> None:
-    """Removes the stack's containers, networks, built images and (unless keep_volumes) volumes."""
-    destroy(project_name(), stack, keep_volumes=keep_volumes)
+def down(stack: str = "dev", keep_volumes: bool = False, *, purge: bool = False) -> None:
+    """Removes the stack's containers, networks, built images and (unless keep_volumes) volumes;
+    with `purge`, the retainOnDelete volumes and the state file too (tests start from nothing)."""
+    destroy(project_name(), stack, keep_volumes=keep_volumes, purge=purge)

@@ -509,22 +509,55 @@ def ensure_wheelhouse(client: docker.DockerClient, mlflow_versions: Sequence[str
 # --- Entry point ----------------------------------------------------------------------------
 
 
-def prepare(mlflow_versions: Sequence[str], *, client: docker.DockerClient | None = None) -> None:
-    """Makes the stand-in images and the wheelhouse for `mlflow_versions` available locally.
+def _connect() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise PrepareError(
+            f"no Docker engine answers ({type(error).__name__}); start one, e.g. "
+            "`sudo systemctl start docker` or `sudo nohup dockerd >/tmp/dockerd.log 2>&1 &`"
+        ) from error
+    return client
 
-    Raises PrepareError, naming the step, when anything fails.
+
+def ensure_official_images(client: docker.DockerClient, references: Sequence[str]) -> None:
+    """With registry access (LOCAL_DEPLOY_STANDINS=0): the stack's own images, pulled once."""
+    for reference in references:
+        if _find_image(client, reference) is not None:
+            print(f"prepare: {reference} is present", flush=True)
+            continue
+        with _step(f"pull {reference}"):
+            try:
+                client.images.pull(reference)
+            except docker.errors.DockerException as error:
+                raise PrepareError(
+                    f"cannot pull {reference} ({error}); without registry access, build the stand-ins "
+                    "instead: `LOCAL_DEPLOY_STANDINS=1 venv/bin/python -m tests.local_deploy prepare`"
+                ) from error
+
+
+def prepare(
+    mlflow_versions: Sequence[str], *, client: docker.DockerClient | None = None, standins: bool = True
+) -> None:
+    """Makes the stand-in images and the wheelhouse for `mlflow_versions` available locally;
+    with `standins=False`, pulls the stack's own images (Pulumi.yaml's defaults) instead.
+
+    Raises PrepareError, naming the step and the command that fixes it, when anything fails.
     """
     if isinstance(mlflow_versions, str):
         raise TypeError("mlflow_versions is a sequence of versions, not one string")
     if not mlflow_versions:
         raise PrepareError("no MLflow version requested")
     if client is None:
-        try:
-            client = docker.from_env()
-        except docker.errors.DockerException as error:
-            raise PrepareError(
-                f"cannot reach the Docker engine ({error}); start it, e.g. `nohup dockerd >/tmp/dockerd.log 2>&1 &`"
-            ) from error
+        client = _connect()
+    if not standins:
+        from tests.stack_config import stack_config
+
+        defaults = stack_config("dev")
+        with _step("prepare (total)"):
+            ensure_official_images(client, [str(defaults["postgresImage"]), str(defaults["baseImage"])])
+        return
     with _step("prepare (total)"):
         ensure_debian_base(client)
         ensure_built_standin(client, STANDIN_BASE_IMAGE, STANDINS_DIR / "python")

@@ -1,0 +1,324 @@
+"""mlflow/prepare_db.py against a real PostgreSQL that the tests start themselves.
+
+The cluster (tests/postgres_server.py) runs Debian's `postgresql` binaries in a
+temp dir. Without them the tests skip, and fail instead when REQUIRE_POSTGRES=1
+or CI is set: CI must not pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import importlib.util
+import os
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import sqlalchemy
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+
+from tests.postgres_server import PostgresServer, PostgresUnavailableError, running_postgres, shared_server
+from tests.stack_config import PROJECT_DIR
+
+pytestmark = pytest.mark.postgres
+
+# Set by `make mutation` with the shared server: a database of the current schema,
+# made by the unmutated prepare_db.py (a mutant must not build the template it is tested on).
+TEMPLATE_ENV = "TEST_POSTGRES_TEMPLATE"
+
+
+def _load_prepare_db() -> ModuleType:
+    # mlflow/ is not a package (and `mlflow` is MLflow's own name): load the file itself, not
+    # entered in sys.modules. Its functions' __module__ is then "mlflow.prepare_db", the name
+    # mutmut gives this file's mutants.
+    spec = importlib.util.spec_from_file_location("mlflow.prepare_db", PROJECT_DIR / "mlflow" / "prepare_db.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare_db = _load_prepare_db()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    shared = shared_server()
+    if shared is not None:
+        yield shared
+        return
+    required = os.environ.get("REQUIRE_POSTGRES") == "1" or bool(os.environ.get("CI"))
+    try:
+        with running_postgres() as server:
+            yield server
+    except PostgresUnavailableError as error:
+        if required:
+            pytest.fail(f"REQUIRE_POSTGRES=1 (or CI) but {error}")
+        pytest.skip(str(error))
+
+
+def _admin(server: PostgresServer) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(server.uri("postgres"), isolation_level="AUTOCOMMIT")
+
+
+def _new_database(server: PostgresServer, template: str = "template0") -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = _admin(server)
+    for attempt in range(20):
+        try:
+            with admin.connect() as connection:
+                # A copy needs the template to itself: MLflow's engines may still hold pooled connections.
+                connection.execute(
+                    sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                    {"name": template},
+                )
+                connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+            break
+        except sqlalchemy.exc.OperationalError as error:
+            # Another test copying the same template at this moment (`make mutation` runs two).
+            if "is being accessed by other users" not in str(error) or attempt == 19:
+                raise
+            time.sleep(0.5)
+    yield server.uri(name)
+    with admin.connect() as connection:
+        for database in (name, f"{name}_auth"):
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    """A new, empty database per test; its URI, percent-encoded as the entrypoint builds it."""
+    yield from _new_database(postgres)
+
+
+@pytest.fixture(scope="session")
+def current_schema_template(postgres: PostgresServer) -> Iterator[str]:
+    """A database with the current schema, made once: creating it takes seconds, copying it does not."""
+    if os.environ.get(TEMPLATE_ENV):
+        yield os.environ[TEMPLATE_ENV]
+        return
+    for uri in _new_database(postgres):
+        prepare_db._prepare_tracking_schema(uri)
+        yield uri.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def current_database(postgres: PostgresServer, current_schema_template: str) -> Iterator[str]:
+    """A new database whose tracking schema is already current (a restart, not a first start)."""
+    yield from _new_database(postgres, current_schema_template)
+
+
+@pytest.fixture
+def run_main(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
+    def run(uri: str, auth_config: Path | None = None, **env: str) -> None:
+        monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", uri)
+        if auth_config is None:
+            monkeypatch.delenv("MLFLOW_AUTH_CONFIG_PATH", raising=False)
+        else:
+            monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(auth_config))
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        prepare_db.main()
+
+    return run
+
+
+def _scalar(uri: str, sql: str) -> object:
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(sqlalchemy.text(sql)).scalar()
+    finally:
+        engine.dispose()
+
+
+def _migrations() -> ScriptDirectory:
+    import mlflow.store.db_migrations as migrations
+
+    return ScriptDirectory(str(Path(migrations.__file__).parent))
+
+
+def _head() -> str:
+    head = _migrations().get_current_head()
+    assert head
+    return head
+
+
+def test_a_fresh_database_gets_the_current_schema_and_the_default_experiment(
+    database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_main(database)
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+    # The Default experiment records where `--serve-artifacts` puts its runs.
+    assert _scalar(database, "SELECT artifact_location FROM experiments WHERE experiment_id = 0") == (
+        "mlflow-artifacts:/0"
+    )
+    assert "upgrading" not in capsys.readouterr().err
+    # No auth config asked for: no auth database.
+    assert not _database_exists(database, "_auth")
+
+
+def _database_exists(uri: str, suffix: str) -> bool:
+    name = uri.rsplit("/", 1)[1] + suffix
+    admin = uri.rsplit("/", 1)[0] + "/postgres"
+    engine = sqlalchemy.create_engine(admin)
+    try:
+        with engine.connect() as connection:
+            query = sqlalchemy.text("SELECT count(*) FROM pg_database WHERE datname = :name")
+            return bool(connection.execute(query, {"name": name}).scalar())
+    finally:
+        engine.dispose()
+
+
+def test_an_older_schema_is_upgraded_and_keeps_its_data(
+    database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.store.db.utils import _get_alembic_config
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    script = _migrations()
+    # Three revisions behind head: what an older MLflow release left behind.
+    older = _head()
+    for _ in range(3):
+        down = script.get_revision(older).down_revision
+        assert isinstance(down, str)
+        older = down
+    engine = sqlalchemy.create_engine(database)
+    # How MLflow itself starts a database: the initial tables, then the migrations.
+    InitialBase.metadata.create_all(engine)
+    with engine.begin() as connection:
+        config = _get_alembic_config(database)  # type: ignore[no-untyped-call]  # mlflow ships no types
+        config.attributes["connection"] = connection
+        command.upgrade(config, older)
+    engine.dispose()
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == older
+    with sqlalchemy.create_engine(database).begin() as connection:
+        connection.execute(
+            sqlalchemy.text(
+                "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
+                "VALUES (7, 'kept', 'mlflow-artifacts:/7', 'active')"
+            )
+        )
+
+    run_main(database)
+    assert "prepare_db: upgrading the tracking schema" in capsys.readouterr().err
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+    assert _scalar(database, "SELECT name FROM experiments WHERE experiment_id = 7") == "kept"
+
+
+def test_the_auth_database_is_created_once_and_the_config_reads_back(
+    current_database: str, run_main: Callable[..., None], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_path = tmp_path / "basic-auth.ini"
+    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_USERNAME="root-admin")
+    first = capsys.readouterr().err
+    auth_name = current_database.rsplit("/", 1)[1] + "_auth"
+    assert f"prepare_db: creating database {auth_name}" in first
+    assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+
+    # ConfigParser's interpolation reads the file back: the doubled '%' must come out single.
+    parser = configparser.ConfigParser()
+    assert parser.read(config_path) == [str(config_path)]
+    section = parser["mlflow"]
+    assert dict(section) == {
+        "default_permission": "READ",
+        "database_uri": section["database_uri"],
+        "admin_username": "root-admin",
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    auth_url = make_url(section["database_uri"])
+    assert (auth_url.drivername, auth_url.username, auth_url.host, auth_url.database) == (
+        "postgresql+psycopg",
+        "mlflow",
+        "127.0.0.1",
+        auth_name,
+    )
+    assert auth_url.password == "s3cret%pa ss@word:/"
+    # The URI read back connects: the password survived both encodings.
+    assert _scalar(section["database_uri"], "SELECT current_database()") == auth_name
+
+    # A restart finds the database and does not create it again.
+    config_path.unlink()
+    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_USERNAME="root-admin")
+    assert "creating database" not in capsys.readouterr().err
+    assert config_path.exists()
+
+
+def test_the_default_permission_and_admin_come_from_the_environment(
+    current_database: str, run_main: Callable[..., None], tmp_path: Path
+) -> None:
+    config_path = tmp_path / "basic-auth.ini"
+    config_path.write_text("stale content that must be replaced entirely\n" * 10, encoding="utf-8")
+    run_main(current_database, config_path, MLFLOW_AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS")
+    parser = configparser.ConfigParser()
+    parser.read(config_path)
+    assert parser["mlflow"]["default_permission"] == "NO_PERMISSIONS"
+    assert "stale content" not in config_path.read_text(encoding="utf-8")
+
+
+def test_the_defaults_without_environment(
+    current_database: str, run_main: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_AUTH_DEFAULT_PERMISSION", raising=False)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    config_path = tmp_path / "basic-auth.ini"
+    run_main(current_database, config_path)
+    parser = configparser.ConfigParser()
+    parser.read(config_path)
+    assert (parser["mlflow"]["default_permission"], parser["mlflow"]["admin_username"]) == ("READ", "admin")
+
+
+def test_a_wrong_password_fails_fast(
+    postgres: PostgresServer, database: str, run_main: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(prepare_db.time, "sleep", sleeps.append)
+    wrong = postgres.uri(database.rsplit("/", 1)[1], password="not-the-password")
+    started = time.monotonic()
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed"):
+        run_main(wrong)
+    # No retry: a wrong password does not fix itself.
+    assert sleeps == []
+    assert time.monotonic() - started < 10
+
+
+def test_an_unreachable_server_is_retried_then_given_up(
+    run_main: Callable[..., None], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(prepare_db.time, "sleep", sleeps.append)
+    # Port 1 on loopback: nothing listens, every attempt is refused.
+    with pytest.raises(sqlalchemy.exc.OperationalError):
+        run_main("postgresql+psycopg://u:p@127.0.0.1:1/db")
+    assert sleeps == [2] * 29
+    assert capsys.readouterr().err.count("prepare_db: database not ready (OperationalError), retrying") == 29
+
+
+def test_a_server_that_comes_up_late_is_waited_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(prepare_db.time, "sleep", sleeps.append)
+    attempts: list[int] = []
+
+    class LateEngine:
+        """Refuses the first two connects, as Postgres does while it restarts."""
+
+        def connect(self) -> contextlib.nullcontext[None]:
+            attempts.append(1)
+            if len(attempts) <= 2:
+                raise sqlalchemy.exc.OperationalError("connect", {}, Exception("connection refused"))
+            return contextlib.nullcontext()
+
+    prepare_db._wait_for_database(LateEngine())
+    assert (len(attempts), sleeps) == (3, [2, 2])
+    assert capsys.readouterr().err.count("retrying") == 2
