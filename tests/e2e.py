@@ -154,6 +154,7 @@ class Seed:
 
 def write_seed(client: MlflowClient, directory: Path) -> Seed:
     """Logs a realistic set through the MLflow client: params, tags, 1,001 metrics, a 12 MB artifact, a model."""
+    directory.mkdir(parents=True, exist_ok=True)
     experiment_id = client.create_experiment("e2e-tracking")
     run = client.create_run(experiment_id, tags={"team": "platform"}, run_name="seeded")
     run_id = run.info.run_id
