@@ -340,10 +340,19 @@ INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
     "postgresMemoryMb": (128, 1_048_576),
     "hostPort": (1, 65535),
     "workers": (1, 32),
-    "mlflowMemoryMb": (256, 1_048_576),
+    "mlflowMemoryMb": (512, 1_048_576),
     "adminPasswordLength": (24, 128),
     "logMaxFiles": (1, 100),
     "startupTimeoutSeconds": (30, 3600),
+    "httpsPort": (1, 65535),
+    "httpPort": (1, 65535),
+    "maxUploadMb": (1, 1_048_576),
+    "proxyMemoryMb": (64, 1_048_576),
+    "authCacheTtlSeconds": (0, 300),
+    "backupIntervalHours": (1, 720),
+    "backupIntervalMinutes": (0, 59),
+    "backupKeep": (1, 1000),
+    "gcIntervalHours": (1, 720),
 }
 _FIELD = {  # config key -> StackSettings attribute
     "postgresPasswordLength": "postgres_password_length",
@@ -354,7 +363,19 @@ _FIELD = {  # config key -> StackSettings attribute
     "adminPasswordLength": "admin_password_length",
     "logMaxFiles": "log_max_files",
     "startupTimeoutSeconds": "startup_timeout_seconds",
+    "httpsPort": "https_port",
+    "httpPort": "http_port",
+    "maxUploadMb": "max_upload_mb",
+    "proxyMemoryMb": "proxy_memory_mb",
+    "authCacheTtlSeconds": "auth_cache_ttl_seconds",
+    "backupIntervalHours": "backup_interval_hours",
+    "backupIntervalMinutes": "backup_interval_minutes",
+    "backupKeep": "backup_keep",
+    "gcIntervalHours": "gc_interval_hours",
 }
+# Bounds are checked on dev; where another key must make room for a bound (32 workers need the
+# memory for 32 workers), it is given here.
+_ROOM_FOR: dict[str, dict[str, object]] = {"workers": {"mlflowMemoryMb": 1_048_576}, "mlflowMemoryMb": {"workers": 1}}
 
 
 def test_the_bounds_table_covers_every_integer_key() -> None:
@@ -372,7 +393,7 @@ _BOUND_CASES = [
 @pytest.mark.parametrize(("key", "value", "accepted"), _BOUND_CASES, ids=[f"{k}={v}" for k, v, _ in _BOUND_CASES])
 def test_integer_bounds_at_both_ends(key: str, value: int, accepted: bool) -> None:
     low, high = INTEGER_BOUNDS[key]
-    install(EngineMocks(), "dev", {key: value})
+    install(EngineMocks(), "dev", {**_ROOM_FOR.get(key, {}), key: value})
     if accepted:
         assert getattr(load_settings(), _FIELD[key]) == value
     else:
@@ -398,27 +419,28 @@ def test_tracking_uri_brackets_ipv6_hosts(public_host: str, port: int, expected:
 
 
 @pytest.mark.parametrize(
-    ("hosts", "accepted"),
+    ("hosts", "expected"),
     [
-        (["::1"], False),  # a Host header brackets IPv6: a bare address never matches
-        (["2001:db8::5"], False),
-        (["[::1]:5000"], True),
-        (["[2001:db8::5]"], True),
-        (["10.0.0.5:8080"], True),
-        (["mlflow.example.com:65535"], True),
-        (["mlflow.example.com:1", "[::1]:1"], True),
-        (["mlflow.example.com:0"], False),
-        (["mlflow.example.com:65536"], False),
-        (["[::1]:0"], False),
-        (["[::1"], False),
-        (["[mlflow.example.com]:5000"], False),
-        (["2001:db8::zz"], False),
+        # A Host header brackets IPv6: a bare address is written as clients send it.
+        (["::1"], ("[::1]",)),
+        (["2001:db8::5"], ("[2001:db8::5]",)),
+        (["[::1]:5000"], ("[::1]:5000",)),
+        (["[2001:db8::5]"], ("[2001:db8::5]",)),
+        (["10.0.0.5:8080"], ("10.0.0.5:8080",)),
+        (["mlflow.example.com:65535"], ("mlflow.example.com:65535",)),
+        (["MLflow.Example.com:1", "[::1]:1"], ("mlflow.example.com:1", "[::1]:1")),
+        (["mlflow.example.com:0"], None),
+        (["mlflow.example.com:65536"], None),
+        (["[::1]:0"], None),
+        (["[::1"], None),
+        (["[mlflow.example.com]:5000"], None),
+        (["2001:db8::zz"], None),
     ],
 )
-def test_allowed_hosts_ipv6_forms(hosts: list[str], accepted: bool) -> None:
+def test_allowed_hosts_ipv6_forms(hosts: list[str], expected: tuple[str, ...] | None) -> None:
     install(EngineMocks(), "dev", {"allowedHosts": hosts})
-    if accepted:
-        assert load_settings().allowed_hosts == tuple(hosts)
+    if expected is not None:
+        assert load_settings().allowed_hosts == expected
     else:
         with pytest.raises(SettingsError, match=r"config key 'allowedHosts' has the value .*; each item must be"):
             load_settings()
@@ -437,31 +459,37 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
     (
         "dev",
         {"postgresImage": "postgres:latest"},
-        "config key 'postgresImage' has the value 'postgres:latest'; accepted: an image reference such as "
-        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an @sha256 digest",
+        "config key 'postgresImage' has the value 'postgres:latest'; accepted: an image "
+        "reference such as 'registry.example.com/postgres:17.6', pinned to a tag other than "
+        "'latest' or to an @sha256 digest",
     ),
     (
         "dev",
         {"baseImage": "python"},
         "config key 'baseImage' has the value 'python'; accepted: an image reference such as "
-        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an @sha256 digest",
+        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an "
+        "@sha256 digest",
     ),
     (
         "dev",
         {"postgresDatabase": "ml-flow"},
-        "config key 'postgresDatabase' has the value 'ml-flow'; accepted: a lower-case Postgres identifier "
-        "([a-z_][a-z0-9_]*, at most 63 characters)",
+        "config key 'postgresDatabase' has the value 'ml-flow'; accepted: a lower-case Postgres "
+        "identifier ([a-z_][a-z0-9_]*) of at most 58 characters (the auth database is the name "
+        "plus '_auth'), other than postgres, template0, template1",
     ),
     (
         "dev",
         {"postgresUser": "Admin"},
-        "config key 'postgresUser' has the value 'Admin'; accepted: a lower-case Postgres identifier "
-        "([a-z_][a-z0-9_]*, at most 63 characters)",
+        "config key 'postgresUser' has the value 'Admin'; accepted: a lower-case Postgres "
+        "identifier ([a-z_][a-z0-9_]*, at most 63 characters) other than 'postgres' (the "
+        "cluster's superuser) and not starting with 'pg_'",
     ),
     (
         "dev",
         {"mlflowVersion": "3.17"},
-        "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow 3.x release such as '3.17.2'",
+        "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow release such "
+        "as '3.17.2', 3.10.0 or newer (the oldest with --allowed-hosts, "
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION and graceful SIGTERM handling)",
     ),
     (
         "dev",
@@ -471,55 +499,99 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
     (
         "dev",
         {"bindAddress": "localhost"},
-        "config key 'bindAddress' has the value 'localhost'; accepted: an IPv4 or IPv6 address such as "
-        "127.0.0.1 or 0.0.0.0",
+        "config key 'bindAddress' has the value 'localhost'; accepted: an IPv4 or IPv6 address "
+        "such as 127.0.0.1 or 0.0.0.0",
     ),
     (
         "dev",
         {"bindAddress": "0.0.0.0"},
-        "config key 'bindAddress' has the value '0.0.0.0'; a non-loopback address publishes the server beyond "
-        "this host; accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
+        "config key 'bindAddress' has the value '0.0.0.0'; a non-loopback address publishes the "
+        "server beyond this host; accepted while authEnabled is false: a loopback address "
+        "(127.0.0.1 or ::1)",
     ),
     (
         "dev",
         {"allowedHosts": "mlflow.example.com"},
-        "config key 'allowedHosts' has the value 'mlflow.example.com'; accepted: a list of a host name or IP "
-        "address as a Host header carries it (IPv6 in brackets), optionally with ':port'",
+        "config key 'allowedHosts' has the value 'mlflow.example.com'; accepted: a list of a "
+        "host name or IP address, optionally with ':port' (an IPv6 address with a port in "
+        "brackets)",
     ),
     (
         "dev",
         {"allowedHosts": {"host": "x"}},
-        "config key 'allowedHosts' has the value {'host': 'x'}; accepted: a list of a host name or IP "
-        "address as a Host header carries it (IPv6 in brackets), optionally with ':port'",
+        "config key 'allowedHosts' has the value {'host': 'x'}; accepted: a list of a host name "
+        "or IP address, optionally with ':port' (an IPv6 address with a port in brackets)",
     ),
     (
         "dev",
         {"allowedHosts": ["ok.example.com", "bad host"]},
-        "config key 'allowedHosts' has the value 'bad host'; each item must be a host name or IP address as a "
-        "Host header carries it (IPv6 in brackets), optionally with ':port'",
+        "config key 'allowedHosts' has the value 'bad host'; each item must be a host name or IP "
+        "address, optionally with ':port' (an IPv6 address with a port in brackets)",
     ),
     (
         "dev",
         {"corsAllowedOrigins": ["ml.example.com"]},
-        "config key 'corsAllowedOrigins' has the value 'ml.example.com'; each item must be an origin such as "
-        "'https://ml.example.com' (no path)",
+        "config key 'corsAllowedOrigins' has the value 'ml.example.com'; each item must be one "
+        "origin such as 'https://ml.example.com' (scheme://host[:port]: no path, no comma)",
     ),
     (
         "dev",
         {"logMaxSize": "10MB"},
         "config key 'logMaxSize' has the value '10MB'; accepted: a size such as '10m' (a whole number, then k, m or g)",
     ),
-    ("dev", {"useWheelhouse": "yes"}, "config key 'useWheelhouse' has the value 'yes'; accepted: true or false"),
-    ("dev", {"workers": "two"}, "config key 'workers' has the value 'two'; accepted: an integer from 1 to 32"),
+    (
+        "dev",
+        {"useWheelhouse": "yes"},
+        "config key 'useWheelhouse' has the value 'yes'; accepted: true or false",
+    ),
+    (
+        "dev",
+        {"workers": "two"},
+        "config key 'workers' has the value 'two'; accepted: an integer from 1 to 32",
+    ),
     (
         "prod",
         {"authEnabled": False},
-        "config key 'authEnabled' has the value False; the 'prod' stack holds shared data: accepted: true",
+        "config key 'authEnabled' has the value False; the 'prod' stack holds shared data "
+        "(environmentKind is not 'dev'): accepted: true",
     ),
     (
         "staging",
         {"protectData": False},
-        "config key 'protectData' has the value False; the 'staging' stack holds shared data: accepted: true",
+        "config key 'protectData' has the value False; the 'staging' stack holds shared data "
+        "(environmentKind is not 'dev'): accepted: true",
+    ),
+    (
+        "prod",
+        {"tlsMode": "off"},
+        "config key 'tlsMode' has the value 'off'; the 'prod' stack holds shared data and is "
+        "reached over a network (environmentKind is not 'dev'): accepted: internal, acme, "
+        "provided",
+    ),
+    (
+        "dev",
+        {"authEnabled": True, "bindAddress": "0.0.0.0"},
+        "config key 'bindAddress' has the value '0.0.0.0'; a non-loopback address sends "
+        "passwords across the network; accepted while tlsMode is off: a loopback address "
+        "(127.0.0.1 or ::1)",
+    ),
+    (
+        "prod",
+        {"httpPort": 443},
+        "config key 'httpPort' has the value 443; accepted: a port other than httpsPort (443)",
+    ),
+    (
+        "prod",
+        {"tlsMode": "acme", "publicHost": "localhost", "acmeEmail": "ops@example.com"},
+        "config key 'publicHost' has the value 'localhost'; tlsMode acme needs a public DNS name "
+        "that resolves to this host (not an IP address or localhost); accepted otherwise: "
+        "tlsMode internal or provided",
+    ),
+    (
+        "prod",
+        {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops"},
+        "config key 'acmeEmail' has the value 'ops'; tlsMode acme needs a contact address for "
+        "the ACME account: accepted: an e-mail address",
     ),
 ]
 
