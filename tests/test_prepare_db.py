@@ -215,14 +215,30 @@ def test_an_older_schema_is_upgraded_and_keeps_its_data(
     assert _scalar(database, "SELECT name FROM experiments WHERE experiment_id = 7") == "kept"
 
 
-def test_the_auth_database_is_created_once_and_the_config_reads_back(
+def _with_auth_database(uri: str) -> None:
+    """What DatabaseBootstrap does before MLflow starts: the role's auth database (prepare_db may not create it)."""
+    name = uri.rsplit("/", 1)[1] + "_auth"
+    engine = sqlalchemy.create_engine(uri, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+
+
+def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
     current_database: str, run_main: Callable[..., None], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    _with_auth_database(current_database)
     config_path = tmp_path / "basic-auth.ini"
-    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_USERNAME="root-admin")
-    first = capsys.readouterr().err
-    auth_name = current_database.rsplit("/", 1)[1] + "_auth"
-    assert f"prepare_db: creating database {auth_name}" in first
+    run_main(
+        current_database,
+        config_path,
+        MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD="first%Pass word1",
+        MLFLOW_AUTH_CACHE_TTL_SECONDS="30",
+    )
+    assert "prepare_db: created admin user 'root-admin'" in capsys.readouterr().err
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
 
     # ConfigParser's interpolation reads the file back: the doubled '%' must come out single.
@@ -233,32 +249,51 @@ def test_the_auth_database_is_created_once_and_the_config_reads_back(
         "default_permission": "READ",
         "database_uri": section["database_uri"],
         "admin_username": "root-admin",
+        "admin_password": "first%Pass word1",
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+        "auth_cache_ttl_seconds": "30",
     }
     auth_url = make_url(section["database_uri"])
     assert (auth_url.drivername, auth_url.username, auth_url.host, auth_url.database) == (
         "postgresql+psycopg",
         "mlflow",
         "127.0.0.1",
-        auth_name,
+        current_database.rsplit("/", 1)[1] + "_auth",
     )
     assert auth_url.password == "s3cret%pa ss@word:/"
-    # The URI read back connects: the password survived both encodings.
-    assert _scalar(section["database_uri"], "SELECT current_database()") == auth_name
 
-    # A restart finds the database and does not create it again.
-    config_path.unlink()
-    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_USERNAME="root-admin")
-    assert "creating database" not in capsys.readouterr().err
-    assert config_path.exists()
+    # A later start with another declared password (a rotation, kept or restored data) puts it in force.
+    run_main(
+        current_database,
+        config_path,
+        MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD="second-long-Pass1",
+    )
+    assert "prepare_db: set the declared password of admin user 'root-admin'" in capsys.readouterr().err
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
+
+    store = AuthStore()
+    store.init_db(section["database_uri"])
+    try:
+        assert store.authenticate_user("root-admin", "second-long-Pass1")
+        assert not store.authenticate_user("root-admin", "first%Pass word1")
+        assert store.get_user("root-admin").is_admin
+    finally:
+        store.engine.dispose()
 
 
 def test_the_default_permission_and_admin_come_from_the_environment(
     current_database: str, run_main: Callable[..., None], tmp_path: Path
 ) -> None:
+    _with_auth_database(current_database)
     config_path = tmp_path / "basic-auth.ini"
     config_path.write_text("stale content that must be replaced entirely\n" * 10, encoding="utf-8")
-    run_main(current_database, config_path, MLFLOW_AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS")
+    run_main(
+        current_database,
+        config_path,
+        MLFLOW_AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS",
+        MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12",
+    )
     parser = configparser.ConfigParser()
     parser.read(config_path)
     assert parser["mlflow"]["default_permission"] == "NO_PERMISSIONS"
@@ -268,13 +303,19 @@ def test_the_default_permission_and_admin_come_from_the_environment(
 def test_the_defaults_without_environment(
     current_database: str, run_main: Callable[..., None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("MLFLOW_AUTH_DEFAULT_PERMISSION", raising=False)
-    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
+    _with_auth_database(current_database)
+    for key in ("MLFLOW_AUTH_DEFAULT_PERMISSION", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_CACHE_TTL_SECONDS"):
+        monkeypatch.delenv(key, raising=False)
     config_path = tmp_path / "basic-auth.ini"
-    run_main(current_database, config_path)
+    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
     parser = configparser.ConfigParser()
     parser.read(config_path)
-    assert (parser["mlflow"]["default_permission"], parser["mlflow"]["admin_username"]) == ("READ", "admin")
+    section = parser["mlflow"]
+    assert (section["default_permission"], section["admin_username"], section["auth_cache_ttl_seconds"]) == (
+        "READ",
+        "admin",
+        "0",
+    )
 
 
 def test_a_wrong_password_fails_fast(
