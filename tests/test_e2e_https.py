@@ -104,7 +104,8 @@ def test_the_certificate_names_the_public_host_and_chains_to_the_stack_root(prod
     _, certificate = _handshake(8443, "localhost", os.environ["REQUESTS_CA_BUNDLE"])
     assert _names(certificate) == ["localhost"]
     root = x509.load_pem_x509_certificate(str(prod.outputs["ca_certificate"]).encode())
-    assert root.subject.rfc4514_string() == "CN=mlflow-platform-prod root CA,O=mlflow-platform"
+    # Named after the stack (its network carries the project and stack name): whose root it is.
+    assert root.subject.rfc4514_string() == f"CN={prod.outputs['network_name']} root CA,O=mlflow-platform"
     # Caddy signs with an intermediate of its own below the root.
     assert certificate.issuer != root.subject
 
