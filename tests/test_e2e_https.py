@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -202,10 +203,11 @@ def test_a_redeploy_keeps_the_ca_root(prod: e2e.Deployed, tmp_path: Path) -> Non
 def test_a_provided_certificate_is_served(docker_client: docker.DockerClient, tmp_path: Path) -> None:
     ca = self_signed(["Test Company CA"], ca=True)
     leaf = issued_by(ca, ["localhost"])
+    # Ports of its own: the module's prod stack still holds 8443 and 8080.
     overrides = {
         "publicHost": "localhost",
-        "httpsPort": 8443,
-        "httpPort": 8080,
+        "httpsPort": 7443,
+        "httpPort": 7080,
         "bindAddress": "127.0.0.1",
         "tlsMode": "provided",
         "tlsCertificate": leaf.certificate,
@@ -214,7 +216,7 @@ def test_a_provided_certificate_is_served(docker_client: docker.DockerClient, tm
     with e2e.stack("staging", overrides) as deployed:
         ca_file = tmp_path / "company-ca.pem"
         ca_file.write_text(ca.certificate)
-        _, served = _handshake(8443, "localhost", str(ca_file))
+        _, served = _handshake(7443, "localhost", str(ca_file))
         assert served == x509.load_pem_x509_certificate(leaf.certificate.encode())
         response = requests.get(f"{deployed.tracking_uri}/health", verify=str(ca_file), timeout=10)
         assert (response.status_code, response.headers["Strict-Transport-Security"]) == (200, "max-age=31536000")
@@ -250,7 +252,9 @@ def acme_server(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[
     from tests.local_deploy.prepare import STANDIN_CADDY_IMAGE
 
     image = STANDIN_CADDY_IMAGE if deployer.standins_enabled() else "caddy:2.11.4"
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    # The default bridge's gateway is the host's docker0 address; Docker may not spell it out.
+    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
     config = tmp_path / "Caddyfile"
     config.write_text(ACME_CADDYFILE.format(address=gateway, port=ACME_PORT))
     container = docker_client.containers.run(
