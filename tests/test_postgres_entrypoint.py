@@ -45,3 +45,8 @@ def test_another_major_stops_naming_key_majors_and_procedure(tmp_path: Path) -> 
     ) in result.stderr
     assert "set postgresImage back to a 17.x image" in result.stderr
     assert "README.md, section 'Upgrading Postgres to a new major version'" in result.stderr
+
+
+def test_the_procedure_the_message_names_exists() -> None:
+    readme = (SCRIPT.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert "\n## Upgrading Postgres to a new major version\n" in readme
