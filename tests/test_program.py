@@ -169,7 +169,7 @@ def test_mlflow_server_contract() -> pulumi.Output[None]:
         assert _flag(command, "--artifacts-destination") == "/mlflow/artifacts"
         assert "--serve-artifacts" in command
         assert "--default-artifact-root" not in command
-        assert _flag(command, "--workers") == "2"  # Pulumi.dev.yaml
+        assert _flag(command, "--workers") == "4"  # Pulumi.dev.yaml
         assert "--app-name" not in command
         assert server.inputs["healthcheck"]["tests"][-1].endswith("/health', timeout=4)")
         assert server.inputs["restart"] == "unless-stopped"
@@ -207,7 +207,7 @@ STACK_DIFFERENCES = {
         "protected": False,
         "bind": "127.0.0.1",
         "host": "localhost",
-        "workers": "2",
+        "workers": "4",
         "mem": 1536,
         "connections": 100,
     },
