@@ -57,7 +57,7 @@ def results() -> dict[str, int | None]:
     return found
 
 
-def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
+def score(codes: dict[str, int | None], listed: dict[str, str], every_mutant: set[str]) -> int:
     """Prints the survivors and the score of the mutants that ran; 0 when it meets the target."""
     ran = {name: code for name, code in codes.items() if code is not None}
     counts: Counter[str] = Counter()
@@ -67,6 +67,7 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
             counts["equivalent"] += 1
         elif code == _KILLED or code in _TIMEOUTS:
             counts["killed"] += 1
+            counts["by timeout"] += code in _TIMEOUTS
         elif code == _SURVIVED:
             counts["survived"] += 1
             survivors.append(name)
@@ -76,17 +77,20 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
         else:
             counts[f"other ({code})"] += 1
             survivors.append(name)
-    stale = sorted(set(listed) - set(codes))
+    stale = sorted(set(listed) - every_mutant)
     considered = len(ran) - counts["equivalent"]
     ratio = counts["killed"] / considered if considered else 0.0
     for name in survivors:
         print(f"survived: {name} (`venv/bin/mutmut show '{name}'`)")
     for name in stale:
         print(f"stale entry in {EQUIVALENTS_FILE.name}: {name} is no longer a mutant")
-    others = ", ".join(f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent"))
+    others = ", ".join(
+        f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent", "by timeout")
+    )
     not_run = len(codes) - len(ran)
     print(
-        f"mutation score: {ratio:.1%} ({counts['killed']} killed of {considered}; {len(ran)} mutants ran"
+        f"mutation score: {ratio:.1%} ({counts['killed']} killed, {counts['by timeout']} of them by timeout, "
+        f"of {considered}; {len(ran)} mutants ran"
         + (f" of {len(codes)}" if not_run else "")
         + f", {counts['equivalent']} listed equivalent"
         + (f", {others}" if others else "")
@@ -127,10 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             command = [_mutmut(), "run", "--max-children", str(args.max_children), *chosen]
             result = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False)
         print(f"mutmut ran for {time.monotonic() - started:.0f}s (exit {result.returncode})")
-    codes = results()
-    if chosen:
-        codes = {name: code for name, code in codes.items() if name in chosen}
-    return score(codes, listed)
+    every = results()
+    codes = {name: code for name, code in every.items() if name in chosen} if chosen else every
+    return score(codes, listed, set(every))
 
 
 def _make_template(server: object, env: dict[str, str]) -> str:
