@@ -8,7 +8,8 @@ then scores the result:
 
     score = killed / (mutants - listed equivalents)
 
-where killed counts mutants a test failed on (or timed out on), and the equivalents
+where killed counts mutants a test failed on (a mutant stopped by mutmut's CPU-time limit
+is re-run with `pytest -x` to tell a failure from a pass or a hang), and the equivalents
 are listed in tests/mutation-equivalents.toml, each with a one-line reason. A
 surviving mutant that is not listed is printed; the run fails below the target.
 """
@@ -101,6 +102,46 @@ def score(codes: dict[str, int | None], listed: dict[str, str], every_mutant: se
     return 0 if ratio >= TARGET and not not_run else 1
 
 
+def verify_timeouts(codes: dict[str, int | None], wall_seconds: float = 300) -> dict[str, int | None]:
+    """Re-runs each mutant mutmut stopped on its CPU-time limit, with `pytest -x` on the tests
+    that reach it: a test failure is a kill, passing tests a survivor, a hang a timeout.
+
+    mutmut runs every test of a mutant to the end; under a loaded machine a mutant whose
+    tests all fail slowly can hit the limit, which says nothing about whether it was caught.
+    """
+    checked = dict(codes)
+    cache_path = MUTANTS_DIR / "timeouts-rechecked.json"
+    cache: dict[str, int] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    for name, code in sorted(codes.items()):
+        if code not in _TIMEOUTS:
+            continue
+        if name in cache:
+            checked[name] = cache[name]
+            continue
+        listing = subprocess.run(
+            [_mutmut(), "tests-for-mutant", name], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
+        )
+        tests = [line for line in listing.stdout.splitlines() if "::" in line]
+        env = {**os.environ, "MUTANT_UNDER_TEST": name}
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                cwd=MUTANTS_DIR,
+                env=env,
+                capture_output=True,
+                timeout=wall_seconds,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        checked[name] = _KILLED if result.returncode == 1 else _SURVIVED if result.returncode == 0 else code
+        if checked[name] in (_KILLED, _SURVIVED):
+            cache[name] = checked[name]
+            cache_path.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+        print(f"timeout re-checked: {name}: {'killed' if checked[name] == _KILLED else 'survived'}", flush=True)
+    return checked
+
+
 def sample(size: int, seed: int) -> list[str]:
     """A reproducible random sample of the mutants (generated first, without running any)."""
     if not results():
@@ -119,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true", help="score the last run without running mutmut")
     parser.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=13, help="the sample's random seed")
+    parser.add_argument(
+        "--keep-timeouts", action="store_true", help="count CPU-limit stops as kills without re-running them"
+    )
     parser.add_argument("mutants", nargs="*", help="only these mutants (mutmut names or globs)")
     args = parser.parse_args(argv)
     listed = equivalents()
@@ -133,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutmut ran for {time.monotonic() - started:.0f}s (exit {result.returncode})")
     every = results()
     codes = {name: code for name, code in every.items() if name in chosen} if chosen else every
+    if not args.keep_timeouts:
+        codes = verify_timeouts(codes)
     return score(codes, listed, set(every))
 
 
