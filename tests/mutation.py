@@ -134,11 +134,12 @@ def verify_timeouts(codes: dict[str, int | None], wall_seconds: float = 300) -> 
             )
         except subprocess.TimeoutExpired:
             continue
-        checked[name] = _KILLED if result.returncode == 1 else _SURVIVED if result.returncode == 0 else code
-        if checked[name] in (_KILLED, _SURVIVED):
-            cache[name] = checked[name]
-            cache_path.write_text(json.dumps(cache, indent=1), encoding="utf-8")
-        print(f"timeout re-checked: {name}: {'killed' if checked[name] == _KILLED else 'survived'}", flush=True)
+        if result.returncode not in (0, 1):
+            continue  # pytest itself failed to run: keep mutmut's verdict
+        verdict = _KILLED if result.returncode == 1 else _SURVIVED
+        checked[name] = cache[name] = verdict
+        cache_path.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+        print(f"timeout re-checked: {name}: {'killed' if verdict == _KILLED else 'survived'}", flush=True)
     return checked
 
 
