@@ -33,5 +33,13 @@ def docker_client() -> Iterator[Any]:
         if os.environ.get("REQUIRE_DOCKER") == "1":
             pytest.fail(f"REQUIRE_DOCKER=1 but {message}")
         pytest.skip(message)
+    from tests.local_deploy import deployer
+
+    if deployer.standins_enabled():
+        try:
+            deployer.require_standin_images(client)
+        except deployer.DeployError as error:
+            # Every end-to-end test would fail on it: one line for the whole run instead.
+            pytest.exit(str(error), returncode=1)
     yield client
     client.close()

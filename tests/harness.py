@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from google.protobuf import json_format  # type: ignore[import-untyped]
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
 
@@ -85,6 +86,8 @@ class EngineMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.registrations: dict[str, Registration] = {}
         self.pending_options: dict[tuple[str, str], dict[str, Any]] = {}
+        # URN -> what a component passed to register_outputs (secrets unwrapped).
+        self.registered_outputs: dict[str, dict[str, Any]] = {}
 
     # Subclasses (the local deployer) override this to realise the resource.
     def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -179,6 +182,11 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 },
             }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        outputs = json_format.MessageToDict(request.outputs, preserving_proto_field_name=True)
+        self._engine_mocks.registered_outputs[request.urn] = unwrap(outputs)
+        return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
 
 @contextmanager

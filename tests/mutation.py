@@ -8,7 +8,8 @@ then scores the result:
 
     score = killed / (mutants - listed equivalents)
 
-where killed counts mutants a test failed on (or timed out on), and the equivalents
+where killed counts mutants a test failed on (a mutant stopped by mutmut's CPU-time limit
+is re-run with `pytest -x` to tell a failure from a pass or a hang), and the equivalents
 are listed in tests/mutation-equivalents.toml, each with a one-line reason. A
 surviving mutant that is not listed is printed; the run fails below the target.
 """
@@ -57,7 +58,7 @@ def results() -> dict[str, int | None]:
     return found
 
 
-def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
+def score(codes: dict[str, int | None], listed: dict[str, str], every_mutant: set[str]) -> int:
     """Prints the survivors and the score of the mutants that ran; 0 when it meets the target."""
     ran = {name: code for name, code in codes.items() if code is not None}
     counts: Counter[str] = Counter()
@@ -67,6 +68,7 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
             counts["equivalent"] += 1
         elif code == _KILLED or code in _TIMEOUTS:
             counts["killed"] += 1
+            counts["by timeout"] += code in _TIMEOUTS
         elif code == _SURVIVED:
             counts["survived"] += 1
             survivors.append(name)
@@ -76,17 +78,20 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
         else:
             counts[f"other ({code})"] += 1
             survivors.append(name)
-    stale = sorted(set(listed) - set(codes))
+    stale = sorted(set(listed) - every_mutant)
     considered = len(ran) - counts["equivalent"]
     ratio = counts["killed"] / considered if considered else 0.0
     for name in survivors:
         print(f"survived: {name} (`venv/bin/mutmut show '{name}'`)")
     for name in stale:
         print(f"stale entry in {EQUIVALENTS_FILE.name}: {name} is no longer a mutant")
-    others = ", ".join(f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent"))
+    others = ", ".join(
+        f"{counts[key]} {key}" for key in sorted(counts) if key not in ("killed", "equivalent", "by timeout")
+    )
     not_run = len(codes) - len(ran)
     print(
-        f"mutation score: {ratio:.1%} ({counts['killed']} killed of {considered}; {len(ran)} mutants ran"
+        f"mutation score: {ratio:.1%} ({counts['killed']} killed, {counts['by timeout']} of them by timeout, "
+        f"of {considered}; {len(ran)} mutants ran"
         + (f" of {len(codes)}" if not_run else "")
         + f", {counts['equivalent']} listed equivalent"
         + (f", {others}" if others else "")
@@ -95,6 +100,47 @@ def score(codes: dict[str, int | None], listed: dict[str, str]) -> int:
     if not_run:
         print(f"{not_run} mutants did not run: the score covers only those that did")
     return 0 if ratio >= TARGET and not not_run else 1
+
+
+def verify_timeouts(codes: dict[str, int | None], wall_seconds: float = 300) -> dict[str, int | None]:
+    """Re-runs each mutant mutmut stopped on its CPU-time limit, with `pytest -x` on the tests
+    that reach it: a test failure is a kill, passing tests a survivor, a hang a timeout.
+
+    mutmut runs every test of a mutant to the end; under a loaded machine a mutant whose
+    tests all fail slowly can hit the limit, which says nothing about whether it was caught.
+    """
+    checked = dict(codes)
+    cache_path = MUTANTS_DIR / "timeouts-rechecked.json"
+    cache: dict[str, int] = json.loads(cache_path.read_text(encoding="utf-8")) if cache_path.exists() else {}
+    for name, code in sorted(codes.items()):
+        if code not in _TIMEOUTS:
+            continue
+        if name in cache:
+            checked[name] = cache[name]
+            continue
+        listing = subprocess.run(
+            [_mutmut(), "tests-for-mutant", name], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
+        )
+        tests = [line for line in listing.stdout.splitlines() if "::" in line]
+        env = {**os.environ, "MUTANT_UNDER_TEST": name}
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                cwd=MUTANTS_DIR,
+                env=env,
+                capture_output=True,
+                timeout=wall_seconds,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            continue
+        if result.returncode not in (0, 1):
+            continue  # pytest itself failed to run: keep mutmut's verdict
+        verdict = _KILLED if result.returncode == 1 else _SURVIVED
+        checked[name] = cache[name] = verdict
+        cache_path.write_text(json.dumps(cache, indent=1), encoding="utf-8")
+        print(f"timeout re-checked: {name}: {'killed' if verdict == _KILLED else 'survived'}", flush=True)
+    return checked
 
 
 def sample(size: int, seed: int) -> list[str]:
@@ -115,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-only", action="store_true", help="score the last run without running mutmut")
     parser.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=13, help="the sample's random seed")
+    parser.add_argument(
+        "--keep-timeouts", action="store_true", help="count CPU-limit stops as kills without re-running them"
+    )
     parser.add_argument("mutants", nargs="*", help="only these mutants (mutmut names or globs)")
     args = parser.parse_args(argv)
     listed = equivalents()
@@ -127,10 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             command = [_mutmut(), "run", "--max-children", str(args.max_children), *chosen]
             result = subprocess.run(command, cwd=PROJECT_DIR, env=env, check=False)
         print(f"mutmut ran for {time.monotonic() - started:.0f}s (exit {result.returncode})")
-    codes = results()
-    if chosen:
-        codes = {name: code for name, code in codes.items() if name in chosen}
-    return score(codes, listed)
+    every = results()
+    codes = {name: code for name, code in every.items() if name in chosen} if chosen else every
+    if not args.keep_timeouts:
+        codes = verify_timeouts(codes)
+    return score(codes, listed, set(every))
 
 
 def _make_template(server: object, env: dict[str, str]) -> str:

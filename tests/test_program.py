@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
+from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.harness import EngineMocks, Registration, resolved, run_program
 
 COMPONENT_TYPES = {
@@ -276,3 +276,105 @@ def test_stack_differences(stack: str) -> None:
         return resolved(outputs, check)
 
     run()
+
+
+def test_every_component_registers_its_outputs() -> None:
+    """What each component hands the engine as its outputs (shown by `pulumi stack --show-urns`)."""
+    found: dict[str, EngineMocks] = {}
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program("dev")
+        found["mocks"] = mocks
+        return resolved(outputs, lambda values, secrets: None)
+
+    run()  # returns once every registration, register_outputs included, has finished
+    mocks = found["mocks"]
+    by_type = {
+        urn.split("::")[-2].split("$")[-1]: value
+        for urn, value in mocks.registered_outputs.items()
+        if not urn.endswith("::pulumi:pulumi:Stack::mlflow-platform-dev")
+    }
+    password = mocks.one(RANDOM_PASSWORD).outputs["result"]
+    assert by_type == {
+        "mlflow-platform:stack:MlflowPlatform": {
+            "tracking_uri": "http://localhost:5000",
+            "backend_store_uri": f"postgresql+psycopg://mlflow:{password}@postgres:5432/mlflow",
+        },
+        "mlflow-platform:network:StackNetwork": {"name": "mlflow-platform-dev"},
+        "mlflow-platform:database:PostgresDatabase": {
+            "container_name": "mlflow-platform-dev-postgres",
+            "volume_name": "mlflow-platform-dev-pgdata",
+            "image_id": mocks.one(REMOTE_IMAGE).outputs["imageId"],
+        },
+        "mlflow-platform:image:MlflowImage": {
+            "image_name": "mlflow-platform/mlflow:3.17.2-dev",
+            "repo_digest": mocks.one(IMAGE).outputs["repoDigest"],
+        },
+        "mlflow-platform:server:MlflowServer": {
+            "container_name": "mlflow-platform-dev-mlflow",
+            "artifacts_volume_name": "mlflow-platform-dev-artifacts",
+        },
+    }
+
+
+@pytest.mark.parametrize("stack", ["dev", "staging"])
+def test_generated_secrets_volumes_and_images_in_full(stack: str) -> None:
+    """The non-container resources: every input, literally."""
+    found: dict[str, EngineMocks] = {}
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program(stack)
+        found["mocks"] = mocks
+        return resolved(outputs, lambda values, secrets: None)
+
+    run()
+    mocks = found["mocks"]
+    strong = {"length": 32, "special": False, "minLower": 1, "minUpper": 1, "minNumeric": 1}
+    passwords = {r.name: r.inputs for r in mocks.of_type(RANDOM_PASSWORD)}
+    expected_passwords = {"mlflow-postgres-password": strong}
+    if stack == "staging":
+        expected_passwords |= {
+            "mlflow-server-admin-password": strong,
+            "mlflow-server-flask-secret-key": {"length": 64, "special": False},
+        }
+    assert passwords == expected_passwords
+
+    def labels(role: str) -> list[dict[str, str]]:
+        return [
+            {"label": "com.pulumi.project", "value": "mlflow-platform"},
+            {"label": "com.pulumi.stack", "value": stack},
+            {"label": "org.mlflow-platform.role", "value": role},
+        ]
+
+    volumes = {r.name: (r.inputs, r.protect, r.retain_on_delete) for r in mocks.of_type(VOLUME)}
+    protected = stack == "staging"
+    assert volumes == {
+        "mlflow-postgres-data": (
+            {"name": f"mlflow-platform-{stack}-pgdata", "labels": labels("database")},
+            protected,
+            protected,
+        ),
+        "mlflow-server-artifacts": (
+            {"name": f"mlflow-platform-{stack}-artifacts", "labels": labels("tracking-server")},
+            protected,
+            protected,
+        ),
+    }
+    assert mocks.one(NETWORK).inputs == {
+        "name": f"mlflow-platform-{stack}",
+        "driver": "bridge",
+        "labels": labels("network"),
+    }
+    assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:17.6", "keepLocally": True}
+    assert mocks.one(IMAGE).inputs == {
+        "imageName": f"mlflow-platform/mlflow:3.17.2-{stack}",
+        "build": {
+            "context": "./mlflow",
+            "dockerfile": "./mlflow/Dockerfile",
+            "args": {"BASE_IMAGE": "python:3.12-slim-bookworm", "MLFLOW_VERSION": "3.17.2", "USE_WHEELHOUSE": ""},
+        },
+        "skipPush": True,
+        "buildOnPreview": False,
+    }
