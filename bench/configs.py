@@ -6,7 +6,8 @@ values, passed as overrides) deployed under a stack name of its own
 developer's `dev` stack, and with host ports of its own. The few other overrides
 make a stack reachable and removable on this machine without changing how the
 server runs: `localhost` as the public host, loopback as the bind address, no
-volume protection (a Pulumi option only; the benchmark removes what it made).
+volume protection (a Pulumi option only; the benchmark removes what it made, and
+marks its stacks `environmentKind: dev` so that is allowed).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def deploy_overrides(config: BenchConfig, index: int) -> dict[str, object]:
         {
             "publicHost": "localhost",
             "bindAddress": "127.0.0.1",
+            # A throwaway stack of this machine's: volume protection may go, the rest
+            # (auth, the TLS front door) stays as the stack file says.
+            "environmentKind": "dev",
             "protectData": False,
         }
     )

@@ -6,7 +6,7 @@ import pytest
 
 from bench.configs import CONFIGS, check_targets, deploy_overrides
 from bench.load import summarize
-from tests.stack_config import project_file
+from tests.stack_config import project_file, stack_config
 
 
 def test_summary_counts_acknowledged_batches_and_quantiles() -> None:
@@ -48,11 +48,17 @@ def test_bench_configs_take_the_committed_stack_values() -> None:
     assert dev == {
         "workers": 4,
         "mlflowMemoryMb": 1536,
+        "tlsMode": "off",
+        "environmentKind": "dev",
         "publicHost": "localhost",
         "bindAddress": "127.0.0.1",
         "protectData": False,
         "hostPort": 5720,
+        "httpPort": 5721,
+        "httpsPort": 5722,
     }
+    # The production path goes through the HTTPS front door, as a real client's does.
+    assert (stack_config("bench-prod", prod)["tlsMode"], prod["httpsPort"]) == ("internal", 5742)
 
 
 def _row(metrics: float, p99: float, errors: int = 0, first: float | None = None) -> dict[str, float]:

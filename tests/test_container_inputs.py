@@ -286,7 +286,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
                 "--port",
                 "5000",
                 "--workers",
-                "2",
+                "4",
                 "--serve-artifacts",
                 "--artifacts-destination",
                 "/mlflow/artifacts",

@@ -273,7 +273,7 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
 
     store = AuthStore()
-    store.init_db(section["database_uri"])
+    store.init_db(section["database_uri"])  # type: ignore[no-untyped-call]  # mlflow ships no types
     try:
         assert store.authenticate_user("root-admin", "second-long-Pass1")
         assert not store.authenticate_user("root-admin", "first%Pass word1")

@@ -295,7 +295,7 @@ def test_every_component_registers_its_outputs() -> None:
         for urn, value in mocks.registered_outputs.items()
         if not urn.endswith("::pulumi:pulumi:Stack::mlflow-platform-dev")
     }
-    password = mocks.one(RANDOM_PASSWORD).outputs["result"]
+    password = mocks.one(RANDOM_PASSWORD, "postgres-password").outputs["result"]
     assert by_type == {
         "mlflow-platform:stack:MlflowPlatform": {
             "tracking_uri": "http://localhost:5000",
@@ -305,8 +305,15 @@ def test_every_component_registers_its_outputs() -> None:
         "mlflow-platform:database:PostgresDatabase": {
             "container_name": "mlflow-platform-dev-postgres",
             "volume_name": "mlflow-platform-dev-pgdata",
+            "socket_volume_name": "mlflow-platform-dev-pgsocket",
             "image_id": mocks.one(REMOTE_IMAGE).outputs["imageId"],
         },
+        "mlflow-platform:database:DatabaseBootstrap": {"container_name": "mlflow-platform-dev-db-bootstrap"},
+        "mlflow-platform:backups:BackupService": {
+            "container_name": "mlflow-platform-dev-backup",
+            "volume_name": "mlflow-platform-dev-backups",
+        },
+        "mlflow-platform:gc:GarbageCollector": {"container_name": "mlflow-platform-dev-gc"},
         "mlflow-platform:image:MlflowImage": {
             "image_name": "mlflow-platform/mlflow:3.17.2-dev",
             "repo_digest": mocks.one(IMAGE).outputs["repoDigest"],
@@ -333,7 +340,7 @@ def test_generated_secrets_volumes_and_images_in_full(stack: str) -> None:
     mocks = found["mocks"]
     strong = {"length": 32, "special": False, "minLower": 1, "minUpper": 1, "minNumeric": 1}
     passwords = {r.name: r.inputs for r in mocks.of_type(RANDOM_PASSWORD)}
-    expected_passwords = {"mlflow-postgres-password": strong}
+    expected_passwords = {"mlflow-postgres-password": strong, "mlflow-postgres-superuser-password": strong}
     if stack == "staging":
         expected_passwords |= {
             "mlflow-server-admin-password": strong,
@@ -350,9 +357,31 @@ def test_generated_secrets_volumes_and_images_in_full(stack: str) -> None:
 
     volumes = {r.name: (r.inputs, r.protect, r.retain_on_delete) for r in mocks.of_type(VOLUME)}
     protected = stack == "staging"
+    shared_only = (
+        {
+            "mlflow-proxy-data": (
+                {"name": f"mlflow-platform-{stack}-proxy-data", "labels": labels("proxy")},
+                protected,
+                protected,
+            )
+        }
+        if stack == "staging"
+        else {}
+    )
     assert volumes == {
+        **shared_only,
         "mlflow-postgres-data": (
             {"name": f"mlflow-platform-{stack}-pgdata", "labels": labels("database")},
+            protected,
+            protected,
+        ),
+        "mlflow-postgres-socket": (
+            {"name": f"mlflow-platform-{stack}-pgsocket", "labels": labels("database")},
+            protected,
+            protected,
+        ),
+        "mlflow-backups-volume": (
+            {"name": f"mlflow-platform-{stack}-backups", "labels": labels("backup")},
             protected,
             protected,
         ),
@@ -368,7 +397,7 @@ def test_generated_secrets_volumes_and_images_in_full(stack: str) -> None:
         "labels": labels("network"),
     }
     assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:17.6", "keepLocally": True}
-    assert mocks.one(IMAGE).inputs == {
+    assert mocks.one(IMAGE, "image-image").inputs == {
         "imageName": f"mlflow-platform/mlflow:3.17.2-{stack}",
         "build": {
             "context": "./mlflow",
