@@ -65,7 +65,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint mlflow/Dockerfile mlflow/proxy/Dockerfile tests/standins/*/Dockerfile
-	$(BIN)/shellcheck mlflow/entrypoint.sh postgres/entrypoint.sh backup/mlflow-backup tests/standins/*/*.sh .ci/run scripts/*.sh
+	$(BIN)/shellcheck mlflow/entrypoint.sh mlflow/postgres/entrypoint.sh mlflow/backup/mlflow-backup tests/standins/*/*.sh .ci/run scripts/*.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --persona auditor --offline .github/workflows
 

@@ -23,7 +23,7 @@ from components.mlflow_server import ARTIFACTS_DIR, MLFLOW_UID
 
 # The script is uploaded into the container, so the stack's own pinned Postgres
 # image runs it unchanged: no image to build, and pg_dump always matches the server.
-SCRIPT_SOURCE = Path(__file__).resolve().parent.parent / "backup" / "mlflow-backup"
+SCRIPT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "backup" / "mlflow-backup"
 SCRIPT_PATH = "/usr/local/bin/mlflow-backup"
 CONFIG_PATH = "/etc/mlflow-backup/backup.conf"
 PGPASS_FILE = f"{SECRETS_DIR}/pgpass"

@@ -39,7 +39,7 @@ SUPERUSER_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-superuser-password"
 # whoever mounts the socket volume is the superuser (only the bootstrap does).
 SOCKET_DIR = "/var/run/postgresql"
 _ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
-_ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "postgres" / "entrypoint.sh"
+_ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
 # SIGINT is Postgres's "fast shutdown": sessions end, a checkpoint is written, the
 # next start needs no crash recovery. The checkpoint of a busy cluster can take a
 # while; Docker's default 10 s (and pulumi-docker's 0 s on destroy) would SIGKILL it.

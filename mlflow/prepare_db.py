@@ -37,7 +37,7 @@ _WRITTEN_BY = "mlflow-platform: schema written by MLflow "
 # Where `--serve-artifacts` puts runs when no --default-artifact-root is given; the
 # Default experiment created here records it as its artifact location.
 _PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
-# The backup container (backup/mlflow-backup) polls for a session of the MLflow role
+# The backup container (mlflow/backup/mlflow-backup) polls for a session of the MLflow role
 # with this application name, takes a backup, and NOTIFYs its id on this channel.
 _BACKUP_REQUEST_APPLICATION_NAME = "mlflow-backup-request"
 _BACKUP_NOTIFY_CHANNEL = "mlflow_backup"

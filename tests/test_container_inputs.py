@@ -115,7 +115,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
                     "owner": "999",
                 },
                 {
-                    "content": SourceOf("postgres/entrypoint.sh"),
+                    "content": SourceOf("mlflow/postgres/entrypoint.sh"),
                     "permissions": "0755",
                     "file": "/usr/local/bin/mlflow-platform-postgres-entrypoint",
                 },
@@ -316,7 +316,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
                     "group": "0",
                     "permissions": "0755",
                     "file": "/usr/local/bin/mlflow-backup",
-                    "content": SourceOf("backup/mlflow-backup"),
+                    "content": SourceOf("mlflow/backup/mlflow-backup"),
                     "owner": "0",
                 },
                 {
@@ -458,7 +458,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
                     "owner": "999",
                 },
                 {
-                    "content": SourceOf("postgres/entrypoint.sh"),
+                    "content": SourceOf("mlflow/postgres/entrypoint.sh"),
                     "permissions": "0755",
                     "file": "/usr/local/bin/mlflow-platform-postgres-entrypoint",
                 },
@@ -685,7 +685,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
                     "group": "0",
                     "permissions": "0755",
                     "file": "/usr/local/bin/mlflow-backup",
-                    "content": SourceOf("backup/mlflow-backup"),
+                    "content": SourceOf("mlflow/backup/mlflow-backup"),
                     "owner": "0",
                 },
                 {

@@ -17,7 +17,7 @@ from tests.test_components import _server_args
 
 LABELS = stack_labels("mlflow-platform", "test", "unit")
 PASSWORD = "p" * 32
-SCRIPT = (Path(__file__).resolve().parent.parent / "backup" / "mlflow-backup").read_text(encoding="utf-8")
+SCRIPT = (Path(__file__).resolve().parent.parent / "mlflow" / "backup" / "mlflow-backup").read_text(encoding="utf-8")
 
 
 def _backup_args(**changes: Any) -> BackupServiceArgs:

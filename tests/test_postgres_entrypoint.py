@@ -1,4 +1,4 @@
-"""postgres/entrypoint.sh, run by sh against a fake data directory and a stub of the image's entrypoint."""
+"""mlflow/postgres/entrypoint.sh, run by sh against a fake data directory and a stub of the image's entrypoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "postgres" / "entrypoint.sh"
+SCRIPT = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
 
 
 def _run(tmp_path: Path, data_major: str | None, image_major: str) -> subprocess.CompletedProcess[str]:
@@ -48,5 +48,5 @@ def test_another_major_stops_naming_key_majors_and_procedure(tmp_path: Path) -> 
 
 
 def test_the_procedure_the_message_names_exists() -> None:
-    readme = (SCRIPT.parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (SCRIPT.parents[2] / "README.md").read_text(encoding="utf-8")
     assert "\n## Upgrading Postgres to a new major version\n" in readme
