@@ -20,11 +20,9 @@ import pulumi
 import pulumi_docker as docker
 
 from components.docker_common import (
-    LOG_DRIVER,
-    NO_NEW_PRIVILEGES,
     SECRETS_DIR,
     container_labels,
-    log_rotation,
+    hardening,
     secrets_volume,
 )
 from components.mlflow_server import MLFLOW_UID
@@ -113,12 +111,7 @@ class DatabaseBootstrap(pulumi.ComponentResource):
             attach=True,
             restart="no",
             read_only=True,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
-            memory=_MEMORY_MB,
-            memory_swap=_MEMORY_MB,
-            log_driver=LOG_DRIVER,
-            log_opts=log_rotation(args["log_max_size"], args["log_max_files"]),
+            **hardening(_MEMORY_MB, args["log_max_size"], args["log_max_files"]),
             labels=labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[postgres], delete_before_replace=True),
         )

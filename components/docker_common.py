@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypedDict
 
+import pulumi
 import pulumi_docker as docker
 
 # Docker's default json-file driver never rotates: a chatty server fills the disk.
@@ -45,3 +47,30 @@ def log_rotation(max_size: str, max_files: int) -> dict[str, str]:
 
 def secrets_volume() -> docker.ContainerVolumeArgs:
     return docker.ContainerVolumeArgs(container_path=SECRETS_DIR)
+
+
+class Hardening(TypedDict):
+    """Container inputs every container of the stack shares."""
+
+    capabilities: docker.ContainerCapabilitiesArgs
+    security_opts: list[str]
+    memory: pulumi.Input[int]
+    memory_swap: pulumi.Input[int]
+    log_driver: str
+    log_opts: dict[str, str]
+
+
+def hardening(memory_mb: pulumi.Input[int], log_max_size: str, log_max_files: int) -> Hardening:
+    """No capabilities, no privilege gain, a memory limit with no swap on top, rotated logs.
+
+    Spread into each `docker.Container(...)`, so no container can miss one of them.
+    """
+    return {
+        "capabilities": docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+        "security_opts": [NO_NEW_PRIVILEGES],
+        "memory": memory_mb,
+        # Equal to the limit: no swap on top, so a leak is killed instead of thrashing the host.
+        "memory_swap": memory_mb,
+        "log_driver": LOG_DRIVER,
+        "log_opts": log_rotation(log_max_size, log_max_files),
+    }

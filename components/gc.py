@@ -9,12 +9,10 @@ import pulumi
 import pulumi_docker as docker
 
 from components.docker_common import (
-    LOG_DRIVER,
-    NO_NEW_PRIVILEGES,
     RESTART_POLICY,
     SECRETS_DIR,
     container_labels,
-    log_rotation,
+    hardening,
     secrets_volume,
 )
 from components.mlflow_server import ARTIFACTS_DIR, MLFLOW_UID
@@ -112,12 +110,7 @@ class GarbageCollector(pulumi.ComponentResource):
             restart=RESTART_POLICY,
             read_only=True,
             tmpfs=_TMPFS,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
-            memory=MEMORY_MB,
-            memory_swap=MEMORY_MB,
-            log_driver=LOG_DRIVER,
-            log_opts=log_rotation(args["log_max_size"], args["log_max_files"]),
+            **hardening(MEMORY_MB, args["log_max_size"], args["log_max_files"]),
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],

@@ -11,12 +11,10 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.docker_common import (
-    LOG_DRIVER,
-    NO_NEW_PRIVILEGES,
     RESTART_POLICY,
     SECRETS_DIR,
     container_labels,
-    log_rotation,
+    hardening,
     secrets_volume,
     volume_labels,
 )
@@ -281,12 +279,7 @@ class MlflowServer(pulumi.ComponentResource):
             restart=RESTART_POLICY,
             read_only=True,
             tmpfs=tmpfs,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
-            memory=args["memory_mb"],
-            memory_swap=args["memory_mb"],
-            log_driver=LOG_DRIVER,
-            log_opts=log_rotation(args["log_max_size"], args["log_max_files"]),
+            **hardening(args["memory_mb"], args["log_max_size"], args["log_max_files"]),
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],

@@ -15,12 +15,10 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.docker_common import (
-    LOG_DRIVER,
-    NO_NEW_PRIVILEGES,
     RESTART_POLICY,
     SECRETS_DIR,
     container_labels,
-    log_rotation,
+    hardening,
     secrets_volume,
     volume_labels,
 )
@@ -207,14 +205,9 @@ class PostgresDatabase(pulumi.ComponentResource):
                 start_period="30s",
             ),
             restart=RESTART_POLICY,
-            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
-            security_opts=[NO_NEW_PRIVILEGES],
-            memory=args["memory_mb"],
-            memory_swap=args["memory_mb"],
+            **hardening(args["memory_mb"], args["log_max_size"], args["log_max_files"]),
             # Docker's 64 MiB /dev/shm is too small for parallel query workers.
             shm_size=256,
-            log_driver=LOG_DRIVER,
-            log_opts=log_rotation(args["log_max_size"], args["log_max_files"]),
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],
