@@ -276,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = [row(stack, client, args.batch_size) for stack in stacks]
     checks = check_targets({row["config"]: row for row in rows})
     spec = machine()
+    given = list(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {
         "machine": spec,
         "load": {
@@ -287,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "round_warmup_seconds": args.round_warmup,
             "first_window_seconds": args.first_window,
         },
-        "command": "make bench ARGS='" + " ".join(sys.argv[1:] if argv is None else argv) + "'",
+        "command": " ".join(["make bench", *([f"ARGS='{' '.join(given)}'"] if given else [])]),
         "configs": rows,
         "targets": [check.__dict__ for check in checks],
     }
