@@ -16,9 +16,10 @@ from tests.stack_config import stack_config
 
 pytestmark = pytest.mark.docker
 
-# A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own.
+# A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own. Without a stack
+# file it would be a shared stack (environmentKind defaults to shared); this throwaway one is personal.
 STACK = "upgrade"
-OVERRIDES = {"hostPort": 5002}
+OVERRIDES = {"hostPort": 5002, "environmentKind": "dev"}
 
 
 def _schema_version(deployed: e2e.Deployed, client: docker.DockerClient) -> str:
