@@ -16,7 +16,8 @@ from tests.stack_config import stack_config
 
 pytestmark = pytest.mark.docker
 
-# A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own.
+# A stack of its own (no stack file: Pulumi.yaml's defaults) on a port of its own. Without a stack
+# file it would be a shared stack (environmentKind defaults to shared); this throwaway one is personal.
 STACK = "upgrade"
 # A personal stack on loopback, plain HTTP: this test is about the schema, not the front door.
 OVERRIDES = {"hostPort": 5002, "tlsMode": "off", "environmentKind": "dev"}
