@@ -7,25 +7,33 @@ read from Chrome's performance log (CDP Network events): none may fail with a 4x
 or 5xx beyond the ones MLflow's UI itself expects. A screenshot of each page goes
 to .build/screenshots/ (CI uploads the folder).
 
-Targets are a parametrised fixture. Today: the dev stack over plain HTTP. The prod
-stack through its HTTPS front door adds a target whose `headers` carry the
-basic-auth `Authorization` a browser sends after the login prompt (applied with
-CDP `Network.setExtraHTTPHeaders`) and whose `ca_file` the browser must trust.
+Targets are a parametrised fixture: the dev stack over plain HTTP, and the prod stack
+through its HTTPS front door with a logged-in user: the basic-auth `Authorization` a
+browser sends after the login prompt (applied with CDP `Network.setExtraHTTPHeaders`),
+and the stack's CA trusted (the server's key, verified against `ca_certificate`, is the
+one key Chromium accepts).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import shutil
+import socket
+import ssl
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import docker
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from mlflow.tracking import MlflowClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
@@ -85,8 +93,45 @@ def _dev_target() -> Iterator[UiTarget]:
         yield UiTarget("dev", deployed.tracking_uri, deployed)
 
 
-# The prod-through-HTTPS target joins this table once the front door exists.
-TARGETS: dict[str, Callable[[], Iterator[UiTarget]]] = {"dev": _dev_target}
+# Own host ports: the HTTPS tests' prod stack uses 8443/8080.
+PROD_UI_OVERRIDES = {"publicHost": "localhost", "httpsPort": 6443, "httpPort": 6080, "bindAddress": "127.0.0.1"}
+
+
+def _prod_target() -> Iterator[UiTarget]:
+    with e2e.stack("prod", PROD_UI_OVERRIDES) as deployed, tempfile.TemporaryDirectory() as directory:
+        auth = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
+        with e2e.trusting(deployed, Path(directory), auth) as ca_file:
+            e2e.wait_until_serving(deployed.tracking_uri, auth=auth)
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            yield UiTarget(
+                "prod",
+                deployed.tracking_uri,
+                deployed,
+                headers={"Authorization": f"Basic {token}"},
+                ca_file=ca_file,
+                auth=auth,
+            )
+
+
+TARGETS: dict[str, Callable[[], Iterator[UiTarget]]] = {"dev": _dev_target, "prod": _prod_target}
+
+
+def _trusted_key(target: UiTarget) -> str:
+    """The served key's SPKI hash, after Python verified its chain against the stack's CA."""
+    address = urlsplit(target.base_url)
+    context = ssl.create_default_context(cafile=str(target.ca_file))
+    with (
+        socket.create_connection((address.hostname, address.port or 443), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=address.hostname) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    spki = (
+        x509.load_der_x509_certificate(der)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 @pytest.fixture(scope="module", params=sorted(TARGETS))
@@ -119,7 +164,12 @@ def browser(target: UiTarget) -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
+    if target.ca_file is not None:
+        # Chromium reads trust from the user's NSS database, which a test should not touch:
+        # it accepts exactly the key Python verified against the stack's CA, nothing else.
+        flags.append(f"--ignore-certificate-errors-spki-list={_trusted_key(target)}")
+    for flag in flags:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
