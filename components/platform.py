@@ -191,7 +191,6 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "telemetry_enabled": settings.telemetry_enabled,
                 "log_max_size": settings.log_max_size,
                 "log_max_files": settings.log_max_files,
-                "startup_timeout_seconds": settings.startup_timeout_seconds,
                 "labels": labels("gc"),
                 "start_after": [self.server.container],
             },

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.docker
 
 STACK = "backups"
 OVERRIDES = {
-    "hostPort": 5003,
+    "hostPort": 5011,
     "authEnabled": True,
     "backupIntervalMinutes": 1,
     "backupKeep": 3,

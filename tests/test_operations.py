@@ -163,7 +163,6 @@ def test_gc_container_inputs() -> pulumi.Output[None]:
         "telemetry_enabled": False,
         "log_max_size": "5m",
         "log_max_files": 2,
-        "startup_timeout_seconds": 90,
         "labels": LABELS,
         "start_after": [],
     }
@@ -205,6 +204,7 @@ def test_gc_container_inputs() -> pulumi.Output[None]:
             {"containerPath": "/run/secrets"},
         ]
         assert container["healthcheck"]["tests"] == ["CMD", "/usr/local/bin/mlflow-gc", "health"]
+        assert container["wait"] is False
         assert container["readOnly"] is True
         assert container["capabilities"] == {"drops": ["ALL"]}
         assert container["securityOpts"] == ["no-new-privileges:true"]
