@@ -29,6 +29,10 @@ _CONNECT_ATTEMPTS = 30
 _MIGRATION_ROLE = "mlflow_platform_migration"
 
 
+# settings.py keeps the tracking database's name short enough for both suffixes.
+SCRATCH_DATABASE_SUFFIX = "_tmp"
+
+
 def _log(message: str) -> None:
     print(f"bootstrap_db: {message}", file=sys.stderr, flush=True)
 
@@ -140,7 +144,10 @@ def main() -> None:
     superuser, user = os.environ["POSTGRES_SUPERUSER"], os.environ["POSTGRES_USER"]
     with _connect_as_superuser(superuser, user) as connection:
         _apply_roles(connection, superuser, user)
-    for database in (os.environ["POSTGRES_DB"], os.environ["POSTGRES_AUTH_DB"]):
+    # The third is an empty scratch database where `mlflow-backup verify` proves a dump
+    # loads: made here, so the role needs no CREATEDB for it.
+    tracking = os.environ["POSTGRES_DB"]
+    for database in (tracking, os.environ["POSTGRES_AUTH_DB"], f"{tracking}{SCRATCH_DATABASE_SUFFIX}"):
         _own_database(superuser, user, database)
     _log("done")
 

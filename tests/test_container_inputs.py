@@ -378,9 +378,8 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
         },
         "mlflow-platform-dev-gc": {
             "logOpts": {"max-size": "10m", "max-file": "3"},
-            "waitTimeout": 300,
-            "restart": "unless-stopped",
-            "wait": True,
+                        "restart": "unless-stopped",
+            "wait": False,
             "capabilities": {"drops": ["ALL"]},
             "user": "10001:10001",
             "securityOpts": ["no-new-privileges:true"],
@@ -751,9 +750,8 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
         },
         "mlflow-platform-staging-gc": {
             "logOpts": {"max-size": "10m", "max-file": "3"},
-            "waitTimeout": 300,
-            "restart": "unless-stopped",
-            "wait": True,
+                        "restart": "unless-stopped",
+            "wait": False,
             "capabilities": {"drops": ["ALL"]},
             "user": "10001:10001",
             "securityOpts": ["no-new-privileges:true"],

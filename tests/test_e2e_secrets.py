@@ -155,7 +155,8 @@ def test_mlflow_connects_as_an_unprivileged_role(history: History, docker_client
         deployed.db_password,
         "select string_agg(datname, ',' order by datname) from pg_database where datdba = current_user::regrole",
     )
-    assert (code, owned) == (0, "mlflow,mlflow_auth")
+    # Tracking, auth, and the empty scratch database `mlflow-backup verify` loads dumps into.
+    assert (code, owned) == (0, "mlflow,mlflow_auth,mlflow_tmp")
     code, output = _psql(
         deployed, docker_client, deployed.db_password, "create temp table t (x text); copy t from program 'id'"
     )
