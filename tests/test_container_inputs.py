@@ -378,7 +378,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
         },
         "mlflow-platform-dev-gc": {
             "logOpts": {"max-size": "10m", "max-file": "3"},
-                        "restart": "unless-stopped",
+            "restart": "unless-stopped",
             "wait": False,
             "capabilities": {"drops": ["ALL"]},
             "user": "10001:10001",
@@ -750,7 +750,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
         },
         "mlflow-platform-staging-gc": {
             "logOpts": {"max-size": "10m", "max-file": "3"},
-                        "restart": "unless-stopped",
+            "restart": "unless-stopped",
             "wait": False,
             "capabilities": {"drops": ["ALL"]},
             "user": "10001:10001",
