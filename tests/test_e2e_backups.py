@@ -30,6 +30,9 @@ pytestmark = pytest.mark.docker
 
 STACK = "backups"
 OVERRIDES = {
+    # A personal stack on loopback, plain HTTP: these tests are about backups, not the front door.
+    "environmentKind": "dev",
+    "tlsMode": "off",
     "hostPort": 5011,
     "authEnabled": True,
     "backupIntervalMinutes": 1,
