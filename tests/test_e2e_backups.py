@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -413,16 +414,18 @@ def test_the_schedule_backs_up_and_a_stopped_schedule_turns_unhealthy(
     e2e.report(f"scheduled backup appeared {waited:.0f}s after the newest manual one")
     assert "(scheduled) done" in backup.logs().decode()
 
-    # A hung scheduler: the health check (its own process) sees the backups age.
-    code, _, stderr = _exec(backup, "sh", "-c", "kill -STOP 1")
-    assert code == 0, stderr
+    # A hung scheduler: the health check (its own process) sees the backups age. Stopped from
+    # the host: the kernel drops SIGSTOP sent to a PID namespace's init from inside it.
+    backup.reload()
+    scheduler = int(backup.attrs["State"]["Pid"])
+    os.kill(scheduler, signal.SIGSTOP)
     try:
         waited = e2e.wait_for_health_status(backup, "unhealthy", timeout=240)
         e2e.report(f"backup container unhealthy {waited:.0f}s after the scheduler stopped")
         probe = backup.attrs["State"]["Health"]["Log"][-1]["Output"]
         assert "more than twice the interval (60s)" in probe
     finally:
-        _exec(backup, "sh", "-c", "kill -CONT 1")
+        os.kill(scheduler, signal.SIGCONT)
     # Resumed, it catches up at once and the container is healthy again.
     e2e.wait_for_health_status(backup, "healthy", timeout=60)
     caught_up = _list(backup)[0]
