@@ -38,4 +38,15 @@ fi
 # serving (a changed `mlflowVersion`), and writes the auth config when enabled.
 python /opt/mlflow-entrypoint/prepare_db.py
 
+# prometheus_client's multiprocess files must not outlive the workers that wrote them
+# (its documentation: wipe the directory before start). After a crash the restarted
+# container finds the old ones and its new workers fail on them in a restart loop.
+previous=""
+for argument in "$@"; do
+  if [ "$previous" = "--expose-prometheus" ] && [ -d "$argument" ]; then
+    find "$argument" -mindepth 1 -delete
+  fi
+  previous=$argument
+done
+
 exec mlflow server "$@"
