@@ -344,19 +344,23 @@ def _log_through_a_crash(staging: e2e.Deployed, admin: tuple[str, str], victim: 
                 retries[index] += 1
                 time.sleep(0.2)
 
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(FAULT_CLIENTS)]
+    # Daemon threads, stopped in `finally`: a failed recovery must not leave them
+    # looping and keep the test process (and CI) from ever exiting.
+    threads = [threading.Thread(target=client, args=(index,), daemon=True) for index in range(FAULT_CLIENTS)]
     for thread in threads:
         thread.start()
-    time.sleep(5)
-    before = sum(len(steps) for steps in acked.values())
-    killed_at = time.monotonic()
-    _crash(victim)
-    recovery = e2e.wait_until_serving(staging.tracking_uri, timeout=120, auth=admin)
-    e2e.report(f"{label} SIGKILL: serving again after {time.monotonic() - killed_at:.1f}s (probe {recovery:.1f}s)")
-    time.sleep(5)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
+    try:
+        time.sleep(5)
+        before = sum(len(steps) for steps in acked.values())
+        killed_at = time.monotonic()
+        _crash(victim)
+        recovery = e2e.wait_until_serving(staging.tracking_uri, timeout=120, auth=admin)
+        e2e.report(f"{label} SIGKILL: serving again after {time.monotonic() - killed_at:.1f}s (probe {recovery:.1f}s)")
+        time.sleep(5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
 
     api = Api(staging.tracking_uri, admin)
     total = 0
