@@ -38,15 +38,19 @@ fi
 # serving (a changed `mlflowVersion`), and writes the auth config when enabled.
 python /opt/mlflow-entrypoint/prepare_db.py
 
-# prometheus_client's multiprocess files must not outlive the workers that wrote them
-# (its documentation: wipe the directory before start). After a crash the restarted
-# container finds the old ones and its new workers fail on them in a restart loop.
-previous=""
+# prometheus_client's multiprocess files must not outlive the workers that wrote them.
+# After a crash the restarted container still has the old ones, and its new workers
+# failed on them in a restart loop: each start gets a fresh directory of its own.
+expose=""
 for argument in "$@"; do
-  if [ "$previous" = "--expose-prometheus" ] && [ -d "$argument" ]; then
-    find "$argument" -mindepth 1 -delete
+  shift
+  if [ "$expose" = next ]; then
+    argument=$(mktemp -d "$argument/run.XXXXXX")
+    expose=made
+  elif [ "$argument" = "--expose-prometheus" ]; then
+    expose=next
   fi
-  previous=$argument
+  set -- "$@" "$argument"
 done
 
 exec mlflow server "$@"
