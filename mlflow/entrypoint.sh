@@ -46,6 +46,9 @@ for argument in "$@"; do
   shift
   if [ "$expose" = next ]; then
     argument=$(mktemp -d "$argument/run.XXXXXX")
+    # prometheus_client reads its directory from here, MLflow's flag from the argument.
+    PROMETHEUS_MULTIPROC_DIR=$argument
+    export PROMETHEUS_MULTIPROC_DIR
     expose=made
   elif [ "$argument" = "--expose-prometheus" ]; then
     expose=next
