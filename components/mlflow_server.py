@@ -59,7 +59,9 @@ STOP_TIMEOUT_SECONDS = 60
 # prometheus_client's multiprocess files (one set per uvicorn worker): on a tmpfs,
 # so every start begins with empty counters, as the client library requires.
 METRICS_DIR = "/run/mlflow-metrics"
-_METRICS_TMPFS = "rw,noexec,nosuid,nodev,size=64m"
+# Owned by the server's user on every mount: after a restart Docker remounts it, and the
+# workers must still write there.
+_METRICS_TMPFS = f"rw,noexec,nosuid,nodev,size=64m,uid={MLFLOW_UID},gid={MLFLOW_UID},mode=0700"
 
 
 class MlflowServerArgs(TypedDict):

@@ -574,7 +574,7 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
             "logOpts": {"max-size": "10m", "max-file": "3"},
             "tmpfs": {
                 "/tmp": "rw,noexec,nosuid,nodev,size=512m",
-                "/run/mlflow-metrics": "rw,noexec,nosuid,nodev,size=64m",
+                "/run/mlflow-metrics": "rw,noexec,nosuid,nodev,size=64m,uid=10001,gid=10001,mode=0700",
             },
             "destroyGraceSeconds": 60,
             "name": "mlflow-platform-staging-mlflow",

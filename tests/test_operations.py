@@ -224,7 +224,9 @@ def test_metrics_and_telemetry_flags_of_the_server() -> pulumi.Output[None]:
         container = mocks.one(CONTAINER).inputs
         command = container["command"]
         assert command[command.index("--expose-prometheus") + 1] == "/run/mlflow-metrics"
-        assert container["tmpfs"]["/run/mlflow-metrics"] == "rw,noexec,nosuid,nodev,size=64m"
+        assert (
+            container["tmpfs"]["/run/mlflow-metrics"] == "rw,noexec,nosuid,nodev,size=64m,uid=10001,gid=10001,mode=0700"
+        )
         assert "PROMETHEUS_MULTIPROC_DIR=/run/mlflow-metrics" in container["envs"]
         assert not any(env.startswith("MLFLOW_DISABLE_TELEMETRY") for env in container["envs"])
         assert "MLFLOW_PRE_UPGRADE_BACKUP=true" in container["envs"]
