@@ -49,6 +49,8 @@ ACME_CA_FILE = f"{SECRETS_DIR}/acme-ca.crt"
 _PKI_CA = "mlflow"
 # Longer than Caddy's grace period, so an artifact transfer in flight can finish.
 STOP_TIMEOUT_SECONDS = 60
+# Shorter than uvicorn's 5 s keep-alive timeout (see the reverse_proxy block).
+UPSTREAM_KEEPALIVE = "2s"
 GRACE_PERIOD = "50s"
 HEALTH_PROBE = ["CMD", "wget", "-q", "-O", "/dev/null", f"http://127.0.0.1:{HEALTH_PORT}/health"]
 # Caddy writes its autosaved config to /config and an instance id to /data; neither
@@ -169,7 +171,17 @@ def caddyfile(site: CaddySite) -> str:
     site_directives += [
         ("request_body", [f"max_size {site.max_upload_mb}MiB"]),
         # Streams responses as they come (artifact downloads, long listings).
-        (f"reverse_proxy {site.upstream}", ["flush_interval -1"]),
+        (
+            f"reverse_proxy {site.upstream}",
+            [
+                "flush_interval -1",
+                # uvicorn closes a connection idle for 5 s (its --timeout-keep-alive); Caddy
+                # keeps idle upstream connections 2 min by default, and a POST sent on one
+                # uvicorn is closing that moment fails as a 502 that Caddy may not retry.
+                # Dropping them first closes that race.
+                ("transport http", [f"keepalive {UPSTREAM_KEEPALIVE}"]),
+            ],
+        ),
         # Access log as JSON on stdout. Caddy logs Authorization and Cookie headers as
         # REDACTED unless told otherwise (log_credentials), which this never does.
         ("log", ["output stdout", "format json"]),

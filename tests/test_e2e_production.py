@@ -310,12 +310,24 @@ FAULT_CLIENTS = 4
 
 
 def _crash(container: Any) -> None:
-    """SIGKILL the container's main process from the host, as an OOM kill or a crash would.
+    """SIGKILL the container's main process from the host, as an OOM kill or a crash would,
+    and return once the engine has restarted it.
 
     `docker kill` would not do: the engine counts it as a manual stop and does not restart.
+    Waiting for the restart matters: `os.kill` returns before the processes are gone, and a
+    probe sent in that moment was answered by the dying server (seen in CI: "serving again
+    after 0.1 s", then 502s while the real restart ran).
     """
     container.reload()
+    started_at = container.attrs["State"]["StartedAt"]
     os.kill(container.attrs["State"]["Pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        container.reload()
+        if container.attrs["State"]["StartedAt"] != started_at:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{container.name} was not restarted within 60 s of SIGKILL: {container.attrs['State']}")
 
 
 def _log_through_a_crash(staging: e2e.Deployed, admin: tuple[str, str], victim: Any, label: str) -> None:

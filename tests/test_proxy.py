@@ -227,6 +227,8 @@ COMMON_LINES = [
     "max_size 5120MiB",
     "reverse_proxy mlflow:5000 {",
     "flush_interval -1",
+    "transport http {",
+    "keepalive 2s",
     "format json",
 ]
 

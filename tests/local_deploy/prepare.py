@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 import docker
 import docker.errors
 import docker.models.images
+from packaging.requirements import Requirement
 
 STANDIN_DEBIAN_IMAGE = "mlflow-platform-standin/debian:bookworm"
 STANDIN_BASE_IMAGE = "mlflow-platform-standin/python:3.11-bookworm"
@@ -461,8 +463,28 @@ def _wheelhouse_ready(version: str, probe: Mapping[str, str]) -> bool:
         recorded = json.loads(marker.read_text())
     except json.JSONDecodeError:
         return False
-    has_mlflow = any(WHEELHOUSE_DIR.glob(f"mlflow-{version}-*.whl"))
-    return bool(recorded == _wheelhouse_key(version, probe) and has_mlflow)
+    return bool(recorded == _wheelhouse_key(version, probe) and not _missing_wheels(version, probe))
+
+
+def _missing_wheels(version: str, probe: Mapping[str, str]) -> list[str]:
+    """The lock's pins for the image's Python that have no wheel in the wheelhouse (a
+    marker file alone proves nothing: wheels can be deleted, or the directory copied
+    from another checkout)."""
+    present = set()
+    for wheel in WHEELHOUSE_DIR.glob("*.whl"):
+        name, pin = wheel.name.split("-")[:2]
+        present.add(f"{name.lower()}=={pin}")
+    environment = {"python_version": probe["version"], "python_full_version": probe["full_version"]}
+    missing = []
+    for requirement in re.findall(r"^[A-Za-z0-9][^\\\n]*", _lock(version).read_text(), flags=re.MULTILINE):
+        pinned = Requirement(requirement)
+        if pinned.marker is not None and not pinned.marker.evaluate(environment):
+            continue  # e.g. pywin32: not installed on Linux
+        pin = next(iter(pinned.specifier)).version
+        # Wheel file names normalise the project name: lower case, runs of -_. as one _.
+        if f"{re.sub(r'[-_.]+', '_', pinned.name).lower()}=={pin}" not in present:
+            missing.append(f"{pinned.name}=={pin}")
+    return missing
 
 
 def _fill_wheelhouse(version: str, probe: Mapping[str, str]) -> None:
