@@ -1,9 +1,10 @@
 #!/opt/mlflow/bin/python
 """`mlflow gc` for the stack: purges runs and experiments deleted more than GC_OLDER_THAN ago.
 
-    mlflow-gc loop   the gc container's main process: a gc now, then every GC_INTERVAL_SECONDS
+    mlflow-gc loop   the gc container's main process: a gc 10 minutes after start, then every
+                     GC_INTERVAL_SECONDS
     mlflow-gc now    one gc, for operators (`docker exec <gc container> mlflow-gc now`)
-    mlflow-gc health the health check: the last gc succeeded within twice the interval
+    mlflow-gc health the health check: a gc succeeded (or the loop started) within twice the interval
 
 The database password comes from POSTGRES_PASSWORD_FILE and stays in this process:
 the URI reaches `mlflow gc` through `main(args=...)`, not a child's command line.
@@ -22,8 +23,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-_HEARTBEAT = Path(os.environ.get("TMPDIR", "/tmp")) / "mlflow-gc.last-success"  # noqa: S108 - the container's private tmpfs
+_STATE_DIR = Path(os.environ.get("TMPDIR", "/tmp"))  # noqa: S108 - the container's private tmpfs
+_HEARTBEAT = _STATE_DIR / "mlflow-gc.last-success"
+_STARTED = _STATE_DIR / "mlflow-gc.loop-started"
 _RETRY_SECONDS = 300
+# Not at start: a deployment starts this container together with the server, and a gc
+# then (a whole MLflow import and a scan of the database, a core for seconds) took its
+# CPU from the server's first requests. Nothing deleted is urgent to purge; a container
+# that restarts in a loop must not run a gc on every start either.
+_FIRST_DELAY_SECONDS = 600
 
 
 def _log(message: str) -> None:
@@ -75,6 +83,10 @@ def gc_once() -> None:
 
 def loop() -> None:
     interval = int(os.environ["GC_INTERVAL_SECONDS"])
+    _STARTED.write_text(str(int(time.time())), encoding="utf-8")
+    first = min(interval, _FIRST_DELAY_SECONDS)
+    _log(f"first gc in {first}s, then every {interval}s")
+    time.sleep(first)
     while True:
         try:
             gc_once()
@@ -89,10 +101,14 @@ def health() -> int:
     interval = int(os.environ["GC_INTERVAL_SECONDS"])
     try:
         age = time.time() - int(_HEARTBEAT.read_text(encoding="utf-8"))
+        print(f"last successful gc {age:.0f}s ago")
     except (OSError, ValueError):
-        print("no successful gc yet")
-        return 1
-    print(f"last successful gc {age:.0f}s ago")
+        try:
+            age = time.time() - int(_STARTED.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            print("the gc loop has not started")
+            return 1
+        print(f"no successful gc yet; the loop started {age:.0f}s ago")
     return 0 if age <= 2 * interval else 1
 
 
