@@ -79,6 +79,10 @@ def _session(target: Target) -> requests.Session:
     session = requests.Session()
     session.auth = target.auth
     session.verify = target.verify
+    # Not the environment's settings: requests lets REQUESTS_CA_BUNDLE (set on many
+    # machines) override session.verify, and the stack's own CA was then ignored; nor a
+    # proxy from the environment between the load and a server on loopback.
+    session.trust_env = False
     return session
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.configs import CONFIGS, check_targets, deploy_overrides
-from bench.load import summarize
+from bench.load import Target, _session, summarize
 from tests.stack_config import project_file, stack_config
 
 
@@ -97,3 +97,12 @@ def test_targets_fail_on_errors_and_slow_tails() -> None:
         "production path p99 / same stack without auth p99 (at most)",
         "production path errors (at most)",
     }
+
+
+def test_the_stacks_own_ca_is_used_even_when_the_environment_names_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    session = _session(Target("https://localhost:5732", None, "/tmp/bench/ca.pem"))
+    settings = session.merge_environment_settings("https://localhost:5732/health", {}, None, None, None)
+    assert settings["verify"] == "/tmp/bench/ca.pem"
+    assert settings["proxies"] == {}

@@ -11,7 +11,9 @@ import configparser
 import contextlib
 import importlib.util
 import os
+import re
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -179,14 +181,12 @@ def _database_exists(uri: str, suffix: str) -> bool:
         engine.dispose()
 
 
-def test_an_older_schema_is_upgraded_and_keeps_its_data(
-    database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str]
-) -> None:
+def _make_older_schema(database: str) -> str:
+    """Three revisions behind head, as an older MLflow release left it, holding one experiment."""
     from mlflow.store.db.utils import _get_alembic_config
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 
     script = _migrations()
-    # Three revisions behind head: what an older MLflow release left behind.
     older = _head()
     for _ in range(3):
         down = script.get_revision(older).down_revision
@@ -199,20 +199,147 @@ def test_an_older_schema_is_upgraded_and_keeps_its_data(
         config = _get_alembic_config(database)  # type: ignore[no-untyped-call]  # mlflow ships no types
         config.attributes["connection"] = connection
         command.upgrade(config, older)
-    engine.dispose()
-    assert _scalar(database, "SELECT version_num FROM alembic_version") == older
-    with sqlalchemy.create_engine(database).begin() as connection:
         connection.execute(
             sqlalchemy.text(
                 "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage) "
                 "VALUES (7, 'kept', 'mlflow-artifacts:/7', 'active')"
             )
         )
+    engine.dispose()
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == older
+    return older
 
+
+def test_an_older_schema_is_upgraded_and_keeps_its_data(
+    database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _make_older_schema(database)
     run_main(database)
     assert "prepare_db: upgrading the tracking schema" in capsys.readouterr().err
     assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
     assert _scalar(database, "SELECT name FROM experiments WHERE experiment_id = 7") == "kept"
+
+
+@contextlib.contextmanager
+def _backup_container(database: str, answer: str | None) -> Iterator[list[str]]:
+    """Plays mlflow/backup/mlflow-backup's side: waits for the request session, then NOTIFYs `answer`.
+
+    Yields the application names it saw asking; `answer` None never answers (a stopped container).
+    """
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        engine = sqlalchemy.create_engine(database, isolation_level="AUTOCOMMIT")
+        try:
+            with engine.connect() as connection:
+                while not stop.wait(0.1):
+                    asking = connection.execute(
+                        sqlalchemy.text(
+                            "SELECT application_name FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND application_name = 'mlflow-backup-request'"
+                        )
+                    ).scalar()
+                    if asking is None:
+                        continue
+                    seen.append(str(asking))
+                    if answer is not None:
+                        connection.execute(sqlalchemy.text(f"NOTIFY mlflow_backup, '{answer}'"))
+                    return
+        finally:
+            engine.dispose()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_an_upgrade_waits_for_a_backup_and_logs_its_id(
+    database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _make_older_schema(database)
+    # The default wait (300 s) applies: MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT is not set.
+    monkeypatch.delenv("MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT", raising=False)
+    with _backup_container(database, "20261127T120000Z") as seen:
+        run_main(database, MLFLOW_PRE_UPGRADE_BACKUP="true")
+    assert seen == ["mlflow-backup-request"]
+    err = capsys.readouterr().err
+    assert "waiting up to 300s for a backup" in err
+    assert "prepare_db: pre-upgrade backup 20261127T120000Z taken; to roll back, restore it" in err
+    assert err.index("pre-upgrade backup 20261127T120000Z") < err.index("upgrading the tracking schema")
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ("failed", "the pre-upgrade backup failed"),
+        (None, "no pre-upgrade backup within 2s: is the backup container running? The schema was not upgraded."),
+    ],
+)
+def test_no_upgrade_without_its_backup(
+    database: str, run_main: Callable[..., None], answer: str | None, message: str
+) -> None:
+    older = _make_older_schema(database)
+    with _backup_container(database, answer) as seen, pytest.raises(SystemExit, match=re.escape(message)):
+        run_main(database, MLFLOW_PRE_UPGRADE_BACKUP="true", MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT="2")
+    assert seen == ["mlflow-backup-request"]
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == older
+
+
+def test_a_current_schema_asks_for_no_backup(
+    current_database: str, run_main: Callable[..., None], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _backup_container(current_database, "unexpected") as seen:
+        run_main(current_database, MLFLOW_PRE_UPGRADE_BACKUP="true", MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT="2")
+    assert seen == []
+    assert "pre-upgrade backup" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("comment", "written_by", "advice"),
+    [
+        (
+            "mlflow-platform: schema written by MLflow 9.1.0",
+            "was written by MLflow 9.1.0, which",
+            "set mlflowVersion to 9.1.0 or newer (a downgrade needs a backup taken before the upgrade)",
+        ),
+        (
+            None,
+            "was written by a newer MLflow release than",
+            "set mlflowVersion to the release the stack ran before (a downgrade",
+        ),
+        (
+            "a comment written by hand",
+            "was written by a newer MLflow release than",
+            "set mlflowVersion to the release the stack ran before (a downgrade",
+        ),
+    ],
+)
+def test_a_schema_from_a_newer_release_is_refused_naming_it(
+    current_database: str, run_main: Callable[..., None], comment: str | None, written_by: str, advice: str
+) -> None:
+    import mlflow
+
+    with sqlalchemy.create_engine(current_database).begin() as connection:
+        connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = 'f00df00df00d'"))
+        # NULL drops the comment the template's prepare_db recorded.
+        quoted = "NULL" if comment is None else f"'{comment}'"
+        connection.execute(sqlalchemy.text(f"COMMENT ON TABLE alembic_version IS {quoted}"))
+    with pytest.raises(SystemExit) as refused:
+        run_main(current_database)
+    message = str(refused.value)
+    assert message.startswith(
+        f"prepare_db: config key 'mlflowVersion' is {mlflow.__version__}, but the tracking database's schema "
+        "(revision f00df00df00d) "
+    )
+    assert written_by in message
+    assert advice in message
+    assert _scalar(current_database, "SELECT version_num FROM alembic_version") == "f00df00df00d"
 
 
 def _with_auth_database(uri: str) -> None:
@@ -363,3 +490,23 @@ def test_a_server_that_comes_up_late_is_waited_for(
     prepare_db._wait_for_database(LateEngine())
     assert (len(attempts), sleeps) == (3, [2, 2])
     assert capsys.readouterr().err.count("retrying") == 2
+
+
+def test_a_demoted_admin_is_made_admin_again(
+    current_database: str, run_main: Callable[..., None], tmp_path: Path
+) -> None:
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
+
+    _with_auth_database(current_database)
+    config_path = tmp_path / "basic-auth.ini"
+    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
+    store = AuthStore()
+    store.init_db(prepare_db._auth_database_uri(current_database))  # type: ignore[no-untyped-call]
+    try:
+        store.update_user("admin", is_admin=False)
+        # Same password: only the flag differs, and the next start restores it.
+        run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
+        assert store.get_user("admin").is_admin
+        assert store.authenticate_user("admin", "a-long-Pass12")
+    finally:
+        store.engine.dispose()
