@@ -277,15 +277,19 @@ def test_an_upgrade_waits_for_a_backup_and_logs_its_id(
 @pytest.mark.parametrize(
     ("answer", "message"),
     [
-        ("failed", "the pre-upgrade backup failed"),
-        (None, "no pre-upgrade backup within 2s: is the backup container running? The schema was not upgraded."),
+        ("failed", "prepare_db: the pre-upgrade backup failed (see the backup container's log)"),
+        (
+            None,
+            "prepare_db: no pre-upgrade backup within 2s: is the backup container running? "
+            "The schema was not upgraded.",
+        ),
     ],
 )
 def test_no_upgrade_without_its_backup(
     database: str, run_main: Callable[..., None], answer: str | None, message: str
 ) -> None:
     older = _make_older_schema(database)
-    with _backup_container(database, answer) as seen, pytest.raises(SystemExit, match=re.escape(message)):
+    with _backup_container(database, answer) as seen, pytest.raises(SystemExit, match=f"^{re.escape(message)}$"):
         run_main(database, MLFLOW_PRE_UPGRADE_BACKUP="true", MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT="2")
     assert seen == ["mlflow-backup-request"]
     assert _scalar(database, "SELECT version_num FROM alembic_version") == older
