@@ -256,6 +256,10 @@ def test_postgres_not_published(props: dict[str, Any], expected: int) -> None:
         ({k: v for k, v in _postgres().items() if k != "healthcheck"}, "no healthcheck"),
         (_postgres(healthcheck={"tests": []}), "no healthcheck"),
         (_postgres(healthcheck={"tests": ["NONE"]}), "disabled"),
+        # Only a task container (attach and not mustRun) may go without a healthcheck.
+        ({**_postgres(healthcheck={"tests": []}), "attach": True, "mustRun": False}, None),
+        ({**_postgres(healthcheck={"tests": []}), "attach": False, "mustRun": False}, "no healthcheck"),
+        ({**_postgres(healthcheck={"tests": []}), "attach": True, "mustRun": True}, "no healthcheck"),
     ],
 )
 def test_container_healthcheck(props: dict[str, Any], expected: str | None) -> None:
@@ -294,6 +298,8 @@ def test_container_restart_policy(restart: str | None, passes: bool) -> None:
         (IMAGE, {"imageName": "mlflow-platform/mlflow", "build": {"args": {"BASE_IMAGE": "python:3.12"}}}, 1),
         (IMAGE, {"imageName": "mlflow-platform/mlflow:1", "build": {"args": {"BASE_IMAGE": "python"}}}, 1),
         (IMAGE, {"imageName": "mlflow-platform/mlflow:1", "build": {"args": {"MLFLOW_VERSION": "latest"}}}, 0),
+        # An unknown name (still to be computed) does not end the check: the base image is still checked.
+        (IMAGE, {"imageName": UNKNOWN_STRING_VALUE, "build": {"args": {"BASE_IMAGE": "python"}}}, 1),
     ],
 )
 def test_image_pinned(type_token: str, props: dict[str, Any], expected: int) -> None:
