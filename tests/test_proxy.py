@@ -287,3 +287,33 @@ def test_caddyfile_for_an_ipv6_host_on_another_port() -> None:
 def test_caddyfile_refuses_a_mode_without_a_proxy() -> None:
     with pytest.raises(ValueError, match="no proxy for tlsMode 'off'"):
         caddyfile(_site("off"))
+
+
+def test_the_whole_caddyfile_for_an_internal_ca() -> None:
+    # Literal, tabs and all: a renamed directive, a lost brace or indent, or a dropped
+    # option shows here even where the line-by-line checks above would still find their lines.
+    assert caddyfile(_site("internal")) == (
+        "{\n\tadmin off\n\thttp_port 8080\n\thttps_port 8443\n\tskip_install_trust\n"
+        "\tauto_https disable_redirects\n\tstorage file_system /var/lib/mlflow-proxy\n"
+        "\tdefault_sni mlflow.example.com\n\tgrace_period 50s\n"
+        "\tservers {\n\t\tprotocols h1 h2\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}\n"
+        "\t\tstrict_sni_host on\n\t}\n"
+        "\tlog {\n\t\toutput stderr\n\t\tformat json\n\t}\n"
+        '\tpki {\n\t\tca mlflow {\n\t\t\tname "mlflow-platform mlflow.example.com"\n'
+        "\t\t\troot {\n\t\t\t\tcert /run/secrets/ca-root.crt\n\t\t\t\tkey /run/secrets/ca-root.key\n\t\t\t}\n"
+        "\t\t}\n\t}\n}\n\n"
+        "http://:8080 {\n\tredir https://mlflow.example.com{uri} 308\n}\n\n"
+        'http://:8081 {\n\tbind 127.0.0.1\n\trespond /health "ok" 200\n}\n\n'
+        "https://mlflow.example.com {\n"
+        "\ttls {\n\t\tprotocols tls1.2 tls1.3\n\t\tissuer internal {\n\t\t\tca mlflow\n\t\t}\n\t}\n"
+        "\trequest_body {\n\t\tmax_size 5120MiB\n\t}\n"
+        "\treverse_proxy mlflow:5000 {\n\t\tflush_interval -1\n\t\ttransport http {\n\t\t\tkeepalive 2s\n\t\t}\n\t}\n"
+        "\tlog {\n\t\toutput stdout\n\t\tformat json\n\t}\n"
+        "}\n"
+    )
+
+
+@pytest.mark.parametrize("email", ['ops"@example.com', "ops@example.com\nadmin on"])
+def test_a_value_that_would_break_out_of_its_token_is_refused(email: str) -> None:
+    with pytest.raises(ValueError, match=r"^not a Caddyfile token: "):
+        caddyfile(_site("acme", acme_email=email))
