@@ -59,7 +59,7 @@ class GarbageCollectorArgs(TypedDict):
 
 
 class GarbageCollector(pulumi.ComponentResource):
-    """`mlflow gc --older-than` every interval (the first 10 minutes after start); its output goes to the container log."""
+    """`mlflow gc --older-than` every interval, the first 10 minutes after start; output in the container log."""
 
     container: docker.Container
 
