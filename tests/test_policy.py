@@ -249,6 +249,33 @@ def test_postgres_not_published(props: dict[str, Any], expected: int) -> None:
     assert len(_check_resource("postgres-not-published", CONTAINER, props)) == expected
 
 
+_PUBLISHED = [{"internal": 6543.0, "external": 6543.0}]
+
+
+@pytest.mark.parametrize(
+    ("props", "is_postgres"),
+    [
+        # Each sign alone marks the database: the role label, PGDATA, an image named postgres or postgis.
+        ({"image": "example/db:1", "labels": [{"label": "org.mlflow-platform.role", "value": "database"}]}, True),
+        ({"image": "example/db:1", "labels": [{"label": "org.mlflow-platform.role", "value": "server"}]}, False),
+        ({"image": "example/db:1", "envs": ["PGDATA=/var/lib/pg"]}, True),
+        ({"image": "example/db:1", "envs": ["pgdata=/var/lib/pg"]}, False),
+        ({"image": "registry.example.com:5000/library/postgres:17.6"}, True),
+        ({"image": "registry.example.com/gis/postgis:17-3.5@sha256:" + "a" * 64}, True),
+        ({"image": "registry.example.com/library/mariadb:11"}, False),
+    ],
+)
+def test_the_database_container_is_recognised_by_any_of_its_signs(props: dict[str, Any], is_postgres: bool) -> None:
+    messages = _check_resource("postgres-not-published", CONTAINER, {**props, "ports": _PUBLISHED})
+    assert messages == (["ports[0] publishes port 6543 of the Postgres container on the host."] if is_postgres else [])
+
+
+def test_publish_all_ports_is_named_in_the_violation() -> None:
+    assert _check_resource("postgres-not-published", CONTAINER, _postgres(publishAllPorts=True)) == [
+        "publishAllPorts publishes the port the Postgres image exposes (5432) on every interface."
+    ]
+
+
 @pytest.mark.parametrize(
     ("props", "expected"),
     [
