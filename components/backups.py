@@ -34,6 +34,10 @@ BACKUP_DIR = "/var/lib/postgresql/data"
 # 077), so only that uid can read them for a backup and write them back on restore.
 BACKUP_UID = MLFLOW_UID
 MEMORY_MB = 512
+# `docker stop` lets a running dump finish its current step (the script traps SIGTERM
+# between steps); a backup cut off after this leaves a .partial directory that the
+# next start removes, never a listed backup.
+STOP_TIMEOUT_SECONDS = 60
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
 
 
@@ -181,6 +185,11 @@ class BackupService(pulumi.ComponentResource):
             labels=container_labels(args["labels"]),
             wait=True,
             wait_timeout=args["startup_timeout_seconds"],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"])),
+            stop_signal="SIGTERM",
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
+            # Its name is fixed: the provider creates a replacement before deleting the
+            # old container unless told otherwise, and Docker refuses a second name.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
         )
         self.register_outputs({"container_name": self.container.name, "volume_name": self.volume.name})

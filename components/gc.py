@@ -20,6 +20,8 @@ from components.mlflow_server import ARTIFACTS_DIR, MLFLOW_UID
 GC_COMMAND = "/usr/local/bin/mlflow-gc"
 _DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
 MEMORY_MB = 512
+# The loop exits on SIGTERM; a gc cut short is simply run again on the next schedule.
+STOP_TIMEOUT_SECONDS = 30
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
 
 
@@ -114,6 +116,11 @@ class GarbageCollector(pulumi.ComponentResource):
             # 3.10's `gc --older-than` breaks on Postgres) must not block a deployment;
             # it shows as unhealthy in `docker ps` and logs each failure instead.
             wait=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"])),
+            stop_signal="SIGTERM",
+            stop_timeout=STOP_TIMEOUT_SECONDS,
+            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
+            # Its name is fixed: the provider creates a replacement before deleting the
+            # old container unless told otherwise, and Docker refuses a second name.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
         )
         self.register_outputs({"container_name": self.container.name})

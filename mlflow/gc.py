@@ -17,6 +17,7 @@ artifacts volume instead, so those URIs are resolved to the same files on disk.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -81,7 +82,15 @@ def gc_once() -> None:
     _log("done")
 
 
+def _stop(signum: int, _frame: object) -> None:
+    _log(f"stopping on {signal.Signals(signum).name}")
+    sys.exit(0)
+
+
 def loop() -> None:
+    # The loop is the container's PID 1, which the kernel spares from any signal it has
+    # no handler for: without this, `docker stop` waits out its whole timeout, then kills.
+    signal.signal(signal.SIGTERM, _stop)
     interval = int(os.environ["GC_INTERVAL_SECONDS"])
     _STARTED.write_text(str(int(time.time())), encoding="utf-8")
     first = min(interval, _FIRST_DELAY_SECONDS)

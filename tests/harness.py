@@ -68,6 +68,7 @@ class Registration:
     parent: str
     protect: bool
     retain_on_delete: bool
+    delete_before_replace: bool
     dependencies: list[str]
     # Input name -> URNs it was computed from, as the engine hands them to stack policies.
     property_dependencies: dict[str, list[str]]
@@ -176,6 +177,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "parent": request.parent,
                 "protect": bool(request.protect),
                 "retain_on_delete": bool(request.retainOnDelete),
+                "delete_before_replace": bool(request.deleteBeforeReplace),
                 "dependencies": list(request.dependencies),
                 "property_dependencies": {
                     key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()

@@ -300,6 +300,9 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
             ],
         },
         "mlflow-platform-dev-backup": {
+            "stopSignal": "SIGTERM",
+            "stopTimeout": 60,
+            "destroyGraceSeconds": 60,
             "logOpts": {"max-size": "10m", "max-file": "3"},
             "waitTimeout": 300,
             "restart": "unless-stopped",
@@ -377,6 +380,9 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
             ],
         },
         "mlflow-platform-dev-gc": {
+            "stopSignal": "SIGTERM",
+            "stopTimeout": 30,
+            "destroyGraceSeconds": 30,
             "logOpts": {"max-size": "10m", "max-file": "3"},
             "restart": "unless-stopped",
             "wait": False,
@@ -668,6 +674,9 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
             ],
         },
         "mlflow-platform-staging-backup": {
+            "stopSignal": "SIGTERM",
+            "stopTimeout": 60,
+            "destroyGraceSeconds": 60,
             "logOpts": {"max-size": "10m", "max-file": "3"},
             "waitTimeout": 300,
             "restart": "unless-stopped",
@@ -749,6 +758,9 @@ EXPECTED: dict[str, dict[str, dict[str, Any]]] = {
             ],
         },
         "mlflow-platform-staging-gc": {
+            "stopSignal": "SIGTERM",
+            "stopTimeout": 30,
+            "destroyGraceSeconds": 30,
             "logOpts": {"max-size": "10m", "max-file": "3"},
             "restart": "unless-stopped",
             "wait": False,

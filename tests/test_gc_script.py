@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,7 +29,26 @@ def gc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setattr(module, "_HEARTBEAT", tmp_path / "last-success")
     monkeypatch.setattr(module, "_STARTED", tmp_path / "loop-started")
     monkeypatch.setattr(module.time, "time", lambda: 1_000_000.0)
+    # The loop's SIGTERM handler belongs in the container, not in the test runner.
+    monkeypatch.setattr(module.signal, "signal", lambda *_: None)
     return module
+
+
+def test_the_loop_stops_at_once_on_sigterm(tmp_path: Path) -> None:
+    # As the container's PID 1 the loop would ignore a signal it has no handler for,
+    # and `docker stop` would wait out its timeout before killing it.
+    env = {**os.environ, "GC_INTERVAL_SECONDS": "86400", "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "mlflow" / "gc.py"), "loop"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    assert "first gc in 600s, then every 86400s" in process.stderr.readline()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert process.stderr.read().endswith("mlflow-gc: stopping on SIGTERM\n")
 
 
 def test_the_first_gc_waits_ten_minutes_then_runs_every_interval(

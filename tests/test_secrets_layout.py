@@ -111,18 +111,28 @@ def test_no_secret_in_env_command_entrypoint_or_labels_of_any_container() -> pul
 
 @pulumi.runtime.test
 def test_containers_stop_cleanly_on_replace_and_destroy() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
+    mocks, outputs = run_program("prod")
 
     def check(values: dict[str, Any], secrets: set[str]) -> None:
         settings = {
-            suffix: tuple(
-                _container(mocks, suffix).inputs.get(key)
-                for key in ("stopSignal", "stopTimeout", "destroyGraceSeconds")
+            registration.name: (
+                *(registration.inputs.get(key) for key in ("stopSignal", "stopTimeout", "destroyGraceSeconds")),
+                registration.delete_before_replace,
             )
-            for suffix in ("postgres-container", "server-container")
+            for registration in mocks.of_type(CONTAINER)
         }
-        # SIGINT: Postgres's fast shutdown; SIGTERM: uvicorn finishes its in-flight requests.
-        assert settings == {"postgres-container": ("SIGINT", 120, 120), "server-container": ("SIGTERM", 60, 60)}
+        # SIGINT: Postgres's fast shutdown; SIGTERM: uvicorn finishes its in-flight requests,
+        # Caddy its connections, the backup and gc loops their current step. Every name is
+        # fixed, so each container is deleted before its replacement is created (the
+        # provider's default order would meet Docker's "name already in use").
+        assert settings == {
+            "mlflow-postgres-container": ("SIGINT", 120, 120, True),
+            "mlflow-db-bootstrap-container": (None, None, None, True),
+            "mlflow-server-container": ("SIGTERM", 60, 60, True),
+            "mlflow-proxy-container": ("SIGTERM", 60, 60, True),
+            "mlflow-backups-container": ("SIGTERM", 60, 60, True),
+            "mlflow-gc-container": ("SIGTERM", 30, 30, True),
+        }
 
     return resolved(outputs, check)
 
