@@ -140,15 +140,39 @@ def _own_database(superuser: str, user: str, database: str) -> None:
             _log(f"database {database}: {len(objects)} objects handed to '{user}'")
 
 
+def _scratch_database(superuser: str, user: str, database: str) -> None:
+    """The empty database where `mlflow-backup verify` proves a dump loads.
+
+    Made here, so the role needs no CREATEDB; owned by the superuser, so the role owns
+    only the tracking and auth databases. The role may connect, and owns the `public`
+    schema, which verify drops and re-creates (CREATE on the database) to empty it.
+    """
+    with _connect(superuser) as connection:
+        if connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+            _log(f"creating scratch database {database}")
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        # Stacks of an earlier release made the role its owner.
+        connection.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(superuser))
+        )
+        connection.execute(
+            sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(database), sql.Identifier(user)
+            )
+        )
+    with _connect(superuser, database) as connection:
+        connection.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS public"))
+        connection.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(user)))
+
+
 def main() -> None:
     superuser, user = os.environ["POSTGRES_SUPERUSER"], os.environ["POSTGRES_USER"]
     with _connect_as_superuser(superuser, user) as connection:
         _apply_roles(connection, superuser, user)
-    # The third is an empty scratch database where `mlflow-backup verify` proves a dump
-    # loads: made here, so the role needs no CREATEDB for it.
     tracking = os.environ["POSTGRES_DB"]
-    for database in (tracking, os.environ["POSTGRES_AUTH_DB"], f"{tracking}{SCRATCH_DATABASE_SUFFIX}"):
+    for database in (tracking, os.environ["POSTGRES_AUTH_DB"]):
         _own_database(superuser, user, database)
+    _scratch_database(superuser, user, f"{tracking}{SCRATCH_DATABASE_SUFFIX}")
     _log("done")
 
 

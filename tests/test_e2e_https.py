@@ -24,6 +24,7 @@ import docker
 import pytest
 import requests
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from mlflow.tracking import MlflowClient
 
 from tests import e2e
@@ -35,6 +36,7 @@ pytestmark = pytest.mark.docker
 # Not 443/80: the CI machine may serve something there; prod keeps its 0.0.0.0 binding.
 PROD_OVERRIDES = {"publicHost": "localhost", "httpsPort": 8443, "httpPort": 8080}
 BIG_ARTIFACT_MB = 200
+_DER = serialization.Encoding.DER
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +99,10 @@ def test_only_tls_1_2_and_1_3(prod: e2e.Deployed) -> None:
     e2e.report(f"handshake with the proxy: {version}, certificate for {_names(certificate)}")
     assert version == "TLSv1.3"
     assert _handshake(8443, "localhost", cafile, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"
-    with pytest.raises(ssl.SSLError):
+    # The client offers TLS 1.1 (security level 0), so only the server's alert can end it.
+    with pytest.raises(ssl.SSLError, match="TLSV1_ALERT_PROTOCOL_VERSION") as refused:
         _handshake(8443, "localhost", cafile, ssl.TLSVersion.TLSv1_1)
+    e2e.report(f"TLS 1.1 offered: refused by the proxy ({refused.value.reason})")
 
 
 def test_the_certificate_names_the_public_host_and_chains_to_the_stack_root(prod: e2e.Deployed) -> None:
@@ -195,6 +199,8 @@ def test_a_redeploy_keeps_the_ca_root(prod: e2e.Deployed, tmp_path: Path) -> Non
     ca_file = tmp_path / "old-root.pem"
     ca_file.write_text(root)
     assert requests.get(f"{again.tracking_uri}/health", verify=str(ca_file), timeout=10).status_code == 200
+    fingerprint = hashlib.sha256(x509.load_pem_x509_certificate(root.encode()).public_bytes(_DER)).hexdigest()
+    e2e.report(f"CA root after down --keep-volumes and up: unchanged (sha256 {fingerprint[:16]}...)")
 
 
 # --- provided ------------------------------------------------------------------------------------
@@ -221,6 +227,12 @@ def test_a_provided_certificate_is_served(docker_client: docker.DockerClient, tm
         response = requests.get(f"{deployed.tracking_uri}/health", verify=str(ca_file), timeout=10)
         assert (response.status_code, response.headers["Strict-Transport-Security"]) == (200, "max-age=31536000")
         assert "ca_certificate" not in deployed.outputs
+        # The API behind it, logged in, trusting only the company CA.
+        auth = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
+        search = f"{deployed.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, auth=auth, verify=str(ca_file), timeout=10).status_code == 200
+        assert requests.get(search, verify=str(ca_file), timeout=10).status_code == 401
+        e2e.report(f"provided certificate served for {_names(served)}, HSTS on, logged-in API call 200")
 
 
 # --- acme ----------------------------------------------------------------------------------------
@@ -290,6 +302,7 @@ def test_acme_issues_and_the_proxy_serves_it(acme_server: tuple[str, str], tmp_p
         "acmeDirectoryUrl": directory,
         "acmeCaCertificate": acme_root,
     }
+    deploying = time.monotonic()
     with e2e.stack("staging", overrides) as deployed:
         assert deployed.tracking_uri == f"https://{ACME_HOST}"
         ca_file = tmp_path / "acme-root.pem"
@@ -307,7 +320,12 @@ def test_acme_issues_and_the_proxy_serves_it(acme_server: tuple[str, str], tmp_p
             proxy = docker.from_env().containers.get(str(deployed.outputs["proxy_container_name"]))
             logs = proxy.logs().decode()[-3000:]
             raise AssertionError(f"no certificate issued by ACME within 90s ({error}); proxy log:\n{logs}")
-        waited = time.monotonic() - started
-        e2e.report(f"ACME certificate for {_names(served)} issued and served after {waited:.1f}s ({version})")
+        waited = time.monotonic() - deploying
+        proxy = docker.from_env().containers.get(str(deployed.outputs["proxy_container_name"]))
+        challenges = sorted(set(re.findall(r'"challenge_type":\s*"([a-z0-9-]+)"', proxy.logs().decode())))
+        e2e.report(
+            f"ACME certificate for {_names(served)} served {waited:.1f}s after `up` began "
+            f"({version}; challenge {', '.join(challenges) or 'not logged'})"
+        )
         assert _names(served) == [ACME_HOST]
         assert "Caddy Local Authority" in served.issuer.rfc4514_string()

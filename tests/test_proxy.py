@@ -189,6 +189,16 @@ def test_mlflow_allows_the_host_clients_send_through_the_proxy() -> pulumi.Outpu
     return resolved(outputs, check)
 
 
+@pulumi.runtime.test
+def test_the_stacks_upload_limit_reaches_the_proxy() -> pulumi.Output[None]:
+    mocks, outputs = run_program("prod", {"maxUploadMb": 100})
+
+    def check(values: dict[str, Any], secrets: set[str]) -> None:
+        assert "\trequest_body {\n\t\tmax_size 100MiB\n\t}\n" in _caddyfile(mocks)
+
+    return resolved(outputs, check)
+
+
 def _caddyfile(mocks: EngineMocks) -> str:
     return str(_proxy(mocks).inputs["uploads"][0]["content"])
 
