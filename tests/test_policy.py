@@ -536,6 +536,61 @@ def test_the_server_is_recognised_by_the_image_it_runs() -> None:
 
 
 @pytest.mark.parametrize(
+    ("entrypoints", "command", "is_server", "authenticated"),
+    [
+        # A shell's -c script is read as the words it runs, wherever the shell and its script are split.
+        ([], ["sh", "-c", "exec mlflow server --host 0.0.0.0"], True, False),
+        (["/bin/bash", "-ec"], ["cd /tmp && /opt/mlflow/bin/mlflow server --host 0.0.0.0"], True, False),
+        ([], ["bash", "-c", "mlflow server --app-name basic-auth"], True, True),
+        ([], ["sh", "-c", "mlflow gc --backend-store-uri x"], False, False),
+        # MLflow's own apps served directly by a WSGI/ASGI server; basic-auth's app is authenticated.
+        ([], ["gunicorn", "-b", "0.0.0.0:5000", "-w", "4", "mlflow.server:app"], True, False),
+        (["python", "-m", "uvicorn"], ["--host", "0.0.0.0", "mlflow.server.fastapi_app:app"], True, False),
+        ([], ["gunicorn", "-b", "0.0.0.0:5000", "mlflow.server.auth:create_app()"], True, True),
+        ([], ["uvicorn", "--factory", "mlflow.server.auth:create_app"], True, True),
+        ([], ["sh", "-c", "exec gunicorn mlflow.server:app"], True, False),
+        # Someone else's app under gunicorn, a module merely named like MLflow's.
+        ([], ["gunicorn", "myapp.server:app"], False, False),
+        ([], ["gunicorn", "mlflow_extras.server:app"], False, False),
+    ],
+)
+def test_the_server_is_recognised_by_what_it_runs(
+    entrypoints: list[str], command: list[str], is_server: bool, authenticated: bool
+) -> None:
+    props = {"image": IMAGE_ID, "entrypoints": entrypoints, "command": command}
+    assert policies.runs_mlflow_server_arguments(props) is is_server
+    assert policies.mlflow_auth_enabled(props) is authenticated
+    reported = _check_stack("protected-stack-mlflow-auth", [_stack_resource(CONTAINER, "server", props, stack="prod")])
+    prefix = "the tracking server server of the shared stack 'prod' runs without"
+    assert [message[: len(prefix)] for _, message in reported] == ([prefix] if is_server and not authenticated else [])
+
+
+@pytest.mark.parametrize(
+    ("context", "is_mlflow"),
+    [
+        ("./mlflow", True),
+        ("mlflow", True),
+        ("./mlflow/", True),
+        # What pulumi-docker may be handed from a program that resolves its paths.
+        ("/srv/mlflow-platform/mlflow", True),
+        ("/srv/mlflow-platform/mlflow/", True),
+        ("mlflow/.", True),
+        ("./mlflow/../mlflow", True),
+        ("C:\\src\\mlflow-platform\\mlflow", True),
+        ("./mlflow/proxy", False),
+        ("/srv/mlflow-platform/mlflow/proxy", False),
+        ("./caddy", False),
+        (".", False),
+    ],
+)
+def test_the_server_image_is_recognised_by_its_build_context_however_written(context: str, is_mlflow: bool) -> None:
+    image = _built_image(context)
+    assert policies.is_mlflow_image(image) is is_mlflow
+    reported = _check_stack("protected-stack-mlflow-auth", [image, _server_from_image(image, stack="prod")])
+    assert len(reported) == (1 if is_mlflow else 0)
+
+
+@pytest.mark.parametrize(
     ("props", "passes"),
     [
         (_mlflow(), True),
