@@ -32,7 +32,9 @@ What the engine hands a policy, as read from pulumi-policy 1.21.0's source:
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
+import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from itertools import pairwise
 from typing import Any, Final
@@ -94,9 +96,18 @@ MIN_SECRET_LENGTH: Final = 8
 MLFLOW_SERVER_FLAGS: Final = frozenset(
     {"--serve-artifacts", "--no-serve-artifacts", "--artifacts-destination", "--app-name"}
 )
+# Shells whose `-c` script is a command line of its own: `sh -c "exec mlflow server ..."` runs the server.
+SHELLS: Final = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh"})
+# The application basic-auth names (MLflow's `mlflow.app` entry point): what `mlflow server --app-name
+# basic-auth` hands gunicorn, uvicorn or waitress, so serving it directly is authenticated too.
+AUTH_APPS: Final = frozenset({"mlflow.server.auth:create_app"})
 
 _IMAGE_ID = re.compile(r"^sha256:[a-f0-9]{64}$")
 _DIGEST_SUFFIX = re.compile(r"@sha256:[a-f0-9]{64}$")
+# A WSGI/ASGI application in MLflow's server package (`mlflow.server:app`, `mlflow.server.fastapi_app:app`,
+# `mlflow.server.auth:create_app()`), as gunicorn, uvicorn or waitress take it: whichever of them serves
+# it, that container is the tracking server.
+_MLFLOW_APP = re.compile(r"^(mlflow\.server(?:\.\w+)*:\w+)(?:\(\))?$")
 
 
 class _Unknown:
@@ -196,6 +207,36 @@ def _arguments(props: Any) -> list[str]:
     return _strings(props, "entrypoints") + _strings(props, "command")
 
 
+def _script_words(script: str) -> list[str]:
+    try:
+        return shlex.split(script)
+    except ValueError:  # unbalanced quotes: the shell would refuse it too, but the words still tell
+        return script.split()
+
+
+def _words(props: Any) -> list[str]:
+    """The container's arguments, with every argument after a shell's `-c` read as the words of its script."""
+    words: list[str] = []
+    shell = False
+    script_follows = False
+    for argument in _arguments(props):
+        if script_follows:
+            words += _script_words(argument)
+            continue
+        words.append(argument)
+        if posixpath.basename(argument) in SHELLS:
+            shell = True
+        # -c alone or in a cluster of short options (`-ec`, `-euc`); what follows is the script and its $0, $1...
+        elif shell and re.fullmatch(r"-[a-z]*c[a-z]*", argument):
+            script_follows = True
+    return words
+
+
+def _mlflow_apps(words: Sequence[str]) -> list[str]:
+    """The MLflow server applications named among the words, without gunicorn's `()` factory call."""
+    return [match.group(1) for word in words if (match := _MLFLOW_APP.match(word))]
+
+
 def is_postgres(props: Any) -> bool:
     """The program's database container, or any container running a Postgres image by name."""
     if labels(props).get(ROLE_LABEL) == DATABASE_ROLE:
@@ -210,11 +251,14 @@ def is_postgres(props: Any) -> bool:
 
 
 def runs_mlflow_server_arguments(props: Any) -> bool:
-    """A container whose arguments are `mlflow server`'s, whatever image it runs."""
-    arguments = _arguments(props)
-    if ("mlflow", "server") in pairwise(arguments):
+    """A container whose arguments are `mlflow server`'s, or serve its application, whatever image it runs."""
+    words = _words(props)
+    # `/opt/mlflow/bin/mlflow server` as well as `mlflow server` and `python -m mlflow server`.
+    if any(posixpath.basename(program) == "mlflow" and verb == "server" for program, verb in pairwise(words)):
         return True
-    return any(argument.split("=", 1)[0] in MLFLOW_SERVER_FLAGS for argument in arguments)
+    if _mlflow_apps(words):
+        return True
+    return any(word.split("=", 1)[0] in MLFLOW_SERVER_FLAGS for word in words)
 
 
 def keeps_server_entrypoint(props: Any) -> bool:
@@ -224,11 +268,17 @@ def keeps_server_entrypoint(props: Any) -> bool:
 
 
 def is_mlflow_image(image: PolicyResource) -> bool:
-    """A docker:Image built from the project's mlflow/ directory (the server's Dockerfile)."""
+    """A docker:Image built from the project's mlflow/ directory (the server's Dockerfile).
+
+    The context may be written relative (`./mlflow/`) or absolute (a program that resolves its paths),
+    with either separator: any directory named mlflow, once normalised, is taken for the project's.
+    """
     if image.resource_type != IMAGE:
         return False
     context = _field(_field(image.props, "build"), "context")
-    return isinstance(context, str) and context.rstrip("/").removeprefix("./") == MLFLOW_BUILD_CONTEXT
+    if not isinstance(context, str):
+        return False
+    return posixpath.basename(posixpath.normpath(context.replace("\\", "/"))) == MLFLOW_BUILD_CONTEXT
 
 
 def is_mlflow_server(container: PolicyResource, mlflow_images: Sequence[PolicyResource]) -> bool:
@@ -259,8 +309,11 @@ def is_mlflow_server(container: PolicyResource, mlflow_images: Sequence[PolicyRe
 
 
 def mlflow_auth_enabled(props: Any) -> bool:
-    """`--app-name basic-auth` (or `--app-name=basic-auth`) among the container's arguments."""
-    arguments = _arguments(props)
+    """`--app-name basic-auth` (or `--app-name=basic-auth`) among the container's arguments, or basic-auth's
+    application served directly."""
+    arguments = _words(props)
+    if any(app in AUTH_APPS for app in _mlflow_apps(arguments)):
+        return True
     for index, argument in enumerate(arguments):
         if argument == "--app-name" and index + 1 < len(arguments) and arguments[index + 1] in AUTH_APP_NAMES:
             return True
@@ -504,15 +557,15 @@ def _secret_sources(resources: Sequence[PolicyResource]) -> dict[str, PolicyReso
     }
 
 
-def _secret_values(sources: Mapping[str, PolicyResource]) -> dict[str, str]:
-    """Known generated secret value -> the resource that generated it."""
-    values: dict[str, str] = {}
+def _secret_values(sources: Mapping[str, PolicyResource]) -> list[tuple[str, PolicyResource]]:
+    """(value, the resource that generated it) of every known generated secret."""
+    values = []
     for resource in sources.values():
         keys = [*SECRET_OUTPUTS.get(resource.resource_type, ()), *resource.opts.additional_secret_outputs]
         for key in keys:
             value = _field(resource.props, key)
             if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
-                values[value] = resource.name
+                values.append((value, resource))
     return values
 
 
@@ -532,11 +585,20 @@ def _package(type_token: str) -> str:
     return type_token.split(":", 1)[0]
 
 
+def _handles_secrets_by_design(resource: PolicyResource) -> bool:
+    """A generator or consumer of generated secrets (random, tls) whose inputs are not read.
+
+    Marking an output secret (`additional_secret_outputs`) exempts nothing: any resource can set that
+    option, and a container that does still shows its environment in `docker inspect`.
+    """
+    return _package(resource.resource_type) in SECRET_HANDLING_PACKAGES
+
+
 def _validate_no_secret_values(args: StackValidationArgs, report: ReportViolation) -> None:
     sources = _secret_sources(args.resources)
     values = _secret_values(sources)
     for resource in args.resources:
-        if resource.urn in sources or _package(resource.resource_type) in SECRET_HANDLING_PACKAGES:
+        if _handles_secrets_by_design(resource):
             continue
         exempt = SECRET_CARRYING_INPUTS if resource.resource_type == CONTAINER else frozenset()
         for key, dependencies in sorted(resource.property_dependencies.items()):
@@ -552,11 +614,12 @@ def _validate_no_secret_values(args: StackValidationArgs, report: ReportViolatio
             if key in exempt:
                 continue
             for path, item in _strings_within(_field(resource.props, key), key):
-                for value, source in values.items():
-                    if value in item:
+                for value, source in values:
+                    # A resource's own secret output is no leak of it (its input may well be the same value).
+                    if value in item and source.urn != resource.urn:
                         shown = f"{path} ({item.partition('=')[0]})" if key == "envs" else path
                         report(
-                            f"{shown} of {resource.name} contains the secret generated by {source}; "
+                            f"{shown} of {resource.name} contains the secret generated by {source.name}; "
                             "pass it as an uploaded file instead.",
                             resource.urn,
                         )
@@ -656,8 +719,8 @@ protected_stack_mlflow_auth = StackValidationPolicy(
     name="protected-stack-mlflow-auth",
     description=(
         "In every shared stack (any stack whose pack config does not set environmentKind: dev) the MLflow "
-        "tracking server, recognised by the image built from mlflow/ or by `mlflow server`'s arguments, runs "
-        "with authentication (basic-auth)."
+        "tracking server, recognised by the image built from mlflow/, by `mlflow server`'s arguments or by "
+        "MLflow's server application under gunicorn or uvicorn, runs with authentication (basic-auth)."
     ),
     validate=_validate_shared_stack_auth,
     enforcement_level=EnforcementLevel.MANDATORY,
