@@ -112,9 +112,10 @@ class GarbageCollector(pulumi.ComponentResource):
             tmpfs=_TMPFS,
             **hardening(MEMORY_MB, args["log_max_size"], args["log_max_files"]),
             labels=container_labels(args["labels"]),
-            # Not waited for: the server does not need it, and a gc that fails (MLflow
-            # 3.10's `gc --older-than` breaks on Postgres) must not block a deployment;
-            # it shows as unhealthy in `docker ps` and logs each failure instead.
+            # Not waited for: the server does not need it, and a gc that fails must not
+            # block a deployment (before MLflow 3.17.0, 3.12 included, `gc --older-than`
+            # fails on Postgres: its experiment age filter is bound as text, `bigint <
+            # character varying`); it shows as unhealthy in `docker ps` and logs each failure.
             wait=False,
             stop_signal="SIGTERM",
             stop_timeout=STOP_TIMEOUT_SECONDS,

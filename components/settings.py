@@ -44,14 +44,16 @@ _HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
 _ORIGIN = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/\[\]:]+)(?::(?P<port>[0-9]{1,5}))?$")
 _MLFLOW_VERSION = re.compile(r"^(?P<major>[0-9]+)\.(?P<minor>[0-9]+)\.(?P<patch>[0-9]+)$")
 # The oldest release with every contract the program relies on, read from the
-# released wheels (mlflow/cli.py, mlflow/environment_variables.py, mlflow/server/):
+# released wheels (mlflow/cli/, mlflow/environment_variables.py, mlflow/server/):
 # the basic-auth config keys (default_permission, database_uri, admin_username,
 # admin_password, authorization_function: 3.4 has them all), `mlflow server
 # --allowed-hosts` and the job-execution switch MLFLOW_SERVER_ENABLE_JOB_EXECUTION
-# (both first in 3.5.0), and `mlflow server` forwarding SIGTERM to uvicorn, so a
+# (both first in 3.5.0), `mlflow server` forwarding SIGTERM to uvicorn, so a
 # stopped container finishes its in-flight requests (first in 3.10.0; before, the
-# CLI died and uvicorn was killed with it).
-OLDEST_MLFLOW = (3, 10, 0)
+# CLI died and uvicorn was killed with it), and the basic-auth credential cache's
+# key auth_cache_ttl_seconds (config key authCacheTtlSeconds), first read by
+# mlflow/server/auth/config.py in 3.12.0: 3.11 ignores it without a word.
+OLDEST_MLFLOW = (3, 12, 0)
 # Postgres's identifier limit (NAMEDATALEN - 1); the auth database adds a suffix.
 _POSTGRES_NAME_MAX = 63
 AUTH_DATABASE_SUFFIX = "_auth"
@@ -337,7 +339,8 @@ _ROLE_ACCEPTED = (
 _MLFLOW_ACCEPTED = (
     "accepted: an exact MLflow release such as '3.17.2', "
     f"{'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION and graceful SIGTERM handling)"
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
+    "cache (authCacheTtlSeconds))"
 )
 # What the server needs: measured after start with 2 workers, auth on and job
 # execution off, it holds 582 MiB (tests/test_e2e_secrets.py reports it): the CLI

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
+from components.settings import OLDEST_MLFLOW
 from tests.local_deploy.__main__ import UPGRADE_FROM_VERSION
 from tests.stack_config import PROJECT_DIR, stack_config
 
@@ -278,6 +279,16 @@ def test_every_image_lock_is_hash_locked_and_named_after_its_release() -> None:
     assert len(locks) >= 2
     for lock in locks:
         assert _locked(lock)["mlflow"].version == lock.stem
+
+
+def test_every_image_lock_is_a_release_mlflow_version_accepts() -> None:
+    # The upgrade and downgrade tests start from the oldest accepted release; a lock older
+    # than it serves no deployment.
+    assert tuple(int(part) for part in UPGRADE_FROM_VERSION.split(".")) == OLDEST_MLFLOW
+    for lock in sorted(LOCKS_DIR.glob("*.txt")):
+        assert tuple(int(part) for part in lock.stem.split(".")) >= OLDEST_MLFLOW, (
+            f"{lock.name} is older than OLDEST_MLFLOW"
+        )
 
 
 @pytest.mark.parametrize(("lock", "source"), sorted(LOCK_INPUTS.items()))

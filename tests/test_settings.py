@@ -35,10 +35,13 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"bindAddress": "0.0.0.0"}, "bindAddress", "'0.0.0.0'", "a loopback address"),
     ("dev", {"publicHost": ""}, "publicHost", "''", "a DNS host name or an IP address"),
     ("dev", {"publicHost": "mlflow_server!"}, "publicHost", "'mlflow_server!'", "a DNS host name"),
-    ("dev", {"mlflowVersion": "2.22.0"}, "mlflowVersion", "'2.22.0'", "3.10.0 or newer"),
+    ("dev", {"mlflowVersion": "2.22.0"}, "mlflowVersion", "'2.22.0'", "3.12.0 or newer"),
     ("dev", {"mlflowVersion": "3.17"}, "mlflowVersion", "'3.17'", "an exact MLflow release"),
     # 3.9.0 has --allowed-hosts and the job switch, but its CLI kills uvicorn on SIGTERM.
-    ("dev", {"mlflowVersion": "3.9.0"}, "mlflowVersion", "'3.9.0'", "3.10.0 or newer"),
+    ("dev", {"mlflowVersion": "3.9.0"}, "mlflowVersion", "'3.9.0'", "3.12.0 or newer"),
+    # 3.11.1 stops gracefully, but ignores auth_cache_ttl_seconds (authCacheTtlSeconds).
+    ("dev", {"mlflowVersion": "3.11.1"}, "mlflowVersion", "'3.11.1'", "3.12.0 or newer"),
+    ("dev", {"mlflowVersion": "3.10.1"}, "mlflowVersion", "'3.10.1'", "the basic-auth cache (authCacheTtlSeconds)"),
     ("dev", {"mlflowVersion": "3.4.0"}, "mlflowVersion", "'3.4.0'", "--allowed-hosts"),
     ("dev", {"postgresDatabase": "ml-flow"}, "postgresDatabase", "'ml-flow'", "a lower-case Postgres identifier"),
     # 59 characters: the auth database (plus '_auth') would pass Postgres's 63.
@@ -209,7 +212,7 @@ def test_every_committed_stack_file_is_valid_and_complete(stack: str) -> None:
         ({"allowedHosts": ["fd00::5", "[FD00::6]:8080"]}, {"allowed_hosts": ("[fd00::5]", "[fd00::6]:8080")}),
         ({"corsAllowedOrigins": ["https://UI.example.com"]}, {"cors_allowed_origins": ("https://ui.example.com",)}),
         ({"postgresDatabase": "m" * 58}, {"postgres_database": "m" * 58}),
-        ({"mlflowVersion": "3.10.0"}, {"mlflow_version": "3.10.0"}),
+        ({"mlflowVersion": "3.12.0"}, {"mlflow_version": "3.12.0"}),
         ({"secretsRotation": " 2026-11 "}, {"secrets_rotation": "2026-11"}),
     ],
 )
@@ -488,8 +491,9 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
         "dev",
         {"mlflowVersion": "3.17"},
         "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow release such "
-        "as '3.17.2', 3.10.0 or newer (the oldest with --allowed-hosts, "
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION and graceful SIGTERM handling)",
+        "as '3.17.2', 3.12.0 or newer (the oldest with --allowed-hosts, "
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
+        "cache (authCacheTtlSeconds))",
     ),
     (
         "dev",

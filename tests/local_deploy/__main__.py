@@ -16,7 +16,7 @@ from tests.stack_config import stack_config
 
 # An older release for the upgrade test: the image is rebuilt with the default
 # version over a database this one created.
-UPGRADE_FROM_VERSION = "3.10.1"
+UPGRADE_FROM_VERSION = "3.12.0"
 
 
 def mlflow_versions() -> list[str]:
