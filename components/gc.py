@@ -23,6 +23,21 @@ MEMORY_MB = 512
 # The loop exits on SIGTERM; a gc cut short is simply run again on the next schedule.
 STOP_TIMEOUT_SECONDS = 30
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
+# The first release whose `gc --older-than` works on Postgres: before it, the age
+# filter is bound as text (`bigint < character varying`, mlflow/mlflow#25574).
+FIRST_WORKING_GC = (3, 17, 0)
+
+
+def gc_warning(mlflow_version: str) -> str | None:
+    """What `pulumi up` says when this release's gc cannot purge anything; None when it can."""
+    release = tuple(int(part) for part in mlflow_version.split(".")[:3])
+    if release >= FIRST_WORKING_GC:
+        return None
+    return (
+        f"mlflowVersion {mlflow_version}: `mlflow gc --older-than` fails on Postgres before MLflow "
+        f"{'.'.join(map(str, FIRST_WORKING_GC))} (mlflow/mlflow#25574), so deleted runs are not purged and "
+        "the gc container stays unhealthy until mlflowVersion is raised"
+    )
 
 
 class GarbageCollectorArgs(TypedDict):
@@ -44,6 +59,8 @@ class GarbageCollectorArgs(TypedDict):
     """Database role."""
     password: pulumi.Input[str]
     """Database password (secret); uploaded as a 0400 file."""
+    mlflow_version: str
+    """The image's MLflow release: one whose gc fails on Postgres is warned about."""
     older_than: str
     """`mlflow gc --older-than`: how long a run stays deleted before it is purged."""
     interval_seconds: int
@@ -67,6 +84,9 @@ class GarbageCollector(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GarbageCollectorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:gc:GarbageCollector", name, None, opts)
+        # A warning, not a refusal: an older release is still a valid start of an upgrade.
+        if (warning := gc_warning(args["mlflow_version"])) is not None:
+            pulumi.log.warn(warning, resource=self)
         envs = [
             f"POSTGRES_HOST={args['postgres_host']}",
             f"POSTGRES_PORT={args['postgres_port']}",

@@ -186,6 +186,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "database": settings.postgres_database,
                 "user": settings.postgres_user,
                 "password": self.database.password.result,
+                "mlflow_version": settings.mlflow_version,
                 "older_than": settings.gc_older_than,
                 "interval_seconds": settings.gc_interval_hours * 3600,
                 "telemetry_enabled": settings.telemetry_enabled,

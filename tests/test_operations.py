@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pytest
 
 from components.backups import BackupService, BackupServiceArgs
 from components.docker_common import stack_labels
@@ -158,6 +159,7 @@ def test_gc_container_inputs() -> pulumi.Output[None]:
         "database": "mlflow",
         "user": "mlflow",
         "password": pulumi.Output.secret(PASSWORD),
+        "mlflow_version": "3.17.2",
         "older_than": "30d",
         "interval_seconds": 86400,
         "telemetry_enabled": False,
@@ -283,3 +285,33 @@ def test_a_one_minute_schedule_for_tests() -> pulumi.Output[None]:
         assert "GC_INTERVAL_SECONDS=7200" in mocks.one(CONTAINER, "gc-container").inputs["envs"]
 
     return resolved(outputs, check)
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"),
+    [
+        ("3.12.0", True),
+        ("3.16.1", True),
+        ("3.17.0", False),
+        ("3.17.2", False),
+        ("4.0.0", False),
+    ],
+)
+def test_a_release_whose_gc_fails_on_postgres_is_warned_about(
+    version: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda message, *_, **__: said.append(message))
+
+    @pulumi.runtime.test
+    def deploy() -> pulumi.Output[Any]:
+        _, outputs = run_program("dev", {"mlflowVersion": version})
+        return pulumi.Output.from_input(outputs["mlflow_container_name"])
+
+    deploy()
+    expected = (
+        f"mlflowVersion {version}: `mlflow gc --older-than` fails on Postgres before MLflow 3.17.0 "
+        "(mlflow/mlflow#25574), so deleted runs are not purged and the gc container stays unhealthy "
+        "until mlflowVersion is raised"
+    )
+    assert said == ([expected] if warned else [])
