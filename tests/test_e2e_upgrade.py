@@ -108,7 +108,11 @@ def test_upgrade_runs_db_upgrade_and_keeps_the_data(
     rows = {line.split()[0]: line.split() for line in listed.output[0].decode().splitlines()}
     assert rows[backup_id][2] == "pre-upgrade"
     assert rows[backup_id][-1] == old_schema
-    e2e.report(f"pre-upgrade backup {backup_id} holds schema {old_schema}")
+    # The release of the data (prepare_db's comment on the schema), not the one the stack now configures.
+    manifest = backup.exec_run(["cat", f"/var/lib/postgresql/data/{backup_id}/manifest.json"])
+    assert manifest.exit_code == 0, manifest.output
+    assert f'"mlflow_version": "{UPGRADE_FROM_VERSION}"' in manifest.output.decode()
+    e2e.report(f"pre-upgrade backup {backup_id}: schema {old_schema}, manifest mlflow_version {UPGRADE_FROM_VERSION}")
     new_schema = _schema_version(new, docker_client)
     e2e.report(f"upgrade {UPGRADE_FROM_VERSION} -> {current}: schema {old_schema} -> {new_schema}")
     assert new_schema == _head_of_installed_mlflow()
