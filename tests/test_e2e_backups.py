@@ -259,12 +259,15 @@ def test_list_keeps_the_newest_and_verify_catches_an_altered_file(
     assert ids[0] == taken[-1]
     assert taken[0] not in ids
     assert [line[2] for line in listed].count("manual") >= 2
+    e2e.report(f"took {', '.join(taken)}; list keeps {len(ids)} (backupKeep 3): {', '.join(ids)}")
 
+    started = time.monotonic()
     code, stdout, stderr = _exec(backup, "mlflow-backup", "verify", taken[-1])
     assert code == 0, stderr
     assert stdout.strip() == f"verified {taken[-1]}"
     assert "tracking.dump loads into a scratch database" in stderr
     assert "auth.dump loads into a scratch database" in stderr
+    e2e.report(f"verify {taken[-1]}: exit {code}, {stdout.strip()!r} in {time.monotonic() - started:.1f}s")
 
     code, _, stderr = _exec(backup, "sh", "-c", f"printf x >> {BACKUP_DIR}/{taken[-1]}/tracking.dump")
     assert code == 0, stderr
@@ -272,6 +275,8 @@ def test_list_keeps_the_newest_and_verify_catches_an_altered_file(
     assert code == 1
     assert "tracking.dump has sha256" in stderr
     assert "verified" not in stdout
+    error = next(line for line in stderr.splitlines() if "has sha256" in line)
+    e2e.report(f"verify {taken[-1]} after one byte appended to tracking.dump: exit {code}, {error.split(': ', 1)[1]}")
 
 
 # --- 4. gc ----------------------------------------------------------------------------------------
@@ -302,7 +307,14 @@ def test_gc_purges_an_old_deleted_run_and_its_artifacts(
     for name, expected in (("doomed", 1), ("live", 0)):
         code, _, _ = _exec(gc, "test", "-e", f"/mlflow/artifacts/{experiment_id}/{runs[name]}/artifacts/{name}.txt")
         assert code == expected, name
+    purged_directory = f"{experiment_id}/{runs['doomed']}/artifacts"
+    code, _, _ = _exec(gc, "test", "-e", f"/mlflow/artifacts/{purged_directory}")
+    assert code == 1, f"the purged run's artifact directory {purged_directory} is still there"
     assert [a.path for a in client.list_artifacts(runs["live"])] == ["live.txt"]
+    e2e.report(
+        f"gc purged deleted run {runs['doomed']} (artifact directory {purged_directory} gone); "
+        f"live run {runs['live']} kept with live.txt"
+    )
 
 
 # --- 5. metrics and telemetry ---------------------------------------------------------------------

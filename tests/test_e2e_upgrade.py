@@ -1,8 +1,14 @@
-"""End to end: changing `mlflowVersion` on a stack with data upgrades the schema and keeps the data."""
+"""End to end: changing `mlflowVersion` on a stack with data upgrades the schema and keeps the data;
+the README's rollback (stop the server, restore the pre-upgrade backup, redeploy the old release)
+brings back the old release on the data of before the upgrade."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -40,13 +46,41 @@ def _head_of_installed_mlflow() -> str:
     return head
 
 
+@dataclass
+class Upgraded:
+    """What the upgrade test leaves for the rollback test."""
+
+    new: e2e.Deployed
+    backup_id: str
+    old_schema: str
+    new_schema: str
+    experiment_id: str
+    run_id: str
+
+
 @pytest.fixture(scope="module")
 def old(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
     with e2e.stack(STACK, {**OVERRIDES, "mlflowVersion": UPGRADE_FROM_VERSION}) as deployed:
         yield deployed
 
 
-def test_upgrade_runs_db_upgrade_and_keeps_the_data(old: e2e.Deployed, docker_client: docker.DockerClient) -> None:
+@pytest.fixture(scope="module")
+def upgraded() -> dict[str, Upgraded]:
+    return {}
+
+
+def _assert_data_of_before_the_upgrade(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    assert client.get_run(run_id).data.params == {"framework": "sklearn"}
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(step, 1 / (step + 1)) for step in range(100)]
+    experiment = client.get_experiment_by_name("before-upgrade")
+    assert experiment is not None
+    assert experiment.experiment_id == experiment_id
+
+
+def test_upgrade_runs_db_upgrade_and_keeps_the_data(
+    old: e2e.Deployed, upgraded: dict[str, Upgraded], docker_client: docker.DockerClient
+) -> None:
     current = str(stack_config("dev")["mlflowVersion"])
     assert current != UPGRADE_FROM_VERSION
     assert old.outputs["mlflow_version"] == UPGRADE_FROM_VERSION
@@ -74,15 +108,68 @@ def test_upgrade_runs_db_upgrade_and_keeps_the_data(old: e2e.Deployed, docker_cl
     rows = {line.split()[0]: line.split() for line in listed.output[0].decode().splitlines()}
     assert rows[backup_id][2] == "pre-upgrade"
     assert rows[backup_id][-1] == old_schema
-    e2e.report(f"pre-upgrade backup {backup_id} holds schema {old_schema}")
+    # The release of the data (prepare_db's comment on the schema), not the one the stack now configures.
+    manifest = backup.exec_run(["cat", f"/var/lib/postgresql/data/{backup_id}/manifest.json"])
+    assert manifest.exit_code == 0, manifest.output
+    assert f'"mlflow_version": "{UPGRADE_FROM_VERSION}"' in manifest.output.decode()
+    e2e.report(f"pre-upgrade backup {backup_id}: schema {old_schema}, manifest mlflow_version {UPGRADE_FROM_VERSION}")
     new_schema = _schema_version(new, docker_client)
     e2e.report(f"upgrade {UPGRADE_FROM_VERSION} -> {current}: schema {old_schema} -> {new_schema}")
     assert new_schema == _head_of_installed_mlflow()
 
-    client = MlflowClient(new.tracking_uri)
-    assert client.get_run(run.info.run_id).data.params == {"framework": "sklearn"}
-    history = client.get_metric_history(run.info.run_id, "loss")
-    assert sorted((m.step, m.value) for m in history) == [(step, 1 / (step + 1)) for step in range(100)]
-    experiment = client.get_experiment_by_name("before-upgrade")
-    assert experiment is not None
-    assert experiment.experiment_id == experiment_id
+    _assert_data_of_before_the_upgrade(MlflowClient(new.tracking_uri), experiment_id, run.info.run_id)
+    upgraded["stack"] = Upgraded(new, backup_id, old_schema, new_schema, experiment_id, run.info.run_id)
+
+
+def test_rollback_stops_the_server_restores_the_pre_upgrade_backup_and_redeploys_the_old_release(
+    upgraded: dict[str, Upgraded], docker_client: docker.DockerClient
+) -> None:
+    """The README's rollback, in its order: stop, restore, then `mlflowVersion` back and up."""
+    if "stack" not in upgraded:
+        pytest.skip("the upgrade test did not get as far as an upgraded stack")
+    state = upgraded["stack"]
+    new = state.new
+    # Written after the upgrade: the rollback goes back to before it, so this goes.
+    MlflowClient(new.tracking_uri).create_experiment("after-upgrade")
+
+    # 1. Stop the server: restarted, the newer release would upgrade the restored schema again.
+    server = new.container(docker_client, "mlflow")
+    server.stop(timeout=60)
+    server.reload()
+    assert server.status == "exited", server.status
+
+    # 2. Restore the pre-upgrade backup with the step the backup container prints.
+    backup = new.container(docker_client, "backup")
+    printed = backup.exec_run(["mlflow-backup", "restore", state.backup_id], demux=True)
+    stderr = (printed.output[1] or b"").decode()
+    assert printed.exit_code == 2, stderr
+    command = stderr.strip().splitlines()[-1]
+    assert command.startswith("docker run --rm "), stderr
+    started = time.monotonic()
+    restored = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=600, check=False)
+    assert restored.returncode == 0, restored.stderr
+    assert restored.stdout.strip().splitlines()[-1] == f"restored {state.backup_id}"
+    restore_seconds = time.monotonic() - started
+    assert _schema_version(new, docker_client) == state.old_schema
+    server.reload()
+    assert server.status == "exited", "the newer server came back during the restore"
+
+    # 3. mlflowVersion back and up: the old release's server replaces the stopped one.
+    started = time.monotonic()
+    rolled_back = e2e.redeploy(new, {"mlflowVersion": UPGRADE_FROM_VERSION})
+    redeploy_seconds = time.monotonic() - started
+    assert rolled_back.outputs["mlflow_version"] == UPGRADE_FROM_VERSION
+    serving_seconds = e2e.wait_until_serving(rolled_back.tracking_uri)
+    schema = _schema_version(rolled_back, docker_client)
+    assert schema == state.old_schema
+    logs = rolled_back.container(docker_client, "mlflow").logs().decode(errors="replace")
+    # The old release found its own schema: nothing to upgrade, so no backup was asked for.
+    assert "prepare_db: pre-upgrade backup " not in logs, logs
+    client = MlflowClient(rolled_back.tracking_uri)
+    _assert_data_of_before_the_upgrade(client, state.experiment_id, state.run_id)
+    assert client.get_experiment_by_name("after-upgrade") is None
+    e2e.report(
+        f"rollback to {UPGRADE_FROM_VERSION} from pre-upgrade backup {state.backup_id}: schema "
+        f"{state.new_schema} -> {schema} (pre-upgrade {state.old_schema}); restore {restore_seconds:.1f}s, "
+        f"redeploy {redeploy_seconds:.1f}s, serving {serving_seconds:.1f}s after"
+    )
