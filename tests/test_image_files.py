@@ -71,3 +71,13 @@ def test_the_default_release_is_locked() -> None:
 def _driver_line(requirements: Path) -> str:
     [line] = [line for line in requirements.read_text(encoding="utf-8").splitlines() if line.startswith("psycopg")]
     return line
+
+
+def test_the_backup_script_reads_the_schema_comment_prepare_db_writes() -> None:
+    # The backup manifest names the release of the data from this comment; a prefix that
+    # drifted apart would silently fall back to the configured release.
+    prepare_db = (PROJECT_DIR / "mlflow" / "prepare_db.py").read_text(encoding="utf-8")
+    script = (PROJECT_DIR / "mlflow" / "backup" / "mlflow-backup").read_text(encoding="utf-8")
+    prefix = "mlflow-platform: schema written by MLflow "
+    assert f'_WRITTEN_BY = "{prefix}"' in prepare_db
+    assert f'SCHEMA_WRITER_PREFIX="{prefix}"' in script
