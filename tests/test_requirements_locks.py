@@ -123,9 +123,17 @@ def _pip_installs(script: str) -> list[list[str]]:
 
 
 def _tracked_files(root: Path) -> list[str]:
-    """Files under version control: never venv/, policy/venv/, .build/ or anything else left untracked."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True)
-    return sorted(path for path in listed.stdout.split("\0") if path)
+    """Files under version control: never venv/, policy/venv/, .build/ or anything else left untracked.
+
+    `make mutation` runs the tests in mutmut's copy of the project (mutants/, untracked, where
+    git lists nothing); there every file of the copy is read, which holds only what mutmut copied.
+    """
+    top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == root.resolve():
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True)
+        return sorted(path for path in listed.stdout.split("\0") if path)
+    files = (path.relative_to(root) for path in root.rglob("*") if path.is_file())
+    return sorted(str(path) for path in files if "__pycache__" not in path.parts)
 
 
 def _is_shell_script(root: Path, path: str) -> bool:
