@@ -642,3 +642,55 @@ def test_the_stack_and_project_come_from_pulumi() -> None:
     install(EngineMocks(), "staging", {})
     settings = load_settings()
     assert (settings.stack, settings.project) == ("staging", "mlflow-platform")
+
+
+@pytest.mark.parametrize(
+    ("origin", "accepted"),
+    [
+        ("https://ui.example.com", True),
+        ("http://ui.example.com:8080", True),
+        ("https://ui.example.com:1", True),
+        ("https://ui.example.com:65535", True),
+        ("https://ui.example.com:0", False),
+        ("https://ui.example.com:65536", False),
+        ("https://*.example.com", True),  # MLflow's subdomain wildcard
+        ("https://*.a.example.com", True),
+        ("https://*.", False),
+        ("http://[fd00::1]:5000", True),
+        ("http://[::1]", True),
+        ("http://[fd00::1:2]", True),
+        ("http://[1.2.3.4]", False),  # brackets hold an IPv6 address only
+        ("http://[fd00::zz]", False),
+        ("https://bad_host.example.com", False),
+        ("ftp://ui.example.com", False),
+    ],
+)
+def test_each_cors_origin_is_one_origin(origin: str, accepted: bool) -> None:
+    install(EngineMocks(), "dev", {"corsAllowedOrigins": [origin]})
+    if accepted:
+        assert load_settings().cors_allowed_origins == (origin,)
+        return
+    with pytest.raises(SettingsError, match="config key 'corsAllowedOrigins' has the value"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        (
+            {"tlsPrivateKey": "set"},
+            "config key 'tlsCertificate' has the value ''; tlsMode provided needs it: "
+            "accepted: the PEM certificate chain, leaf first",
+        ),
+        (
+            {"tlsCertificate": "set"},
+            "config key 'tlsPrivateKey' has the value ''; tlsMode provided needs it: "
+            "accepted: the PEM private key, set with --secret",
+        ),
+    ],
+)
+def test_provided_mode_names_the_missing_half_in_full(given: dict[str, str], message: str) -> None:
+    install(EngineMocks(), "staging", {"tlsMode": "provided", **given})
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    assert str(refused.value) == message
