@@ -659,6 +659,22 @@ def test_mlflow_behind_proxy(resources: Callable[[], list[PolicyResource]], pass
         assert "the tracking server server must publish no port" in message
 
 
+def test_the_server_behind_a_proxy_is_told_every_way_it_publishes() -> None:
+    server = _stack_resource(
+        CONTAINER,
+        "server",
+        _mlflow(ports=[{"internal": 5000.0, "ip": "::1"}], networkMode="host", publishAllPorts=True),
+    )
+    assert _check_stack("mlflow-behind-proxy", [_proxy(), server]) == [
+        (
+            server.urn,
+            "the stack publishes on a non-loopback address (proxy, server), so the tracking server server must publish "
+            "no port, but it publishes ports[0], the host network, publishAllPorts: the front door (the TLS proxy) is "
+            "the only way in.",
+        )
+    ]
+
+
 # --- Every rule over what each stack declares ------------------------------------------------
 
 
