@@ -675,6 +675,19 @@ def test_the_server_behind_a_proxy_is_told_every_way_it_publishes() -> None:
     ]
 
 
+def test_a_shared_stacks_server_that_publishes_is_told_why_in_full() -> None:
+    server = _stack_resource(CONTAINER, "server", _mlflow(ports=[{"internal": 5000.0, "ip": "127.0.0.1"}]), stack="qa")
+    assert _check_stack("shared-stack-tls", [server]) == [
+        (
+            server.urn,
+            "the tracking server server of the shared stack 'qa' publishes ports[0]: plain HTTP, where every request "
+            "carries a password; only the TLS proxy may publish a port (every stack is shared unless the policy "
+            "pack config sets environmentKind: dev (policy/config/<stack>.json)).",
+        )
+    ]
+    assert _check_stack("shared-stack-tls", [server], {"environmentKind": "dev"}) == []
+
+
 # --- Every rule over what each stack declares ------------------------------------------------
 
 
