@@ -276,33 +276,43 @@ def test_publish_all_ports_is_named_in_the_violation() -> None:
     ]
 
 
+_NO_HEALTHCHECK = "the container declares no healthcheck (`healthcheck.tests` is empty)."
+
+
 @pytest.mark.parametrize(
     ("props", "expected"),
     [
         (_postgres(), None),
-        ({k: v for k, v in _postgres().items() if k != "healthcheck"}, "no healthcheck"),
-        (_postgres(healthcheck={"tests": []}), "no healthcheck"),
-        (_postgres(healthcheck={"tests": ["NONE"]}), "disabled"),
+        ({k: v for k, v in _postgres().items() if k != "healthcheck"}, _NO_HEALTHCHECK),
+        (_postgres(healthcheck={"tests": []}), _NO_HEALTHCHECK),
+        (
+            _postgres(healthcheck={"tests": ["NONE"]}),
+            "the healthcheck is disabled (`healthcheck.tests` starts with NONE).",
+        ),
         # Only a task container (attach and not mustRun) may go without a healthcheck.
         ({**_postgres(healthcheck={"tests": []}), "attach": True, "mustRun": False}, None),
-        ({**_postgres(healthcheck={"tests": []}), "attach": False, "mustRun": False}, "no healthcheck"),
-        ({**_postgres(healthcheck={"tests": []}), "attach": True, "mustRun": True}, "no healthcheck"),
+        ({**_postgres(healthcheck={"tests": []}), "attach": False, "mustRun": False}, _NO_HEALTHCHECK),
+        ({**_postgres(healthcheck={"tests": []}), "attach": True, "mustRun": True}, _NO_HEALTHCHECK),
     ],
 )
 def test_container_healthcheck(props: dict[str, Any], expected: str | None) -> None:
     messages = _check_resource("container-healthcheck", CONTAINER, props)
-    assert (messages == []) if expected is None else (len(messages) == 1 and expected in messages[0])
+    assert messages == ([] if expected is None else [expected])
     # Other resource types are none of this policy's business.
     assert _check_resource("container-healthcheck", VOLUME, {"name": "v"}) == []
 
 
+_DOCKER_DEFAULT = "absent (Docker's default, 'no')"
+
+
 @pytest.mark.parametrize(
-    ("restart", "passes"),
-    [("unless-stopped", True), ("always", True), ("on-failure", True), ("no", False), (None, False)],
+    ("restart", "shown"),
+    [("unless-stopped", None), ("always", None), ("on-failure", None), ("no", "'no'"), (None, _DOCKER_DEFAULT)],
 )
-def test_container_restart_policy(restart: str | None, passes: bool) -> None:
+def test_container_restart_policy(restart: str | None, shown: str | None) -> None:
     props = {k: v for k, v in _postgres(restart=restart).items() if v is not None}
-    assert (_check_resource("container-restart-policy", CONTAINER, props) == []) is passes
+    expected = [] if shown is None else [f"`restart` is {shown}; accepted: always, on-failure, unless-stopped."]
+    assert _check_resource("container-restart-policy", CONTAINER, props) == expected
 
 
 @pytest.mark.parametrize(
