@@ -343,6 +343,34 @@ def test_image_pinned(type_token: str, props: dict[str, Any], expected: int) -> 
     assert len(_check_resource("image-pinned", type_token, props)) == expected
 
 
+_PIN = "pin a version tag or an @sha256 digest."
+
+
+@pytest.mark.parametrize(
+    ("type_token", "props", "message"),
+    [
+        (
+            CONTAINER,
+            {"image": "postgres"},
+            f"`image` = 'postgres' has no tag, so Docker resolves it to 'latest'; {_PIN}",
+        ),
+        (REMOTE_IMAGE, {"name": "postgres:latest"}, f"`name` = 'postgres:latest' uses the moving 'latest' tag; {_PIN}"),
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/mlflow", "build": {"args": {"BASE_IMAGE": "python:3.12"}}},
+            f"`imageName` = 'mlflow-platform/mlflow' has no tag, so Docker resolves it to 'latest'; {_PIN}",
+        ),
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/mlflow:1", "build": {"args": {"BASE_IMAGE": "python"}}},
+            f"`build.args.BASE_IMAGE` = 'python' has no tag, so Docker resolves it to 'latest'; {_PIN}",
+        ),
+    ],
+)
+def test_image_pinned_names_the_input_in_full(type_token: str, props: dict[str, Any], message: str) -> None:
+    assert _check_resource("image-pinned", type_token, props) == [message]
+
+
 @pytest.mark.parametrize(
     ("env", "passes"),
     [
