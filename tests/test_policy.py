@@ -355,6 +355,7 @@ _PIN = "pin a version tag or an @sha256 digest."
             f"`image` = 'postgres' has no tag, so Docker resolves it to 'latest'; {_PIN}",
         ),
         (REMOTE_IMAGE, {"name": "postgres:latest"}, f"`name` = 'postgres:latest' uses the moving 'latest' tag; {_PIN}"),
+        (REMOTE_IMAGE, {"name": "postgres:"}, f"`name` = 'postgres:' has an empty tag; {_PIN}"),
         (
             IMAGE,
             {"imageName": "mlflow-platform/mlflow", "build": {"args": {"BASE_IMAGE": "python:3.12"}}},
@@ -714,11 +715,14 @@ def test_the_server_behind_a_proxy_is_told_every_way_it_publishes() -> None:
 
 
 def test_a_shared_stacks_server_that_publishes_is_told_why_in_full() -> None:
-    server = _stack_resource(CONTAINER, "server", _mlflow(ports=[{"internal": 5000.0, "ip": "127.0.0.1"}]), stack="qa")
+    server = _stack_resource(
+        CONTAINER, "server", _mlflow(ports=[{"internal": 5000.0, "ip": "127.0.0.1"}], networkMode="host"), stack="qa"
+    )
     assert _check_stack("shared-stack-tls", [server]) == [
         (
             server.urn,
-            "the tracking server server of the shared stack 'qa' publishes ports[0]: plain HTTP, where every request "
+            "the tracking server server of the shared stack 'qa' publishes ports[0], the host network: plain HTTP, "
+            "where every request "
             "carries a password; only the TLS proxy may publish a port (every stack is shared unless the policy "
             "pack config sets environmentKind: dev (policy/config/<stack>.json)).",
         )
