@@ -9,7 +9,10 @@ names. A recording monitor keeps each registration's parent and resource options
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+import json
 import os
 import runpy
 from collections.abc import Callable, Iterator, Mapping
@@ -252,3 +255,40 @@ def resolved(
         check(values, secret_names)
 
     return pulumi.Output.from_input(_gather())
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What the program declared for one configuration, once every stack output resolved."""
+
+    mocks: EngineMocks
+    values: dict[str, Any]
+    secret_outputs: frozenset[str]
+
+
+def declaration(stack: str = "dev", overrides: Mapping[str, object] | None = None) -> Declaration:
+    """The program's declarations for a stack, as plain data, for tests that only read them.
+
+    The program runs once per configuration per test session: most tests read the same few
+    stacks, and each run under mocks takes a good part of a second. Each caller gets its own
+    copy, free to change. A run that raises is not kept: each caller sees the error.
+    """
+    return copy.deepcopy(_declaration(stack, json.dumps(dict(overrides or {}), sort_keys=True)))
+
+
+@functools.cache
+def _declaration(stack: str, overrides: str) -> Declaration:
+    found: list[Declaration] = []
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[None]:
+        mocks, outputs = run_program(stack, json.loads(overrides))
+
+        def keep(values: dict[str, Any], secret_names: set[str]) -> None:
+            found.append(Declaration(mocks, values, frozenset(secret_names)))
+
+        return resolved(outputs, keep)
+
+    run()
+    [result] = found
+    return result

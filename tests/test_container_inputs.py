@@ -21,11 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import pulumi
 import pytest
 
 from components.proxy import CaddySite, caddyfile
-from tests.harness import EngineMocks, resolved, run_program
+from tests.harness import EngineMocks, declaration
 from tests.stack_config import PROJECT_DIR
 
 CONTAINER = "docker:index/container:Container"
@@ -917,48 +916,23 @@ def _containers(mocks: EngineMocks) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("stack", sorted(EXPECTED))
 def test_every_container_has_an_expected_spec(stack: str) -> None:
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        mocks, outputs = run_program(stack)
-
-        def check(values: dict[str, Any], secrets: set[str]) -> None:
-            assert sorted(_containers(mocks)) == sorted(EXPECTED[stack])
-
-        return resolved(outputs, check)
-
-    run()
+    mocks = declaration(stack).mocks
+    assert sorted(_containers(mocks)) == sorted(EXPECTED[stack])
 
 
 @pytest.mark.parametrize(
     ("stack", "container"), [(stack, name) for stack, containers in EXPECTED.items() for name in containers]
 )
 def test_container_inputs_in_full(stack: str, container: str) -> None:
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        mocks, outputs = run_program(stack)
-
-        def check(values: dict[str, Any], secrets: set[str]) -> None:
-            declared = _containers(mocks)[container]
-            assert declared == _resolve(EXPECTED[stack][container], mocks)
-
-        return resolved(outputs, check)
-
-    run()
+    mocks = declaration(stack).mocks
+    declared = _containers(mocks)[container]
+    assert declared == _resolve(EXPECTED[stack][container], mocks)
 
 
 def test_the_placeholders_resolve_to_distinct_generated_values() -> None:
     """SecretOf must not resolve every upload to the same value, or a swapped secret would pass."""
-
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        mocks, outputs = run_program("staging")
-
-        def check(values: dict[str, Any], secrets: set[str]) -> None:
-            names = ("postgres-password", "server-admin-password", "server-flask-secret-key")
-            resolved_values = [_resolve(SecretOf(name), mocks) for name in names]
-            assert len(set(resolved_values)) == 3
-            assert _resolve(POSTGRES_IMAGE, mocks) != _resolve(MLFLOW_IMAGE, mocks)
-
-        return resolved(outputs, check)
-
-    run()
+    mocks = declaration("staging").mocks
+    names = ("postgres-password", "server-admin-password", "server-flask-secret-key")
+    resolved_values = [_resolve(SecretOf(name), mocks) for name in names]
+    assert len(set(resolved_values)) == 3
+    assert _resolve(POSTGRES_IMAGE, mocks) != _resolve(MLFLOW_IMAGE, mocks)

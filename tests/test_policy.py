@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pulumi
 import pytest
 import yaml
 from pulumi_policy import (
@@ -225,6 +224,37 @@ def test_image_pin_problem() -> None:
 def test_stack_of_reads_the_urn() -> None:
     assert policies.stack_of(_urn(VOLUME, "v", "prod")) == "prod"
     assert policies.stack_of("not-a-urn") == ""
+    # Long enough that a reading which skipped the prefix check would find a "stack" in it.
+    assert policies.stack_of("stack:pulumi:prod::mlflow-platform::t::n") == ""
+
+
+def test_public_bindings_name_every_way_in_and_only_those() -> None:
+    props = {
+        "ports": [
+            {"internal": 5000.0, "external": 5000.0},  # no ip: Docker publishes on every interface
+            {"internal": 5001.0, "external": 5001.0, "ip": ""},  # the same
+            {"internal": 5002.0, "external": 5002.0, "ip": "127.0.0.1"},  # loopback: not beyond the host
+            {"internal": 5003.0, "external": 5003.0, "ip": "[::1]"},  # loopback, bracketed
+            UNKNOWN_STRING_VALUE,  # not known during preview: counted, and the rest still read
+            {"internal": 5004.0, "external": True, "ip": "10.0.0.5"},  # a boolean is no port number
+            {"internal": "5005", "external": 5005, "ip": "mlflow.internal"},  # a name is no loopback address
+            {"internal": 5006.0, "external": 5006.0, "ip": 7},  # not a string: Docker's default
+            {"internal": 5007.0, "external": 5007.0, "ip": "X127.0.0.1"},  # only brackets are stripped
+        ],
+        "networkMode": "host",
+        "publishAllPorts": True,
+    }
+    assert policies.public_bindings(unknown_checking_proxy(props)) == [
+        "0.0.0.0 (Docker's default):5000 -> 5000",
+        "0.0.0.0 (Docker's default):5001 -> 5001",
+        "ports[4] (not known during preview)",
+        "10.0.0.5:None -> 5004",
+        "mlflow.internal:5005 -> None",
+        "0.0.0.0 (Docker's default):5006 -> 5006",
+        "X127.0.0.1:5007 -> 5007",
+        "the host network (every port it listens on)",
+        "publishAllPorts (every port the image exposes, on every interface)",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -268,6 +298,25 @@ _PUBLISHED = [{"internal": 6543.0, "external": 6543.0}]
 def test_the_database_container_is_recognised_by_any_of_its_signs(props: dict[str, Any], is_postgres: bool) -> None:
     messages = _check_resource("postgres-not-published", CONTAINER, {**props, "ports": _PUBLISHED})
     assert messages == (["ports[0] publishes port 6543 of the Postgres container on the host."] if is_postgres else [])
+
+
+def test_the_postgres_container_is_told_each_way_it_publishes_in_full() -> None:
+    props = _postgres(
+        ports=[
+            UNKNOWN_STRING_VALUE,
+            {"internal": 5432.0, "external": 15432.0},
+            {"internal": 8080.0, "external": 8080.0},
+        ],
+        networkMode="host",
+        publishAllPorts=True,
+    )
+    assert _check_resource("postgres-not-published", CONTAINER, props) == [
+        "ports[0] of the Postgres container publishes a port not known during preview.",
+        "ports[1] publishes port 5432 (internal 5432, external 15432).",
+        "ports[2] publishes port 8080 of the Postgres container on the host.",
+        "the Postgres container runs on the host network, which exposes port 5432 on the host.",
+        "publishAllPorts publishes the port the Postgres image exposes (5432) on every interface.",
+    ]
 
 
 def test_publish_all_ports_is_named_in_the_violation() -> None:
@@ -649,6 +698,66 @@ def test_mlflow_public_needs_auth(props: dict[str, Any], passes: bool) -> None:
     assert (_check_stack("mlflow-public-needs-auth", [_stack_resource(CONTAINER, "s", props)]) == []) is passes
 
 
+def test_an_open_server_is_told_every_way_in_and_a_guarded_one_nothing() -> None:
+    public = [{"internal": 5000.0, "external": 5000.0, "ip": "0.0.0.0"}]
+    guarded = _stack_resource(CONTAINER, "guarded", _mlflow(ports=public))
+    proxy = _stack_resource(CONTAINER, "door", {**_proxy().props, "publishAllPorts": True})
+    open_server = _stack_resource(CONTAINER, "open", _mlflow(command=NO_AUTH, ports=public, networkMode="host"))
+    # The guarded server comes first: it must not end the search for open ones.
+    assert _check_stack("mlflow-public-needs-auth", [guarded, proxy, open_server]) == [
+        (
+            open_server.urn,
+            "the tracking server open is reachable beyond this host through 0.0.0.0:5000 -> 5000; the host network "
+            "(every port it listens on); door (0.0.0.0:443 -> 443; publishAllPorts (every port the image exposes, "
+            "on every interface)) without `--app-name basic-auth`.",
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        # Exec form: each argument is one word, spaces and quotes included.
+        (["mlflow", "server", "--app-name basic-auth"], ["mlflow", "server", "--app-name basic-auth"]),
+        # Only a shell's -c makes the next argument a script; python's is not split.
+        (["python", "-c", "import a, b", "--x 'y z'"], ["python", "-c", "import a, b", "--x 'y z'"]),
+        (["/bin/sh", "-ec", "exec mlflow server"], ["/bin/sh", "-ec", "exec", "mlflow", "server"]),
+        # Everything after the script is read as words too ($0, $1...), each argument in turn.
+        (
+            ["sh", "-c", 'exec "$@"', "sh", "--app-name 'basic-auth'"],
+            ["sh", "-c", "exec", "$@", "sh", "--app-name", "basic-auth"],
+        ),
+    ],
+)
+def test_the_words_of_a_command(arguments: list[str], words: list[str]) -> None:
+    assert policies._words(unknown_checking_proxy({"command": arguments})) == words
+
+
+@pytest.mark.parametrize(
+    ("arguments", "enabled"),
+    [
+        (["mlflow", "server", "--app-name", "basic-auth"], True),
+        (["mlflow", "server", "--app-name=basic-auth"], True),
+        # One argv word is not the option and its value: MLflow would not start basic-auth.
+        (["mlflow", "server", "--app-name basic-auth"], False),
+        (["mlflow", "server", "--app-name"], False),
+        (["mlflow", "server", "--app-name", "other", "--static-prefix", "basic-auth"], False),
+        (["mlflow", "server", "--app-name=basic-auth=1"], False),
+        (["mlflow", "server", "--app-name=x=basic-auth"], False),
+    ],
+)
+def test_basic_auth_is_read_from_the_option_as_mlflow_parses_it(arguments: list[str], enabled: bool) -> None:
+    assert policies.mlflow_auth_enabled(unknown_checking_proxy({"command": arguments})) is enabled
+
+
+@pytest.mark.parametrize("entrypoint", ["/usr/local/bin/mlflow-entrypoint", "mlflow-entrypoint"])
+def test_a_server_from_the_built_image_keeps_its_entrypoint_however_named(entrypoint: str) -> None:
+    image = _built_image()
+    server = _server_from_image(image, entrypoints=[entrypoint])
+    assert policies.keeps_server_entrypoint(server.props)
+    assert _check_stack("mlflow-public-needs-auth", [image, server]) != []
+
+
 def _proxy(ip: str = "0.0.0.0") -> PolicyResource:
     props = {
         "image": PROXY_IMAGE_ID,
@@ -827,11 +936,9 @@ def _evaluate(declared: list[Declared]) -> Violations:
     return dict(violations)
 
 
-def _declare(stack: str, check: Callable[[list[Declared]], None]) -> pulumi.Output[None]:
-    """Runs the program for `stack` under mocks; `check` gets what it declared once every output resolved."""
-    mocks = harness.EngineMocks()
-    _, outputs = harness.run_program(stack, mocks=mocks)
-    return harness.resolved(outputs, lambda values, secrets: check(_declared(mocks)))
+def _declare(stack: str) -> list[Declared]:
+    """What the program declares for `stack` under mocks, once every output resolved."""
+    return _declared(harness.declaration(stack).mocks)
 
 
 def _one(declared: list[Declared], type_token: str, suffix: str) -> Declared:
@@ -876,35 +983,27 @@ def test_only_the_dev_stack_has_a_dev_pack_config_and_it_agrees_with_its_stack_f
 
 
 @pytest.mark.parametrize("stack", ["staging", "prod"])
-@pulumi.runtime.test
-def test_committed_shared_stacks_sit_behind_a_proxy(stack: str) -> pulumi.Output[None]:
-    return _declare(stack, lambda declared: _assert_equal(_evaluate(declared), {}))
-
-
-def _assert_equal(found: Violations, expected: Violations) -> None:
-    assert found == expected
+def test_committed_shared_stacks_sit_behind_a_proxy(stack: str) -> None:
+    assert _evaluate(_declare(stack)) == {}
 
 
 @pytest.mark.parametrize("stack", STACKS)
-@pulumi.runtime.test
-def test_every_stack_passes_every_policy(stack: str) -> pulumi.Output[None]:
-    def check(declared: list[Declared]) -> None:
-        # The rules had something to judge: the database and server containers, the data volumes,
-        # both images, the password.
-        types = [resource.type for resource in declared]
-        names = {resource.name for resource in declared}
-        assert {"mlflow-postgres-container", "mlflow-server-container"} <= names, names
-        assert {"mlflow-postgres-data", "mlflow-server-artifacts"} <= names, names
-        assert {"mlflow-db-bootstrap-container", "mlflow-backups-container", "mlflow-gc-container"} <= names, names
-        assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
-        # Property dependencies were recorded: the password reaches the containers only through uploads.
-        postgres = _one(declared, CONTAINER, "postgres-container")
-        password = _one(declared, RANDOM_PASSWORD, "postgres-superuser-password")
-        assert password.urn in postgres.property_dependencies["uploads"]
-        assert password.urn not in postgres.property_dependencies.get("envs", [])
-        assert _evaluate(declared) == {}
-
-    return _declare(stack, check)
+def test_every_stack_passes_every_policy(stack: str) -> None:
+    declared = _declare(stack)
+    # The rules had something to judge: the database and server containers, the data volumes,
+    # both images, the password.
+    types = [resource.type for resource in declared]
+    names = {resource.name for resource in declared}
+    assert {"mlflow-postgres-container", "mlflow-server-container"} <= names, names
+    assert {"mlflow-postgres-data", "mlflow-server-artifacts"} <= names, names
+    assert {"mlflow-db-bootstrap-container", "mlflow-backups-container", "mlflow-gc-container"} <= names, names
+    assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
+    # Property dependencies were recorded: the password reaches the containers only through uploads.
+    postgres = _one(declared, CONTAINER, "postgres-container")
+    password = _one(declared, RANDOM_PASSWORD, "postgres-superuser-password")
+    assert password.urn in postgres.property_dependencies["uploads"]
+    assert password.urn not in postgres.property_dependencies.get("envs", [])
+    assert _evaluate(declared) == {}
 
 
 def _add_postgres_port(declared: list[Declared]) -> None:
@@ -1088,18 +1187,15 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("stack", "mutate", "expected"),
     [pytest.param(stack, mutate, expected, id=name) for name, stack, mutate, expected in BROKEN_VARIANTS],
 )
-@pulumi.runtime.test
 def test_a_broken_stack_is_caught_by_its_rule(
     stack: str, mutate: Callable[[list[Declared]], None], expected: set[str]
-) -> pulumi.Output[None]:
-    def check(declared: list[Declared]) -> None:
-        assert _evaluate(declared) == {}
-        mutate(declared)
-        violations = _evaluate(declared)
-        # Exactly the rules this change breaks, and nothing else.
-        assert set(violations) == expected, violations
-
-    return _declare(stack, check)
+) -> None:
+    declared = _declare(stack)
+    assert _evaluate(declared) == {}
+    mutate(declared)
+    violations = _evaluate(declared)
+    # Exactly the rules this change breaks, and nothing else.
+    assert set(violations) == expected, violations
 
 
 def test_every_policy_has_a_broken_variant() -> None:

@@ -9,7 +9,7 @@ import pulumi
 import pytest
 
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
-from tests.harness import EngineMocks, Registration, resolved, run_program
+from tests.harness import EngineMocks, Registration, declaration, resolved, run_program
 
 COMPONENT_TYPES = {
     "mlflow-platform:stack:MlflowPlatform",
@@ -43,161 +43,128 @@ def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-@pulumi.runtime.test
-def test_dev_stack_declares_the_expected_graph() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        # Every provider resource lives inside a component: nothing loose under the stack.
-        for registration in mocks.registrations.values():
-            parent_type = registration.parent.split("::")[-2].split("$")[-1] if registration.parent else ""
-            if registration.type in COMPONENT_TYPES - {"mlflow-platform:stack:MlflowPlatform"}:
-                assert parent_type == "mlflow-platform:stack:MlflowPlatform", registration.urn
-            elif registration.type not in COMPONENT_TYPES:
-                assert parent_type in COMPONENT_TYPES, registration.urn
-        assert values["tracking_uri"] == "http://localhost:5000"
-        assert values["network_name"] == "mlflow-platform-dev"
-        assert values["postgres_volume_name"] == "mlflow-platform-dev-pgdata"
-        assert values["artifacts_volume_name"] == "mlflow-platform-dev-artifacts"
-        assert values["mlflow_image_name"] == "mlflow-platform/mlflow:3.17.2-dev"
-        assert values["backup_container_name"] == "mlflow-platform-dev-backup"
-        assert values["backups_volume_name"] == "mlflow-platform-dev-backups"
-        assert values["gc_container_name"] == "mlflow-platform-dev-gc"
-        assert "admin_password" not in values
-        assert secrets == {"backend_store_uri"}
-
-    return resolved(outputs, check)
+def test_dev_stack_declares_the_expected_graph() -> None:
+    found = declaration("dev")
+    mocks, values, secrets = found.mocks, found.values, found.secret_outputs
+    # Every provider resource lives inside a component: nothing loose under the stack.
+    for registration in mocks.registrations.values():
+        parent_type = registration.parent.split("::")[-2].split("$")[-1] if registration.parent else ""
+        if registration.type in COMPONENT_TYPES - {"mlflow-platform:stack:MlflowPlatform"}:
+            assert parent_type == "mlflow-platform:stack:MlflowPlatform", registration.urn
+        elif registration.type not in COMPONENT_TYPES:
+            assert parent_type in COMPONENT_TYPES, registration.urn
+    assert values["tracking_uri"] == "http://localhost:5000"
+    assert values["network_name"] == "mlflow-platform-dev"
+    assert values["postgres_volume_name"] == "mlflow-platform-dev-pgdata"
+    assert values["artifacts_volume_name"] == "mlflow-platform-dev-artifacts"
+    assert values["mlflow_image_name"] == "mlflow-platform/mlflow:3.17.2-dev"
+    assert values["backup_container_name"] == "mlflow-platform-dev-backup"
+    assert values["backups_volume_name"] == "mlflow-platform-dev-backups"
+    assert values["gc_container_name"] == "mlflow-platform-dev-gc"
+    assert "admin_password" not in values
+    assert secrets == {"backend_store_uri"}
 
 
-@pulumi.runtime.test
-def test_no_secret_reaches_env_command_entrypoint_or_labels() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        passwords = _secret_values(mocks)
-        for container in mocks.of_type(CONTAINER):
-            exposed = json.dumps(
-                {key: container.inputs.get(key) for key in ("envs", "command", "entrypoints", "labels", "healthcheck")}
-            )
-            for password in passwords:
-                assert password not in exposed, f"{container.name} exposes a generated secret"
-            # The only way in is an upload, which the program marks secret.
-            assert container.secret_inputs() == {"uploads"}
-        # Every stack output that carries the password is secret.
-        for name, value in values.items():
-            if any(password in str(value) for password in passwords):
-                assert name in secrets, f"stack output {name} carries a secret in the clear"
-        assert mocks.one(RANDOM_PASSWORD, "postgres-password").outputs["result"] in values["backend_store_uri"]
-
-    return resolved(outputs, check)
-
-
-@pulumi.runtime.test
-def test_postgres_publishes_nothing_and_mlflow_only_on_loopback() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        assert not _postgres(mocks).inputs.get("ports")
-        ports = _mlflow(mocks).inputs["ports"]
-        assert ports == [{"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}]
-        assert values["tracking_uri"].endswith(f":{int(ports[0]['external'])}")
-
-    return resolved(outputs, check)
-
-
-@pulumi.runtime.test
-def test_tracking_uri_follows_the_published_port_and_host() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev", {"hostPort": 15000, "publicHost": "mlflow.lab.internal"})
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        assert _mlflow(mocks).inputs["ports"][0]["external"] == 15000
-        assert values["tracking_uri"] == "http://mlflow.lab.internal:15000"
-        hosts = _flag(_mlflow(mocks).inputs["command"], "--allowed-hosts").split(",")
-        assert {"mlflow.lab.internal", "mlflow.lab.internal:15000", "mlflow", "mlflow:5000"} <= set(hosts)
-
-    return resolved(outputs, check)
-
-
-@pulumi.runtime.test
-def test_postgres_container_contract() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        postgres = _postgres(mocks)
-        image = mocks.one(REMOTE_IMAGE)
-        assert image.inputs == {"name": "postgres:17.6", "keepLocally": True}
-        assert postgres.inputs["image"] == image.outputs["imageId"]
-        envs = postgres.inputs["envs"]
-        # initdb's superuser is the official image's default, with a password of its own.
-        assert "POSTGRES_USER=postgres" in envs
-        assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-superuser-password" in envs
-        assert not any(env.startswith(("POSTGRES_PASSWORD=", "POSTGRES_DB=")) for env in envs)
-        upload, entrypoint = postgres.inputs["uploads"]
-        assert upload["file"] == "/run/secrets/postgres-superuser-password"
-        assert (upload["owner"], upload["group"], upload["permissions"]) == ("999", "999", "0400")
-        assert upload["content"] == mocks.one(RANDOM_PASSWORD, "superuser-password").outputs["result"]
-        assert (entrypoint["file"], entrypoint["permissions"]) == (
-            "/usr/local/bin/mlflow-platform-postgres-entrypoint",
-            "0755",
+def test_no_secret_reaches_env_command_entrypoint_or_labels() -> None:
+    found = declaration("dev")
+    mocks, values, secrets = found.mocks, found.values, found.secret_outputs
+    passwords = _secret_values(mocks)
+    for container in mocks.of_type(CONTAINER):
+        exposed = json.dumps(
+            {key: container.inputs.get(key) for key in ("envs", "command", "entrypoints", "labels", "healthcheck")}
         )
-        assert postgres.inputs["entrypoints"] == ["/usr/local/bin/mlflow-platform-postgres-entrypoint"]
-        assert "exec docker-entrypoint.sh" in entrypoint["content"]
-        assert postgres.inputs["healthcheck"]["tests"][:3] == ["CMD", "pg_isready", "-q"]
-        assert postgres.inputs["restart"] == "unless-stopped"
-        assert postgres.inputs["wait"] is True
-        assert postgres.inputs["networksAdvanced"] == [{"name": "mlflow-platform-dev", "aliases": ["postgres"]}]
-        data = mocks.one(VOLUME, "postgres-data")
-        assert {"volumeName": data.inputs["name"], "containerPath": "/var/lib/postgresql/data"} in postgres.inputs[
-            "volumes"
-        ]
-
-    return resolved(outputs, check)
+        for password in passwords:
+            assert password not in exposed, f"{container.name} exposes a generated secret"
+        # The only way in is an upload, which the program marks secret.
+        assert container.secret_inputs() == {"uploads"}
+    # Every stack output that carries the password is secret.
+    for name, value in values.items():
+        if any(password in str(value) for password in passwords):
+            assert name in secrets, f"stack output {name} carries a secret in the clear"
+    assert mocks.one(RANDOM_PASSWORD, "postgres-password").outputs["result"] in values["backend_store_uri"]
 
 
-@pulumi.runtime.test
-def test_mlflow_server_contract() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
+def test_postgres_publishes_nothing_and_mlflow_only_on_loopback() -> None:
+    found = declaration("dev")
+    mocks, values = found.mocks, found.values
+    assert not _postgres(mocks).inputs.get("ports")
+    ports = _mlflow(mocks).inputs["ports"]
+    assert ports == [{"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}]
+    assert values["tracking_uri"].endswith(f":{int(ports[0]['external'])}")
 
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        server, image = _mlflow(mocks), mocks.one(IMAGE)
-        # Run by digest (the local image ID), so a rebuilt image replaces the container.
-        assert server.inputs["image"] == image.outputs["repoDigest"]
-        assert image.inputs["skipPush"] is True
-        assert image.inputs["build"]["context"] == "./mlflow"
-        assert image.inputs["build"]["args"]["MLFLOW_VERSION"] == "3.17.2"
-        command = server.inputs["command"]
-        assert _flag(command, "--artifacts-destination") == "/mlflow/artifacts"
-        assert "--serve-artifacts" in command
-        assert "--default-artifact-root" not in command
-        assert _flag(command, "--workers") == "4"  # Pulumi.dev.yaml
-        assert "--app-name" not in command
-        assert server.inputs["healthcheck"]["tests"][-1].endswith("/health', timeout=4)")
-        assert server.inputs["restart"] == "unless-stopped"
-        assert server.inputs["wait"] is True
-        # Starts only after the health-gated Postgres container exists.
-        assert _postgres(mocks).urn in server.dependencies
-        artifacts = mocks.one(VOLUME, "server-artifacts")
-        mount = {"volumeName": artifacts.inputs["name"], "containerPath": "/mlflow/artifacts"}
-        assert mount in server.inputs["volumes"]
 
-    return resolved(outputs, check)
+def test_tracking_uri_follows_the_published_port_and_host() -> None:
+    found = declaration("dev", {"hostPort": 15000, "publicHost": "mlflow.lab.internal"})
+    mocks, values = found.mocks, found.values
+    assert _mlflow(mocks).inputs["ports"][0]["external"] == 15000
+    assert values["tracking_uri"] == "http://mlflow.lab.internal:15000"
+    hosts = _flag(_mlflow(mocks).inputs["command"], "--allowed-hosts").split(",")
+    assert {"mlflow.lab.internal", "mlflow.lab.internal:15000", "mlflow", "mlflow:5000"} <= set(hosts)
+
+
+def test_postgres_container_contract() -> None:
+    mocks = declaration("dev").mocks
+    postgres = _postgres(mocks)
+    image = mocks.one(REMOTE_IMAGE)
+    assert image.inputs == {"name": "postgres:17.6", "keepLocally": True}
+    assert postgres.inputs["image"] == image.outputs["imageId"]
+    envs = postgres.inputs["envs"]
+    # initdb's superuser is the official image's default, with a password of its own.
+    assert "POSTGRES_USER=postgres" in envs
+    assert "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-superuser-password" in envs
+    assert not any(env.startswith(("POSTGRES_PASSWORD=", "POSTGRES_DB=")) for env in envs)
+    upload, entrypoint = postgres.inputs["uploads"]
+    assert upload["file"] == "/run/secrets/postgres-superuser-password"
+    assert (upload["owner"], upload["group"], upload["permissions"]) == ("999", "999", "0400")
+    assert upload["content"] == mocks.one(RANDOM_PASSWORD, "superuser-password").outputs["result"]
+    assert (entrypoint["file"], entrypoint["permissions"]) == (
+        "/usr/local/bin/mlflow-platform-postgres-entrypoint",
+        "0755",
+    )
+    assert postgres.inputs["entrypoints"] == ["/usr/local/bin/mlflow-platform-postgres-entrypoint"]
+    assert "exec docker-entrypoint.sh" in entrypoint["content"]
+    assert postgres.inputs["healthcheck"]["tests"][:3] == ["CMD", "pg_isready", "-q"]
+    assert postgres.inputs["restart"] == "unless-stopped"
+    assert postgres.inputs["wait"] is True
+    assert postgres.inputs["networksAdvanced"] == [{"name": "mlflow-platform-dev", "aliases": ["postgres"]}]
+    data = mocks.one(VOLUME, "postgres-data")
+    assert {"volumeName": data.inputs["name"], "containerPath": "/var/lib/postgresql/data"} in postgres.inputs[
+        "volumes"
+    ]
+
+
+def test_mlflow_server_contract() -> None:
+    mocks = declaration("dev").mocks
+    server, image = _mlflow(mocks), mocks.one(IMAGE)
+    # Run by digest (the local image ID), so a rebuilt image replaces the container.
+    assert server.inputs["image"] == image.outputs["repoDigest"]
+    assert image.inputs["skipPush"] is True
+    assert image.inputs["build"]["context"] == "./mlflow"
+    assert image.inputs["build"]["args"]["MLFLOW_VERSION"] == "3.17.2"
+    command = server.inputs["command"]
+    assert _flag(command, "--artifacts-destination") == "/mlflow/artifacts"
+    assert "--serve-artifacts" in command
+    assert "--default-artifact-root" not in command
+    assert _flag(command, "--workers") == "4"  # Pulumi.dev.yaml
+    assert "--app-name" not in command
+    assert server.inputs["healthcheck"]["tests"][-1].endswith("/health', timeout=4)")
+    assert server.inputs["restart"] == "unless-stopped"
+    assert server.inputs["wait"] is True
+    # Starts only after the health-gated Postgres container exists.
+    assert _postgres(mocks).urn in server.dependencies
+    artifacts = mocks.one(VOLUME, "server-artifacts")
+    mount = {"volumeName": artifacts.inputs["name"], "containerPath": "/mlflow/artifacts"}
+    assert mount in server.inputs["volumes"]
 
 
 @pytest.mark.parametrize("stack", ["dev", "staging", "prod"])
 def test_every_stack_runs_and_labels_its_resources(stack: str) -> None:
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        mocks, outputs = run_program(stack)
-
-        def check(values: dict[str, Any], secrets: set[str]) -> None:
-            for registration in [*mocks.of_type(CONTAINER), *mocks.of_type(VOLUME)]:
-                labels = {item["label"]: item["value"] for item in registration.inputs["labels"]}
-                assert labels["com.pulumi.stack"] == stack
-            assert values["network_name"] == f"mlflow-platform-{stack}"
-
-        return resolved(outputs, check)
-
-    run()
+    found = declaration(stack)
+    mocks, values = found.mocks, found.values
+    for registration in [*mocks.of_type(CONTAINER), *mocks.of_type(VOLUME)]:
+        labels = {item["label"]: item["value"] for item in registration.inputs["labels"]}
+        assert labels["com.pulumi.stack"] == stack
+    assert values["network_name"] == f"mlflow-platform-{stack}"
 
 
 # What each committed stack file changes, as the program declares it.

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import pulumi
 import pytest
 
 from components.proxy import CaddySite, caddyfile
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, VOLUME
-from tests.harness import EngineMocks, Registration, contains_secret, resolved, run_program
+from tests.harness import EngineMocks, Registration, contains_secret, declaration
 
 TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
@@ -58,145 +57,121 @@ def _uploads(container: Registration) -> list[tuple[str, str, str, str]]:
 
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_the_proxy_is_the_only_way_in(mode: str) -> None:
-    @pulumi.runtime.test
-    def run() -> pulumi.Output[None]:
-        mocks, outputs = run_program("prod", MODES[mode])
-
-        def check(values: dict[str, Any], secrets: set[str]) -> None:
-            proxy = _proxy(mocks)
-            inputs = {key: value for key, value in proxy.inputs.items() if key not in ("uploads", "image")}
-            assert inputs == {
-                "name": "mlflow-platform-prod-proxy",
-                "user": "10002:10002",
-                "volumes": [
-                    {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/var/lib/mlflow-proxy"},
-                    {"containerPath": "/etc/caddy"},
-                    {"containerPath": "/run/secrets"},
-                ],
-                "ports": [
-                    {"internal": 8443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"},
-                    {"internal": 8080, "external": 80, "ip": "0.0.0.0", "protocol": "tcp"},
-                ],
-                "networksAdvanced": [{"name": "mlflow-platform-prod", "aliases": ["proxy"]}],
-                "healthcheck": {
-                    "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
-                    "interval": "10s",
-                    "timeout": "5s",
-                    "retries": 3,
-                    "startPeriod": "10s",
-                },
-                "restart": "unless-stopped",
-                "readOnly": True,
-                "tmpfs": {
-                    "/config": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
-                    "/data": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
-                    "/tmp": "rw,noexec,nosuid,nodev,size=64m",
-                },
-                "capabilities": {"drops": ["ALL"]},
-                "securityOpts": ["no-new-privileges:true"],
-                "memory": 256,
-                "memorySwap": 256,
-                "logDriver": "json-file",
-                "logOpts": {"max-size": "10m", "max-file": "10"},
-                "labels": [
-                    {"label": "com.pulumi.project", "value": "mlflow-platform"},
-                    {"label": "com.pulumi.stack", "value": "prod"},
-                    {"label": "org.mlflow-platform.role", "value": "proxy"},
-                ],
-                "wait": True,
-                "waitTimeout": 300,
-                "stopSignal": "SIGTERM",
-                "stopTimeout": 60,
-                "destroyGraceSeconds": 60,
-            }
-            assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
-            assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
-            if mode == "provided":
-                assert proxy.inputs["uploads"][2]["content"] == PROVIDED.key.strip()
-            # It runs the image built on the configured Caddy, by ID.
-            image = mocks.one(IMAGE, "proxy-image")
-            assert image.inputs["build"]["args"] == {"CADDY_IMAGE": "caddy:2.11.4"}
-            assert image.inputs["build"]["context"] == "./mlflow/proxy"
-            assert proxy.inputs["image"] == image.outputs["repoDigest"]
-            # MLflow publishes nothing; the proxy starts once it is healthy.
-            server = mocks.one(CONTAINER, "server-container")
-            assert server.inputs.get("ports", []) == []
-            assert server.urn in proxy.dependencies
-            # The proxy's volume is protected with the data.
-            volume = mocks.one(VOLUME, "proxy-data")
-            assert (volume.name, volume.protect, volume.retain_on_delete) == ("mlflow-proxy-data", True, True)
-            assert values["tracking_uri"] == "https://mlflow.example.internal"
-            assert values["proxy_container_name"] == "mlflow-platform-prod-proxy"
-            assert ("ca_certificate" in values) is (mode == "internal")
-
-        return resolved(outputs, check)
-
-    run()
+    found = declaration("prod", MODES[mode])
+    mocks, values = found.mocks, found.values
+    proxy = _proxy(mocks)
+    inputs = {key: value for key, value in proxy.inputs.items() if key not in ("uploads", "image")}
+    assert inputs == {
+        "name": "mlflow-platform-prod-proxy",
+        "user": "10002:10002",
+        "volumes": [
+            {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/var/lib/mlflow-proxy"},
+            {"containerPath": "/etc/caddy"},
+            {"containerPath": "/run/secrets"},
+        ],
+        "ports": [
+            {"internal": 8443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"},
+            {"internal": 8080, "external": 80, "ip": "0.0.0.0", "protocol": "tcp"},
+        ],
+        "networksAdvanced": [{"name": "mlflow-platform-prod", "aliases": ["proxy"]}],
+        "healthcheck": {
+            "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
+            "interval": "10s",
+            "timeout": "5s",
+            "retries": 3,
+            "startPeriod": "10s",
+        },
+        "restart": "unless-stopped",
+        "readOnly": True,
+        "tmpfs": {
+            "/config": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
+            "/data": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
+            "/tmp": "rw,noexec,nosuid,nodev,size=64m",
+        },
+        "capabilities": {"drops": ["ALL"]},
+        "securityOpts": ["no-new-privileges:true"],
+        "memory": 256,
+        "memorySwap": 256,
+        "logDriver": "json-file",
+        "logOpts": {"max-size": "10m", "max-file": "10"},
+        "labels": [
+            {"label": "com.pulumi.project", "value": "mlflow-platform"},
+            {"label": "com.pulumi.stack", "value": "prod"},
+            {"label": "org.mlflow-platform.role", "value": "proxy"},
+        ],
+        "wait": True,
+        "waitTimeout": 300,
+        "stopSignal": "SIGTERM",
+        "stopTimeout": 60,
+        "destroyGraceSeconds": 60,
+    }
+    assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
+    assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
+    if mode == "provided":
+        assert proxy.inputs["uploads"][2]["content"] == PROVIDED.key.strip()
+    # It runs the image built on the configured Caddy, by ID.
+    image = mocks.one(IMAGE, "proxy-image")
+    assert image.inputs["build"]["args"] == {"CADDY_IMAGE": "caddy:2.11.4"}
+    assert image.inputs["build"]["context"] == "./mlflow/proxy"
+    assert proxy.inputs["image"] == image.outputs["repoDigest"]
+    # MLflow publishes nothing; the proxy starts once it is healthy.
+    server = mocks.one(CONTAINER, "server-container")
+    assert server.inputs.get("ports", []) == []
+    assert server.urn in proxy.dependencies
+    # The proxy's volume is protected with the data.
+    volume = mocks.one(VOLUME, "proxy-data")
+    assert (volume.name, volume.protect, volume.retain_on_delete) == ("mlflow-proxy-data", True, True)
+    assert values["tracking_uri"] == "https://mlflow.example.internal"
+    assert values["proxy_container_name"] == "mlflow-platform-prod-proxy"
+    assert ("ca_certificate" in values) is (mode == "internal")
 
 
-@pulumi.runtime.test
-def test_the_internal_ca_is_generated_protected_and_its_key_stays_secret() -> pulumi.Output[None]:
-    mocks, outputs = run_program("prod")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        key = mocks.one(TLS_PRIVATE_KEY, "ca-key")
-        root = mocks.one(TLS_SELF_SIGNED_CERT, "ca-root")
-        assert key.inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
-        assert {name: value for name, value in root.inputs.items() if name != "privateKeyPem"} == {
-            "subject": {"commonName": "mlflow-platform-prod root CA", "organization": "mlflow-platform"},
-            "isCaCertificate": True,
-            "maxPathLength": 1,
-            "validityPeriodHours": 87600,
-            "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
-            "setSubjectKeyId": True,
-        }
-        assert (key.protect, root.protect) == (True, True)
-        # The root's key reaches the proxy only as a secret upload.
-        proxy = _proxy(mocks)
-        assert key.urn in proxy.property_dependencies["uploads"]
-        for other in ("envs", "command", "labels", "healthcheck"):
-            assert key.urn not in proxy.property_dependencies.get(other, []), other
-        assert values["ca_certificate"] == root.outputs["certPem"]
-        assert "ca_certificate" not in secrets
-
-    return resolved(outputs, check)
+def test_the_internal_ca_is_generated_protected_and_its_key_stays_secret() -> None:
+    found = declaration("prod")
+    mocks, values, secrets = found.mocks, found.values, found.secret_outputs
+    key = mocks.one(TLS_PRIVATE_KEY, "ca-key")
+    root = mocks.one(TLS_SELF_SIGNED_CERT, "ca-root")
+    assert key.inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    assert {name: value for name, value in root.inputs.items() if name != "privateKeyPem"} == {
+        "subject": {"commonName": "mlflow-platform-prod root CA", "organization": "mlflow-platform"},
+        "isCaCertificate": True,
+        "maxPathLength": 1,
+        "validityPeriodHours": 87600,
+        "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
+        "setSubjectKeyId": True,
+    }
+    assert (key.protect, root.protect) == (True, True)
+    # The root's key reaches the proxy only as a secret upload.
+    proxy = _proxy(mocks)
+    assert key.urn in proxy.property_dependencies["uploads"]
+    for other in ("envs", "command", "labels", "healthcheck"):
+        assert key.urn not in proxy.property_dependencies.get(other, []), other
+    assert values["ca_certificate"] == root.outputs["certPem"]
+    assert "ca_certificate" not in secrets
 
 
-@pulumi.runtime.test
-def test_dev_stays_plain_http_without_a_proxy() -> pulumi.Output[None]:
-    mocks, outputs = run_program("dev")
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        assert [c.name for c in mocks.of_type(CONTAINER) if c.name.endswith("proxy-container")] == []
-        assert mocks.of_type(TLS_PRIVATE_KEY) == []
-        assert values["tracking_uri"] == "http://localhost:5000"
-        assert "ca_certificate" not in values
-
-    return resolved(outputs, check)
+def test_dev_stays_plain_http_without_a_proxy() -> None:
+    found = declaration("dev")
+    mocks, values = found.mocks, found.values
+    assert [c.name for c in mocks.of_type(CONTAINER) if c.name.endswith("proxy-container")] == []
+    assert mocks.of_type(TLS_PRIVATE_KEY) == []
+    assert values["tracking_uri"] == "http://localhost:5000"
+    assert "ca_certificate" not in values
 
 
-@pulumi.runtime.test
-def test_mlflow_allows_the_host_clients_send_through_the_proxy() -> pulumi.Output[None]:
-    mocks, outputs = run_program("prod", {"httpsPort": 8443})
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        command = mocks.one(CONTAINER, "server-container").inputs["command"]
-        hosts = command[command.index("--allowed-hosts") + 1].split(",")
-        assert hosts[:2] == ["mlflow.example.internal", "mlflow.example.internal:8443"]
-        assert values["tracking_uri"] == "https://mlflow.example.internal:8443"
-        assert "redir https://mlflow.example.internal:8443{uri} 308" in _caddyfile(mocks)
-
-    return resolved(outputs, check)
+def test_mlflow_allows_the_host_clients_send_through_the_proxy() -> None:
+    found = declaration("prod", {"httpsPort": 8443})
+    mocks, values = found.mocks, found.values
+    command = mocks.one(CONTAINER, "server-container").inputs["command"]
+    hosts = command[command.index("--allowed-hosts") + 1].split(",")
+    assert hosts[:2] == ["mlflow.example.internal", "mlflow.example.internal:8443"]
+    assert values["tracking_uri"] == "https://mlflow.example.internal:8443"
+    assert "redir https://mlflow.example.internal:8443{uri} 308" in _caddyfile(mocks)
 
 
-@pulumi.runtime.test
-def test_the_stacks_upload_limit_reaches_the_proxy() -> pulumi.Output[None]:
-    mocks, outputs = run_program("prod", {"maxUploadMb": 100})
-
-    def check(values: dict[str, Any], secrets: set[str]) -> None:
-        assert "\trequest_body {\n\t\tmax_size 100MiB\n\t}\n" in _caddyfile(mocks)
-
-    return resolved(outputs, check)
+def test_the_stacks_upload_limit_reaches_the_proxy() -> None:
+    mocks = declaration("prod", {"maxUploadMb": 100}).mocks
+    assert "\trequest_body {\n\t\tmax_size 100MiB\n\t}\n" in _caddyfile(mocks)
 
 
 def _caddyfile(mocks: EngineMocks) -> str:

@@ -183,7 +183,7 @@ def test_bad_setting_is_refused_before_any_resource(
     assert f"config key '{key}'" in message
     assert f"has the value {shown};" in message
     assert accepted in message
-    assert raised.value.key == key
+    assert (raised.value.key, repr(raised.value.value)) == (key, shown)
     assert mocks.registrations == {}
 
 
@@ -606,8 +606,10 @@ def test_the_whole_refusal_message(stack: str, overrides: dict[str, Any], messag
     with pytest.raises(SettingsError) as raised:
         load_settings()
     assert str(raised.value) == message
+    # The error carries the key and the refused value, as typed, for a caller to act on.
     key = message.split("'")[1]
-    assert (raised.value.key, raised.value.value) == (key, raised.value.value)
+    assert message.startswith(f"config key '{raised.value.key}' has the value {raised.value.value!r}; ")
+    assert raised.value.key == key
 
 
 def test_a_key_missing_from_the_configuration_is_named() -> None:
