@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pytest
 
+from tests import harness
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.harness import EngineMocks, Registration, declaration, resolved, run_program
 
@@ -374,3 +375,24 @@ def test_generated_secrets_volumes_and_images_in_full(stack: str) -> None:
         "skipPush": True,
         "buildOnPreview": False,
     }
+
+
+def test_declarations_are_shared_except_in_mutmuts_stats_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[str] = []
+    run = harness.run_program
+
+    def counted(stack: str, overrides: Any = None, mocks: Any = None) -> Any:
+        runs.append(stack)
+        return run(stack, overrides, mocks)
+
+    monkeypatch.setattr(harness, "run_program", counted)
+    first, second = declaration("dev", {"workers": 3}), declaration("dev", {"workers": 3})
+    assert len(runs) == 1
+    # Each caller gets its own copy.
+    assert first.mocks is not second.mocks
+    assert first.values == second.values
+    # mutmut maps functions to the tests that call them: every test must run the program itself.
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "stats")
+    declaration("dev", {"workers": 2})
+    declaration("dev", {"workers": 2})
+    assert len(runs) == 3
