@@ -623,6 +623,42 @@ def test_the_server_is_recognised_by_the_image_it_runs() -> None:
     assert _check_stack("protected-stack-mlflow-auth", [image, with_auth]) == []
 
 
+def test_the_server_is_recognised_by_each_link_to_its_image_alone() -> None:
+    image = _built_image()
+    rule = "protected-stack-mlflow-auth"
+    # During a preview the container's image is not known yet: the recorded dependency alone links them.
+    by_dependency = _server_from_image(image, stack="prod")
+    by_dependency.props = unknown_checking_proxy({**_mlflow(command=[]), "image": UNKNOWN_STRING_VALUE})
+    assert [urn for urn, _ in _check_stack(rule, [image, by_dependency])] == [by_dependency.urn]
+    # The image's name, with no dependency recorded.
+    by_name = _stack_resource(
+        CONTAINER, "server", _mlflow(command=[], image="mlflow-platform/mlflow:3.17.2-prod"), stack="prod"
+    )
+    assert [urn for urn, _ in _check_stack(rule, [image, by_name])] == [by_name.urn]
+    # A pulled image, or one built without a context, is not the server's, whatever the container runs.
+    remote = _stack_resource(REMOTE_IMAGE, "postgres-image", {"name": "postgres:17.6", "repoDigest": IMAGE_ID})
+    assert _check_stack(rule, [remote, _server_from_image(remote, stack="prod")]) == []
+    no_context = _stack_resource(IMAGE, "other", {"imageName": "team/other:1", "build": {}, "repoDigest": IMAGE_ID})
+    assert _check_stack(rule, [no_context, _server_from_image(no_context, stack="prod")]) == []
+    # An empty name matches nothing.
+    nameless = _stack_resource(IMAGE, "image", {"imageName": "", "build": {"context": "./mlflow"}})
+    unnamed = _stack_resource(CONTAINER, "server", _mlflow(command=[], image=""), stack="prod")
+    assert _check_stack(rule, [nameless, unnamed]) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["--artifacts-destination=/mlflow/artifacts"],
+        ["--artifacts-destination=s3://bucket/a=b"],
+        ["--artifacts-destination", "/mlflow/artifacts"],
+        ["--serve-artifacts"],
+    ],
+)
+def test_a_server_flag_alone_marks_the_server_in_either_form(command: list[str]) -> None:
+    assert policies.runs_mlflow_server_arguments(unknown_checking_proxy({"command": command}))
+
+
 @pytest.mark.parametrize(
     ("entrypoints", "command", "is_server", "authenticated"),
     [
