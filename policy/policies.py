@@ -570,12 +570,15 @@ def _secret_values(sources: Mapping[str, PolicyResource]) -> list[tuple[str, Pol
 
 
 def _strings_within(value: Any, path: str) -> Iterator[tuple[str, str]]:
-    """(path, string) of every known string anywhere in a property value: lists, maps, nested."""
+    """(path, string) of every known string anywhere in a property value: lists, maps, nested.
+
+    `path` starts as the input's name, so it is never empty.
+    """
     if isinstance(value, str):
         yield path, value
     elif isinstance(value, Mapping):
         for key in value:
-            yield from _strings_within(_field(value, key), f"{path}.{key}" if path else str(key))
+            yield from _strings_within(_field(value, key), f"{path}.{key}")
     else:
         for index, item in _entries(value):
             yield from _strings_within(item, f"{path}[{index}]")
