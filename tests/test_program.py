@@ -400,3 +400,66 @@ def test_declarations_are_shared_except_in_mutmuts_stats_run(monkeypatch: pytest
     declaration("dev", {"hostPort": 5077})
     declaration("dev", {"hostPort": 5077})
     assert len(runs) == before + 2
+
+
+# Every resource of the prod stack (the one with the most), its type and its parent's name.
+PROD_TREE = {
+    "mlflow": ("mlflow-platform:stack:MlflowPlatform", "mlflow-platform-prod"),
+    "mlflow-network": ("mlflow-platform:network:StackNetwork", "mlflow"),
+    "mlflow-postgres": ("mlflow-platform:database:PostgresDatabase", "mlflow"),
+    "mlflow-image": ("mlflow-platform:image:MlflowImage", "mlflow"),
+    "mlflow-db-bootstrap": ("mlflow-platform:database:DatabaseBootstrap", "mlflow"),
+    "mlflow-server": ("mlflow-platform:server:MlflowServer", "mlflow"),
+    "mlflow-backups": ("mlflow-platform:backups:BackupService", "mlflow"),
+    "mlflow-gc": ("mlflow-platform:gc:GarbageCollector", "mlflow"),
+    "mlflow-ca": ("mlflow-platform:tls:InternalCa", "mlflow"),
+    "mlflow-proxy": ("mlflow-platform:proxy:TlsProxy", "mlflow"),
+    "mlflow-network-network": (NETWORK, "mlflow-network"),
+    "mlflow-postgres-password": (RANDOM_PASSWORD, "mlflow-postgres"),
+    "mlflow-postgres-superuser-password": (RANDOM_PASSWORD, "mlflow-postgres"),
+    "mlflow-postgres-image": (REMOTE_IMAGE, "mlflow-postgres"),
+    "mlflow-postgres-data": (VOLUME, "mlflow-postgres"),
+    "mlflow-postgres-socket": (VOLUME, "mlflow-postgres"),
+    "mlflow-postgres-container": (CONTAINER, "mlflow-postgres"),
+    "mlflow-image-image": (IMAGE, "mlflow-image"),
+    "mlflow-db-bootstrap-container": (CONTAINER, "mlflow-db-bootstrap"),
+    "mlflow-server-artifacts": (VOLUME, "mlflow-server"),
+    "mlflow-server-admin-password": (RANDOM_PASSWORD, "mlflow-server"),
+    "mlflow-server-flask-secret-key": (RANDOM_PASSWORD, "mlflow-server"),
+    "mlflow-server-container": (CONTAINER, "mlflow-server"),
+    "mlflow-backups-volume": (VOLUME, "mlflow-backups"),
+    "mlflow-backups-container": (CONTAINER, "mlflow-backups"),
+    "mlflow-gc-container": (CONTAINER, "mlflow-gc"),
+    "mlflow-ca-key": ("tls:index/privateKey:PrivateKey", "mlflow-ca"),
+    "mlflow-ca-root": ("tls:index/selfSignedCert:SelfSignedCert", "mlflow-ca"),
+    "mlflow-proxy-image": (IMAGE, "mlflow-proxy"),
+    "mlflow-proxy-data": (VOLUME, "mlflow-proxy"),
+    "mlflow-proxy-container": (CONTAINER, "mlflow-proxy"),
+}
+
+# What each component hands `register_outputs` (shown by `pulumi stack --show-urns` and in the state).
+PROD_COMPONENT_OUTPUTS = {
+    "mlflow-platform-prod": [],
+    "mlflow": ["backend_store_uri", "tracking_uri"],
+    "mlflow-network": ["name"],
+    "mlflow-postgres": ["container_name", "image_id", "socket_volume_name", "volume_name"],
+    "mlflow-image": ["image_name", "repo_digest"],
+    "mlflow-db-bootstrap": ["container_name"],
+    "mlflow-server": ["artifacts_volume_name", "container_name"],
+    "mlflow-backups": ["container_name", "volume_name"],
+    "mlflow-gc": ["container_name"],
+    "mlflow-ca": ["certificate_pem"],
+    "mlflow-proxy": ["container_name", "data_volume_name"],
+}
+
+
+def test_the_prod_stack_tree_and_component_outputs_in_full() -> None:
+    mocks = declaration("prod").mocks
+    tree = {r.name: (r.type, r.parent.split("::")[-1]) for r in mocks.registrations.values()}
+    assert tree == PROD_TREE
+    registered = {urn.split("::")[-1]: outputs for urn, outputs in mocks.registered_outputs.items()}
+    assert {name: sorted(outputs) for name, outputs in registered.items()} == PROD_COMPONENT_OUTPUTS
+    assert (
+        registered["mlflow-ca"]["certificate_pem"]
+        == mocks.one("tls:index/selfSignedCert:SelfSignedCert", "ca-root").outputs["certPem"]
+    )

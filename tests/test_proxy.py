@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from components.proxy import CaddySite, caddyfile
+from components.proxy import CaddySite, TlsProxy, TlsProxyArgs, caddyfile
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, VOLUME
-from tests.harness import EngineMocks, Registration, contains_secret, declaration
+from tests.harness import EngineMocks, Registration, contains_secret, declaration, install
 
 TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
@@ -107,12 +107,24 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
     }
     assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
     assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
+    contents = [upload["content"] for upload in proxy.inputs["uploads"][1:]]
     if mode == "provided":
-        assert proxy.inputs["uploads"][2]["content"] == PROVIDED.key.strip()
+        assert contents == [PROVIDED.certificate.strip(), PROVIDED.key.strip()]
+    elif mode == "acme":
+        assert contents == [ACME_ROOT.certificate.strip()]
     # It runs the image built on the configured Caddy, by ID.
     image = mocks.one(IMAGE, "proxy-image")
-    assert image.inputs["build"]["args"] == {"CADDY_IMAGE": "caddy:2.11.4"}
-    assert image.inputs["build"]["context"] == "./mlflow/proxy"
+    assert image.inputs == {
+        "imageName": "mlflow-platform/proxy:prod",
+        "build": {
+            "context": "./mlflow/proxy",
+            "dockerfile": "./mlflow/proxy/Dockerfile",
+            "args": {"CADDY_IMAGE": "caddy:2.11.4"},
+        },
+        # Built where it runs; no registry is involved.
+        "skipPush": True,
+        "buildOnPreview": False,
+    }
     assert proxy.inputs["image"] == image.outputs["repoDigest"]
     # MLflow publishes nothing; the proxy starts once it is healthy.
     server = mocks.one(CONTAINER, "server-container")
@@ -140,6 +152,7 @@ def test_the_internal_ca_is_generated_protected_and_its_key_stays_secret() -> No
         "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
         "setSubjectKeyId": True,
     }
+    assert root.inputs["privateKeyPem"] == key.outputs["privateKeyPem"]
     assert (key.protect, root.protect) == (True, True)
     # The root's key reaches the proxy only as a secret upload.
     proxy = _proxy(mocks)
@@ -302,3 +315,46 @@ def test_the_whole_caddyfile_for_an_internal_ca() -> None:
 def test_a_value_that_would_break_out_of_its_token_is_refused(email: str) -> None:
     with pytest.raises(ValueError, match=r"^not a Caddyfile token: "):
         caddyfile(_site("acme", acme_email=email))
+
+
+def _proxy_args(site: CaddySite, **changes: Any) -> TlsProxyArgs:
+    args: TlsProxyArgs = {
+        "base_image": "caddy:2.11.4",
+        "image_name": "t/proxy:t",
+        "container_name": "t-proxy",
+        "data_volume_name": "t-proxy-data",
+        "network_name": "t-net",
+        "site": site,
+        "bind_address": "0.0.0.0",
+        "http_port": 80,
+        "ca_certificate": "root",
+        "ca_private_key": "key",
+        "tls_certificate": PROVIDED.certificate,
+        "tls_private_key": PROVIDED.key,
+        "acme_ca_certificate": "",
+        "memory_mb": 256,
+        "protect_data": False,
+        "log_max_size": "10m",
+        "log_max_files": 3,
+        "startup_timeout_seconds": 60,
+        "labels": {},
+        "start_after": [],
+    }
+    return {**args, **changes}  # type: ignore[typeddict-item]
+
+
+@pytest.mark.parametrize(
+    ("mode", "missing", "message"),
+    [
+        ("internal", {"ca_certificate": None}, "tlsMode internal needs the CA's certificate and key"),
+        ("internal", {"ca_private_key": None}, "tlsMode internal needs the CA's certificate and key"),
+        ("provided", {"tls_private_key": None}, "tlsMode provided needs the private key"),
+    ],
+)
+def test_a_proxy_without_its_key_material_is_refused(mode: str, missing: dict[str, None], message: str) -> None:
+    # Settings refuse these first; the component still never starts Caddy without them.
+    install(EngineMocks(), "prod")
+    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120)
+    with pytest.raises(ValueError, match=r"^tlsMode ") as raised:
+        TlsProxy("t", _proxy_args(site, **missing))
+    assert str(raised.value) == message
