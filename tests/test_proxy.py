@@ -107,6 +107,20 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
     }
     assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
     assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
+    # The Caddyfile is the one the stack's settings describe, ACME's account and CA included.
+    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120)
+    if mode == "acme":
+        site = CaddySite(
+            "mlflow.example.internal",
+            "acme",
+            443,
+            "mlflow:5000",
+            5120,
+            acme_email="ops@example.com",
+            acme_directory_url="https://acme.example.internal/acme/directory",
+            acme_ca_root=True,
+        )
+    assert proxy.inputs["uploads"][0]["content"] == caddyfile(site)
     contents = [upload["content"] for upload in proxy.inputs["uploads"][1:]]
     if mode == "provided":
         assert contents == [PROVIDED.certificate.strip(), PROVIDED.key.strip()]
