@@ -696,3 +696,14 @@ def test_provided_mode_names_the_missing_half_in_full(given: dict[str, str], mes
     with pytest.raises(SettingsError) as refused:
         load_settings()
     assert str(refused.value) == message
+
+
+def test_an_acme_ca_certificate_that_is_no_pem_is_named_twice() -> None:
+    install(EngineMocks(), "prod", {**_ACME, "acmeCaCertificate": "not a pem"})
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    # The parser's own reason follows in brackets, in cryptography's words.
+    assert str(raised.value).startswith(
+        "config key 'acmeCaCertificate' has the value '<PEM>'; accepted: PEM certificates; "
+        "acmeCaCertificate: <not PEM>; accepted: PEM certificates ("
+    )
