@@ -244,10 +244,8 @@ def is_postgres(props: Any) -> bool:
     if any(name == "PGDATA" for _, name, _ in envs(props)):
         return True
     image = _field(props, "image")
-    if isinstance(image, str):
-        repository = image.rsplit("/", 1)[-1].split("@", 1)[0].split(":", 1)[0]
-        return repository.startswith(("postgres", "postgis"))
-    return False
+    # The last path component starts with the image's name; its tag or digest follows it.
+    return isinstance(image, str) and image.rsplit("/", 1)[-1].startswith(("postgres", "postgis"))
 
 
 def runs_mlflow_server_arguments(props: Any) -> bool:
