@@ -392,6 +392,15 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         current_database.rsplit("/", 1)[1] + "_auth",
     )
     assert auth_url.password == "s3cret%pa ss@word:/"
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
+
+    store = AuthStore()
+    store.init_db(section["database_uri"])  # type: ignore[no-untyped-call]  # mlflow ships no types
+    try:
+        # Created an admin, not promoted later.
+        assert store.get_user("root-admin").is_admin
+    finally:
+        store.engine.dispose()
 
     # A later start with another declared password (a rotation, kept or restored data) puts it in force.
     run_main(
@@ -401,8 +410,14 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         MLFLOW_AUTH_ADMIN_PASSWORD="second-long-Pass1",
     )
     assert "prepare_db: set the declared password of admin user 'root-admin'" in capsys.readouterr().err
-    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore as AuthStore
-
+    # The same password again: already in force, nothing to set.
+    run_main(
+        current_database,
+        config_path,
+        MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
+        MLFLOW_AUTH_ADMIN_PASSWORD="second-long-Pass1",
+    )
+    assert "set the declared password" not in capsys.readouterr().err
     store = AuthStore()
     store.init_db(section["database_uri"])  # type: ignore[no-untyped-call]  # mlflow ships no types
     try:
