@@ -301,7 +301,13 @@ def test_a_release_whose_gc_fails_on_postgres_is_warned_about(
     version: str, warned: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     said: list[str] = []
-    monkeypatch.setattr(pulumi.log, "warn", lambda message, *_, **__: said.append(message))
+    about: list[object] = []
+
+    def warn(message: str, resource: object = None, **_: object) -> None:
+        said.append(message)
+        about.append(resource)
+
+    monkeypatch.setattr(pulumi.log, "warn", warn)
 
     @pulumi.runtime.test
     def deploy() -> pulumi.Output[Any]:
@@ -315,3 +321,5 @@ def test_a_release_whose_gc_fails_on_postgres_is_warned_about(
         "until mlflowVersion is raised"
     )
     assert said == ([expected] if warned else [])
+    # Shown against the gc component in `pulumi up`'s output.
+    assert all(isinstance(resource, GarbageCollector) for resource in about)

@@ -463,3 +463,63 @@ def test_the_prod_stack_tree_and_component_outputs_in_full() -> None:
         registered["mlflow-ca"]["certificate_pem"]
         == mocks.one("tls:index/selfSignedCert:SelfSignedCert", "ca-root").outputs["certPem"]
     )
+
+
+# What each prod container waits for: the resources its inputs come from, and the containers
+# it is declared to start after (a health-gated start: the engine creates it only once they exist).
+PROD_CONTAINER_DEPENDENCIES = {
+    "mlflow-postgres-container": [
+        "mlflow-network-network",
+        "mlflow-postgres-data",
+        "mlflow-postgres-image",
+        "mlflow-postgres-socket",
+        "mlflow-postgres-superuser-password",
+    ],
+    "mlflow-db-bootstrap-container": [
+        "mlflow-image-image",
+        "mlflow-postgres-container",
+        "mlflow-postgres-password",
+        "mlflow-postgres-socket",
+        "mlflow-postgres-superuser-password",
+    ],
+    "mlflow-server-container": [
+        "mlflow-db-bootstrap-container",
+        "mlflow-image-image",
+        "mlflow-network-network",
+        "mlflow-postgres-container",
+        "mlflow-postgres-password",
+        "mlflow-server-admin-password",
+        "mlflow-server-artifacts",
+        "mlflow-server-flask-secret-key",
+    ],
+    "mlflow-backups-container": [
+        "mlflow-backups-volume",
+        "mlflow-db-bootstrap-container",
+        "mlflow-network-network",
+        "mlflow-postgres-container",
+        "mlflow-postgres-image",
+        "mlflow-postgres-password",
+        "mlflow-server-artifacts",
+    ],
+    "mlflow-gc-container": [
+        "mlflow-image-image",
+        "mlflow-network-network",
+        "mlflow-postgres-password",
+        "mlflow-server-artifacts",
+        "mlflow-server-container",
+    ],
+    "mlflow-proxy-container": [
+        "mlflow-ca-key",
+        "mlflow-ca-root",
+        "mlflow-network-network",
+        "mlflow-proxy-data",
+        "mlflow-proxy-image",
+        "mlflow-server-container",
+    ],
+}
+
+
+def test_each_prod_container_starts_after_what_it_needs() -> None:
+    mocks = declaration("prod").mocks
+    found = {r.name: sorted(urn.split("::")[-1] for urn in r.dependencies) for r in mocks.of_type(CONTAINER)}
+    assert found == PROD_CONTAINER_DEPENDENCIES
