@@ -297,6 +297,12 @@ def test_database_connections_cover_every_worker_engine(workers: int, auth: bool
 @pytest.mark.parametrize(
     ("memory_mb", "clients", "expected"),
     [
+        # Below what postgresMemoryMb accepts (128): the function's own floors still hold.
+        (
+            40,
+            20,
+            ["max_connections=100", "shared_buffers=16MB", "effective_cache_size=32MB", "maintenance_work_mem=16MB"],
+        ),
         # Postgres's floor of 100 connections stays; tiny limits still get workable buffers.
         (
             128,
