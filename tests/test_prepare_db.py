@@ -215,7 +215,7 @@ def test_an_older_schema_is_upgraded_and_keeps_its_data(
 ) -> None:
     _make_older_schema(database)
     run_main(database)
-    assert "prepare_db: upgrading the tracking schema" in capsys.readouterr().err
+    assert "prepare_db: upgrading the tracking schema" in capsys.readouterr().err.splitlines()
     assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
     assert _scalar(database, "SELECT name FROM experiments WHERE experiment_id = 7") == "kept"
 
