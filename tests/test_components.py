@@ -218,7 +218,12 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
     mocks = EngineMocks()
     install(mocks, "dev")
     server = MlflowServer(
-        "t", _server_args(auth_enabled=True, bind_address="0.0.0.0", cors_allowed_origins=["https://ui.example.com"])
+        "t",
+        _server_args(
+            auth_enabled=True,
+            bind_address="0.0.0.0",
+            cors_allowed_origins=["https://ui.example.com", "https://nb.example.com:8443"],
+        ),
     )
     assert server.admin_password is not None
 
@@ -229,7 +234,11 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
         container = mocks.one(CONTAINER).inputs
         command = container["command"]
         assert command[command.index("--app-name") + 1] == "basic-auth"
-        assert command[command.index("--cors-allowed-origins") + 1] == "https://ui.example.com"
+        # One comma-separated value, added to the server's other arguments.
+        assert (
+            command[command.index("--cors-allowed-origins") + 1] == "https://ui.example.com,https://nb.example.com:8443"
+        )
+        assert {"--serve-artifacts", "--host"} <= set(command)
         assert container["ports"][0]["ip"] == "0.0.0.0"
         assert sorted(u["file"] for u in container["uploads"]) == [
             "/run/secrets/admin-password",
@@ -271,6 +280,13 @@ def test_mlflow_server_with_auth() -> pulumi.Output[None]:
             "::",
             ["[2001:db8::6]:8080"],
             "[2001:db8::5] [2001:db8::5]:8080 mlflow mlflow:5000 [2001:db8::6]:8080",
+        ),
+        # Bound to IPv6 loopback: its bracketed form too.
+        (
+            "localhost",
+            "::1",
+            [],
+            "localhost localhost:8080 mlflow mlflow:5000 127.0.0.1 127.0.0.1:8080 [::1] [::1]:8080",
         ),
         # Names given twice are listed once, in their first place.
         (
