@@ -593,6 +593,13 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "prod",
+        {"tlsMode": "acme", "publicHost": "mlflow.localhost", "acmeEmail": "ops@example.com"},
+        "config key 'publicHost' has the value 'mlflow.localhost'; tlsMode acme needs a public DNS name "
+        "that resolves to this host (not an IP address or localhost); accepted otherwise: "
+        "tlsMode internal or provided",
+    ),
+    (
+        "prod",
         {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops"},
         "config key 'acmeEmail' has the value 'ops'; tlsMode acme needs a contact address for "
         "the ACME account: accepted: an e-mail address",
