@@ -593,6 +593,23 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "prod",
+        {
+            "tlsMode": "acme",
+            "publicHost": "mlflow.example.com",
+            "acmeEmail": "ops@example.com",
+            "acmeDirectoryUrl": "http://acme.example.com/directory",
+        },
+        "config key 'acmeDirectoryUrl' has the value 'http://acme.example.com/directory'; accepted: empty "
+        "(Let's Encrypt) or an https:// ACME directory URL",
+    ),
+    (
+        "dev",
+        {"workers": 4, "mlflowMemoryMb": 1024},
+        "config key 'mlflowMemoryMb' has the value 1024; with workers = 4 the server needs at least 1280 MiB "
+        "(256 plus 256 per worker); accepted: that much or more, or fewer workers",
+    ),
+    (
+        "prod",
         {"tlsMode": "acme", "publicHost": "mlflow.localhost", "acmeEmail": "ops@example.com"},
         "config key 'publicHost' has the value 'mlflow.localhost'; tlsMode acme needs a public DNS name "
         "that resolves to this host (not an IP address or localhost); accepted otherwise: "
