@@ -249,9 +249,11 @@ def test_a_private_key_set_in_the_clear_is_refused_without_showing_it() -> None:
     install(EngineMocks(), "prod", overrides, secret_keys=())
     with pytest.raises(SettingsError) as raised:
         load_settings()
-    assert raised.value.key == "tlsPrivateKey"
-    assert "pulumi config set --secret tlsPrivateKey" in str(raised.value)
-    assert "PRIVATE KEY" not in str(raised.value)
+    assert (raised.value.key, raised.value.value) == ("tlsPrivateKey", "<hidden>")
+    assert str(raised.value) == (
+        "config key 'tlsPrivateKey' has the value '<hidden>'; accepted: a secret value "
+        "(`pulumi config set --secret tlsPrivateKey ...`)"
+    )
 
 
 @pytest.mark.parametrize(
