@@ -733,3 +733,30 @@ def test_an_acme_ca_certificate_that_is_no_pem_is_named_twice() -> None:
         "config key 'acmeCaCertificate' has the value '<PEM>'; accepted: PEM certificates; "
         "acmeCaCertificate: <not PEM>; accepted: PEM certificates ("
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accepted"),
+    [
+        ({"secretsRotation": "r" * 257}, "accepted: any string of at most 256 characters"),
+        (
+            {"environmentKind": "prod"},
+            "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
+        ),
+        (
+            {"gcOlderThan": "30 days"},
+            "accepted: an age such as '30d', '12h' or '1d12h30m' (whole days, hours, minutes, seconds, in that order)",
+        ),
+    ],
+)
+def test_free_form_settings_are_refused_saying_what_is_accepted(overrides: dict[str, str], accepted: str) -> None:
+    [(key, value)] = overrides.items()
+    install(EngineMocks(), "dev", overrides)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == f"config key '{key}' has the value {value!r}; {accepted}"
+
+
+def test_a_rotation_label_of_256_characters_is_accepted() -> None:
+    install(EngineMocks(), "dev", {"secretsRotation": "r" * 256})
+    assert load_settings().secrets_rotation == "r" * 256
