@@ -523,3 +523,15 @@ def test_each_prod_container_starts_after_what_it_needs() -> None:
     mocks = declaration("prod").mocks
     found = {r.name: sorted(urn.split("::")[-1] for urn in r.dependencies) for r in mocks.of_type(CONTAINER)}
     assert found == PROD_CONTAINER_DEPENDENCIES
+
+
+def test_a_stack_file_edited_between_reads_is_read_again_and_each_read_is_a_copy(tmp_path: Any) -> None:
+    from tests import stack_config
+
+    path = tmp_path / "Pulumi.t.yaml"
+    path.write_text("config:\n  a: 1\n", encoding="utf-8")
+    first = stack_config._load_yaml(path)
+    first["config"]["a"] = 99
+    assert stack_config._load_yaml(path) == {"config": {"a": 1}}
+    path.write_text("config:\n  a: 2\n  b: 3\n", encoding="utf-8")
+    assert stack_config._load_yaml(path) == {"config": {"a": 2, "b": 3}}
