@@ -40,6 +40,14 @@ MODE_UPLOADS = {
         ("/run/secrets/tls.key", "10002", "10002", "0400"),
     ],
 }
+# What a mode adds to the Caddyfile's site, from MODES above.
+SITE_EXTRAS: dict[str, dict[str, Any]] = {
+    "acme": {
+        "acme_email": "ops@example.com",
+        "acme_directory_url": "https://acme.example.internal/acme/directory",
+        "acme_ca_root": True,
+    },
+}
 # Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
 SECRET_UPLOADS = {"internal": True, "acme": False, "provided": True}
 
@@ -108,18 +116,7 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
     assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
     assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
     # The Caddyfile is the one the stack's settings describe, ACME's account and CA included.
-    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120)
-    if mode == "acme":
-        site = CaddySite(
-            "mlflow.example.internal",
-            "acme",
-            443,
-            "mlflow:5000",
-            5120,
-            acme_email="ops@example.com",
-            acme_directory_url="https://acme.example.internal/acme/directory",
-            acme_ca_root=True,
-        )
+    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120, **SITE_EXTRAS.get(mode, {}))
     assert proxy.inputs["uploads"][0]["content"] == caddyfile(site)
     contents = [upload["content"] for upload in proxy.inputs["uploads"][1:]]
     if mode == "provided":
