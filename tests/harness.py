@@ -73,6 +73,8 @@ class Registration:
     retain_on_delete: bool
     delete_before_replace: bool
     dependencies: list[str]
+    # URNs this resource was known by before (its `aliases`, resolved as the engine does).
+    aliases: list[str]
     # Input name -> URNs it was computed from, as the engine hands them to stack policies.
     property_dependencies: dict[str, list[str]]
     raw_inputs: dict[str, Any]
@@ -182,11 +184,19 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "retain_on_delete": bool(request.retainOnDelete),
                 "delete_before_replace": bool(request.deleteBeforeReplace),
                 "dependencies": list(request.dependencies),
+                "aliases": [alias.urn for alias in request.aliases if alias.urn],
                 "property_dependencies": {
                     key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
                 },
             }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
+
+    def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        # Without alias specs the SDK resolves each alias (a changed parent, type or name,
+        # inherited from the parent's own aliases) to the full URN the engine would match.
+        if request.id == "aliasSpecs":
+            return type("SupportsFeatureResponse", (object,), {"hasSupport": False})
+        return super().SupportsFeature(request)  # type: ignore[no-untyped-call]
 
     def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         outputs = json_format.MessageToDict(request.outputs, preserving_proto_field_name=True)
