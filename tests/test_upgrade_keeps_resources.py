@@ -30,7 +30,7 @@ def engine_urns(records: dict[str, dict[str, Any]]) -> dict[str, str]:
     found = {}
     for urn, record in records.items():
         stack_project = urn.split("::", 3)[:2]
-        types = chain(record["parent"])[1:] + [record["type"]]
+        types = [*chain(record["parent"])[1:], record["type"]]
         found[urn] = "::".join([*stack_project, "$".join([_STACK_TYPE, *types]) if types else _STACK_TYPE]) + (
             f"::{record['name']}"
         )
@@ -53,7 +53,8 @@ def upgrade_problems(
             problems.append(f"{old_engine[urn]}: no longer declared and not aliased (would be deleted)")
             continue
         matched[urn] = now
-    renamed = {old_urn: new_urn for old_urn, new_urn in matched.items()}
+    # New URN -> old, to read the new declarations' parents and dependencies in the old names.
+    as_old = {new_urn: old_urn for old_urn, new_urn in matched.items()}
     for old_urn, new_urn in matched.items():
         before, after = dict(old[old_urn]), dict(new[new_urn])
         if old_urn != new_urn:
@@ -61,14 +62,9 @@ def upgrade_problems(
             for key in ("type", "name", "parent"):
                 before.pop(key), after.pop(key)
         else:
-            after["parent"] = {new_to: old_from for old_from, new_to in renamed.items()}.get(
-                after["parent"], after["parent"]
-            )
+            after["parent"] = as_old.get(after["parent"], after["parent"])
         before["dependencies"] = sorted(before["dependencies"])
-        after["dependencies"] = sorted(
-            {new_to: old_from for old_from, new_to in renamed.items()}.get(dependency, dependency)
-            for dependency in after["dependencies"]
-        )
+        after["dependencies"] = sorted(as_old.get(dependency, dependency) for dependency in after["dependencies"])
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
                 problems.append(f"{old_engine[old_urn]}: {key} changed")
