@@ -72,7 +72,7 @@ def _placeheld(value: Any) -> Any:
 
 def record(registration: Registration) -> dict[str, Any]:
     """What decides whether an upgrade keeps, updates or replaces the resource."""
-    return _placeheld(
+    placeheld: dict[str, Any] = _placeheld(
         {
             "type": registration.type,
             "name": registration.name,
@@ -85,6 +85,7 @@ def record(registration: Registration) -> dict[str, Any]:
             "inputs": registration.inputs,
         }
     )
+    return placeheld
 
 
 def declared(case: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
