@@ -1,9 +1,11 @@
 """The policy pack: each rule on hand-made resources, then every rule on what each stack declares.
 
 A `PolicyPack` starts a gRPC server when constructed, so nothing here imports
-policy/__main__.py: the rules come from policy/policies.py and their `validate` is
-called directly, with the SDK's own argument classes and its unknown-checking proxy
-around the properties, as the engine would call them.
+policy/__main__.py: the rules come from policy/policies.py (the pack's list, assembled
+from the rule modules) and their `validate` is called directly, with the SDK's own
+argument classes and its unknown-checking proxy around the properties, as the engine
+would call them. The readers and recognisers they share are tested from their own
+modules (policy/readers.py, policy/identify.py).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
-from policy import policies
+from policy import identify, readers, rules_containers
 from policy.policies import POLICIES
 from tests import harness
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
@@ -213,19 +215,19 @@ def test_pack_project_file_and_requirements_match_the_repository() -> None:
 def test_image_pin_problem() -> None:
     pinned = ["postgres:17.6", "registry.example.com:5000/team/postgres:17.6", f"postgres@{IMAGE_ID}", IMAGE_ID]
     for reference in pinned:
-        assert policies.image_pin_problem(reference) is None, reference
-    assert "latest" in (policies.image_pin_problem("postgres:latest") or "")
-    assert "no tag" in (policies.image_pin_problem("postgres") or "")
+        assert rules_containers.image_pin_problem(reference) is None, reference
+    assert "latest" in (rules_containers.image_pin_problem("postgres:latest") or "")
+    assert "no tag" in (rules_containers.image_pin_problem("postgres") or "")
     # The port of a registry is not a tag.
-    assert "no tag" in (policies.image_pin_problem("registry.example.com:5000/postgres") or "")
-    assert policies.image_pin_problem("") == "is empty"
+    assert "no tag" in (rules_containers.image_pin_problem("registry.example.com:5000/postgres") or "")
+    assert rules_containers.image_pin_problem("") == "is empty"
 
 
 def test_stack_of_reads_the_urn() -> None:
-    assert policies.stack_of(_urn(VOLUME, "v", "prod")) == "prod"
-    assert policies.stack_of("not-a-urn") == ""
+    assert readers.stack_of(_urn(VOLUME, "v", "prod")) == "prod"
+    assert readers.stack_of("not-a-urn") == ""
     # Long enough that a reading which skipped the prefix check would find a "stack" in it.
-    assert policies.stack_of("stack:pulumi:prod::mlflow-platform::t::n") == ""
+    assert readers.stack_of("stack:pulumi:prod::mlflow-platform::t::n") == ""
 
 
 def test_public_bindings_name_every_way_in_and_only_those() -> None:
@@ -244,7 +246,7 @@ def test_public_bindings_name_every_way_in_and_only_those() -> None:
         "networkMode": "host",
         "publishAllPorts": True,
     }
-    assert policies.public_bindings(unknown_checking_proxy(props)) == [
+    assert readers.public_bindings(unknown_checking_proxy(props)) == [
         "0.0.0.0 (Docker's default):5000 -> 5000",
         "0.0.0.0 (Docker's default):5001 -> 5001",
         "ports[4] (not known during preview)",
@@ -549,9 +551,9 @@ def test_secret_value_violations_in_full() -> None:
 def test_envs_and_labels_read_only_what_is_known(props: dict[str, Any], expected: dict[str, str] | None) -> None:
     proxied = unknown_checking_proxy(props)
     if expected is None:
-        assert policies.envs(proxied) == [(0, "URL", "postgresql://h/db?sslmode=require"), (1, "EMPTY", "")]
+        assert readers.envs(proxied) == [(0, "URL", "postgresql://h/db?sslmode=require"), (1, "EMPTY", "")]
     else:
-        assert policies.labels(proxied) == expected
+        assert readers.labels(proxied) == expected
 
 
 def test_secret_values_in_uploads_and_in_secret_handling_resources_are_allowed() -> None:
@@ -645,7 +647,7 @@ def test_the_server_is_recognised_by_the_image_it_runs() -> None:
     image = _built_image()
     # No label, no `mlflow server` arguments: the Dockerfile's default CMD starts the server without auth.
     by_dependency = _server_from_image(image, stack="prod")
-    assert not policies.runs_mlflow_server_arguments(by_dependency.props)
+    assert not identify.runs_mlflow_server_arguments(by_dependency.props)
     [(urn, _)] = _check_stack("protected-stack-mlflow-auth", [image, by_dependency])
     assert urn == by_dependency.urn
     # After the image exists, the container's image is the image's ID: recognised by value too.
@@ -699,7 +701,7 @@ def test_the_server_is_recognised_by_each_link_to_its_image_alone() -> None:
     ],
 )
 def test_a_server_flag_alone_marks_the_server_in_either_form(command: list[str]) -> None:
-    assert policies.runs_mlflow_server_arguments(unknown_checking_proxy({"command": command}))
+    assert identify.runs_mlflow_server_arguments(unknown_checking_proxy({"command": command}))
 
 
 @pytest.mark.parametrize(
@@ -725,8 +727,8 @@ def test_the_server_is_recognised_by_what_it_runs(
     entrypoints: list[str], command: list[str], is_server: bool, authenticated: bool
 ) -> None:
     props = {"image": IMAGE_ID, "entrypoints": entrypoints, "command": command}
-    assert policies.runs_mlflow_server_arguments(props) is is_server
-    assert policies.mlflow_auth_enabled(props) is authenticated
+    assert identify.runs_mlflow_server_arguments(props) is is_server
+    assert identify.mlflow_auth_enabled(props) is authenticated
     reported = _check_stack("protected-stack-mlflow-auth", [_stack_resource(CONTAINER, "server", props, stack="prod")])
     prefix = "the tracking server server of the shared stack 'prod' runs without"
     assert [message[: len(prefix)] for _, message in reported] == ([prefix] if is_server and not authenticated else [])
@@ -752,7 +754,7 @@ def test_the_server_is_recognised_by_what_it_runs(
 )
 def test_the_server_image_is_recognised_by_its_build_context_however_written(context: str, is_mlflow: bool) -> None:
     image = _built_image(context)
-    assert policies.is_mlflow_image(image) is is_mlflow
+    assert identify.is_mlflow_image(image) is is_mlflow
     reported = _check_stack("protected-stack-mlflow-auth", [image, _server_from_image(image, stack="prod")])
     assert len(reported) == (1 if is_mlflow else 0)
 
@@ -809,7 +811,7 @@ def test_an_open_server_is_told_every_way_in_and_a_guarded_one_nothing() -> None
     ],
 )
 def test_the_words_of_a_command(arguments: list[str], words: list[str]) -> None:
-    assert policies._words(unknown_checking_proxy({"command": arguments})) == words
+    assert readers._words(unknown_checking_proxy({"command": arguments})) == words
 
 
 @pytest.mark.parametrize(
@@ -826,14 +828,14 @@ def test_the_words_of_a_command(arguments: list[str], words: list[str]) -> None:
     ],
 )
 def test_basic_auth_is_read_from_the_option_as_mlflow_parses_it(arguments: list[str], enabled: bool) -> None:
-    assert policies.mlflow_auth_enabled(unknown_checking_proxy({"command": arguments})) is enabled
+    assert identify.mlflow_auth_enabled(unknown_checking_proxy({"command": arguments})) is enabled
 
 
 @pytest.mark.parametrize("entrypoint", ["/usr/local/bin/mlflow-entrypoint", "mlflow-entrypoint"])
 def test_a_server_from_the_built_image_keeps_its_entrypoint_however_named(entrypoint: str) -> None:
     image = _built_image()
     server = _server_from_image(image, entrypoints=[entrypoint])
-    assert policies.keeps_server_entrypoint(server.props)
+    assert identify.keeps_server_entrypoint(server.props)
     assert _check_stack("mlflow-public-needs-auth", [image, server]) != []
 
 
@@ -962,7 +964,7 @@ def _evaluate(declared: list[Declared]) -> Violations:
     workflows pass it (`--policy-pack-config policy/config/<stack>.json`; none when there is no file).
     """
     violations: Violations = defaultdict(list)
-    [stack] = {policies.stack_of(resource.urn) for resource in declared}
+    [stack] = {readers.stack_of(resource.urn) for resource in declared}
     pack_config = _pack_config(stack)
 
     def reporter(policy: str, name: str | None) -> Callable[[str, str | None], None]:

@@ -1,0 +1,167 @@
+"""The rules on each container and image by itself: Postgres unpublished, a healthcheck, a restart policy,
+pinned image references.
+
+Resource policies: the engine calls each once per resource, and they judge that resource alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+)
+
+from .identify import CONTAINER, IMAGE, REMOTE_IMAGE, is_one_shot, is_postgres
+from .readers import UNKNOWN, _entries, _field, _number
+
+POSTGRES_PORT: Final = 5432
+# Without one of these Docker never restarts the container after a crash or a reboot.
+RESTART_POLICIES: Final = frozenset({"always", "unless-stopped", "on-failure"})
+_IMAGE_ID = re.compile(r"^sha256:[a-f0-9]{64}$")
+_DIGEST_SUFFIX = re.compile(r"@sha256:[a-f0-9]{64}$")
+
+
+def image_pin_problem(reference: str) -> str | None:
+    """None when the reference names one immutable image or a pinned tag; otherwise what is wrong with it."""
+    reference = reference.strip()
+    if not reference:
+        return "is empty"
+    if _IMAGE_ID.match(reference) or _DIGEST_SUFFIX.search(reference):
+        return None
+    # The tag follows the last ':' of the last path component ("registry:5000/postgres" has no tag).
+    last_component = reference.rsplit("/", 1)[-1]
+    if ":" not in last_component:
+        return "has no tag, so Docker resolves it to 'latest'"
+    tag = last_component.rsplit(":", 1)[1]
+    if tag == "latest":
+        return "uses the moving 'latest' tag"
+    if not tag:
+        return "has an empty tag"
+    return None
+
+
+def _validate_postgres_not_published(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    props = args.props
+    postgres = is_postgres(props)
+    for index, port in _entries(_field(props, "ports")):
+        if port is UNKNOWN:
+            if postgres:
+                report(f"ports[{index}] of the Postgres container publishes a port not known during preview.", None)
+            continue
+        internal, external = _number(_field(port, "internal")), _number(_field(port, "external"))
+        if POSTGRES_PORT in (internal, external):
+            report(f"ports[{index}] publishes port {POSTGRES_PORT} (internal {internal}, external {external}).", None)
+        elif postgres:
+            report(f"ports[{index}] publishes port {internal} of the Postgres container on the host.", None)
+    if postgres and _field(props, "networkMode") == "host":
+        report("the Postgres container runs on the host network, which exposes port 5432 on the host.", None)
+    if postgres and _field(props, "publishAllPorts") is True:
+        report("publishAllPorts publishes the port the Postgres image exposes (5432) on every interface.", None)
+
+
+postgres_not_published = ResourceValidationPolicy(
+    name="postgres-not-published",
+    description=(
+        "No container publishes the Postgres port (5432) on the Docker host, and the Postgres container publishes "
+        "no port at all: the database is reachable only on the stack's own network."
+    ),
+    validate=_validate_postgres_not_published,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.CRITICAL,
+    remediation_steps="Remove the `ports` entry; other containers reach Postgres by its alias on the stack network.",
+)
+
+
+def _validate_healthcheck(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER or is_one_shot(args.props):
+        return
+    healthcheck = _field(args.props, "healthcheck")
+    if healthcheck is UNKNOWN:
+        return
+    tests = [item for _, item in _entries(_field(healthcheck, "tests"))]
+    if not tests:
+        report("the container declares no healthcheck (`healthcheck.tests` is empty).", None)
+    elif tests[0] == "NONE":
+        report("the healthcheck is disabled (`healthcheck.tests` starts with NONE).", None)
+
+
+container_healthcheck = ResourceValidationPolicy(
+    name="container-healthcheck",
+    description=(
+        "Every container declares a healthcheck, so `pulumi up` waits until it actually serves and Docker "
+        "reports it unhealthy when it stops doing so."
+    ),
+    validate=_validate_healthcheck,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    remediation_steps="Add `healthcheck=ContainerHealthcheckArgs(tests=[...])` with a probe of the service.",
+)
+
+
+def _validate_restart_policy(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER or is_one_shot(args.props):
+        return
+    restart = _field(args.props, "restart")
+    if restart is UNKNOWN:
+        return
+    if restart not in RESTART_POLICIES:
+        shown = "absent (Docker's default, 'no')" if restart is None else repr(restart)
+        report(f"`restart` is {shown}; accepted: {', '.join(sorted(RESTART_POLICIES))}.", None)
+
+
+container_restart_policy = ResourceValidationPolicy(
+    name="container-restart-policy",
+    description=(
+        "Every container has a restart policy (unless-stopped, always or on-failure), so a crash or a reboot "
+        "of the Docker host does not leave the service down."
+    ),
+    validate=_validate_restart_policy,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    remediation_steps="Set `restart='unless-stopped'` on the container.",
+)
+
+
+def _validate_image_pinned(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    props = args.props
+    references: list[tuple[str, Any]] = []
+    if args.resource_type == CONTAINER:
+        # Usually an image ID or digest taken from an image resource; while that resource is still
+        # to be created the value is unknown, and the image resource's own reference is checked instead.
+        references.append(("image", _field(props, "image")))
+    elif args.resource_type == REMOTE_IMAGE:
+        references.append(("name", _field(props, "name")))
+    elif args.resource_type == IMAGE:
+        references.append(("imageName", _field(props, "imageName")))
+        build_args = _field(_field(props, "build"), "args")
+        if isinstance(build_args, Mapping):
+            # Base images come in as build arguments (BASE_IMAGE): a moving base moves the built image too.
+            references += [(f"build.args.{key}", _field(build_args, key)) for key in build_args if "IMAGE" in key]
+    for where, reference in references:
+        if reference is None or reference is UNKNOWN:
+            continue
+        problem = image_pin_problem(str(reference))
+        if problem:
+            report(f"`{where}` = {reference!r} {problem}; pin a version tag or an @sha256 digest.", None)
+
+
+image_pinned = ResourceValidationPolicy(
+    name="image-pinned",
+    description=(
+        "No image reference is 'latest' or untagged: containers, pulled images, built images and their base "
+        "images name a version tag or an @sha256 digest, so a deploy runs exactly what the preview showed."
+    ),
+    validate=_validate_image_pinned,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.HIGH,
+    remediation_steps="Pin the reference in the stack config (postgresImage, baseImage), e.g. postgres:17.6.",
+)
