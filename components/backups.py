@@ -9,15 +9,9 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-from components.docker_common import (
-    RESTART_POLICY,
-    SECRETS_DIR,
-    container_labels,
-    hardening,
-    secrets_volume,
-    volume_labels,
-)
-from components.mlflow_server import ARTIFACTS_DIR, MLFLOW_UID
+from components.context import DatabaseEndpoint, StackContext
+from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
+from components.workload import SECRETS_DIR, HealthCheck, Mount, Workload, config_file, secret_file
 
 # The script is uploaded into the container, so the stack's own pinned Postgres
 # image runs it unchanged: no image to build, and pg_dump always matches the server.
@@ -39,31 +33,21 @@ MEMORY_MB = 512
 # next start removes, never a listed backup.
 STOP_TIMEOUT_SECONDS = 60
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
+_NAME = "backup"
+_ROLE = "backup"
 
 
 class BackupServiceArgs(TypedDict):
+    stack: StackContext
+    """The stack it belongs to."""
     image: pulumi.Input[str]
     """The database's image, by ID: the same Postgres major as the server."""
     image_reference: str
     """The same image by reference, for the restore command printed to operators."""
-    container_name: str
-    """Docker name of the container."""
-    volume_name: str
-    """Docker name of the backups volume; fixed, so a redeploy finds the backups again."""
     artifacts_volume_name: pulumi.Input[str]
     """The artifacts volume, mounted read-only."""
-    network_name: pulumi.Input[str]
-    """The stack network, where Postgres is reachable."""
-    postgres_host: str
-    """Postgres's alias on the network."""
-    postgres_port: int
-    """Postgres's port on the network."""
-    database: str
-    """Tracking database; the auth database is this name plus `_auth`."""
-    user: str
-    """Database role: the MLflow role, owner of both databases."""
-    password: pulumi.Input[str]
-    """Database password (secret); uploaded as a 0400 pgpass file."""
+    database: DatabaseEndpoint
+    """Both databases and their owner, the MLflow role; its password goes into a 0400 pgpass file."""
     admin_username: str
     """The MLflow admin whose current password a restore keeps; empty without auth."""
     mlflow_version: str
@@ -72,29 +56,20 @@ class BackupServiceArgs(TypedDict):
     """Time between scheduled backups."""
     keep: int
     """Backups kept; older ones are deleted after each backup."""
-    protect_data: bool
-    """Protect the backups volume from deletion by destroy or replacement."""
-    log_max_size: str
-    """json-file log size that triggers rotation."""
-    log_max_files: int
-    """Rotated log files kept."""
-    startup_timeout_seconds: int
-    """How long `pulumi up` waits for the container to be healthy."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container."""
 
 
 def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_name: str) -> str:
     """The script's settings, as shell assignments; every value is a checked identifier or number."""
+    database = args["database"]
     values = {
-        "PGHOST": args["postgres_host"],
-        "PGPORT": str(args["postgres_port"]),
-        "PGUSER": args["user"],
+        "PGHOST": database.host,
+        "PGPORT": str(database.port),
+        "PGUSER": database.role,
         "PGPASSFILE": PGPASS_FILE,
-        "TRACKING_DB": args["database"],
-        "AUTH_DB": f"{args['database']}_auth",
+        "TRACKING_DB": database.database,
+        "AUTH_DB": database.auth_database,
         "ADMIN_USERNAME": args["admin_username"],
         "MLFLOW_VERSION": args["mlflow_version"],
         "BACKUP_DIR": BACKUP_DIR,
@@ -102,7 +77,7 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
         "INTERVAL_SECONDS": str(args["interval_seconds"]),
         "KEEP": str(args["keep"]),
         # For the one-off restore command the script prints.
-        "CONTAINER_NAME": args["container_name"],
+        "CONTAINER_NAME": args["stack"].name(_NAME),
         "NETWORK_NAME": network_name,
         "ARTIFACTS_VOLUME": artifacts_volume_name,
         "IMAGE": args["image_reference"],
@@ -118,78 +93,54 @@ class BackupService(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: BackupServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:backups:BackupService", name, None, opts)
-        self.volume = docker.Volume(
-            f"{name}-volume",
-            name=args["volume_name"],
-            labels=volume_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
-            ),
+        stack = args["stack"]
+        self.volume = stack.target.volume(self, f"{name}-volume", stack.name("backups"), _ROLE)
+        self.container = stack.target.service(
+            self, f"{name}-container", self._workload(args), depends_on=args["start_after"]
         )
-        config = pulumi.Output.all(args["network_name"], args["artifacts_volume_name"]).apply(
+        self.register_outputs({"container_name": self.container.name, "volume_name": self.volume.name})
+
+    def _workload(self, args: BackupServiceArgs) -> Workload:
+        stack, database = args["stack"], args["database"]
+        config = pulumi.Output.all(stack.network, args["artifacts_volume_name"]).apply(
             lambda names: backup_config(args, names[0], names[1])
         )
         # libpq's password file: host:port:database:user:password.
-        pgpass: pulumi.Output[str] = pulumi.Output.secret(
-            pulumi.Output.concat(
-                f"{args['postgres_host']}:{args['postgres_port']}:*:{args['user']}:", args["password"], "\n"
-            )
-        )
-        self.container = docker.Container(
-            f"{name}-container",
-            name=args["container_name"],
+        pgpass = pulumi.Output.concat(f"{database.host}:{database.port}:*:{database.role}:", database.password, "\n")
+        return Workload(
+            name=stack.name(_NAME),
+            role=_ROLE,
             image=args["image"],
             user=f"{BACKUP_UID}:{BACKUP_UID}",
-            entrypoints=[SCRIPT_PATH],
+            entrypoint=[SCRIPT_PATH],
             command=["schedule"],
-            envs=[f"MLFLOW_BACKUP_CONFIG={CONFIG_PATH}", "TMPDIR=/tmp"],
-            uploads=[
-                docker.ContainerUploadArgs(
-                    file=SCRIPT_PATH,
-                    content=SCRIPT_SOURCE.read_text(encoding="utf-8"),
-                    owner="0",
-                    group="0",
-                    permissions="0755",
-                ),
-                docker.ContainerUploadArgs(file=CONFIG_PATH, content=config, owner="0", group="0", permissions="0444"),
-                docker.ContainerUploadArgs(
-                    file=PGPASS_FILE, content=pgpass, owner=BACKUP_UID, group=BACKUP_UID, permissions="0400"
-                ),
+            environment=[f"MLFLOW_BACKUP_CONFIG={CONFIG_PATH}", "TMPDIR=/tmp"],
+            files=[
+                config_file(SCRIPT_PATH, SCRIPT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
+                config_file(CONFIG_PATH, config),
+                secret_file(PGPASS_FILE, pgpass),
             ],
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=BACKUP_DIR),
-                docker.ContainerVolumeArgs(
-                    volume_name=args["artifacts_volume_name"], container_path=ARTIFACTS_DIR, read_only=True
-                ),
-                # Anonymous volumes: uploads cannot go into a read-only root file
-                # system. Docker first copies the image's /usr/local/bin (its
-                # entrypoint) into the fresh volume, so only the script is added.
-                docker.ContainerVolumeArgs(container_path=str(Path(SCRIPT_PATH).parent)),
-                docker.ContainerVolumeArgs(container_path=str(Path(CONFIG_PATH).parent)),
-                secrets_volume(),
+            mounts=[
+                Mount(BACKUP_DIR, self.volume.name),
+                Mount(ARTIFACTS_DIR, args["artifacts_volume_name"], read_only=True),
+                # Scratch volumes: uploads cannot go into a read-only root file system.
+                # Docker first copies the image's /usr/local/bin (its entrypoint) into the
+                # fresh volume, so only the script is added.
+                Mount(str(Path(SCRIPT_PATH).parent)),
+                Mount(str(Path(CONFIG_PATH).parent)),
             ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"])],
-            healthcheck=docker.ContainerHealthcheckArgs(
+            network_aliases=None,
+            health=HealthCheck(
                 # Unhealthy once the newest backup is older than twice the interval:
                 # a stopped or failing schedule shows in `docker ps`.
-                tests=["CMD", SCRIPT_PATH, "health"],
+                test=["CMD", SCRIPT_PATH, "health"],
                 interval="10s",
                 timeout="10s",
                 retries=3,
                 start_period="5m",
             ),
-            restart=RESTART_POLICY,
-            read_only=True,
             tmpfs=_TMPFS,
-            **hardening(MEMORY_MB, args["log_max_size"], args["log_max_files"]),
-            labels=container_labels(args["labels"]),
-            wait=True,
-            wait_timeout=args["startup_timeout_seconds"],
+            memory_mb=MEMORY_MB,
             stop_signal="SIGTERM",
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
-            # Its name is fixed: the provider creates a replacement before deleting the
-            # old container unless told otherwise, and Docker refuses a second name.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
+            stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )
-        self.register_outputs({"container_name": self.container.name, "volume_name": self.volume.name})

@@ -1,4 +1,4 @@
-"""The gc container: `mlflow gc` on a schedule, purging long-deleted runs and their artifacts."""
+"""The gc workload: `mlflow gc` on a schedule, purging long-deleted runs and their artifacts."""
 
 from __future__ import annotations
 
@@ -8,17 +8,10 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-from components.docker_common import (
-    RESTART_POLICY,
-    SECRETS_DIR,
-    container_labels,
-    hardening,
-    secrets_volume,
-)
-from components.mlflow_server import ARTIFACTS_DIR, MLFLOW_UID
+from components.context import DatabaseEndpoint, StackContext
+from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
+from components.workload import HealthCheck, Mount, Workload, secret_file
 
-GC_COMMAND = "/usr/local/bin/mlflow-gc"
-_DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
 MEMORY_MB = 512
 # The loop exits on SIGTERM; a gc cut short is simply run again on the next schedule.
 STOP_TIMEOUT_SECONDS = 30
@@ -41,24 +34,14 @@ def gc_warning(mlflow_version: str) -> str | None:
 
 
 class GarbageCollectorArgs(TypedDict):
+    stack: StackContext
+    """The stack it belongs to."""
     image: pulumi.Input[str]
     """The MLflow image, by ID: the same MLflow as the server."""
-    container_name: str
-    """Docker name of the container."""
     artifacts_volume_name: pulumi.Input[str]
     """The artifacts volume, mounted read-write: gc deletes purged runs' artifacts."""
-    network_name: pulumi.Input[str]
-    """The stack network, where Postgres is reachable."""
-    postgres_host: str
-    """Postgres's alias on the network."""
-    postgres_port: int
-    """Postgres's port on the network."""
-    database: str
-    """Tracking database."""
-    user: str
-    """Database role."""
-    password: pulumi.Input[str]
-    """Database password (secret); uploaded as a 0400 file."""
+    database: DatabaseEndpoint
+    """The tracking database and the role gc connects as."""
     mlflow_version: str
     """The image's MLflow release: one whose gc fails on Postgres is warned about."""
     older_than: str
@@ -67,12 +50,6 @@ class GarbageCollectorArgs(TypedDict):
     """Time between gc runs."""
     telemetry_enabled: bool
     """Let MLflow send its usage telemetry; off unless true."""
-    log_max_size: str
-    """json-file log size that triggers rotation."""
-    log_max_files: int
-    """Rotated log files kept."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
     start_after: Sequence[pulumi.Resource]
     """Resources that must exist first: the server, which creates and upgrades the schema."""
 
@@ -87,61 +64,45 @@ class GarbageCollector(pulumi.ComponentResource):
         # A warning, not a refusal: an older release is still a valid start of an upgrade.
         if (warning := gc_warning(args["mlflow_version"])) is not None:
             pulumi.log.warn(warning, resource=self)
-        envs = [
-            f"POSTGRES_HOST={args['postgres_host']}",
-            f"POSTGRES_PORT={args['postgres_port']}",
-            f"POSTGRES_DB={args['database']}",
-            f"POSTGRES_USER={args['user']}",
-            f"POSTGRES_PASSWORD_FILE={_DB_PASSWORD_FILE}",
-            f"ARTIFACTS_DIR={ARTIFACTS_DIR}",
-            f"GC_OLDER_THAN={args['older_than']}",
-            f"GC_INTERVAL_SECONDS={args['interval_seconds']}",
-            "HOME=/tmp",
-            "TMPDIR=/tmp",
-        ]
-        if not args["telemetry_enabled"]:
-            envs.append("MLFLOW_DISABLE_TELEMETRY=true")
-        self.container = docker.Container(
-            f"{name}-container",
-            name=args["container_name"],
-            image=args["image"],
-            user=f"{MLFLOW_UID}:{MLFLOW_UID}",
-            entrypoints=[GC_COMMAND],
-            command=["loop"],
-            envs=envs,
-            uploads=[
-                docker.ContainerUploadArgs(
-                    file=_DB_PASSWORD_FILE,
-                    content=pulumi.Output.secret(args["password"]),
-                    owner=MLFLOW_UID,
-                    group=MLFLOW_UID,
-                    permissions="0400",
-                )
-            ],
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=args["artifacts_volume_name"], container_path=ARTIFACTS_DIR),
-                secrets_volume(),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"])],
-            # The image's own check probes the server's port, which this container has not.
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=["CMD", GC_COMMAND, "health"], interval="10s", timeout="10s", retries=3, start_period="5m"
-            ),
-            restart=RESTART_POLICY,
-            read_only=True,
-            tmpfs=_TMPFS,
-            **hardening(MEMORY_MB, args["log_max_size"], args["log_max_files"]),
-            labels=container_labels(args["labels"]),
-            # Not waited for: the server does not need it, and a gc that fails must not
-            # block a deployment (before MLflow 3.17.0, 3.12 included, `gc --older-than`
-            # fails on Postgres: its experiment age filter is bound as text, `bigint <
-            # character varying`); it shows as unhealthy in `docker ps` and logs each failure.
-            wait=False,
-            stop_signal="SIGTERM",
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
-            # Its name is fixed: the provider creates a replacement before deleting the
-            # old container unless told otherwise, and Docker refuses a second name.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
+        stack = args["stack"]
+        self.container = stack.target.service(
+            self, f"{name}-container", _workload(args), depends_on=args["start_after"]
         )
         self.register_outputs({"container_name": self.container.name})
+
+
+def _workload(args: GarbageCollectorArgs) -> Workload:
+    environment = [
+        *database_environment(args["database"]),
+        f"ARTIFACTS_DIR={ARTIFACTS_DIR}",
+        f"GC_OLDER_THAN={args['older_than']}",
+        f"GC_INTERVAL_SECONDS={args['interval_seconds']}",
+        "HOME=/tmp",
+        "TMPDIR=/tmp",
+    ]
+    if not args["telemetry_enabled"]:
+        environment.append("MLFLOW_DISABLE_TELEMETRY=true")
+    return Workload(
+        name=args["stack"].name("gc"),
+        role="gc",
+        image=args["image"],
+        user=MLFLOW_USER,
+        entrypoint=[GC_COMMAND],
+        command=["loop"],
+        environment=environment,
+        files=[secret_file(DB_PASSWORD_FILE, args["database"].password)],
+        mounts=[Mount(ARTIFACTS_DIR, args["artifacts_volume_name"])],
+        network_aliases=None,
+        # The image's own check probes the server's port, which this workload has not.
+        health=HealthCheck(
+            test=["CMD", GC_COMMAND, "health"], interval="10s", timeout="10s", retries=3, start_period="5m"
+        ),
+        # Not waited for: the server does not need it, and a gc that fails must not block
+        # a deployment (before MLflow 3.17.0 `gc --older-than` fails on Postgres, see
+        # gc_warning); it shows as unhealthy in `docker ps` and logs each failure.
+        wait_healthy=False,
+        tmpfs=_TMPFS,
+        memory_mb=MEMORY_MB,
+        stop_signal="SIGTERM",
+        stop_grace_seconds=STOP_TIMEOUT_SECONDS,
+    )

@@ -1,4 +1,4 @@
-"""The MLflow server image, built locally from mlflow/."""
+"""The MLflow server image, built from mlflow/."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-# Relative to the project directory, where `pulumi up` runs: an absolute path
-# would differ per machine and show as a change in every teammate's preview.
-BUILD_CONTEXT = "./mlflow"
+from components.context import StackContext
+from components.mlflow_facts import BUILD_CONTEXT
 
 
 class MlflowImageArgs(TypedDict):
-    image_name: pulumi.Input[str]
-    """Local tag, naming project, stack and MLflow version."""
-    mlflow_version: pulumi.Input[str]
+    stack: StackContext
+    """The stack it belongs to; its tag names project and stack."""
+    mlflow_version: str
     """Exact MLflow release installed (MLFLOW_VERSION build argument)."""
     base_image: pulumi.Input[str]
     """Python base image (BASE_IMAGE build argument)."""
@@ -24,7 +23,7 @@ class MlflowImageArgs(TypedDict):
 
 
 class MlflowImage(pulumi.ComponentResource):
-    """Builds mlflow/Dockerfile; never pushed."""
+    """Builds mlflow/Dockerfile."""
 
     image: docker.Image
     image_name: pulumi.Output[str]
@@ -32,22 +31,17 @@ class MlflowImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MlflowImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:image:MlflowImage", name, None, opts)
-        self.image = docker.Image(
+        stack = args["stack"]
+        self.image = stack.target.built_image(
+            self,
             f"{name}-image",
-            image_name=args["image_name"],
-            build=docker.DockerBuildArgs(
-                context=BUILD_CONTEXT,
-                # Relative to the project, not the context, since pulumi-docker 4.0.1
-                # (https://github.com/pulumi/pulumi-docker/releases/tag/v4.0.1).
-                dockerfile=f"{BUILD_CONTEXT}/Dockerfile",
-                args={
-                    "BASE_IMAGE": args["base_image"],
-                    "MLFLOW_VERSION": args["mlflow_version"],
-                    "USE_WHEELHOUSE": "true" if args["use_wheelhouse"] else "",
-                },
-            ),
-            skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            f"{stack.project}/mlflow:{args['mlflow_version']}-{stack.stack}",
+            BUILD_CONTEXT,
+            {
+                "BASE_IMAGE": args["base_image"],
+                "MLFLOW_VERSION": args["mlflow_version"],
+                "USE_WHEELHOUSE": "true" if args["use_wheelhouse"] else "",
+            },
         )
         self.image_name = self.image.image_name
         # For a local build this is the image ID, which changes with every rebuild

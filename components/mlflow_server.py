@@ -10,25 +10,23 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from components.docker_common import (
-    RESTART_POLICY,
-    SECRETS_DIR,
-    container_labels,
-    hardening,
-    secrets_volume,
-    volume_labels,
+from components.context import DatabaseEndpoint, StackContext
+from components.mlflow_facts import (
+    ADMIN_PASSWORD_FILE,
+    ADMIN_USERNAME,
+    ARTIFACTS_DIR,
+    DB_PASSWORD_FILE,
+    FLASK_SECRET_FILE,
+    MLFLOW_UID,
+    MLFLOW_USER,
+    SERVER_PORT,
+    database_environment,
 )
 from components.secrets import generated_password
 from components.settings import host_header
+from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
-SERVER_PORT = 5000
-# The image's dedicated user (mlflow/Dockerfile).
-MLFLOW_UID = "10001"
-ARTIFACTS_DIR = "/mlflow/artifacts"
-ADMIN_USERNAME = "admin"
-_DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
-_ADMIN_PASSWORD_FILE = f"{SECRETS_DIR}/admin-password"
-_FLASK_SECRET_FILE = f"{SECRETS_DIR}/flask-secret-key"
+_ROLE = "tracking-server"
 # The image has no curl; its Python does the probe. /health is exempt from the
 # host check and from basic auth, so the probe needs neither a Host nor a password.
 HEALTH_PROBE = [
@@ -65,26 +63,14 @@ _METRICS_TMPFS = f"rw,noexec,nosuid,nodev,size=64m,uid={MLFLOW_UID},gid={MLFLOW_
 
 
 class MlflowServerArgs(TypedDict):
+    stack: StackContext
+    """The stack it belongs to."""
     image: pulumi.Input[str]
     """Image to run, by ID or digest, so a rebuilt image replaces the container."""
-    container_name: pulumi.Input[str]
-    """Docker name of the container."""
-    artifacts_volume_name: pulumi.Input[str]
-    """Docker name of the artifacts volume; fixed, so a redeploy finds the artifacts again."""
-    network_name: pulumi.Input[str]
-    """Network shared with Postgres."""
+    database: DatabaseEndpoint
+    """The tracking database and the role the server connects as."""
     alias: str
     """Host name other containers on the network use for the server."""
-    postgres_host: str
-    """Postgres's alias on the network."""
-    postgres_port: int
-    """Postgres's port on the network."""
-    database: str
-    """Tracking database."""
-    user: str
-    """Database role."""
-    password: pulumi.Input[str]
-    """Database password (secret); uploaded as a file, never an environment value."""
     public_host: str
     """Host name clients use."""
     bind_address: str
@@ -109,16 +95,6 @@ class MlflowServerArgs(TypedDict):
     """Length of the generated admin password."""
     secrets_rotation: str
     """Keeper of the generated admin password and Flask secret key: a new value rotates them."""
-    protect_data: bool
-    """Protect the artifacts volume from deletion by destroy or replacement."""
-    log_max_size: str
-    """json-file log size that triggers rotation."""
-    log_max_files: int
-    """Rotated log files kept."""
-    startup_timeout_seconds: int
-    """How long `pulumi up` waits for the container to be healthy."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container, the
     database bootstrap (an Output that fails when the bootstrap did)."""
@@ -167,21 +143,11 @@ class MlflowServer(pulumi.ComponentResource):
         super().__init__("mlflow-platform:server:MlflowServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        self.artifacts_volume = docker.Volume(
-            f"{name}-artifacts",
-            name=args["artifacts_volume_name"],
-            labels=volume_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
-            ),
-        )
+        stack, database = args["stack"], args["database"]
+        self.artifacts_volume = stack.target.volume(self, f"{name}-artifacts", stack.name("artifacts"), _ROLE)
 
         envs = [
-            f"POSTGRES_HOST={args['postgres_host']}",
-            f"POSTGRES_PORT={args['postgres_port']}",
-            f"POSTGRES_DB={args['database']}",
-            f"POSTGRES_USER={args['user']}",
-            f"POSTGRES_PASSWORD_FILE={_DB_PASSWORD_FILE}",
+            *database_environment(database),
             # HOME is /nonexistent and the root file system read-only: caches go to tmpfs.
             "HOME=/tmp",
             "TMPDIR=/tmp",
@@ -200,13 +166,13 @@ class MlflowServer(pulumi.ComponentResource):
             envs += [
                 "MLFLOW_PRE_UPGRADE_BACKUP=true",
                 # Part of the start: it must end within the wait for a healthy container.
-                f"MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT={args['startup_timeout_seconds']}",
+                f"MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT={stack.startup_timeout_seconds}",
             ]
         tmpfs = dict(_TMPFS)
         if args["metrics_enabled"]:
             tmpfs[METRICS_DIR] = _METRICS_TMPFS
             envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
-        uploads = [self._secret_file(_DB_PASSWORD_FILE, args["password"])]
+        files = [secret_file(DB_PASSWORD_FILE, database.password)]
         self.admin_password = None
         self.flask_secret_key = None
         if args["auth_enabled"]:
@@ -221,14 +187,14 @@ class MlflowServer(pulumi.ComponentResource):
             )
             envs += [
                 f"MLFLOW_AUTH_ADMIN_USERNAME={ADMIN_USERNAME}",
-                f"MLFLOW_AUTH_ADMIN_PASSWORD_FILE={_ADMIN_PASSWORD_FILE}",
-                f"MLFLOW_FLASK_SERVER_SECRET_KEY_FILE={_FLASK_SECRET_FILE}",
+                f"MLFLOW_AUTH_ADMIN_PASSWORD_FILE={ADMIN_PASSWORD_FILE}",
+                f"MLFLOW_FLASK_SERVER_SECRET_KEY_FILE={FLASK_SECRET_FILE}",
                 # prepare_db.py writes it into the basic-auth config (auth_cache_ttl_seconds).
                 f"MLFLOW_AUTH_CACHE_TTL_SECONDS={args['auth_cache_ttl_seconds']}",
             ]
-            uploads += [
-                self._secret_file(_ADMIN_PASSWORD_FILE, self.admin_password.result),
-                self._secret_file(_FLASK_SECRET_FILE, self.flask_secret_key.result),
+            files += [
+                secret_file(ADMIN_PASSWORD_FILE, self.admin_password.result),
+                secret_file(FLASK_SECRET_FILE, self.flask_secret_key.result),
             ]
 
         hosts = allowed_hosts(
@@ -253,57 +219,26 @@ class MlflowServer(pulumi.ComponentResource):
             # needs credentials like any client.
             self.command += ["--expose-prometheus", METRICS_DIR]
 
-        self.container = docker.Container(
-            f"{name}-container",
-            name=args["container_name"],
+        workload = Workload(
+            name=stack.name("mlflow"),
+            role=_ROLE,
             image=args["image"],
-            user=f"{MLFLOW_UID}:{MLFLOW_UID}",
+            user=MLFLOW_USER,
             command=self.command,
-            envs=envs,
-            uploads=uploads,
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=self.artifacts_volume.name, container_path=ARTIFACTS_DIR),
-                secrets_volume(),
-            ],
-            ports=[
-                docker.ContainerPortArgs(
-                    internal=SERVER_PORT, external=args["host_port"], ip=args["bind_address"], protocol="tcp"
-                )
-            ]
-            if args["publish"]
-            else [],
-            networks_advanced=[
-                docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[args["alias"]])
-            ],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"
-            ),
-            restart=RESTART_POLICY,
-            read_only=True,
+            environment=envs,
+            files=files,
+            mounts=[Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
+            ports=[Port(SERVER_PORT, args["host_port"], args["bind_address"])] if args["publish"] else [],
+            network_aliases=[args["alias"]],
+            health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"),
             tmpfs=tmpfs,
-            **hardening(args["memory_mb"], args["log_max_size"], args["log_max_files"]),
-            labels=container_labels(args["labels"]),
-            wait=True,
-            wait_timeout=args["startup_timeout_seconds"],
+            memory_mb=args["memory_mb"],
             stop_signal=STOP_SIGNAL,
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
-            # Nothing flows from the Postgres container to this one, yet the server
-            # must start only once Postgres is healthy (wait=True there) and the
-            # bootstrap has put the secrets in force: say so. The name is fixed, so
-            # the old container goes before its replacement starts.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
+            stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )
+        # Nothing flows from the Postgres container to this one, yet the server must
+        # start only once Postgres is healthy and the bootstrap has put the secrets in force.
+        self.container = stack.target.service(self, f"{name}-container", workload, depends_on=args["start_after"])
         self.register_outputs(
             {"container_name": self.container.name, "artifacts_volume_name": self.artifacts_volume.name}
-        )
-
-    @staticmethod
-    def _secret_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadArgs:
-        return docker.ContainerUploadArgs(
-            file=path,
-            content=pulumi.Output.secret(content),
-            owner=MLFLOW_UID,
-            group=MLFLOW_UID,
-            permissions="0400",
         )

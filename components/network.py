@@ -1,4 +1,4 @@
-"""The stack's own Docker network: the only way to reach Postgres."""
+"""The stack's own network: the only way to reach Postgres."""
 
 from __future__ import annotations
 
@@ -7,32 +7,23 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-from components.docker_common import network_labels
+from components.context import StackContext
 
 
 class StackNetworkArgs(TypedDict):
-    name: pulumi.Input[str]
-    """Docker name of the network; one per stack so stacks on one engine never share it."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
+    stack: StackContext
+    """The stack it belongs to; the network is named after it, so stacks on one engine never share one."""
 
 
 class StackNetwork(pulumi.ComponentResource):
-    """A user-defined bridge network: containers on it resolve each other by alias."""
+    """The network the stack's workloads reach each other on, by alias."""
 
     network: docker.Network
     name: pulumi.Output[str]
 
     def __init__(self, name: str, args: StackNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:network:StackNetwork", name, None, opts)
-        # Not `internal`: Docker publishes no ports for a container whose only
-        # network is internal, and the MLflow port must reach the host.
-        self.network = docker.Network(
-            f"{name}-network",
-            name=args["name"],
-            driver="bridge",
-            labels=network_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        stack = args["stack"]
+        self.network = stack.target.network(self, f"{name}-network", stack.prefix)
         self.name = self.network.name
         self.register_outputs({"name": self.name})

@@ -1,23 +1,24 @@
-"""Wires network, database, image and server into one stack."""
+"""Wires network, database, image, server, backups, gc and the TLS front door into one stack."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TypedDict
 from urllib.parse import quote
 
 import pulumi
 
 from components.backups import BackupService
+from components.context import DatabaseEndpoint, LogRotation, StackContext
 from components.db_bootstrap import DatabaseBootstrap
-from components.docker_common import stack_labels
 from components.gc import GarbageCollector
-from components.internal_ca import InternalCa
+from components.mlflow_facts import ADMIN_USERNAME, AUTH_DATABASE_SUFFIX, SERVER_PORT
 from components.mlflow_image import MlflowImage
-from components.mlflow_server import ADMIN_USERNAME, SERVER_PORT, MlflowServer, database_connections
+from components.mlflow_server import MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
 from components.proxy import CaddySite, TlsProxy
-from components.settings import AUTH_DATABASE_SUFFIX, StackSettings
+from components.settings import StackSettings
 
 POSTGRES_ALIAS = "postgres"
 MLFLOW_ALIAS = "mlflow"
@@ -38,50 +39,52 @@ class MlflowPlatform(pulumi.ComponentResource):
     server: MlflowServer
     backups: BackupService
     gc: GarbageCollector
+    proxy: TlsProxy | None
     tracking_uri: str
     backend_store_uri: pulumi.Output[str]
     admin_password: pulumi.Output[str] | None
     admin_username: str | None
-    internal_ca: InternalCa | None
-    proxy: TlsProxy | None
     ca_certificate: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: MlflowPlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:stack:MlflowPlatform", name, None, opts)
         settings = args["settings"]
         child = pulumi.ResourceOptions(parent=self)
-        # Docker names are per engine: the stack in every name lets dev and staging share one.
-        prefix = f"{settings.project}-{settings.stack}"
+        stack = StackContext(
+            project=settings.project,
+            stack=settings.stack,
+            log_rotation=LogRotation(settings.log_max_size, settings.log_max_files),
+            protect_data=settings.protect_data,
+            startup_timeout_seconds=settings.startup_timeout_seconds,
+        )
+        self.network = StackNetwork(f"{name}-network", {"stack": stack}, opts=child)
+        stack = dataclasses.replace(stack, network=self.network.name)
 
-        def labels(role: str) -> dict[str, str]:
-            return stack_labels(settings.project, settings.stack, role)
-
-        self.network = StackNetwork(f"{name}-network", {"name": prefix, "labels": labels("network")}, opts=child)
         self.database = PostgresDatabase(
             f"{name}-postgres",
             {
+                "stack": stack,
                 "image": settings.postgres_image,
-                "container_name": f"{prefix}-postgres",
-                "volume_name": f"{prefix}-pgdata",
-                "socket_volume_name": f"{prefix}-pgsocket",
-                "network_name": self.network.name,
                 "alias": POSTGRES_ALIAS,
                 "password_length": settings.postgres_password_length,
                 "secrets_rotation": settings.secrets_rotation,
                 "memory_mb": settings.postgres_memory_mb,
                 "client_connections": database_connections(settings.workers, settings.auth_enabled),
-                "log_max_size": settings.log_max_size,
-                "log_max_files": settings.log_max_files,
-                "protect_data": settings.protect_data,
-                "startup_timeout_seconds": settings.startup_timeout_seconds,
-                "labels": labels("database"),
             },
             opts=child,
+        )
+        endpoint = DatabaseEndpoint(
+            host=POSTGRES_ALIAS,
+            port=self.database.port,
+            database=settings.postgres_database,
+            role=settings.postgres_user,
+            password=self.database.password.result,
+            auth_database=f"{settings.postgres_database}{AUTH_DATABASE_SUFFIX}",
         )
         self.image = MlflowImage(
             f"{name}-image",
             {
-                "image_name": f"{settings.project}/mlflow:{settings.mlflow_version}-{settings.stack}",
+                "stack": stack,
                 "mlflow_version": settings.mlflow_version,
                 "base_image": settings.base_image,
                 "use_wheelhouse": settings.use_wheelhouse,
@@ -91,35 +94,25 @@ class MlflowPlatform(pulumi.ComponentResource):
         self.bootstrap = DatabaseBootstrap(
             f"{name}-db-bootstrap",
             {
+                "stack": stack,
                 "image": self.image.repo_digest,
-                "container_name": f"{prefix}-db-bootstrap",
                 "socket_volume_name": self.database.socket_volume.name,
                 "postgres_container": self.database.container,
-                "superuser": self.database.superuser,
                 "superuser_password": self.database.superuser_password.result,
-                "user": settings.postgres_user,
-                "password": self.database.password.result,
-                "database": settings.postgres_database,
-                "auth_database": f"{settings.postgres_database}{AUTH_DATABASE_SUFFIX}",
-                "log_max_size": settings.log_max_size,
-                "log_max_files": settings.log_max_files,
-                "labels": labels("database-bootstrap"),
+                "database": endpoint,
             },
             opts=child,
         )
+        # Nothing flows from Postgres or the bootstrap into these: they start once Postgres
+        # is healthy and the bootstrap has put the secrets in force.
+        database_ready: list[pulumi.Input[pulumi.Resource]] = [self.database.container, self.bootstrap.succeeded]
         self.server = MlflowServer(
             f"{name}-server",
             {
+                "stack": stack,
                 "image": self.image.repo_digest,
-                "container_name": f"{prefix}-mlflow",
-                "artifacts_volume_name": f"{prefix}-artifacts",
-                "network_name": self.network.name,
+                "database": endpoint,
                 "alias": MLFLOW_ALIAS,
-                "postgres_host": POSTGRES_ALIAS,
-                "postgres_port": self.database.port,
-                "database": settings.postgres_database,
-                "user": settings.postgres_user,
-                "password": self.database.password.result,
                 "public_host": settings.public_host,
                 "bind_address": settings.bind_address,
                 # Behind the proxy MLflow publishes nothing; clients send the HTTPS port in Host.
@@ -133,12 +126,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "auth_cache_ttl_seconds": settings.auth_cache_ttl_seconds,
                 "admin_password_length": settings.admin_password_length,
                 "secrets_rotation": settings.secrets_rotation,
-                "protect_data": settings.protect_data,
-                "log_max_size": settings.log_max_size,
-                "log_max_files": settings.log_max_files,
-                "startup_timeout_seconds": settings.startup_timeout_seconds,
-                "labels": labels("tracking-server"),
-                "start_after": [self.database.container, self.bootstrap.succeeded],
+                "start_after": database_ready,
                 "metrics_enabled": settings.metrics_enabled,
                 "telemetry_enabled": settings.telemetry_enabled,
                 "pre_upgrade_backup": True,
@@ -146,115 +134,49 @@ class MlflowPlatform(pulumi.ComponentResource):
             opts=child,
         )
         # Started alongside the server: before a schema upgrade the server's
-        # entrypoint asks this container for a backup and waits for it.
+        # entrypoint asks the backup workload for a backup and waits for it.
         self.backups = BackupService(
             f"{name}-backups",
             {
+                "stack": stack,
                 "image": self.database.image.image_id,
                 "image_reference": settings.postgres_image,
-                "container_name": f"{prefix}-backup",
-                "volume_name": f"{prefix}-backups",
                 "artifacts_volume_name": self.server.artifacts_volume.name,
-                "network_name": self.network.name,
-                "postgres_host": POSTGRES_ALIAS,
-                "postgres_port": self.database.port,
-                "database": settings.postgres_database,
-                "user": settings.postgres_user,
-                "password": self.database.password.result,
+                "database": endpoint,
                 "admin_username": ADMIN_USERNAME if settings.auth_enabled else "",
                 "mlflow_version": settings.mlflow_version,
                 "interval_seconds": settings.backup_interval_seconds,
                 "keep": settings.backup_keep,
-                "protect_data": settings.protect_data,
-                "log_max_size": settings.log_max_size,
-                "log_max_files": settings.log_max_files,
-                "startup_timeout_seconds": settings.startup_timeout_seconds,
-                "labels": labels("backup"),
-                "start_after": [self.database.container, self.bootstrap.succeeded],
+                "start_after": database_ready,
             },
             opts=child,
         )
         self.gc = GarbageCollector(
             f"{name}-gc",
             {
+                "stack": stack,
                 "image": self.image.repo_digest,
-                "container_name": f"{prefix}-gc",
                 "artifacts_volume_name": self.server.artifacts_volume.name,
-                "network_name": self.network.name,
-                "postgres_host": POSTGRES_ALIAS,
-                "postgres_port": self.database.port,
-                "database": settings.postgres_database,
-                "user": settings.postgres_user,
-                "password": self.database.password.result,
+                "database": endpoint,
                 "mlflow_version": settings.mlflow_version,
                 "older_than": settings.gc_older_than,
                 "interval_seconds": settings.gc_interval_hours * 3600,
                 "telemetry_enabled": settings.telemetry_enabled,
-                "log_max_size": settings.log_max_size,
-                "log_max_files": settings.log_max_files,
-                "labels": labels("gc"),
                 "start_after": [self.server.container],
             },
             opts=child,
         )
-
-        self.internal_ca = None
-        self.proxy = None
-        self.ca_certificate = None
-        if settings.proxied:
-            if settings.tls_mode == "internal":
-                self.internal_ca = InternalCa(
-                    f"{name}-ca",
-                    {"common_name": f"{prefix} root CA", "protect": settings.protect_data},
-                    opts=child,
-                )
-                self.ca_certificate = self.internal_ca.certificate_pem
-            self.proxy = TlsProxy(
-                f"{name}-proxy",
-                {
-                    "base_image": settings.proxy_image,
-                    "image_name": f"{settings.project}/proxy:{settings.stack}",
-                    "container_name": f"{prefix}-proxy",
-                    "data_volume_name": f"{prefix}-proxy-data",
-                    "network_name": self.network.name,
-                    "site": CaddySite(
-                        public_host=settings.public_host,
-                        tls_mode=settings.tls_mode,
-                        https_port=settings.https_port,
-                        upstream=f"{MLFLOW_ALIAS}:{SERVER_PORT}",
-                        max_upload_mb=settings.max_upload_mb,
-                        acme_email=settings.acme_email,
-                        acme_directory_url=settings.acme_directory_url,
-                        acme_ca_root=bool(settings.acme_ca_certificate),
-                    ),
-                    "bind_address": settings.bind_address,
-                    "http_port": settings.http_port,
-                    "ca_certificate": self.ca_certificate,
-                    "ca_private_key": self.internal_ca.private_key_pem if self.internal_ca else None,
-                    "tls_certificate": settings.tls_certificate,
-                    "tls_private_key": (
-                        pulumi.Output.secret(settings.tls_private_key) if settings.tls_mode == "provided" else None
-                    ),
-                    "acme_ca_certificate": settings.acme_ca_certificate,
-                    "memory_mb": settings.proxy_memory_mb,
-                    "protect_data": settings.protect_data,
-                    "log_max_size": settings.log_max_size,
-                    "log_max_files": settings.log_max_files,
-                    "startup_timeout_seconds": settings.startup_timeout_seconds,
-                    "labels": labels("proxy"),
-                    "start_after": [self.server.container],
-                },
-                opts=child,
-            )
+        self.proxy = self._front_door(name, settings, stack) if settings.proxied else None
+        self.ca_certificate = self.proxy.ca_certificate if self.proxy else None
 
         self.tracking_uri = settings.tracking_uri
         self.backend_store_uri = pulumi.Output.secret(
             pulumi.Output.concat(
                 "postgresql+psycopg://",
-                quote(settings.postgres_user, safe=""),
+                quote(endpoint.role, safe=""),
                 ":",
-                self.database.password.result.apply(lambda password: quote(password, safe="")),
-                f"@{POSTGRES_ALIAS}:{self.database.port}/{settings.postgres_database}",
+                endpoint.password.apply(lambda password: quote(password, safe="")),
+                f"@{endpoint.host}:{endpoint.port}/{endpoint.database}",
             )
         )
         self.admin_password = (
@@ -262,3 +184,31 @@ class MlflowPlatform(pulumi.ComponentResource):
         )
         self.admin_username = ADMIN_USERNAME if settings.auth_enabled else None
         self.register_outputs({"tracking_uri": self.tracking_uri, "backend_store_uri": self.backend_store_uri})
+
+    def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
+        return TlsProxy(
+            f"{name}-proxy",
+            {
+                "stack": stack,
+                "base_image": settings.proxy_image,
+                "site": CaddySite(
+                    public_host=settings.public_host,
+                    tls_mode=settings.tls_mode,
+                    https_port=settings.https_port,
+                    upstream=f"{MLFLOW_ALIAS}:{SERVER_PORT}",
+                    max_upload_mb=settings.max_upload_mb,
+                    acme_email=settings.acme_email,
+                    acme_directory_url=settings.acme_directory_url,
+                    acme_ca_root=bool(settings.acme_ca_certificate),
+                ),
+                "bind_address": settings.bind_address,
+                "http_port": settings.http_port,
+                "tls_certificate": settings.tls_certificate,
+                "tls_private_key": settings.tls_private_key,
+                "acme_ca_certificate": settings.acme_ca_certificate,
+                "memory_mb": settings.proxy_memory_mb,
+                "ca_resource_name": f"{name}-ca",
+                "start_after": [self.server.container],
+            },
+            opts=pulumi.ResourceOptions(parent=self),
+        )

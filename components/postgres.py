@@ -14,28 +14,19 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from components.docker_common import (
-    RESTART_POLICY,
-    SECRETS_DIR,
-    container_labels,
-    hardening,
-    secrets_volume,
-    volume_labels,
+from components.context import StackContext
+from components.postgres_facts import (
+    DATA_MOUNT,
+    PGDATA,
+    POSTGRES_PORT,
+    POSTGRES_USER,
+    SOCKET_DIR,
+    SUPERUSER,
+    SUPERUSER_PASSWORD_FILE,
 )
 from components.secrets import generated_password
-from components.settings import SUPERUSER
+from components.workload import File, HealthCheck, Mount, Workload, secret_file
 
-POSTGRES_PORT = 5432
-# The official image's postgres user and group.
-POSTGRES_UID = "999"
-_DATA_MOUNT = "/var/lib/postgresql/data"
-# A subdirectory: initdb refuses a mount point that holds anything (lost+found on
-# some volume drivers), and the official image documents this layout.
-_PGDATA = f"{_DATA_MOUNT}/pgdata"
-SUPERUSER_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-superuser-password"
-# The official image's socket directory: local connections there are trusted, so
-# whoever mounts the socket volume is the superuser (only the bootstrap does).
-SOCKET_DIR = "/var/run/postgresql"
 _ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
 _ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
 # SIGINT is Postgres's "fast shutdown": sessions end, a checkpoint is written, the
@@ -43,6 +34,7 @@ _ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgr
 # while; Docker's default 10 s (and pulumi-docker's 0 s on destroy) would SIGKILL it.
 STOP_SIGNAL = "SIGINT"
 STOP_TIMEOUT_SECONDS = 120
+_ROLE = "database"
 
 
 # Connections kept free for maintenance (psql, pg_dump, the health probe) on top of the
@@ -76,36 +68,20 @@ def server_command(memory_mb: int, client_connections: int) -> list[str]:
 
 
 class PostgresDatabaseArgs(TypedDict):
+    stack: StackContext
+    """The stack it belongs to."""
     image: pulumi.Input[str]
     """Postgres image reference, pinned to a tag or digest."""
-    container_name: pulumi.Input[str]
-    """Docker name of the container."""
-    volume_name: pulumi.Input[str]
-    """Docker name of the data volume; fixed, so a redeploy finds the data again."""
-    socket_volume_name: pulumi.Input[str]
-    """Docker name of the volume that holds the server's local socket."""
-    network_name: pulumi.Input[str]
-    """Network the container joins; its only way in."""
     alias: str
     """Host name other containers on the network use for it."""
     password_length: int
     """Length of the generated passwords."""
     secrets_rotation: str
-    """Keeper of the generated superuser password: a new value rotates it."""
-    memory_mb: pulumi.Input[int]
+    """Keeper of the generated passwords: a new value rotates them."""
+    memory_mb: int
     """Memory limit in MiB; swap is not allowed on top."""
     client_connections: int
     """The most connections the clients (the server's workers) open at once."""
-    log_max_size: str
-    """json-file log size that triggers rotation."""
-    log_max_files: int
-    """Rotated log files kept."""
-    protect_data: bool
-    """Protect the data volume from deletion by destroy or replacement."""
-    startup_timeout_seconds: pulumi.Input[int]
-    """How long `pulumi up` waits for the container to be healthy."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
 
 
 class PostgresDatabase(pulumi.ComponentResource):
@@ -134,91 +110,16 @@ class PostgresDatabase(pulumi.ComponentResource):
         self.superuser_password = generated_password(
             f"{name}-superuser-password", args["password_length"], args["secrets_rotation"], child
         )
-        # keep_locally: a destroy must not delete an image other stacks may run.
-        self.image = docker.RemoteImage(f"{name}-image", name=args["image"], keep_locally=True, opts=child)
-        self.volume = docker.Volume(
-            f"{name}-data",
-            name=args["volume_name"],
-            labels=volume_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
-            ),
-        )
+        stack = args["stack"]
+        target = stack.target
+        self.image = target.pulled_image(self, f"{name}-image", args["image"])
+        self.volume = target.volume(self, f"{name}-data", stack.name("pgdata"), _ROLE)
         # Holds no data (Postgres recreates its socket on every start), but is
         # protected like the others so that every volume of a shared stack is.
-        self.socket_volume = docker.Volume(
-            f"{name}-socket",
-            name=args["socket_volume_name"],
-            labels=volume_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
-            ),
-        )
+        self.socket_volume = target.volume(self, f"{name}-socket", stack.name("pgsocket"), _ROLE)
         self.alias = args["alias"]
         self.port = POSTGRES_PORT
-        self.container = docker.Container(
-            f"{name}-container",
-            name=args["container_name"],
-            # The image ID, not the tag: a changed postgresImage replaces the container.
-            image=self.image.image_id,
-            # Started as postgres itself, the official entrypoint needs no root and no
-            # capabilities (it only chowns when started as root).
-            user=f"{POSTGRES_UID}:{POSTGRES_UID}",
-            # Checks the data directory's major version, then runs the image's own entrypoint.
-            entrypoints=[_ENTRYPOINT],
-            command=pulumi.Output.from_input(args["memory_mb"]).apply(
-                lambda memory_mb: server_command(memory_mb, args["client_connections"])
-            ),
-            envs=[
-                # The superuser and its database: the tracking and auth databases and
-                # MLflow's role are DatabaseBootstrap's.
-                f"POSTGRES_USER={self.superuser}",
-                f"POSTGRES_PASSWORD_FILE={SUPERUSER_PASSWORD_FILE}",
-                f"PGDATA={_PGDATA}",
-                pulumi.Output.concat("POSTGRES_IMAGE_REFERENCE=", args["image"]),
-            ],
-            uploads=[
-                docker.ContainerUploadArgs(
-                    file=SUPERUSER_PASSWORD_FILE,
-                    content=pulumi.Output.secret(self.superuser_password.result),
-                    owner=POSTGRES_UID,
-                    group=POSTGRES_UID,
-                    permissions="0400",
-                ),
-                docker.ContainerUploadArgs(
-                    file=_ENTRYPOINT, content=_ENTRYPOINT_SOURCE.read_text(encoding="utf-8"), permissions="0755"
-                ),
-            ],
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=_DATA_MOUNT),
-                docker.ContainerVolumeArgs(volume_name=self.socket_volume.name, container_path=SOCKET_DIR),
-                secrets_volume(),
-            ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=[self.alias])],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                # Over TCP: during first start the entrypoint runs a socket-only
-                # server for init scripts, which a socket probe would call ready.
-                tests=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", self.superuser, "-d", "postgres"],
-                interval="5s",
-                timeout="5s",
-                retries=12,
-                start_period="30s",
-            ),
-            restart=RESTART_POLICY,
-            **hardening(args["memory_mb"], args["log_max_size"], args["log_max_files"]),
-            # Docker's 64 MiB /dev/shm is too small for parallel query workers.
-            shm_size=256,
-            labels=container_labels(args["labels"]),
-            wait=True,
-            wait_timeout=args["startup_timeout_seconds"],
-            stop_signal=STOP_SIGNAL,
-            # `docker stop` and engine shutdowns wait this long ...
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            # ... and so does a replacement or destroy (pulumi-docker's default is 0 s).
-            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
-            # The name is fixed: the old container must go before its replacement starts.
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-        )
+        self.container = target.service(self, f"{name}-container", self._workload(args))
         self.register_outputs(
             {
                 "container_name": self.container.name,
@@ -226,4 +127,48 @@ class PostgresDatabase(pulumi.ComponentResource):
                 "socket_volume_name": self.socket_volume.name,
                 "image_id": self.image.image_id,
             }
+        )
+
+    def _workload(self, args: PostgresDatabaseArgs) -> Workload:
+        return Workload(
+            name=args["stack"].name("postgres"),
+            role=_ROLE,
+            # The image ID, not the tag: a changed postgresImage replaces the container.
+            image=self.image.image_id,
+            # Started as postgres itself, the official entrypoint needs no root and no
+            # capabilities (it only chowns when started as root).
+            user=POSTGRES_USER,
+            # Checks the data directory's major version, then runs the image's own entrypoint.
+            entrypoint=[_ENTRYPOINT],
+            command=server_command(args["memory_mb"], args["client_connections"]),
+            environment=[
+                # The superuser and its database: the tracking and auth databases and
+                # MLflow's role are DatabaseBootstrap's.
+                f"POSTGRES_USER={self.superuser}",
+                f"POSTGRES_PASSWORD_FILE={SUPERUSER_PASSWORD_FILE}",
+                f"PGDATA={PGDATA}",
+                pulumi.Output.concat("POSTGRES_IMAGE_REFERENCE=", args["image"]),
+            ],
+            files=[
+                secret_file(SUPERUSER_PASSWORD_FILE, self.superuser_password.result),
+                File(_ENTRYPOINT, _ENTRYPOINT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
+            ],
+            mounts=[Mount(DATA_MOUNT, self.volume.name), Mount(SOCKET_DIR, self.socket_volume.name)],
+            # The one workload whose root file system is still writable.
+            read_only_root=False,
+            # Docker's 64 MiB /dev/shm is too small for parallel query workers.
+            shm_size_mb=256,
+            network_aliases=[self.alias],
+            health=HealthCheck(
+                # Over TCP: during first start the entrypoint runs a socket-only
+                # server for init scripts, which a socket probe would call ready.
+                test=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", self.superuser, "-d", "postgres"],
+                interval="5s",
+                timeout="5s",
+                retries=12,
+                start_period="30s",
+            ),
+            memory_mb=args["memory_mb"],
+            stop_signal=STOP_SIGNAL,
+            stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )

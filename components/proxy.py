@@ -17,14 +17,10 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
-from components.docker_common import (
-    RESTART_POLICY,
-    SECRETS_DIR,
-    container_labels,
-    hardening,
-    secrets_volume,
-    volume_labels,
-)
+from components.context import StackContext
+from components.internal_ca import InternalCa
+from components.settings import public_url
+from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Workload, config_file, secret_file
 
 # Relative to the project directory, like the MLflow image's context.
 BUILD_CONTEXT = "./mlflow/proxy"
@@ -64,6 +60,7 @@ _TMPFS = {
 # A year; clients remember to use HTTPS only. Not for `internal`: a client that does not
 # trust the stack's CA yet could then never reach the page that explains how to.
 HSTS = "max-age=31536000"
+_ROLE = "proxy"
 
 
 @dataclass(frozen=True)
@@ -93,11 +90,6 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def public_origin(host: str, https_port: int) -> str:
-    bracketed = f"[{host}]" if ":" in host else host
-    return f"https://{bracketed}" if https_port == 443 else f"https://{bracketed}:{https_port}"
 
 
 Directive = str | tuple[str, list["Directive"]]
@@ -189,7 +181,7 @@ def caddyfile(site: CaddySite) -> str:
     blocks: list[list[Directive]] = [
         [("", global_options)],
         # A fixed target, never the request's Host: no open redirect to another site.
-        [(f"http://:{HTTP_PORT}", [f"redir {public_origin(site.public_host, site.https_port)}{{uri}} 308"])],
+        [(f"http://:{HTTP_PORT}", [f"redir {public_url(site.public_host, site.https_port, https=True)}{{uri}} 308"])],
         [(f"http://:{HEALTH_PORT}", ["bind 127.0.0.1", 'respond /health "ok" 200'])],
         [(f"https://{host}", site_directives)],
     ]
@@ -198,143 +190,105 @@ def caddyfile(site: CaddySite) -> str:
 
 
 class TlsProxyArgs(TypedDict):
+    stack: StackContext
+    """The stack it belongs to."""
     base_image: pulumi.Input[str]
     """The official Caddy image, pinned (config `proxyImage`)."""
-    image_name: pulumi.Input[str]
-    """Local tag of the image built on it."""
-    container_name: pulumi.Input[str]
-    """Docker name of the container."""
-    data_volume_name: pulumi.Input[str]
-    """Docker name of Caddy's storage volume: ACME account and certificates, the CA's intermediate."""
-    network_name: pulumi.Input[str]
-    """The stack network, where MLflow is reached by its alias."""
     site: CaddySite
-    """What the Caddyfile says."""
+    """What the Caddyfile says; `site.tls_mode` decides where the certificate comes from."""
     bind_address: str
     """Host address both ports are published on."""
     http_port: int
     """Host port of the plain-HTTP listener (redirects, ACME HTTP-01)."""
-    ca_certificate: pulumi.Input[str] | None
-    """Root certificate of the internal CA (tlsMode internal)."""
-    ca_private_key: pulumi.Input[str] | None
-    """Its key (secret)."""
     tls_certificate: str
     """Provided certificate chain (tlsMode provided)."""
-    tls_private_key: pulumi.Input[str] | None
-    """Provided key (secret)."""
+    tls_private_key: str
+    """Provided key (tlsMode provided); made secret here."""
     acme_ca_certificate: str
     """Root that signs a private ACME CA's endpoint (tlsMode acme, optional)."""
     memory_mb: int
     """Memory limit in MiB; swap is not allowed on top."""
-    protect_data: bool
-    """Protect the /data volume: ACME accounts and certificates are rate-limited to re-issue."""
-    log_max_size: str
-    """json-file log size that triggers rotation."""
-    log_max_files: int
-    """Rotated log files kept."""
-    startup_timeout_seconds: int
-    """How long `pulumi up` waits for the container to be healthy."""
-    labels: dict[str, str]
-    """Labels that identify the stack."""
+    ca_resource_name: str
+    """Resource name of the internal CA (tlsMode internal); kept from when the platform declared
+    it, so the root that clients trust is never replaced."""
     start_after: Sequence[pulumi.Resource]
     """The health-gated MLflow container: the proxy opens the door once there is a server behind it."""
 
 
 class TlsProxy(pulumi.ComponentResource):
-    """Caddy, hardened like the other containers, publishing httpsPort and httpPort."""
+    """Caddy, hardened like the other workloads, publishing httpsPort and httpPort."""
 
     image: docker.Image
     data_volume: docker.Volume
     container: docker.Container
     config: str
+    internal_ca: InternalCa | None
+    ca_certificate: pulumi.Output[str] | None
+    """The internal CA's root, PEM, for clients to trust (tlsMode internal); None otherwise."""
 
     def __init__(self, name: str, args: TlsProxyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:proxy:TlsProxy", name, None, opts)
-        site = args["site"]
-        self.image = docker.Image(
+        stack, site = args["stack"], args["site"]
+        target = stack.target
+        self.image = target.built_image(
+            self,
             f"{name}-image",
-            image_name=args["image_name"],
-            build=docker.DockerBuildArgs(
-                context=BUILD_CONTEXT,
-                dockerfile=f"{BUILD_CONTEXT}/Dockerfile",
-                args={"CADDY_IMAGE": args["base_image"]},
-            ),
-            skip_push=True,
-            opts=pulumi.ResourceOptions(parent=self),
+            f"{stack.project}/proxy:{stack.stack}",
+            BUILD_CONTEXT,
+            {"CADDY_IMAGE": args["base_image"]},
         )
-        self.data_volume = docker.Volume(
-            f"{name}-data",
-            name=args["data_volume_name"],
-            labels=volume_labels(args["labels"]),
-            opts=pulumi.ResourceOptions(
-                parent=self, protect=args["protect_data"], retain_on_delete=args["protect_data"]
-            ),
-        )
+        self.data_volume = target.volume(self, f"{name}-data", stack.name("proxy-data"), _ROLE)
         self.config = caddyfile(site)
-        uploads = [
-            # Not secret, and read by the proxy's user; root-owned so it cannot rewrite it.
-            docker.ContainerUploadArgs(file=CADDYFILE, content=self.config, owner="0", group="0", permissions="0444")
-        ]
+        self.internal_ca = None
+        self.ca_certificate = None
         if site.tls_mode == "internal":
-            if args["ca_certificate"] is None or args["ca_private_key"] is None:
-                raise ValueError("tlsMode internal needs the CA's certificate and key")
-            uploads += [
-                self._public_file(CA_CERT_FILE, args["ca_certificate"]),
-                self._secret_file(CA_KEY_FILE, args["ca_private_key"]),
-            ]
-        elif site.tls_mode == "provided":
-            if args["tls_private_key"] is None:
-                raise ValueError("tlsMode provided needs the private key")
-            uploads += [
-                self._public_file(TLS_CERT_FILE, args["tls_certificate"]),
-                self._secret_file(TLS_KEY_FILE, args["tls_private_key"]),
-            ]
-        elif site.acme_ca_root:
-            uploads.append(self._public_file(ACME_CA_FILE, args["acme_ca_certificate"]))
-
-        bind = args["bind_address"]
-        self.container = docker.Container(
-            f"{name}-container",
-            name=args["container_name"],
+            self.internal_ca = InternalCa(
+                args["ca_resource_name"],
+                {"common_name": f"{stack.prefix} root CA", "protect": stack.protect_data},
+                # Declared by the platform before the proxy owned it: the alias keeps its URN.
+                opts=pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=opts.parent if opts else None)]),
+            )
+            self.ca_certificate = self.internal_ca.certificate_pem
+        workload = Workload(
+            name=stack.name("proxy"),
+            role=_ROLE,
             image=self.image.repo_digest,
             user=f"{PROXY_UID}:{PROXY_UID}",
-            uploads=uploads,
-            volumes=[
-                docker.ContainerVolumeArgs(volume_name=self.data_volume.name, container_path=STORAGE_DIR),
-                # Anonymous volumes: uploads land here before start (the root is read-only).
-                docker.ContainerVolumeArgs(container_path="/etc/caddy"),
-                secrets_volume(),
+            # Not secret, and read by the proxy's user; root-owned so it cannot rewrite it.
+            files=[config_file(CADDYFILE, self.config), *self._tls_files(args)],
+            mounts=[
+                Mount(STORAGE_DIR, self.data_volume.name),
+                # A scratch volume: uploads land here before start (the root is read-only).
+                Mount("/etc/caddy"),
             ],
             ports=[
-                docker.ContainerPortArgs(internal=HTTPS_PORT, external=site.https_port, ip=bind, protocol="tcp"),
-                docker.ContainerPortArgs(internal=HTTP_PORT, external=args["http_port"], ip=bind, protocol="tcp"),
+                Port(HTTPS_PORT, site.https_port, args["bind_address"]),
+                Port(HTTP_PORT, args["http_port"], args["bind_address"]),
             ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=args["network_name"], aliases=["proxy"])],
-            healthcheck=docker.ContainerHealthcheckArgs(
-                tests=HEALTH_PROBE, interval="10s", timeout="5s", retries=3, start_period="10s"
-            ),
-            restart=RESTART_POLICY,
-            read_only=True,
+            network_aliases=["proxy"],
+            health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=3, start_period="10s"),
             tmpfs=_TMPFS,
-            **hardening(args["memory_mb"], args["log_max_size"], args["log_max_files"]),
-            labels=container_labels(args["labels"]),
-            wait=True,
-            wait_timeout=args["startup_timeout_seconds"],
+            memory_mb=args["memory_mb"],
             # SIGTERM: Caddy stops accepting and lets requests in flight finish (grace_period).
             stop_signal="SIGTERM",
-            stop_timeout=STOP_TIMEOUT_SECONDS,
-            destroy_grace_seconds=STOP_TIMEOUT_SECONDS,
-            # Fixed name and host ports: the old container goes before its replacement starts.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args["start_after"]), delete_before_replace=True),
+            stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )
+        self.container = target.service(self, f"{name}-container", workload, depends_on=args["start_after"])
         self.register_outputs({"container_name": self.container.name, "data_volume_name": self.data_volume.name})
 
-    @staticmethod
-    def _public_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadArgs:
-        return docker.ContainerUploadArgs(file=path, content=content, owner="0", group="0", permissions="0444")
-
-    @staticmethod
-    def _secret_file(path: str, content: pulumi.Input[str]) -> docker.ContainerUploadArgs:
-        return docker.ContainerUploadArgs(
-            file=path, content=pulumi.Output.secret(content), owner=PROXY_UID, group=PROXY_UID, permissions="0400"
-        )
+    def _tls_files(self, args: TlsProxyArgs) -> list[File]:
+        """Where the certificate comes from, by tlsMode (`caddyfile` names the same files)."""
+        site = args["site"]
+        if self.internal_ca is not None:
+            return [
+                config_file(CA_CERT_FILE, self.internal_ca.certificate_pem),
+                secret_file(CA_KEY_FILE, self.internal_ca.private_key_pem),
+            ]
+        if site.tls_mode == "provided":
+            return [
+                config_file(TLS_CERT_FILE, args["tls_certificate"]),
+                secret_file(TLS_KEY_FILE, args["tls_private_key"]),
+            ]
+        if site.acme_ca_root:
+            return [config_file(ACME_CA_FILE, args["acme_ca_certificate"])]
+        return []

@@ -149,10 +149,17 @@ class StackSettings:
 
     @property
     def tracking_uri(self) -> str:
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
         if not self.proxied:
-            return f"http://{host}:{self.host_port}"
-        return f"https://{host}" if self.https_port == 443 else f"https://{host}:{self.https_port}"
+            return public_url(self.public_host, self.host_port, https=False)
+        return public_url(self.public_host, self.https_port, https=True)
+
+
+def public_url(host: str, port: int, *, https: bool) -> str:
+    """The URL clients reach the stack at: the one place it is built (tracking URI, the proxy's redirect)."""
+    bracketed = f"[{host}]" if ":" in host else host
+    if https:
+        return f"https://{bracketed}" if port == 443 else f"https://{bracketed}:{port}"
+    return f"http://{bracketed}:{port}"
 
 
 class _Reader:

@@ -1,0 +1,72 @@
+"""What every component of a stack shares, passed as one object instead of copied field by field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pulumi
+
+if TYPE_CHECKING:
+    from components.standalone import StandaloneTarget
+
+
+@dataclass(frozen=True)
+class LogRotation:
+    """Docker's json-file driver never rotates by itself: a chatty server fills the disk."""
+
+    max_size: str
+    max_files: int
+
+
+@dataclass(frozen=True)
+class StackContext:
+    """The stack a component belongs to: how its things are named, labelled, connected and kept."""
+
+    project: str
+    stack: str
+    log_rotation: LogRotation
+    protect_data: bool
+    """`protect` and `retainOnDelete` on every volume: a destroy or replacement keeps the data."""
+    startup_timeout_seconds: int
+    """How long `pulumi up` waits for a workload to become healthy."""
+    network: pulumi.Input[str] = ""
+    """The stack network's name; set once the network is declared."""
+
+    @property
+    def prefix(self) -> str:
+        # Docker names are per engine: the stack in every name lets dev and staging share one.
+        return f"{self.project}-{self.stack}"
+
+    def name(self, suffix: str) -> str:
+        """The engine-wide name of one of the stack's things."""
+        return f"{self.prefix}-{suffix}"
+
+    def labels(self, role: str) -> dict[str, str]:
+        """Labels that let an operator find everything one stack owns (`docker ps --filter label=...`)."""
+        return {
+            "com.pulumi.project": self.project,
+            "com.pulumi.stack": self.stack,
+            "org.mlflow-platform.role": role,
+        }
+
+    @property
+    def target(self) -> StandaloneTarget:
+        """What realises the stack's workloads: standalone containers on one engine."""
+        from components.standalone import StandaloneTarget
+
+        return StandaloneTarget(self)
+
+
+@dataclass(frozen=True)
+class DatabaseEndpoint:
+    """Where MLflow's database is and who connects: what the server, backups and gc need of it."""
+
+    host: str
+    port: int
+    database: str
+    role: str
+    password: pulumi.Output[str]
+    """Secret."""
+    auth_database: str
+    """The basic-auth app's database, owned by the same role."""

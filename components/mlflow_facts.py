@@ -1,0 +1,44 @@
+"""Facts about the MLflow image built from mlflow/: its user, its paths, the files it reads.
+
+One place for what mlflow/Dockerfile, mlflow/entrypoint.sh, prepare_db.py, bootstrap_db.py
+and gc.py expect, so the server, the bootstrap, the backups and gc agree on them
+without importing each other.
+"""
+
+from __future__ import annotations
+
+from components.context import DatabaseEndpoint
+from components.workload import SECRETS_DIR
+
+# Relative to the project directory, where `pulumi up` runs: an absolute path
+# would differ per machine and show as a change in every teammate's preview.
+BUILD_CONTEXT = "./mlflow"
+# The image's dedicated user (mlflow/Dockerfile).
+MLFLOW_UID = "10001"
+MLFLOW_USER = f"{MLFLOW_UID}:{MLFLOW_UID}"
+SERVER_PORT = 5000
+ARTIFACTS_DIR = "/mlflow/artifacts"
+ADMIN_USERNAME = "admin"
+# The basic-auth app's database is the tracking database's name plus this (prepare_db.py).
+AUTH_DATABASE_SUFFIX = "_auth"
+# Secret files the entrypoint, prepare_db.py, bootstrap_db.py and gc.py read.
+DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
+ADMIN_PASSWORD_FILE = f"{SECRETS_DIR}/admin-password"
+FLASK_SECRET_FILE = f"{SECRETS_DIR}/flask-secret-key"
+BOOTSTRAP_SCRIPT = "/opt/mlflow-entrypoint/bootstrap_db.py"
+GC_COMMAND = "/usr/local/bin/mlflow-gc"
+# What a server needs besides its workers, and what each uvicorn worker adds (measured
+# with the job runner off; see the README's Performance section).
+BASE_MEMORY_MB = 256
+WORKER_MEMORY_MB = 256
+
+
+def database_environment(database: DatabaseEndpoint) -> list[str]:
+    """Where the database is, for the image's entrypoint, prepare_db.py and gc.py; the password as a file."""
+    return [
+        f"POSTGRES_HOST={database.host}",
+        f"POSTGRES_PORT={database.port}",
+        f"POSTGRES_DB={database.database}",
+        f"POSTGRES_USER={database.role}",
+        f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
+    ]
