@@ -64,8 +64,8 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/hadolint mlflow/Dockerfile mlflow/proxy/Dockerfile tests/standins/*/Dockerfile
-	$(BIN)/shellcheck mlflow/entrypoint.sh mlflow/postgres/entrypoint.sh mlflow/backup/mlflow-backup tests/standins/*/*.sh .ci/run scripts/*.sh
+	$(BIN)/hadolint mlflow/Dockerfile mlflow/proxy/Dockerfile tools/standins/*/Dockerfile
+	$(BIN)/shellcheck mlflow/entrypoint.sh mlflow/postgres/entrypoint.sh mlflow/backup/mlflow-backup tools/standins/*/*.sh .ci/run scripts/*.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --persona auditor --offline .github/workflows
 
@@ -77,7 +77,7 @@ unit: $(BIN)/.installed
 # there. A missing prerequisite (engine, debootstrap, registry) stops here with one line
 # naming the command that fixes it, instead of as one error per end-to-end test.
 e2e: $(BIN)/.installed
-	@$(BIN)/python -m tests.local_deploy prepare
+	@$(BIN)/python -m tools.local_deploy prepare
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
 
 # Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".

@@ -32,7 +32,7 @@ import docker.errors
 
 from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
 from bench.load import LoadGenerator, LoadResult, Sample, Target
-from tests.stack_config import PROJECT_DIR, stack_config
+from tools.stack_config import PROJECT_DIR, stack_config
 
 DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
 _MIB = 1024 * 1024
@@ -125,7 +125,7 @@ def deploy(
 ) -> Deployed:
     """`up` (timed), then the first seconds after it returned measured with no warm-up."""
     # Imported here: the client processes import this module too, and need none of Pulumi.
-    from tests.local_deploy import deployer
+    from tools.local_deploy import deployer
 
     overrides = deploy_overrides(config, index)
     deployer.down(config.stack)
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     client = docker.from_env(timeout=300)
     chosen = [(index, config) for index, config in enumerate(CONFIGS) if config.name in args.configs]
-    from tests.local_deploy import deployer
+    from tools.local_deploy import deployer
 
     with LoadGenerator(args.clients) as load, ExitStack() as resources:
         workdir = Path(resources.enter_context(tempfile.TemporaryDirectory(prefix="bench-")))

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from tests.stack_config import project_file, stack_config
+from tools.stack_config import project_file, stack_config
 
 # Far from 5000 (dev), 5001 (the staging end-to-end test) and 80/443.
 BENCH_PORT_BASE = 5710

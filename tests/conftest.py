@@ -56,7 +56,7 @@ def docker_client() -> Iterator[Any]:
         if os.environ.get("REQUIRE_DOCKER") == "1":
             pytest.fail(f"REQUIRE_DOCKER=1 but {message}")
         pytest.skip(message)
-    from tests.local_deploy import deployer
+    from tools.local_deploy import deployer
 
     if deployer.standins_enabled():
         try:

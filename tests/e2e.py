@@ -18,12 +18,12 @@ from docker.models.containers import Container
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from tests.local_deploy import deployer
+from tools.local_deploy import deployer
 
 
 @dataclass
 class Deployed:
-    """A stack brought up through the same code path as `python -m tests.local_deploy up`."""
+    """A stack brought up through the same code path as `python -m tools.local_deploy up`."""
 
     stack: str
     overrides: dict[str, object]

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 
 def _load(name: str, path: Path) -> ModuleType:

@@ -6,7 +6,7 @@ import pytest
 
 from bench.configs import CONFIGS, check_targets, deploy_overrides
 from bench.load import Target, _session, summarize
-from tests.stack_config import project_file, stack_config
+from tools.stack_config import project_file, stack_config
 
 
 def test_summary_counts_acknowledged_batches_and_quantiles() -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from components.proxy import CaddySite, caddyfile
 from tests.harness import EngineMocks, declaration
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 CONTAINER = "docker:index/container:Container"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 SCRIPT = PROJECT_DIR / "scripts" / "deploy.sh"
 PINNED = re.search(r"^pulumi==(\S+)$", (PROJECT_DIR / "requirements.in").read_text(encoding="utf-8"), re.MULTILINE)

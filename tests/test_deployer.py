@@ -27,16 +27,13 @@ from hypothesis import strategies as st
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD
 from tests.harness import EngineMocks, is_secret, run_program
-from tests.local_deploy import deployer
-from tests.local_deploy.deployer import (
-    LocalDeployer,
-    UnsupportedInputError,
-    UnsupportedResourceError,
-    check_inputs,
-    duration_ns,
-    generate_random,
-    upload_archive,
-)
+from tools.local_deploy import lifecycle
+from tools.local_deploy import state as local_state
+from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
+from tools.local_deploy.container_config import duration_ns, upload_archive
+from tools.local_deploy.deployer import LocalDeployer
+from tools.local_deploy.inputs import COMPONENT_PREFIX, check_inputs
+from tools.local_deploy.randoms import generate_random
 
 DEFAULT_SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
 _PAIR = self_signed(["mlflow.example.internal"])
@@ -52,7 +49,7 @@ ACME_TLS = {
 @pytest.fixture
 def local_deployer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalDeployer:
     """A deployer whose state file lives in a temporary directory; it never reaches Docker here."""
-    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
+    monkeypatch.setattr(local_state, "STATE_DIR", tmp_path / "local-deploy")
     return LocalDeployer("mlflow-platform", "unit")
 
 
@@ -118,7 +115,7 @@ class _CheckingMocks(EngineMocks):
     """Runs the refusal logic over everything the program declares, without creating anything."""
 
     def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        if not args.typ.startswith(deployer.COMPONENT_PREFIX):
+        if not args.typ.startswith(COMPONENT_PREFIX):
             check_inputs(args.typ, args.name, inputs)
         return super().create(args, inputs)
 
@@ -136,7 +133,7 @@ class _CheckingMocks(EngineMocks):
     ids=["dev", "dev-auth-cors", "staging", "prod", "prod-provided", "prod-acme"],
 )
 def test_the_deployer_implements_every_input_the_program_declares(stack: str, overrides: dict[str, object]) -> None:
-    """Otherwise `python -m tests.local_deploy up` would refuse the program itself."""
+    """Otherwise `python -m tools.local_deploy up` would refuse the program itself."""
     mocks = _CheckingMocks()
 
     @pulumi.runtime.test
@@ -195,7 +192,7 @@ def test_an_unimplemented_tls_input_is_refused() -> None:
 def test_only_protected_tls_state_survives_down_with_kept_volumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
+    monkeypatch.setattr(local_state, "STATE_DIR", tmp_path / "local-deploy")
 
     class _NoEngine:
         def __getattr__(self, name: str) -> Any:
@@ -205,15 +202,15 @@ def test_only_protected_tls_state_survives_down_with_kept_volumes(
             return []
 
     monkeypatch.setattr("docker.from_env", lambda **_: _NoEngine())
-    deployer.save_state(
+    local_state.save_state(
         "unit",
         {
             "random": {},
             "tls": {"urn:protected": {"protected": True, "outputs": {}}, "urn:open": {"protected": False}},
         },
     )
-    deployer.destroy("mlflow-platform", "unit", keep_volumes=True)
-    assert set(deployer.load_state("unit")["tls"]) == {"urn:protected"}
+    lifecycle.destroy("mlflow-platform", "unit", keep_volumes=True)
+    assert set(local_state.load_state("unit")["tls"]) == {"urn:protected"}
 
 
 # --- Random values --------------------------------------------------------------------------
@@ -286,7 +283,7 @@ def test_a_generated_password_is_kept_in_a_private_state_file(local_deployer: Lo
     inputs = {"length": 32.0, "special": False}
     _, first = local_deployer.create(_args(RANDOM_PASSWORD, "pw", inputs), dict(inputs))
     assert first["result"]["value"]
-    path = deployer.state_path("unit")
+    path = local_state.state_path("unit")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
@@ -394,8 +391,8 @@ class _FakeNetworks:
 
 @pytest.fixture
 def stack_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(deployer, "STATE_DIR", tmp_path / "local-deploy")
-    deployer.save_state(
+    monkeypatch.setattr(local_state, "STATE_DIR", tmp_path / "local-deploy")
+    local_state.save_state(
         "staging",
         {
             "random": {"urn::password": {"inputs": {"length": 32}, "result": "kept-with-the-data"}},
@@ -404,7 +401,7 @@ def stack_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "networks": ["staging-net"],
         },
     )
-    return deployer.state_path("staging")
+    return local_state.state_path("staging")
 
 
 def _engine(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> _FakeEngine:
@@ -417,7 +414,7 @@ def test_down_keeps_retained_volumes_and_forgets_the_passwords(
     stack_state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = _engine(monkeypatch)
-    deployer.destroy("mlflow-platform", "staging")
+    lifecycle.destroy("mlflow-platform", "staging")
     # As pulumi destroy: retainOnDelete volumes stay on the engine, out of the state.
     assert engine.volume_names == ["staging-artifacts", "staging-pgdata"]
     assert engine.network_names == []
@@ -426,30 +423,30 @@ def test_down_keeps_retained_volumes_and_forgets_the_passwords(
 
 def test_purge_removes_retained_volumes_too(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = _engine(monkeypatch)
-    deployer.destroy("mlflow-platform", "staging", purge=True)
+    lifecycle.destroy("mlflow-platform", "staging", purge=True)
     assert (engine.volume_names, engine.network_names) == ([], [])
     assert not stack_state.exists()
 
 
 def test_keep_volumes_keeps_them_but_not_their_passwords(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = _engine(monkeypatch)
-    deployer.destroy("mlflow-platform", "staging", keep_volumes=True)
+    lifecycle.destroy("mlflow-platform", "staging", keep_volumes=True)
     assert engine.volume_names == ["staging-artifacts", "staging-pgdata", "staging-scratch"]
     # As `pulumi destroy`: the random resources go, so the next `up` generates new secrets and
     # must put them in force on the kept data (issue 9); the volume records stay.
-    state = deployer.load_state("staging")
+    state = local_state.load_state("staging")
     assert not state.get("random")
     assert state["volumes"]
     with pytest.raises(ValueError, match="contradict"):
-        deployer.destroy("mlflow-platform", "staging", keep_volumes=True, purge=True)
+        lifecycle.destroy("mlflow-platform", "staging", keep_volumes=True, purge=True)
 
 
 def test_one_failed_removal_does_not_stop_the_others(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = _engine(monkeypatch, busy_networks=("staging-net",))
-    with pytest.raises(deployer.DeployError, match=r"left resources behind:\nnetwork staging-net: .*active endpoints"):
-        deployer.destroy("mlflow-platform", "staging", purge=True)
+    with pytest.raises(DeployError, match=r"left resources behind:\nnetwork staging-net: .*active endpoints"):
+        lifecycle.destroy("mlflow-platform", "staging", purge=True)
     assert engine.volume_names == []
     # The record stays while something of the stack does, for the next down; the passwords
     # went with the volumes.
-    state = deployer.load_state("staging")
+    state = local_state.load_state("staging")
     assert (state["random"], state["networks"]) == ({}, ["staging-net"])

@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 
 from tests import e2e
 from tests.certs import issued_by, self_signed
-from tests.local_deploy import deployer
+from tools.local_deploy import deployer
 
 pytestmark = pytest.mark.docker
 
@@ -261,7 +261,7 @@ def acme_server(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[
     port 80 that the stack publishes; the stack's proxy reaches it at the Docker bridge's
     gateway address.
     """
-    from tests.local_deploy.prepare import STANDIN_CADDY_IMAGE
+    from tools.local_deploy.prepare import STANDIN_CADDY_IMAGE
 
     image = STANDIN_CADDY_IMAGE if deployer.standins_enabled() else "caddy:2.11.4"
     # The default bridge's gateway is the host's docker0 address; Docker may not spell it out.

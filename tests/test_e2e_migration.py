@@ -22,8 +22,8 @@ import pytest
 import requests
 
 from tests import e2e
-from tests.local_deploy import deployer
-from tests.stack_config import PROJECT_DIR
+from tools.local_deploy import deployer
+from tools.stack_config import PROJECT_DIR
 
 pytestmark = pytest.mark.docker
 

@@ -10,9 +10,9 @@ import docker
 import pytest
 
 from tests import e2e
-from tests.local_deploy import deployer
-from tests.local_deploy.__main__ import UPGRADE_FROM_VERSION
-from tests.stack_config import stack_config
+from tools.local_deploy import deployer
+from tools.local_deploy.__main__ import UPGRADE_FROM_VERSION
+from tools.stack_config import stack_config
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests import e2e
-from tests.local_deploy import deployer
+from tools.local_deploy import deployer
 
 pytestmark = pytest.mark.docker
 

@@ -19,7 +19,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from tests import e2e
-from tests.local_deploy import deployer
+from tools.local_deploy import deployer
 
 pytestmark = pytest.mark.docker
 

@@ -40,7 +40,7 @@ from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 
 from tests import e2e
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 pytestmark = pytest.mark.docker
 

@@ -17,8 +17,8 @@ from alembic.script import ScriptDirectory
 from mlflow.tracking import MlflowClient
 
 from tests import e2e
-from tests.local_deploy.__main__ import UPGRADE_FROM_VERSION
-from tests.stack_config import stack_config
+from tools.local_deploy.__main__ import UPGRADE_FROM_VERSION
+from tools.stack_config import stack_config
 
 pytestmark = pytest.mark.docker
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 ENTRYPOINT = PROJECT_DIR / "mlflow" / "entrypoint.sh"
 

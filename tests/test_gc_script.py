@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 
 class _StopLoopError(Exception):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.stack_config import PROJECT_DIR, stack_config
 from tests.test_requirements_locks import lock_problems
+from tools.stack_config import PROJECT_DIR, stack_config
 
 DOCKERFILE = (PROJECT_DIR / "mlflow" / "Dockerfile").read_text(encoding="utf-8")
 ENTRYPOINT = (PROJECT_DIR / "mlflow" / "entrypoint.sh").read_text(encoding="utf-8")

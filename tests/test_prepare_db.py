@@ -27,7 +27,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
 
 from tests.postgres_server import PostgresServer, PostgresUnavailableError, running_postgres, shared_server
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 pytestmark = pytest.mark.postgres
 

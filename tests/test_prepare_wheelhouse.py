@@ -1,4 +1,4 @@
-"""tests/local_deploy/prepare.py: a wheelhouse counts as ready only when every locked wheel is in it."""
+"""tools/local_deploy/prepare.py: a wheelhouse counts as ready only when every locked wheel is in it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.local_deploy import prepare
+from tools.local_deploy import prepare
 
 LOCK = """\
 prometheus-client==0.26.0 \\

@@ -526,7 +526,7 @@ def test_each_prod_container_starts_after_what_it_needs() -> None:
 
 
 def test_a_stack_file_edited_between_reads_is_read_again_and_each_read_is_a_copy(tmp_path: Any) -> None:
-    from tests import stack_config
+    from tools import stack_config
 
     path = tmp_path / "Pulumi.t.yaml"
     path.write_text("config:\n  a: 1\n", encoding="utf-8")

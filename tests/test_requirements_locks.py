@@ -21,8 +21,8 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
 from components.settings import OLDEST_MLFLOW
-from tests.local_deploy.__main__ import UPGRADE_FROM_VERSION
-from tests.stack_config import PROJECT_DIR, stack_config
+from tools.local_deploy.__main__ import UPGRADE_FROM_VERSION
+from tools.stack_config import PROJECT_DIR, stack_config
 
 LOCKS_DIR = PROJECT_DIR / "mlflow" / "locks"
 DOCKERFILE = PROJECT_DIR / "mlflow" / "Dockerfile"
@@ -32,7 +32,7 @@ WORKFLOWS = sorted((PROJECT_DIR / ".github" / "workflows").glob("*.yml"))
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh"})
 # Tracked files that run pip but are not read for installs, each with why.
 NOT_SCANNED = {
-    "tests/local_deploy/prepare.py": "runs `pip download`, never install, into the test wheelhouse, which the "
+    "tools/local_deploy/prepare.py": "runs `pip download`, never install, into the test wheelhouse, which the "
     "image installs from only with --require-hashes and its lock (mlflow/Dockerfile, scanned)",
 }
 # Lock -> the file it is generated from (`make lock`).
@@ -239,10 +239,10 @@ def test_every_pip_install_is_hash_locked() -> None:
         "mlflow/postgres/entrypoint.sh",
         "mlflow/proxy/Dockerfile",
         "scripts/deploy.sh",
-        "tests/standins/caddy/Dockerfile",
-        "tests/standins/postgres/Dockerfile",
-        "tests/standins/postgres/docker-entrypoint.sh",
-        "tests/standins/python/Dockerfile",
+        "tools/standins/caddy/Dockerfile",
+        "tools/standins/postgres/Dockerfile",
+        "tools/standins/postgres/docker-entrypoint.sh",
+        "tools/standins/python/Dockerfile",
     } <= set(found)
     checked = set()
     for where, installs in found.items():

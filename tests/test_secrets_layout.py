@@ -10,7 +10,10 @@ import pytest
 
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, VOLUME
 from tests.harness import EngineMocks, Registration, declaration, resolved, run_program
-from tests.local_deploy.deployer import HANDLED_INPUTS, LocalDeployer, grace_seconds
+from tools.local_deploy.container_config import container_config
+from tools.local_deploy.containers import grace_seconds
+from tools.local_deploy.deployer import LocalDeployer
+from tools.local_deploy.inputs import HANDLED_INPUTS
 
 
 def _container(mocks: EngineMocks, suffix: str) -> Registration:
@@ -156,5 +159,5 @@ def test_the_deployer_implements_the_stop_and_one_shot_inputs() -> None:
 def test_the_deployer_maps_stop_signal_and_network_mode() -> None:
     deployer = LocalDeployer("p", "unit-stop")
     args = pulumi.runtime.MockResourceArgs(typ=CONTAINER, name="c", inputs={})
-    config = deployer._container_config(args, {"image": "x", "stopSignal": "SIGINT", "networkMode": "none"})
+    config = container_config(deployer, args, {"image": "x", "stopSignal": "SIGINT", "networkMode": "none"})
     assert (config["stop_signal"], config["network_mode"]) == ("SIGINT", "none")

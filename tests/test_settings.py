@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from components.settings import SettingsError, load_settings
 from tests.certs import other_key, self_signed
 from tests.harness import EngineMocks, install, run_program
-from tests.stack_config import STACKS, project_file, runtime_config, stack_config
+from tools.stack_config import STACKS, project_file, runtime_config, stack_config
 
 _GOOD = self_signed(["mlflow.example.com"])
 _OTHER_HOST = self_signed(["other.example.com"])

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.stack_config import PROJECT_DIR, STACKS
+from tools.stack_config import PROJECT_DIR, STACKS
 
 WORKFLOWS_DIR = PROJECT_DIR / ".github" / "workflows"
 WORKFLOW_FILES = sorted(WORKFLOWS_DIR.glob("*.yml"))

@@ -1,4 +1,4 @@
-"""`python -m tests.local_deploy prepare | up | down`: the program on the local Docker engine.
+"""`python -m tools.local_deploy prepare | up | down`: the program on the local Docker engine.
 
 Other tooling calls these commands by name; `up` prints the stack outputs as one
 JSON object on the last line of stdout (secrets revealed: local tests only).
@@ -12,7 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from tests.stack_config import stack_config
+from tools.stack_config import stack_config
 
 # An older release for the upgrade test: the image is rebuilt with the default
 # version over a database this one created.
@@ -39,7 +39,7 @@ def parse_set(pairs: Sequence[str]) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.local_deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.local_deploy", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("prepare", help="build the stand-in images and fill mlflow/wheelhouse")
     up_parser = commands.add_parser("up", help="deploy the stack on the local Docker engine")
@@ -59,11 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported here: `--help` should not wait for the Pulumi SDK to load.
-    from tests.local_deploy import deployer
+    from tools.local_deploy import deployer
 
     try:
         if args.command == "prepare":
-            from tests.local_deploy.prepare import prepare
+            from tools.local_deploy.prepare import prepare
 
             prepare(mlflow_versions(), standins=deployer.standins_enabled())
         elif args.command == "up":

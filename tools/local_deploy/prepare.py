@@ -4,10 +4,10 @@ No container registry is reachable here, so the stack's two base images are
 replaced by local stand-ins built from Debian packages, which are reachable:
 
 1. a Debian bookworm base, debootstrapped on the host and imported (`docker import`);
-2. `python:3.11-bookworm`'s stand-in: Debian's Python 3.11 (tests/standins/python);
+2. `python:3.11-bookworm`'s stand-in: Debian's Python 3.11 (tools/standins/python);
 3. `postgres`'s stand-in: Debian's PostgreSQL 15 behind an entrypoint that keeps
-   the official image's contract (tests/standins/postgres);
-   `caddy`'s stand-in: Debian's Caddy 2.6 laid out as the official image (tests/standins/caddy);
+   the official image's contract (tools/standins/postgres);
+   `caddy`'s stand-in: Debian's Caddy 2.6 laid out as the official image (tools/standins/caddy);
 4. the wheelhouse (mlflow/wheelhouse) that mlflow/Dockerfile installs from when
    `USE_WHEELHOUSE=true`, since containers cannot reach PyPI but the host can.
 
@@ -53,7 +53,7 @@ STANDIN_CONFIG: dict[str, object] = {
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Gitignored: the rootfs tarball and the logs of long steps live here.
 BUILD_DIR = REPO_ROOT / ".build"
-STANDINS_DIR = REPO_ROOT / "tests" / "standins"
+STANDINS_DIR = REPO_ROOT / "tools" / "standins"
 MLFLOW_DIR = REPO_ROOT / "mlflow"
 WHEELHOUSE_DIR = MLFLOW_DIR / "wheelhouse"
 REQUIREMENTS_FILE = MLFLOW_DIR / "requirements.txt"
@@ -555,7 +555,7 @@ def ensure_official_images(client: docker.DockerClient, references: Sequence[str
             except docker.errors.DockerException as error:
                 raise PrepareError(
                     f"cannot pull {reference} ({error}); without registry access, build the stand-ins "
-                    "instead: `LOCAL_DEPLOY_STANDINS=1 venv/bin/python -m tests.local_deploy prepare`"
+                    "instead: `LOCAL_DEPLOY_STANDINS=1 venv/bin/python -m tools.local_deploy prepare`"
                 ) from error
 
 
@@ -574,7 +574,7 @@ def prepare(
     if client is None:
         client = _connect()
     if not standins:
-        from tests.stack_config import stack_config
+        from tools.stack_config import stack_config
 
         defaults = stack_config("dev")
         with _step("prepare (total)"):

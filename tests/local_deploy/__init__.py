@@ -1,1 +1,0 @@
-"""Runs the Pulumi program against the local Docker engine (see deployer.py); `python -m tests.local_deploy`."""

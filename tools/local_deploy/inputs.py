@@ -1,0 +1,118 @@
+"""Which resources and inputs the local deployer implements, and how it reads their values.
+
+It follows pulumi-docker's documented semantics for the inputs it handles, and refuses
+loudly any input it does not handle: a silently ignored input would make the
+deployment look tested when it is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tools.local_deploy.common import UnsupportedInputError, UnsupportedResourceError
+
+RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+RANDOM_STRING = "random:index/randomString:RandomString"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+IMAGE = "docker:index/image:Image"
+CONTAINER = "docker:index/container:Container"
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+# The program's own ComponentResources: nothing to create, they only group children.
+COMPONENT_PREFIX = "mlflow-platform:"
+
+# keepers only matter through the comparison of inputs: changed inputs, new value.
+_RANDOM_INPUTS = frozenset(
+    {"length", "special", "overrideSpecial", "upper", "lower", "numeric"}
+    | {"minLower", "minUpper", "minNumeric", "minSpecial", "keepers"}
+)
+# Top-level inputs each resource type handles. Anything else that is set fails the deployment.
+HANDLED_INPUTS: dict[str, frozenset[str]] = {
+    RANDOM_PASSWORD: _RANDOM_INPUTS,
+    RANDOM_STRING: _RANDOM_INPUTS,
+    NETWORK: frozenset({"name", "driver", "internal", "labels"}),
+    VOLUME: frozenset({"name", "labels"}),
+    REMOTE_IMAGE: frozenset({"name", "keepLocally"}),
+    # buildOnPreview only matters to `pulumi preview`, which this never runs.
+    IMAGE: frozenset({"build", "imageName", "skipPush", "buildOnPreview"}),
+    CONTAINER: frozenset({"image", "name", "command", "entrypoints", "envs", "user", "labels", "restart"})
+    | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
+    | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts"}
+    | {"healthcheck", "wait", "waitTimeout"}
+    | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach"},
+    TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
+    TLS_SELF_SIGNED_CERT: frozenset({"privateKeyPem", "subject", "isCaCertificate", "maxPathLength"})
+    | {"validityPeriodHours", "allowedUses", "setSubjectKeyId", "dnsNames", "ipAddresses"},
+}
+# Keys handled inside structured inputs (objects, or lists of objects). Free-form
+# maps (build.args, logOpts, tmpfs) are not listed: every key of those is handled.
+HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
+    (NETWORK, "labels"): frozenset({"label", "value"}),
+    (VOLUME, "labels"): frozenset({"label", "value"}),
+    (IMAGE, "build"): frozenset({"context", "dockerfile", "args", "target"}),
+    (CONTAINER, "labels"): frozenset({"label", "value"}),
+    (CONTAINER, "ports"): frozenset({"internal", "external", "ip", "protocol"}),
+    (CONTAINER, "networksAdvanced"): frozenset({"name", "aliases"}),
+    (CONTAINER, "volumes"): frozenset({"volumeName", "containerPath", "readOnly"}),
+    (CONTAINER, "mounts"): frozenset({"target", "type", "source", "readOnly"}),
+    (CONTAINER, "uploads"): frozenset(
+        {"file", "content", "contentBase64", "owner", "group", "permissions", "executable"}
+    ),
+    (CONTAINER, "healthcheck"): frozenset({"tests", "interval", "timeout", "retries", "startPeriod"}),
+    (CONTAINER, "capabilities"): frozenset({"adds", "drops"}),
+    (TLS_SELF_SIGNED_CERT, "subject"): frozenset({"commonName", "organization"}),
+}
+
+
+def _is_unset(value: object) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def check_inputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> None:
+    """Raises unless every set input of the resource is one this deployer implements."""
+    if type_token not in HANDLED_INPUTS:
+        raise UnsupportedResourceError(
+            f"resource '{name}' has the type {type_token}, which the local deployer does not implement"
+        )
+    handled = HANDLED_INPUTS[type_token]
+    for key, value in inputs.items():
+        if key not in handled and not _is_unset(value):
+            raise UnsupportedInputError(
+                f"resource '{name}' ({type_token}) sets the input '{key}' = {value!r}, "
+                "which the local deployer does not implement"
+            )
+        nested = HANDLED_NESTED.get((type_token, key))
+        if nested is None or _is_unset(value):
+            continue
+        items = value if isinstance(value, list) else [value]
+        for index, item in enumerate(items):
+            where = f"{key}[{index}]" if isinstance(value, list) else key
+            if not isinstance(item, Mapping):
+                raise UnsupportedInputError(
+                    f"resource '{name}' ({type_token}): input '{where}' is not an object: {item!r}"
+                )
+            for sub_key, sub_value in item.items():
+                if sub_key not in nested and not _is_unset(sub_value):
+                    # Values of unknown nested keys may be secret (uploads): name the key only.
+                    raise UnsupportedInputError(
+                        f"resource '{name}' ({type_token}) sets the input '{where}.{sub_key}', "
+                        "which the local deployer does not implement"
+                    )
+
+
+def whole(inputs: Mapping[str, Any], key: str, default: int) -> int:
+    """Numbers arrive from the Pulumi wire format as floats."""
+    value = inputs.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or float(value) != int(value):
+        raise ValueError(f"'{key}' must be a whole number, got {value!r}")
+    return int(value)
+
+
+def label_map(labels: list[Mapping[str, str]] | None) -> dict[str, str]:
+    """pulumi-docker's `[{label, value}]` as Docker's label map."""
+    return {item["label"]: item["value"] for item in labels or []}
