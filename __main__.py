@@ -23,10 +23,10 @@ pulumi.export("mlflow_image_name", platform.image.image_name)
 pulumi.export("backup_container_name", platform.backups.container.name)
 pulumi.export("backups_volume_name", platform.backups.volume.name)
 pulumi.export("gc_container_name", platform.gc.container.name)
-pulumi.export("mlflow_version", settings.mlflow_version)
-pulumi.export("auth_enabled", settings.auth_enabled)
+pulumi.export("mlflow_version", settings.server.mlflow_version)
+pulumi.export("auth_enabled", settings.server.auth_enabled)
 if platform.proxy is not None:
-    pulumi.export("tls_mode", settings.tls_mode)
+    pulumi.export("tls_mode", settings.tls.mode)
     pulumi.export("proxy_container_name", platform.proxy.container.name)
     pulumi.export("proxy_volume_name", platform.proxy.data_volume.name)
 if platform.ca_certificate is not None:

@@ -9,10 +9,10 @@ from urllib.parse import quote
 import pulumi
 
 from components.backups import BackupService
-from components.context import DatabaseEndpoint, LogRotation, StackContext
+from components.context import DatabaseEndpoint, StackContext
 from components.db_bootstrap import DatabaseBootstrap
 from components.gc import GarbageCollector
-from components.mlflow_facts import ADMIN_USERNAME, AUTH_DATABASE_SUFFIX, SERVER_PORT
+from components.mlflow_facts import ADMIN_USERNAME, SERVER_PORT
 from components.mlflow_image import MlflowImage
 from components.mlflow_server import MlflowServer, database_connections
 from components.network import StackNetwork
@@ -53,7 +53,7 @@ class MlflowPlatform(pulumi.ComponentResource):
         stack = StackContext(
             project=settings.project,
             stack=settings.stack,
-            log_rotation=LogRotation(settings.log_max_size, settings.log_max_files),
+            log_rotation=settings.log_rotation,
             protect_data=settings.protect_data,
             startup_timeout_seconds=settings.startup_timeout_seconds,
         )
@@ -64,30 +64,30 @@ class MlflowPlatform(pulumi.ComponentResource):
             f"{name}-postgres",
             {
                 "stack": stack,
-                "image": settings.postgres_image,
+                "image": settings.database.image,
                 "alias": POSTGRES_ALIAS,
-                "password_length": settings.postgres_password_length,
+                "password_length": settings.database.password_length,
                 "secrets_rotation": settings.secrets_rotation,
-                "memory_mb": settings.postgres_memory_mb,
-                "client_connections": database_connections(settings.workers, settings.auth_enabled),
+                "memory_mb": settings.database.memory_mb,
+                "client_connections": database_connections(settings.server.workers, settings.server.auth_enabled),
             },
             opts=child,
         )
         endpoint = DatabaseEndpoint(
             host=POSTGRES_ALIAS,
             port=self.database.port,
-            database=settings.postgres_database,
-            role=settings.postgres_user,
+            database=settings.database.name,
+            role=settings.database.user,
             password=self.database.password.result,
-            auth_database=f"{settings.postgres_database}{AUTH_DATABASE_SUFFIX}",
+            auth_database=settings.database.auth_name,
         )
         self.image = MlflowImage(
             f"{name}-image",
             {
                 "stack": stack,
-                "mlflow_version": settings.mlflow_version,
-                "base_image": settings.base_image,
-                "use_wheelhouse": settings.use_wheelhouse,
+                "mlflow_version": settings.server.mlflow_version,
+                "base_image": settings.server.base_image,
+                "use_wheelhouse": settings.server.use_wheelhouse,
             },
             opts=child,
         )
@@ -113,22 +113,22 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "image": self.image.repo_digest,
                 "database": endpoint,
                 "alias": MLFLOW_ALIAS,
-                "public_host": settings.public_host,
-                "bind_address": settings.bind_address,
-                # Behind the proxy MLflow publishes nothing; clients send the HTTPS port in Host.
-                "host_port": settings.https_port if settings.proxied else settings.host_port,
+                "public_host": settings.server.public_host,
+                "bind_address": settings.server.bind_address,
+                # The port clients send in Host; behind the proxy MLflow publishes nothing.
+                "host_port": settings.public_port,
                 "publish": not settings.proxied,
-                "workers": settings.workers,
-                "memory_mb": settings.mlflow_memory_mb,
-                "extra_allowed_hosts": settings.allowed_hosts,
-                "cors_allowed_origins": settings.cors_allowed_origins,
-                "auth_enabled": settings.auth_enabled,
-                "auth_cache_ttl_seconds": settings.auth_cache_ttl_seconds,
-                "admin_password_length": settings.admin_password_length,
+                "workers": settings.server.workers,
+                "memory_mb": settings.server.memory_mb,
+                "extra_allowed_hosts": settings.server.allowed_hosts,
+                "cors_allowed_origins": settings.server.cors_allowed_origins,
+                "auth_enabled": settings.server.auth_enabled,
+                "auth_cache_ttl_seconds": settings.server.auth_cache_ttl_seconds,
+                "admin_password_length": settings.server.admin_password_length,
                 "secrets_rotation": settings.secrets_rotation,
                 "start_after": database_ready,
-                "metrics_enabled": settings.metrics_enabled,
-                "telemetry_enabled": settings.telemetry_enabled,
+                "metrics_enabled": settings.server.metrics_enabled,
+                "telemetry_enabled": settings.server.telemetry_enabled,
                 "pre_upgrade_backup": True,
             },
             opts=child,
@@ -140,13 +140,13 @@ class MlflowPlatform(pulumi.ComponentResource):
             {
                 "stack": stack,
                 "image": self.database.image.image_id,
-                "image_reference": settings.postgres_image,
+                "image_reference": settings.database.image,
                 "artifacts_volume_name": self.server.artifacts_volume.name,
                 "database": endpoint,
-                "admin_username": ADMIN_USERNAME if settings.auth_enabled else "",
-                "mlflow_version": settings.mlflow_version,
-                "interval_seconds": settings.backup_interval_seconds,
-                "keep": settings.backup_keep,
+                "admin_username": ADMIN_USERNAME if settings.server.auth_enabled else "",
+                "mlflow_version": settings.server.mlflow_version,
+                "interval_seconds": settings.backups.interval_seconds,
+                "keep": settings.backups.keep,
                 "start_after": database_ready,
             },
             opts=child,
@@ -158,10 +158,10 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "image": self.image.repo_digest,
                 "artifacts_volume_name": self.server.artifacts_volume.name,
                 "database": endpoint,
-                "mlflow_version": settings.mlflow_version,
-                "older_than": settings.gc_older_than,
-                "interval_seconds": settings.gc_interval_hours * 3600,
-                "telemetry_enabled": settings.telemetry_enabled,
+                "mlflow_version": settings.server.mlflow_version,
+                "older_than": settings.gc.older_than,
+                "interval_seconds": settings.gc.interval_seconds,
+                "telemetry_enabled": settings.server.telemetry_enabled,
                 "start_after": [self.server.container],
             },
             opts=child,
@@ -182,7 +182,7 @@ class MlflowPlatform(pulumi.ComponentResource):
         self.admin_password = (
             pulumi.Output.secret(self.server.admin_password.result) if self.server.admin_password else None
         )
-        self.admin_username = ADMIN_USERNAME if settings.auth_enabled else None
+        self.admin_username = ADMIN_USERNAME if settings.server.auth_enabled else None
         self.register_outputs({"tracking_uri": self.tracking_uri, "backend_store_uri": self.backend_store_uri})
 
     def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
@@ -190,23 +190,23 @@ class MlflowPlatform(pulumi.ComponentResource):
             f"{name}-proxy",
             {
                 "stack": stack,
-                "base_image": settings.proxy_image,
+                "base_image": settings.tls.proxy_image,
                 "site": CaddySite(
-                    public_host=settings.public_host,
-                    tls_mode=settings.tls_mode,
-                    https_port=settings.https_port,
+                    public_host=settings.server.public_host,
+                    tls_mode=settings.tls.mode,
+                    https_port=settings.tls.https_port,
                     upstream=f"{MLFLOW_ALIAS}:{SERVER_PORT}",
-                    max_upload_mb=settings.max_upload_mb,
-                    acme_email=settings.acme_email,
-                    acme_directory_url=settings.acme_directory_url,
-                    acme_ca_root=bool(settings.acme_ca_certificate),
+                    max_upload_mb=settings.tls.max_upload_mb,
+                    acme_email=settings.tls.acme_email,
+                    acme_directory_url=settings.tls.acme_directory_url,
+                    acme_ca_root=bool(settings.tls.acme_ca_certificate),
                 ),
-                "bind_address": settings.bind_address,
-                "http_port": settings.http_port,
-                "tls_certificate": settings.tls_certificate,
-                "tls_private_key": settings.tls_private_key,
-                "acme_ca_certificate": settings.acme_ca_certificate,
-                "memory_mb": settings.proxy_memory_mb,
+                "bind_address": settings.server.bind_address,
+                "http_port": settings.tls.http_port,
+                "tls_certificate": settings.tls.certificate,
+                "tls_private_key": settings.tls.private_key,
+                "acme_ca_certificate": settings.tls.acme_ca_certificate,
+                "memory_mb": settings.tls.proxy_memory_mb,
                 "ca_resource_name": f"{name}-ca",
                 "start_after": [self.server.container],
             },

@@ -1,0 +1,187 @@
+"""What each config value may look like: the patterns, the checks and the words that say what is accepted.
+
+Also how a host is written in a Host header and in the URL clients reach the stack at,
+since the normalised settings are written the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+
+from components.mlflow_facts import AUTH_DATABASE_SUFFIX
+from components.postgres_facts import SUPERUSER
+
+# Config key `environmentKind`: every stack is shared (auth and volume protection mandatory)
+# unless its stack file says it is one person's dev stack. Never decided by the stack's name,
+# so `production`, `prod-eu` or `Prod` get no way around the rules. policy/policies.py agrees.
+ENVIRONMENT_KINDS = ("dev", "shared")
+TLS_MODES = ("off", "internal", "acme", "provided")
+
+# Docker's reference grammar (distribution/reference), anchored: optional registry
+# host[:port], lower-case path components, then a tag and/or a digest.
+_DOMAIN_PART = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
+_HOST = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*(?::[0-9]+)?/)"
+_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+_IMAGE_REFERENCE = re.compile(
+    rf"^(?P<name>{_HOST}?{_PATH})(?::(?P<tag>[\w][\w.-]{{0,127}}))?(?:@(?P<digest>sha256:[a-f0-9]{{64}}))?$"
+)
+# RFC 1123 host name: labels of letters, digits and inner hyphens.
+_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+_HOST_NAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_ORIGIN = re.compile(r"^(?P<scheme>https?)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/\[\]:]+)(?::(?P<port>[0-9]{1,5}))?$")
+_MLFLOW_VERSION = re.compile(r"^(?P<major>[0-9]+)\.(?P<minor>[0-9]+)\.(?P<patch>[0-9]+)$")
+# The oldest release with every contract the program relies on, read from the
+# released wheels (mlflow/cli/, mlflow/environment_variables.py, mlflow/server/):
+# the basic-auth config keys (default_permission, database_uri, admin_username,
+# admin_password, authorization_function: 3.4 has them all), `mlflow server
+# --allowed-hosts` and the job-execution switch MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+# (both first in 3.5.0), `mlflow server` forwarding SIGTERM to uvicorn, so a
+# stopped container finishes its in-flight requests (first in 3.10.0; before, the
+# CLI died and uvicorn was killed with it), and the basic-auth credential cache's
+# key auth_cache_ttl_seconds (config key authCacheTtlSeconds), first read by
+# mlflow/server/auth/config.py in 3.12.0: 3.11 ignores it without a word.
+OLDEST_MLFLOW = (3, 12, 0)
+# Postgres's identifier limit (NAMEDATALEN - 1); the auth database adds a suffix.
+_POSTGRES_NAME_MAX = 63
+# Databases every cluster has: MLflow's tables do not belong in them.
+_RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+# The cluster's superuser is the bootstrap role; MLflow's role must be another one.
+# pg_* names are reserved.
+_POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
+# Enough to reject a typo; the ACME CA is the judge of a real address.
+_EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
+# `mlflow gc --older-than`: days, hours, minutes, seconds, each optional, in that order.
+GC_AGE = re.compile(r"^(?=.)([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
+
+IMAGE_ACCEPTED = (
+    "accepted: an image reference such as 'registry.example.com/postgres:17.6', "
+    "pinned to a tag other than 'latest' or to an @sha256 digest"
+)
+DATABASE_ACCEPTED = (
+    "accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*) of at most "
+    f"{_POSTGRES_NAME_MAX - len(AUTH_DATABASE_SUFFIX)} characters (the auth database is the name plus "
+    f"'{AUTH_DATABASE_SUFFIX}'), other than {', '.join(sorted(_RESERVED_DATABASES))}"
+)
+ROLE_ACCEPTED = (
+    f"accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters) other than "
+    f"'{SUPERUSER}' (the cluster's superuser) and not starting with 'pg_'"
+)
+MLFLOW_ACCEPTED = (
+    "accepted: an exact MLflow release such as '3.17.2', "
+    f"{'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
+    "cache (authCacheTtlSeconds))"
+)
+
+
+def matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
+    return lambda value: pattern.match(value) is not None
+
+
+def is_pinned_image(reference: str) -> bool:
+    match = _IMAGE_REFERENCE.match(reference)
+    if match is None:
+        return False
+    tag, digest = match.group("tag"), match.group("digest")
+    return digest is not None or (tag is not None and tag != "latest")
+
+
+def is_host_name(value: str) -> bool:
+    return _HOST_NAME.match(value) is not None or is_ip_address(value)
+
+
+def is_ip_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def is_email(value: str) -> bool:
+    return _EMAIL.match(value) is not None
+
+
+def _split_host_port(value: str) -> tuple[str, str] | None:
+    """(host, port) of 'name', 'name:port', 'ipv6', '[ipv6]' or '[ipv6]:port'; None if malformed."""
+    if value.startswith("["):
+        host, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        return (host, rest[1:]) if rest else (host, "")
+    if value.count(":") == 1:
+        host, _, port = value.partition(":")
+        return host, port
+    return value, ""
+
+
+def _valid_port(port: str) -> bool:
+    return port.isdigit() and 1 <= int(port) <= 65535
+
+
+def is_allowed_host(value: str) -> bool:
+    parts = _split_host_port(value)
+    if parts is None:
+        return False
+    host, port = parts
+    if value.startswith("[") and ":" not in host:
+        return False  # brackets only around IPv6 addresses
+    return is_host_name(host) and (not port or _valid_port(port))
+
+
+def normalise_allowed_host(value: str) -> str:
+    parts = _split_host_port(value)
+    assert parts is not None  # checked by is_allowed_host
+    return host_header(*parts)
+
+
+def is_origin(value: str) -> bool:
+    """scheme://host[:port]: one origin, so no comma, path, user info or stray character
+    (MLflow splits its --cors-allowed-origins on commas)."""
+    match = _ORIGIN.match(value)
+    if match is None:
+        return False
+    host, port = match.group("host"), match.group("port")
+    if host.startswith("["):
+        host = host[1:-1]
+        if ":" not in host:
+            return False
+    elif host.startswith("*."):
+        host = host[2:]  # MLflow's subdomain wildcard
+    return is_host_name(host) and (port is None or _valid_port(port))
+
+
+def is_supported_mlflow(value: str) -> bool:
+    match = _MLFLOW_VERSION.match(value)
+    return match is not None and tuple(int(part) for part in match.groups()) >= OLDEST_MLFLOW
+
+
+def is_tracking_database(value: str) -> bool:
+    return (
+        _POSTGRES_IDENTIFIER.match(value) is not None
+        and len(value) + len(AUTH_DATABASE_SUFFIX) <= _POSTGRES_NAME_MAX
+        and value not in _RESERVED_DATABASES
+    )
+
+
+def is_application_role(value: str) -> bool:
+    return _POSTGRES_IDENTIFIER.match(value) is not None and value != SUPERUSER and not value.startswith("pg_")
+
+
+def host_header(host: str, port: int | str | None = None) -> str:
+    """A host as clients write it in the Host header: lower case, IPv6 in brackets."""
+    host = host.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
+
+def public_url(host: str, port: int, *, https: bool) -> str:
+    """The URL clients reach the stack at: the one place it is built (tracking URI, the proxy's redirect)."""
+    bracketed = f"[{host}]" if ":" in host else host
+    if https:
+        return f"https://{bracketed}" if port == 443 else f"https://{bracketed}:{port}"
+    return f"http://{bracketed}:{port}"

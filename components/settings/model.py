@@ -1,0 +1,134 @@
+"""The checked settings of one stack, grouped by what they configure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from components.context import LogRotation
+from components.mlflow_facts import AUTH_DATABASE_SUFFIX
+from components.settings.grammar import public_url
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """The Postgres container, and MLflow's database and role in it."""
+
+    image: str
+    name: str
+    user: str
+    password_length: int
+    memory_mb: int
+
+    @property
+    def auth_name(self) -> str:
+        """The basic-auth app's database, beside the tracking database."""
+        return f"{self.name}{AUTH_DATABASE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The MLflow server: its image, where clients reach it, who may, and how much it runs."""
+
+    mlflow_version: str
+    base_image: str
+    use_wheelhouse: bool
+    public_host: str
+    bind_address: str
+    host_port: int
+    workers: int
+    memory_mb: int
+    allowed_hosts: tuple[str, ...]
+    cors_allowed_origins: tuple[str, ...]
+    auth_enabled: bool
+    admin_password_length: int
+    auth_cache_ttl_seconds: int
+    metrics_enabled: bool
+    telemetry_enabled: bool
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The HTTPS front door and where its certificate comes from (`mode` off: no front door)."""
+
+    mode: str
+    proxy_image: str
+    https_port: int
+    http_port: int
+    acme_email: str
+    acme_directory_url: str
+    acme_ca_certificate: str
+    certificate: str
+    # Secret: kept out of repr, so no error message or debug print can show it.
+    private_key: str = field(repr=False)
+    max_upload_mb: int
+    proxy_memory_mb: int
+
+    @property
+    def proxied(self) -> bool:
+        """The TLS front door is on: it is the only container that publishes a port."""
+        return self.mode != "off"
+
+
+@dataclass(frozen=True)
+class BackupSettings:
+    """How often the database and artifacts are backed up, and how many backups are kept."""
+
+    interval_hours: int
+    interval_minutes: int
+    keep: int
+
+    @property
+    def interval_seconds(self) -> int:
+        """backupIntervalMinutes, when set, replaces backupIntervalHours."""
+        if self.interval_minutes:
+            return self.interval_minutes * 60
+        return self.interval_hours * 3600
+
+
+@dataclass(frozen=True)
+class GcSettings:
+    """`mlflow gc`: how long a deleted run waits before it is removed for good, and how often gc runs."""
+
+    older_than: str
+    interval_hours: int
+
+    @property
+    def interval_seconds(self) -> int:
+        return self.interval_hours * 3600
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Everything the components need, already checked."""
+
+    stack: str
+    project: str
+    environment_kind: str
+    protect_data: bool
+    startup_timeout_seconds: int
+    secrets_rotation: str
+    database: DatabaseSettings
+    server: ServerSettings
+    tls: TlsSettings
+    backups: BackupSettings
+    gc: GcSettings
+    log_rotation: LogRotation
+
+    @property
+    def shared(self) -> bool:
+        """Holds shared experiment data: anything but an explicit personal dev stack."""
+        return self.environment_kind != "dev"
+
+    @property
+    def proxied(self) -> bool:
+        """The TLS front door is on: it is the only container that publishes a port."""
+        return self.tls.proxied
+
+    @property
+    def public_port(self) -> int:
+        """The port clients reach the stack at: the front door's HTTPS port, else the server's own."""
+        return self.tls.https_port if self.proxied else self.server.host_port
+
+    @property
+    def tracking_uri(self) -> str:
+        return public_url(self.server.public_host, self.public_port, https=self.proxied)

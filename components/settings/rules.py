@@ -1,0 +1,117 @@
+"""Rules that span keys, checked once every key has been read on its own."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from urllib.parse import urlsplit
+
+from components.certificates import CertificateError, check_key_pair, parse_certificates
+from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
+from components.settings.grammar import is_email, is_ip_address
+from components.settings.model import StackSettings
+from components.settings.reader import SettingsError
+
+
+def check_rules(settings: StackSettings) -> None:
+    """Raises SettingsError on the first rule the settings break, in this order."""
+    _check_combinations(settings)
+    _check_tls(settings)
+
+
+def _check_combinations(settings: StackSettings) -> None:
+    """Rules that span keys: where each stands, the error names the key to change."""
+    server, tls = settings.server, settings.tls
+    shared = f"the '{settings.stack}' stack holds shared data (environmentKind is not 'dev'): accepted: true"
+    if settings.shared and not server.auth_enabled:
+        raise SettingsError("authEnabled", False, shared)
+    if settings.shared and not settings.protect_data:
+        raise SettingsError("protectData", False, shared)
+    needed = BASE_MEMORY_MB + WORKER_MEMORY_MB * server.workers
+    if server.memory_mb < needed:
+        raise SettingsError(
+            "mlflowMemoryMb",
+            server.memory_mb,
+            f"with workers = {server.workers} the server needs at least {needed} MiB "
+            f"({BASE_MEMORY_MB} plus {WORKER_MEMORY_MB} per worker); "
+            "accepted: that much or more, or fewer workers",
+        )
+    if settings.shared and tls.mode == "off":
+        raise SettingsError(
+            "tlsMode",
+            "off",
+            f"the '{settings.stack}' stack holds shared data and is reached over a network "
+            "(environmentKind is not 'dev'): accepted: internal, acme, provided",
+        )
+    if not ipaddress.ip_address(server.bind_address).is_loopback:
+        if not server.auth_enabled:
+            raise SettingsError(
+                "bindAddress",
+                server.bind_address,
+                "a non-loopback address publishes the server beyond this host; "
+                "accepted while authEnabled is false: a loopback address (127.0.0.1 or ::1)",
+            )
+        if not settings.proxied:
+            # Basic auth over plain HTTP sends every password across the network in the clear.
+            raise SettingsError(
+                "bindAddress",
+                server.bind_address,
+                "a non-loopback address sends passwords across the network; "
+                "accepted while tlsMode is off: a loopback address (127.0.0.1 or ::1)",
+            )
+    if settings.proxied and tls.https_port == tls.http_port:
+        raise SettingsError("httpPort", tls.http_port, f"accepted: a port other than httpsPort ({tls.https_port})")
+
+
+def _check_tls(settings: StackSettings) -> None:
+    """What each TLS mode needs, checked before anything is declared."""
+    tls = settings.tls
+    mode = tls.mode
+    if mode == "acme":
+        host = settings.server.public_host
+        if is_ip_address(host) or host == "localhost" or host.endswith(".localhost") or "." not in host:
+            raise SettingsError(
+                "publicHost",
+                host,
+                "tlsMode acme needs a public DNS name that resolves to this host (not an IP address or localhost); "
+                "accepted otherwise: tlsMode internal or provided",
+            )
+        if not is_email(tls.acme_email):
+            raise SettingsError(
+                "acmeEmail",
+                tls.acme_email,
+                "tlsMode acme needs a contact address for the ACME account: accepted: an e-mail address",
+            )
+        url = tls.acme_directory_url
+        if url and (urlsplit(url).scheme != "https" or not urlsplit(url).hostname):
+            raise SettingsError(
+                "acmeDirectoryUrl", url, "accepted: empty (Let's Encrypt) or an https:// ACME directory URL"
+            )
+    if tls.acme_ca_certificate:
+        try:
+            parse_certificates(tls.acme_ca_certificate)
+        except CertificateError as error:
+            raise SettingsError("acmeCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+    if mode == "provided":
+        _check_provided_certificate(settings)
+
+
+def _check_provided_certificate(settings: StackSettings) -> None:
+    tls = settings.tls
+    if not tls.certificate:
+        raise SettingsError(
+            "tlsCertificate", "", "tlsMode provided needs it: accepted: the PEM certificate chain, leaf first"
+        )
+    if not tls.private_key:
+        raise SettingsError(
+            "tlsPrivateKey", "", "tlsMode provided needs it: accepted: the PEM private key, set with --secret"
+        )
+    try:
+        check_key_pair(
+            tls.certificate,
+            tls.private_key,
+            settings.server.public_host,
+            datetime.datetime.now(datetime.UTC),
+        )
+    except CertificateError as error:
+        raise SettingsError(error.key, error.shown, error.accepted) from None
