@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from operator import attrgetter
 from typing import Any
 
 import pulumi
@@ -206,20 +207,23 @@ def test_every_committed_stack_file_is_valid_and_complete(stack: str) -> None:
     ("overrides", "expected"),
     [
         # Clients send the Host header in lower case; MLflow compares it exactly.
-        ({"publicHost": "MLflow.Example.COM"}, {"public_host": "mlflow.example.com"}),
-        ({"allowedHosts": ["ML.example.com:8080"]}, {"allowed_hosts": ("ml.example.com:8080",)}),
+        ({"publicHost": "MLflow.Example.COM"}, {"server.public_host": "mlflow.example.com"}),
+        ({"allowedHosts": ["ML.example.com:8080"]}, {"server.allowed_hosts": ("ml.example.com:8080",)}),
         # IPv6 as clients write it in the Host header: in brackets.
-        ({"allowedHosts": ["fd00::5", "[FD00::6]:8080"]}, {"allowed_hosts": ("[fd00::5]", "[fd00::6]:8080")}),
-        ({"corsAllowedOrigins": ["https://UI.example.com"]}, {"cors_allowed_origins": ("https://ui.example.com",)}),
-        ({"postgresDatabase": "m" * 58}, {"postgres_database": "m" * 58}),
-        ({"mlflowVersion": "3.12.0"}, {"mlflow_version": "3.12.0"}),
+        ({"allowedHosts": ["fd00::5", "[FD00::6]:8080"]}, {"server.allowed_hosts": ("[fd00::5]", "[fd00::6]:8080")}),
+        (
+            {"corsAllowedOrigins": ["https://UI.example.com"]},
+            {"server.cors_allowed_origins": ("https://ui.example.com",)},
+        ),
+        ({"postgresDatabase": "m" * 58}, {"database.name": "m" * 58}),
+        ({"mlflowVersion": "3.12.0"}, {"server.mlflow_version": "3.12.0"}),
         ({"secretsRotation": " 2026-11 "}, {"secrets_rotation": "2026-11"}),
     ],
 )
 def test_accepted_values_are_normalised(overrides: dict[str, Any], expected: dict[str, Any]) -> None:
     install(EngineMocks(), "dev", overrides)
     settings = load_settings()
-    assert {key: getattr(settings, key) for key in expected} == expected
+    assert {key: attrgetter(key)(settings) for key in expected} == expected
 
 
 def test_an_ipv6_public_host_is_bracketed_in_allowed_hosts_and_uri() -> None:
@@ -228,7 +232,7 @@ def test_an_ipv6_public_host_is_bracketed_in_allowed_hosts_and_uri() -> None:
     install(EngineMocks(), "dev", {"publicHost": "FD00::1"})
     settings = load_settings()
     assert settings.tracking_uri == "http://[fd00::1]:5000"
-    hosts = allowed_hosts(settings.public_host, 5000, "127.0.0.1", "mlflow", settings.allowed_hosts)
+    hosts = allowed_hosts(settings.server.public_host, 5000, "127.0.0.1", "mlflow", settings.server.allowed_hosts)
     assert hosts[:2] == ["[fd00::1]", "[fd00::1]:5000"]
 
 
@@ -237,7 +241,7 @@ def test_an_ipv6_public_host_is_bracketed_in_allowed_hosts_and_uri() -> None:
 def test_host_port_range(port: int) -> None:
     install(EngineMocks(), "dev", {"hostPort": port})
     if 1 <= port <= 65535:
-        assert load_settings().host_port == port
+        assert load_settings().server.host_port == port
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
@@ -274,7 +278,7 @@ def test_a_provided_certificate_covering_the_host_is_accepted(names: list[str], 
         {**_PROVIDED, "publicHost": host, "tlsCertificate": pair.certificate, "tlsPrivateKey": pair.key},
     )
     settings_ = load_settings()
-    assert (settings_.tls_mode, settings_.public_host) == ("provided", host)
+    assert (settings_.tls.mode, settings_.server.public_host) == ("provided", host)
     assert "PRIVATE KEY" not in repr(settings_)
 
 
@@ -327,7 +331,7 @@ def test_environment_kind_decides_what_is_shared(stack: str, overrides: dict[str
     assert settings_.environment_kind == ("shared" if shared else "dev")
     # A personal stack may still turn both on; a shared one must.
     if shared:
-        assert (settings_.auth_enabled, settings_.protect_data) == (True, True)
+        assert (settings_.server.auth_enabled, settings_.protect_data) == (True, True)
 
 
 @pytest.mark.parametrize(
@@ -335,7 +339,7 @@ def test_environment_kind_decides_what_is_shared(stack: str, overrides: dict[str
 )
 def test_auth_cache_ttl_default_and_bounds(overrides: dict[str, Any], expected: int) -> None:
     install(EngineMocks(), "prod", overrides)
-    assert load_settings().auth_cache_ttl_seconds == expected
+    assert load_settings().server.auth_cache_ttl_seconds == expected
 
 
 # Every bounded integer key and its accepted range, written out here (not imported
@@ -359,24 +363,24 @@ INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
     "backupKeep": (1, 1000),
     "gcIntervalHours": (1, 720),
 }
-_FIELD = {  # config key -> StackSettings attribute
-    "postgresPasswordLength": "postgres_password_length",
-    "postgresMemoryMb": "postgres_memory_mb",
-    "hostPort": "host_port",
-    "workers": "workers",
-    "mlflowMemoryMb": "mlflow_memory_mb",
-    "adminPasswordLength": "admin_password_length",
-    "logMaxFiles": "log_max_files",
+_FIELD = {  # config key -> dotted path of its StackSettings attribute
+    "postgresPasswordLength": "database.password_length",
+    "postgresMemoryMb": "database.memory_mb",
+    "hostPort": "server.host_port",
+    "workers": "server.workers",
+    "mlflowMemoryMb": "server.memory_mb",
+    "adminPasswordLength": "server.admin_password_length",
+    "logMaxFiles": "log_rotation.max_files",
     "startupTimeoutSeconds": "startup_timeout_seconds",
-    "httpsPort": "https_port",
-    "httpPort": "http_port",
-    "maxUploadMb": "max_upload_mb",
-    "proxyMemoryMb": "proxy_memory_mb",
-    "authCacheTtlSeconds": "auth_cache_ttl_seconds",
-    "backupIntervalHours": "backup_interval_hours",
-    "backupIntervalMinutes": "backup_interval_minutes",
-    "backupKeep": "backup_keep",
-    "gcIntervalHours": "gc_interval_hours",
+    "httpsPort": "tls.https_port",
+    "httpPort": "tls.http_port",
+    "maxUploadMb": "tls.max_upload_mb",
+    "proxyMemoryMb": "tls.proxy_memory_mb",
+    "authCacheTtlSeconds": "server.auth_cache_ttl_seconds",
+    "backupIntervalHours": "backups.interval_hours",
+    "backupIntervalMinutes": "backups.interval_minutes",
+    "backupKeep": "backups.keep",
+    "gcIntervalHours": "gc.interval_hours",
 }
 # Bounds are checked on dev; where another key must make room for a bound (32 workers need the
 # memory for 32 workers), it is given here.
@@ -400,7 +404,7 @@ def test_integer_bounds_at_both_ends(key: str, value: int, accepted: bool) -> No
     low, high = INTEGER_BOUNDS[key]
     install(EngineMocks(), "dev", {**_ROOM_FOR.get(key, {}), key: value})
     if accepted:
-        assert getattr(load_settings(), _FIELD[key]) == value
+        assert attrgetter(_FIELD[key])(load_settings()) == value
     else:
         with pytest.raises(SettingsError) as raised:
             load_settings()
@@ -445,7 +449,7 @@ def test_tracking_uri_brackets_ipv6_hosts(public_host: str, port: int, expected:
 def test_allowed_hosts_ipv6_forms(hosts: list[str], expected: tuple[str, ...] | None) -> None:
     install(EngineMocks(), "dev", {"allowedHosts": hosts})
     if expected is not None:
-        assert load_settings().allowed_hosts == expected
+        assert load_settings().server.allowed_hosts == expected
     else:
         with pytest.raises(SettingsError, match=r"config key 'allowedHosts' has the value .*; each item must be"):
             load_settings()
@@ -453,7 +457,7 @@ def test_allowed_hosts_ipv6_forms(hosts: list[str], expected: tuple[str, ...] | 
 
 def test_an_ipv6_loopback_bind_address_needs_no_auth() -> None:
     install(EngineMocks(), "dev", {"bindAddress": "::1"})
-    assert load_settings().bind_address == "::1"
+    assert load_settings().server.bind_address == "::1"
     install(EngineMocks(), "dev", {"bindAddress": "::"})
     with pytest.raises(SettingsError, match="config key 'bindAddress' has the value '::'"):
         load_settings()
@@ -657,13 +661,13 @@ def test_booleans_ignore_case_only(raw: str, expected: bool | None) -> None:
         with pytest.raises(SettingsError):
             load_settings()
     else:
-        assert load_settings().use_wheelhouse is expected
+        assert load_settings().server.use_wheelhouse is expected
 
 
 @pytest.mark.parametrize("value", ["  mlflow.example.com ", "mlflow.example.com\n"])
 def test_strings_are_trimmed(value: str) -> None:
     install(EngineMocks(), "dev", {"publicHost": value})
-    assert load_settings().public_host == "mlflow.example.com"
+    assert load_settings().server.public_host == "mlflow.example.com"
 
 
 def test_the_stack_and_project_come_from_pulumi() -> None:
@@ -696,7 +700,7 @@ def test_the_stack_and_project_come_from_pulumi() -> None:
 def test_each_cors_origin_is_one_origin(origin: str, accepted: bool) -> None:
     install(EngineMocks(), "dev", {"corsAllowedOrigins": [origin]})
     if accepted:
-        assert load_settings().cors_allowed_origins == (origin,)
+        assert load_settings().server.cors_allowed_origins == (origin,)
         return
     with pytest.raises(SettingsError, match="config key 'corsAllowedOrigins' has the value"):
         load_settings()
