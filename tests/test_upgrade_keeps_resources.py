@@ -13,63 +13,59 @@ import pytest
 
 from tests.golden import CASES, declared, load
 
-_STACK_TYPE = "pulumi:pulumi:Stack"
 
+def inherited_aliases(records: dict[str, dict[str, Any]], aliases: dict[str, list[str]]) -> dict[str, list[str]]:
+    """URN -> every URN it may have had: its own aliases, and its own type and name under
+    each URN its parent may have had (so a moved component takes its children along)."""
+    resolved: dict[str, list[str]] = {}
 
-def engine_urns(records: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Mock URN -> the URN the engine gives it: the mocks name only the parent's type,
-    the engine the whole chain of types from the stack down, so a grandparent whose type
-    changes shows only here."""
+    def of(urn: str) -> list[str]:
+        if urn not in resolved:
+            record = records.get(urn)
+            parent_aliases = of(record["parent"]) if record is not None and record["parent"] in records else []
+            derived = [f"{alias.rsplit('::', 1)[0]}${record['type']}::{record['name']}" for alias in parent_aliases]
+            resolved[urn] = [*aliases.get(urn, []), *derived] if record is not None else []
+        return resolved[urn]
 
-    def chain(urn: str) -> list[str]:
-        record = records.get(urn)
-        if record is None:
-            return [_STACK_TYPE]
-        return [*chain(record["parent"]), record["type"]]
-
-    found = {}
-    for urn, record in records.items():
-        stack_project = urn.split("::", 3)[:2]
-        types = [*chain(record["parent"])[1:], record["type"]]
-        found[urn] = "::".join([*stack_project, "$".join([_STACK_TYPE, *types]) if types else _STACK_TYPE]) + (
-            f"::{record['name']}"
-        )
-    return found
+    for urn in records:
+        of(urn)
+    return resolved
 
 
 def upgrade_problems(
     old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]], aliases: dict[str, list[str]]
 ) -> list[str]:
-    """What `pulumi up` from the old declarations to the new would delete, recreate or change."""
-    old_engine, new_engine = engine_urns(old), engine_urns(new)
-    engine_to_new = {engine: urn for urn, engine in new_engine.items()}
-    # An alias names the old mock URN; it also covers the engine URN of that old resource.
-    aliased = {alias: urn for urn, names in aliases.items() for alias in names}
-    problems: list[str] = []
+    """What `pulumi up` from the old declarations to the new would delete, recreate or change.
+
+    URNs are the engine's (tools/mocks.py builds them with every ancestor's type), and so
+    are the aliases the SDK resolves. A child inherits its parent's aliases: the engine
+    derives them (pulumi/pulumi#10819, #12848), so they are derived here the same way.
+    """
+    aliased = {alias: urn for urn, names in inherited_aliases(new, aliases).items() for alias in names}
     matched: dict[str, str] = {}
+    problems: list[str] = []
     for urn in old:
-        now = engine_to_new.get(old_engine[urn]) or aliased.get(urn)
+        now = urn if urn in new else aliased.get(urn)
         if now is None:
-            problems.append(f"{old_engine[urn]}: no longer declared and not aliased (would be deleted)")
-            continue
-        matched[urn] = now
+            problems.append(f"{urn}: no longer declared and not aliased (would be deleted)")
+        else:
+            matched[urn] = now
     # New URN -> old, to read the new declarations' parents and dependencies in the old names.
     as_old = {new_urn: old_urn for old_urn, new_urn in matched.items()}
     for old_urn, new_urn in matched.items():
         before, after = dict(old[old_urn]), dict(new[new_urn])
-        if old_urn != new_urn:
-            # Identity moved under an alias: compare what it declares, not where it sits.
-            for key in ("type", "name", "parent"):
-                before.pop(key), after.pop(key)
-        else:
-            after["parent"] = as_old.get(after["parent"], after["parent"])
-        before["dependencies"] = sorted(before["dependencies"])
+        after["parent"] = as_old.get(after["parent"], after["parent"])
         after["dependencies"] = sorted(as_old.get(dependency, dependency) for dependency in after["dependencies"])
+        if old_urn != new_urn:
+            # Moved under an alias: its place changed on purpose; what it declares must not.
+            for key in ("type", "name", "parent"):
+                before.pop(key)
+                after.pop(key)
         for key in sorted(set(before) | set(after)):
             if before.get(key) != after.get(key):
-                problems.append(f"{old_engine[old_urn]}: {key} changed")
+                problems.append(f"{old_urn}: {key} changed")
     for urn in sorted(set(new) - set(matched.values())):
-        problems.append(f"{new_engine[urn]}: new, not in the golden file")
+        problems.append(f"{urn}: new, not in the golden file")
     return problems
 
 
@@ -88,34 +84,48 @@ def _renamed(records: dict[str, dict[str, Any]], urn: str, name: str) -> tuple[d
     return moved, new_urn
 
 
+def _urn_of(records: dict[str, dict[str, Any]], name: str) -> str:
+    [urn] = [urn for urn, record in records.items() if record["name"] == name]
+    return urn
+
+
 def test_a_renamed_resource_without_an_alias_is_reported_and_with_one_is_not() -> None:
     old = load("prod")
-    [urn] = [urn for urn, record in old.items() if record["name"] == "mlflow-postgres-data"]
+    urn = _urn_of(old, "mlflow-postgres-data")
     new, new_urn = _renamed(old, urn, "mlflow-postgres-volume")
-    engine = engine_urns(old)[urn]
     assert upgrade_problems(old, new, {}) == [
-        f"{engine}: no longer declared and not aliased (would be deleted)",
-        f"{engine.rsplit('::', 1)[0]}::mlflow-postgres-volume: new, not in the golden file",
+        f"{urn}: no longer declared and not aliased (would be deleted)",
+        f"{new_urn}: new, not in the golden file",
     ]
     assert upgrade_problems(old, new, {new_urn: [urn]}) == []
 
 
 def test_a_changed_input_or_option_is_reported() -> None:
     old = load("prod")
-    [urn] = [urn for urn, record in old.items() if record["name"] == "mlflow-postgres-container"]
+    urn = _urn_of(old, "mlflow-postgres-container")
     new = {key: dict(value) for key, value in old.items()}
     new[urn]["inputs"] = {**new[urn]["inputs"], "user": "0:0"}
     new[urn]["delete_before_replace"] = False
-    engine = engine_urns(old)[urn]
-    assert upgrade_problems(old, new, {}) == [f"{engine}: delete_before_replace changed", f"{engine}: inputs changed"]
+    assert upgrade_problems(old, new, {}) == [f"{urn}: delete_before_replace changed", f"{urn}: inputs changed"]
 
 
-def test_a_grandparent_whose_type_changed_is_reported_though_the_mock_urn_is_the_same() -> None:
+def test_urns_name_every_ancestor_type_as_the_engine_does() -> None:
+    # The SDK's own mock monitor names only the parent's type: a grandparent whose type
+    # changed would then keep its grandchildren's URNs under mocks, but not in the engine.
+    urn = _urn_of(load("prod"), "mlflow-ca-key")
+    assert urn == (
+        "urn:pulumi:prod::mlflow-platform::mlflow-platform:stack:MlflowPlatform$mlflow-platform:tls:InternalCa"
+        "$tls:index/privateKey:PrivateKey::mlflow-ca-key"
+    )
+
+
+def test_the_internal_ca_moved_under_the_proxy_keeps_its_urns_through_aliases() -> None:
+    # The root that clients trust must never be replaced: its key and certificate follow
+    # the CA's own alias to where the platform declared them.
+    new, aliases = declared("prod")
     old = load("prod")
-    new = {key: dict(value) for key, value in old.items()}
-    [platform] = [urn for urn, record in old.items() if record["type"] == "mlflow-platform:stack:MlflowPlatform"]
-    new[platform]["type"] = "mlflow-platform:stack:Renamed"
-    problems = upgrade_problems(old, new, {})
-    # The platform and every resource below it get a new engine URN: each is reported.
-    assert len([p for p in problems if "would be deleted" in p]) == len(old)
-    assert engine_urns(old)[platform].endswith("MlflowPlatform::mlflow")
+    for name in ("mlflow-ca", "mlflow-ca-key", "mlflow-ca-root"):
+        now = _urn_of(new, name)
+        assert "mlflow-platform:proxy:TlsProxy$mlflow-platform:tls:InternalCa" in now
+        assert _urn_of(old, name) in inherited_aliases(new, aliases)[now]
+    assert upgrade_problems(old, new, aliases) == []

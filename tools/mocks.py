@@ -21,6 +21,7 @@ import pulumi
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc, settings
+from pulumi.runtime.proto import resource_pb2
 
 from tools.stack_config import PROJECT_DIR, project_name, runtime_config, stack_config
 
@@ -164,6 +165,9 @@ def _computed_outputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> 
     return resource_id, outputs
 
 
+_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """Keeps the registration options the mocks API drops."""
 
@@ -181,19 +185,31 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "retain_on_delete": bool(request.retainOnDelete),
                 "delete_before_replace": bool(request.deleteBeforeReplace),
                 "dependencies": list(request.dependencies),
-                "aliases": [alias.urn for alias in request.aliases if alias.urn],
+                # Without alias specs (GetDeploymentInfo below) the SDK sends resolved URNs.
+                "aliases": [*request.aliasURNs, *(alias.urn for alias in request.aliases if alias.urn)],
                 "property_dependencies": {
                     key: list(dependencies.urns) for key, dependencies in request.propertyDependencies.items()
                 },
             }
         return super().RegisterResource(request)  # type: ignore[no-untyped-call]
 
-    def SupportsFeature(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """The engine's URN: every ancestor's type but the root stack's.
+
+        The SDK's mock monitor names only the parent's type, so a grandparent whose type
+        changed would keep its grandchildren's URNs under mocks, yet `pulumi up` would
+        replace them (tests/test_upgrade_keeps_resources.py relies on the difference).
+        """
+        parent_type = parent.split("::")[2] if parent else _STACK_TYPE
+        qualified = type_ if parent_type == _STACK_TYPE else f"{parent_type}${type_}"
+        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), qualified, name])
+
+    def GetDeploymentInfo(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         # Without alias specs the SDK resolves each alias (a changed parent, type or name,
         # inherited from the parent's own aliases) to the full URN the engine would match.
-        if request.id == "aliasSpecs":
-            return type("SupportsFeatureResponse", (object,), {"hasSupport": False})
-        return super().SupportsFeature(request)  # type: ignore[no-untyped-call]
+        info = super().GetDeploymentInfo(request)  # type: ignore[no-untyped-call]
+        features = [f for f in info.supportedFeatures if f != resource_pb2.RESOURCE_MONITOR_FEATURE_ALIAS_SPECS]
+        return resource_pb2.DeploymentInfo(supportedFeatures=features)
 
     def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
         outputs = json_format.MessageToDict(request.outputs, preserving_proto_field_name=True)
