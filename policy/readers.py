@@ -23,7 +23,7 @@ What the engine hands a policy, as read from pulumi-policy 1.21.0's source:
   is shared (authentication and protected volumes required) unless the pack's config
   says `environmentKind: dev`, which `make deploy` and the workflows pass from
   policy/config/<stack>.json, the counterpart of the stack's own `environmentKind`
-  (components/settings.py). A stack named `production`, `prod-eu` or `Prod` is shared.
+  (components/settings/). A stack named `production`, `prod-eu` or `Prod` is shared.
 - The stack config is not visible either; the pack config is (`args.get_config()`,
   set with `--policy-pack-config`), per policy: each policy that depends on the
   environment kind declares `environmentKind` in its config schema.
@@ -198,7 +198,7 @@ def _published_ports(props: Any) -> list[str]:
 
 # --- The stack and the pack config ---------------------------------------------------------
 
-# The pack config key that marks one person's dev stack (components/settings.py's `environmentKind`;
+# The pack config key that marks one person's dev stack (components/settings/: `environmentKind`;
 # the pack runs in its own virtualenv and cannot import the program). Absent means shared.
 ENVIRONMENT_KIND: Final = "environmentKind"
 ENVIRONMENT_KIND_SCHEMA: Final = PolicyConfigSchema(

@@ -22,8 +22,8 @@ from typing import Any
 import pulumi
 
 from tests.certs import KeyPair, self_signed
-from tests.harness import EngineMocks, Registration, resolved, run_program
-from tests.stack_config import PROJECT_DIR
+from tools.mocks import EngineMocks, Registration, resolved, run_program
+from tools.stack_config import PROJECT_DIR
 
 GOLDEN_DIR = PROJECT_DIR / "tests" / "golden"
 

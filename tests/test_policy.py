@@ -37,7 +37,7 @@ from policy import identify, readers, rules_containers
 from policy.policies import POLICIES
 from tests import harness
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
-from tests.stack_config import PROJECT_DIR, STACKS, stack_config
+from tools.stack_config import PROJECT_DIR, STACKS, stack_config
 
 POLICY_DIR = PROJECT_DIR / "policy"
 # What `make deploy` and the workflows pass as `--policy-pack-config` for a stack, when the file exists.
@@ -1052,7 +1052,7 @@ def _behind_a_proxy(declared: list[Declared]) -> None:
 
 
 def test_only_the_dev_stack_has_a_dev_pack_config_and_it_agrees_with_its_stack_file() -> None:
-    # The pack's counterpart of each stack's `environmentKind` (components/settings.py): the two agree.
+    # The pack's counterpart of each stack's `environmentKind` (components/settings/): the two agree.
     configured = sorted(path.stem for path in PACK_CONFIG_DIR.glob("*.json"))
     assert configured == ["dev"]
     for stack in STACKS:
