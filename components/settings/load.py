@@ -42,136 +42,111 @@ MAX_SECRET_LENGTH = 128
 
 
 def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> StackSettings:
-    """Reads and validates every setting; raises SettingsError on the first bad one."""
+    """Reads and validates every setting, group by group; raises SettingsError on the first bad one."""
     read = ConfigReader(config or pulumi.Config())
-    stack_name = stack or pulumi.get_stack()
-    project = pulumi.get_project()
-    # One key after another, in this order: the first bad one is the one reported.
-    postgres_image = read.string("postgresImage", is_pinned_image, IMAGE_ACCEPTED)
-    postgres_database = read.string("postgresDatabase", is_tracking_database, DATABASE_ACCEPTED)
-    postgres_user = read.string("postgresUser", is_application_role, ROLE_ACCEPTED)
-    postgres_password_length = read.integer("postgresPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH)
-    postgres_memory_mb = read.integer("postgresMemoryMb", 128, 1_048_576)
-    mlflow_version = read.string("mlflowVersion", is_supported_mlflow, MLFLOW_ACCEPTED)
-    base_image = read.string("baseImage", is_pinned_image, IMAGE_ACCEPTED)
-    use_wheelhouse = read.boolean("useWheelhouse")
-    # Clients send the Host header in lower case and MLflow compares it exactly.
-    public_host = read.string("publicHost", is_host_name, "accepted: a DNS host name or an IP address").lower()
-    bind_address = read.string(
-        "bindAddress", is_ip_address, "accepted: an IPv4 or IPv6 address such as 127.0.0.1 or 0.0.0.0"
-    )
-    host_port = read.integer("hostPort", 1, 65535)
-    workers = read.integer("workers", 1, 32)
-    # The floor is what one worker needs; rules.py checks it against `workers`.
-    mlflow_memory_mb = read.integer("mlflowMemoryMb", BASE_MEMORY_MB + WORKER_MEMORY_MB, 1_048_576)
-    allowed_hosts = tuple(
-        normalise_allowed_host(host)
-        for host in read.string_list(
-            "allowedHosts",
-            is_allowed_host,
-            "a host name or IP address, optionally with ':port' (an IPv6 address with a port in brackets)",
-        )
-    )
-    cors_allowed_origins = tuple(
-        origin.lower()
-        for origin in read.string_list(
-            "corsAllowedOrigins",
-            is_origin,
-            "one origin such as 'https://ml.example.com' (scheme://host[:port]: no path, no comma)",
-        )
-    )
-    auth_enabled = read.boolean("authEnabled")
-    admin_password_length = read.integer("adminPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH)
-    protect_data = read.boolean("protectData")
-    log_max_size = read.string(
-        "logMaxSize", matches(DOCKER_SIZE), "accepted: a size such as '10m' (a whole number, then k, m or g)"
-    )
-    log_max_files = read.integer("logMaxFiles", 1, 100)
-    startup_timeout_seconds = read.integer("startupTimeoutSeconds", 30, 3600)
-    tls_mode = read.string("tlsMode", lambda value: value in TLS_MODES, f"accepted: one of {', '.join(TLS_MODES)}")
-    proxy_image = read.string("proxyImage", is_pinned_image, IMAGE_ACCEPTED)
-    https_port = read.integer("httpsPort", 1, 65535)
-    http_port = read.integer("httpPort", 1, 65535)
-    acme_email = read.optional("acmeEmail")
-    acme_directory_url = read.optional("acmeDirectoryUrl")
-    acme_ca_certificate = read.optional("acmeCaCertificate")
-    tls_certificate = read.optional("tlsCertificate")
-    tls_private_key = read.secret("tlsPrivateKey")
-    # Up to 1 TiB: a model checkpoint of tens of GB must pass; larger is a typo.
-    max_upload_mb = read.integer("maxUploadMb", 1, 1_048_576)
-    proxy_memory_mb = read.integer("proxyMemoryMb", 64, 1_048_576)
-    secrets_rotation = read.string(
-        "secretsRotation", lambda value: len(value) <= 256, "accepted: any string of at most 256 characters"
-    )
-    environment_kind = read.string(
-        "environmentKind",
-        lambda value: value in ENVIRONMENT_KINDS,
-        "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
-    )
-    # At most 5 minutes: past a few seconds the throughput gain is already whole,
-    # while a revoked password keeps working for up to this long.
-    auth_cache_ttl_seconds = read.integer("authCacheTtlSeconds", 0, 300)
-    backup_interval_hours = read.integer("backupIntervalHours", 1, 720)
-    backup_interval_minutes = read.integer("backupIntervalMinutes", 0, 59)
-    backup_keep = read.integer("backupKeep", 1, 1000)
-    gc_older_than = read.string(
-        "gcOlderThan",
-        matches(GC_AGE),
-        "accepted: an age such as '30d', '12h' or '1d12h30m' (whole days, hours, minutes, seconds, in that order)",
-    )
-    gc_interval_hours = read.integer("gcIntervalHours", 1, 720)
-    metrics_enabled = read.boolean("metricsEnabled")
-    telemetry_enabled = read.boolean("telemetryEnabled")
-
     settings = StackSettings(
-        stack=stack_name,
-        project=project,
-        environment_kind=environment_kind,
-        protect_data=protect_data,
-        startup_timeout_seconds=startup_timeout_seconds,
-        secrets_rotation=secrets_rotation,
-        database=DatabaseSettings(
-            image=postgres_image,
-            name=postgres_database,
-            user=postgres_user,
-            password_length=postgres_password_length,
-            memory_mb=postgres_memory_mb,
+        stack=stack or pulumi.get_stack(),
+        project=pulumi.get_project(),
+        database=_database(read),
+        server=_server(read),
+        protect_data=read.boolean("protectData"),
+        log_rotation=LogRotation(
+            max_size=read.string(
+                "logMaxSize", matches(DOCKER_SIZE), "accepted: a size such as '10m' (a whole number, then k, m or g)"
+            ),
+            max_files=read.integer("logMaxFiles", 1, 100),
         ),
-        server=ServerSettings(
-            mlflow_version=mlflow_version,
-            base_image=base_image,
-            use_wheelhouse=use_wheelhouse,
-            public_host=public_host,
-            bind_address=bind_address,
-            host_port=host_port,
-            workers=workers,
-            memory_mb=mlflow_memory_mb,
-            allowed_hosts=allowed_hosts,
-            cors_allowed_origins=cors_allowed_origins,
-            auth_enabled=auth_enabled,
-            admin_password_length=admin_password_length,
-            auth_cache_ttl_seconds=auth_cache_ttl_seconds,
-            metrics_enabled=metrics_enabled,
-            telemetry_enabled=telemetry_enabled,
+        startup_timeout_seconds=read.integer("startupTimeoutSeconds", 30, 3600),
+        tls=_tls(read),
+        secrets_rotation=read.string(
+            "secretsRotation", lambda value: len(value) <= 256, "accepted: any string of at most 256 characters"
         ),
-        tls=TlsSettings(
-            mode=tls_mode,
-            proxy_image=proxy_image,
-            https_port=https_port,
-            http_port=http_port,
-            acme_email=acme_email,
-            acme_directory_url=acme_directory_url,
-            acme_ca_certificate=acme_ca_certificate,
-            certificate=tls_certificate,
-            private_key=tls_private_key,
-            max_upload_mb=max_upload_mb,
-            proxy_memory_mb=proxy_memory_mb,
+        environment_kind=read.string(
+            "environmentKind",
+            lambda value: value in ENVIRONMENT_KINDS,
+            "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
         ),
         backups=BackupSettings(
-            interval_hours=backup_interval_hours, interval_minutes=backup_interval_minutes, keep=backup_keep
+            interval_hours=read.integer("backupIntervalHours", 1, 720),
+            interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
+            keep=read.integer("backupKeep", 1, 1000),
         ),
-        gc=GcSettings(older_than=gc_older_than, interval_hours=gc_interval_hours),
-        log_rotation=LogRotation(max_size=log_max_size, max_files=log_max_files),
+        gc=GcSettings(
+            older_than=read.string(
+                "gcOlderThan",
+                matches(GC_AGE),
+                "accepted: an age such as '30d', '12h' or '1d12h30m' (whole days, hours, minutes, seconds, "
+                "in that order)",
+            ),
+            interval_hours=read.integer("gcIntervalHours", 1, 720),
+        ),
     )
     check_rules(settings)
     return settings
+
+
+def _database(read: ConfigReader) -> DatabaseSettings:
+    return DatabaseSettings(
+        image=read.string("postgresImage", is_pinned_image, IMAGE_ACCEPTED),
+        name=read.string("postgresDatabase", is_tracking_database, DATABASE_ACCEPTED),
+        user=read.string("postgresUser", is_application_role, ROLE_ACCEPTED),
+        password_length=read.integer("postgresPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
+        memory_mb=read.integer("postgresMemoryMb", 128, 1_048_576),
+    )
+
+
+def _server(read: ConfigReader) -> ServerSettings:
+    return ServerSettings(
+        mlflow_version=read.string("mlflowVersion", is_supported_mlflow, MLFLOW_ACCEPTED),
+        base_image=read.string("baseImage", is_pinned_image, IMAGE_ACCEPTED),
+        use_wheelhouse=read.boolean("useWheelhouse"),
+        # Clients send the Host header in lower case and MLflow compares it exactly.
+        public_host=read.string("publicHost", is_host_name, "accepted: a DNS host name or an IP address").lower(),
+        bind_address=read.string(
+            "bindAddress", is_ip_address, "accepted: an IPv4 or IPv6 address such as 127.0.0.1 or 0.0.0.0"
+        ),
+        host_port=read.integer("hostPort", 1, 65535),
+        workers=read.integer("workers", 1, 32),
+        # The floor is what one worker needs; rules.py checks it against `workers`.
+        memory_mb=read.integer("mlflowMemoryMb", BASE_MEMORY_MB + WORKER_MEMORY_MB, 1_048_576),
+        allowed_hosts=tuple(
+            normalise_allowed_host(host)
+            for host in read.string_list(
+                "allowedHosts",
+                is_allowed_host,
+                "a host name or IP address, optionally with ':port' (an IPv6 address with a port in brackets)",
+            )
+        ),
+        cors_allowed_origins=tuple(
+            origin.lower()
+            for origin in read.string_list(
+                "corsAllowedOrigins",
+                is_origin,
+                "one origin such as 'https://ml.example.com' (scheme://host[:port]: no path, no comma)",
+            )
+        ),
+        auth_enabled=read.boolean("authEnabled"),
+        admin_password_length=read.integer("adminPasswordLength", MIN_SECRET_LENGTH, MAX_SECRET_LENGTH),
+        # At most 5 minutes: past a few seconds the throughput gain is already whole,
+        # while a revoked password keeps working for up to this long.
+        auth_cache_ttl_seconds=read.integer("authCacheTtlSeconds", 0, 300),
+        metrics_enabled=read.boolean("metricsEnabled"),
+        telemetry_enabled=read.boolean("telemetryEnabled"),
+    )
+
+
+def _tls(read: ConfigReader) -> TlsSettings:
+    return TlsSettings(
+        mode=read.string("tlsMode", lambda value: value in TLS_MODES, f"accepted: one of {', '.join(TLS_MODES)}"),
+        proxy_image=read.string("proxyImage", is_pinned_image, IMAGE_ACCEPTED),
+        https_port=read.integer("httpsPort", 1, 65535),
+        http_port=read.integer("httpPort", 1, 65535),
+        acme_email=read.optional("acmeEmail"),
+        acme_directory_url=read.optional("acmeDirectoryUrl"),
+        acme_ca_certificate=read.optional("acmeCaCertificate"),
+        certificate=read.optional("tlsCertificate"),
+        private_key=read.secret("tlsPrivateKey"),
+        # Up to 1 TiB: a model checkpoint of tens of GB must pass; larger is a typo.
+        max_upload_mb=read.integer("maxUploadMb", 1, 1_048_576),
+        proxy_memory_mb=read.integer("proxyMemoryMb", 64, 1_048_576),
+    )
