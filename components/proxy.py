@@ -9,7 +9,6 @@ intact, so MLflow's host check keeps checking the public name.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
@@ -19,7 +18,7 @@ import pulumi_docker as docker
 
 from components.context import StackContext
 from components.internal_ca import InternalCa
-from components.settings import public_url
+from components.settings import is_ip_address, public_url
 from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Workload, config_file, secret_file
 
 # Relative to the project directory, like the MLflow image's context.
@@ -84,14 +83,6 @@ def _quote(value: str) -> str:
     return f'"{value}"'
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 Directive = str | tuple[str, list["Directive"]]
 
 
@@ -117,7 +108,7 @@ def caddyfile(site: CaddySite) -> str:
         # as a multi-GB artifact needs, so neither has a timeout.
         ("timeouts", ["read_header 30s", "idle 5m"]),
     ]
-    if not _is_ip(site.public_host):
+    if not is_ip_address(site.public_host):
         # A Host other than the name the TLS session was opened for gets 421 from Caddy
         # instead of an empty answer. Clients send no SNI to an IP address: names only.
         server_options.append("strict_sni_host on")

@@ -9,12 +9,12 @@ value and what is accepted, before the program declares any resource.
 - grammar.py: what each value may look like, and how hosts and the public URL are written;
 - model.py: `StackSettings` and its groups (database, server, tls, backups, gc);
 - rules.py: rules that span keys;
-- load.py: `load_settings`, every key in a fixed order.
+- load.py: `load_settings`, group by group.
 """
 
 from __future__ import annotations
 
-from components.settings.grammar import OLDEST_MLFLOW, host_header, public_url
+from components.settings.grammar import OLDEST_MLFLOW, host_header, is_ip_address, public_url
 from components.settings.load import load_settings
 from components.settings.model import StackSettings
 from components.settings.reader import SettingsError
@@ -24,6 +24,7 @@ __all__ = [
     "SettingsError",
     "StackSettings",
     "host_header",
+    "is_ip_address",
     "load_settings",
     "public_url",
 ]
