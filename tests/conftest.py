@@ -21,6 +21,8 @@ NETWORK = "docker:index/network:Network"
 IMAGE = "docker:index/image:Image"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 RANDOM_PASSWORD = "random:index/randomPassword:RandomPassword"
+TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
+TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 
 
 @functools.cache
