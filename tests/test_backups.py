@@ -1,0 +1,236 @@
+"""BackupService: scheduled dumps of both databases plus the artifacts, alone and in every stack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+
+from components.backups import BackupService, BackupServiceArgs, backup_config
+from tests.conftest import CONTAINER, VOLUME
+from tests.expected import (
+    DB_PASSWORD,
+    PLATFORM_DATABASE,
+    POSTGRES_IMAGE,
+    STACKS,
+    UNIT,
+    UNIT_DATABASE,
+    UNIT_PASSWORD,
+    Database,
+    Placeholder,
+    SourceOf,
+    built,
+    children,
+    config_upload,
+    containers,
+    declared_volume,
+    docker_name,
+    hardened,
+    mount,
+    network_name,
+    on_network,
+    registered_outputs,
+    resolve,
+    secret_upload,
+    service,
+    stopped_with,
+    unit_context,
+    unit_endpoint,
+    volumes_of,
+)
+from tests.harness import EngineMocks, declaration
+
+SCRIPT = "/usr/local/bin/mlflow-backup"
+CONFIG = "/etc/mlflow-backup/backup.conf"
+
+
+@dataclass(frozen=True)
+class PgpassOf(Placeholder):
+    """libpq's password file for MLflow's role, holding the given password."""
+
+    database: Database
+    password: object
+
+    def resolve(self, mocks: EngineMocks) -> Any:
+        password = resolve(self.password, mocks)
+        return f"{self.database.host}:{self.database.port}:*:{self.database.role}:{password}\n"
+
+
+def _config(
+    stack: str,
+    *,
+    database: Database = PLATFORM_DATABASE,
+    admin: str = "",
+    interval: int = 86400,
+    keep: int = 7,
+    image: str = "postgres:17.6",
+    mlflow_version: str = "3.17.2",
+    network: str | None = None,
+    artifacts_volume: str | None = None,
+) -> str:
+    """The script's settings: Pulumi.yaml's daily schedule, seven kept, unless told otherwise."""
+    return (
+        f"PGHOST='{database.host}'\n"
+        f"PGPORT='{database.port}'\n"
+        f"PGUSER='{database.role}'\n"
+        "PGPASSFILE='/run/secrets/pgpass'\n"
+        f"TRACKING_DB='{database.database}'\n"
+        f"AUTH_DB='{database.auth_database}'\n"
+        f"ADMIN_USERNAME='{admin}'\n"
+        f"MLFLOW_VERSION='{mlflow_version}'\n"
+        "BACKUP_DIR='/var/lib/postgresql/data'\n"
+        "ARTIFACTS_DIR='/mlflow/artifacts'\n"
+        f"INTERVAL_SECONDS='{interval}'\n"
+        f"KEEP='{keep}'\n"
+        # For the one-off restore command the script prints.
+        f"CONTAINER_NAME='{docker_name(stack, 'backup')}'\n"
+        f"NETWORK_NAME='{network or network_name(stack)}'\n"
+        f"ARTIFACTS_VOLUME='{artifacts_volume or docker_name(stack, 'artifacts')}'\n"
+        f"IMAGE='{image}'\n"
+    )
+
+
+def container(
+    stack: str,
+    *,
+    config: str,
+    image: object = POSTGRES_IMAGE,
+    pgpass: object = PgpassOf(PLATFORM_DATABASE, DB_PASSWORD),
+) -> dict[str, Any]:
+    return {
+        **hardened(stack, "backup", 512),
+        **service(stack),
+        # A dump in flight finishes its current step.
+        **stopped_with("SIGTERM", 60),
+        **on_network(stack),
+        "name": docker_name(stack, "backup"),
+        # The database's own image, by ID: pg_dump always matches the server.
+        "image": image,
+        # The server's uid: the only one that can read its 0600 artifacts and write them back.
+        "user": "10001:10001",
+        "entrypoints": [SCRIPT],
+        "command": ["schedule"],
+        "envs": [f"MLFLOW_BACKUP_CONFIG={CONFIG}", "TMPDIR=/tmp"],
+        "uploads": [
+            config_upload(SCRIPT, SourceOf("mlflow/backup/mlflow-backup"), "0755"),
+            config_upload(CONFIG, config),
+            secret_upload("/run/secrets/pgpass", pgpass, "10001"),
+        ],
+        "volumes": [
+            mount(stack, "backups", "/var/lib/postgresql/data"),
+            mount(stack, "artifacts", "/mlflow/artifacts", read_only=True),
+            # Scratch volumes the script and its settings are uploaded into (the root is read-only).
+            {"containerPath": "/usr/local/bin"},
+            {"containerPath": "/etc/mlflow-backup"},
+            {"containerPath": "/run/secrets"},
+        ],
+        "readOnly": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=256m"},
+        # Unhealthy once the newest backup is older than twice the interval.
+        "healthcheck": {
+            "tests": ["CMD", SCRIPT, "health"],
+            "interval": "10s",
+            "timeout": "10s",
+            "retries": 3,
+            "startPeriod": "5m",
+        },
+    }
+
+
+def _args(**changes: Any) -> BackupServiceArgs:
+    args: BackupServiceArgs = {
+        "stack": unit_context(),
+        "image": "sha256:" + "b" * 64,
+        "image_reference": "postgres:16.4",
+        "artifacts_volume_name": "mlflow-platform-unit-artifacts",
+        "database": unit_endpoint(),
+        "admin_username": "root-admin",
+        "mlflow_version": "3.18.1",
+        "interval_seconds": 3600,
+        "keep": 3,
+        "start_after": [],
+    }
+    return {**args, **changes}  # type: ignore[typeddict-item]
+
+
+UNIT_CONFIG = _config(
+    UNIT,
+    database=UNIT_DATABASE,
+    admin="root-admin",
+    interval=3600,
+    keep=3,
+    image="postgres:16.4",
+    mlflow_version="3.18.1",
+)
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_the_backups_alone(protect: bool) -> None:
+    def build() -> BackupService:
+        postgres = docker.Container("mlflow-postgres-container", image="postgres")
+        return BackupService("mlflow-backups", _args(stack=unit_context(protect_data=protect), start_after=[postgres]))
+
+    mocks, _ = built(build)
+    assert children(mocks, "mlflow-backups") == {"mlflow-backups-volume": VOLUME, "mlflow-backups-container": CONTAINER}
+    backup = mocks.one(CONTAINER, "backups-container")
+    pgpass = f"db:5433:*:tracker:{UNIT_PASSWORD}\n"
+    expected = container(UNIT, config=UNIT_CONFIG, image="sha256:" + "b" * 64, pgpass=pgpass)
+    assert backup.inputs == resolve(expected, mocks)
+    # Only the pgpass upload carries the password, and it is marked secret.
+    assert backup.secret_inputs() == {"uploads"}
+    # The database first (health-gated); the volume it writes to is an input.
+    assert sorted(backup.dependencies) == sorted(
+        [mocks.one(CONTAINER, "postgres-container").urn, mocks.one(VOLUME, "backups-volume").urn]
+    )
+    volume = declared_volume(UNIT, "backups", "backup")
+    assert volumes_of(mocks, "mlflow-backups-volume") == {"mlflow-backups-volume": (volume[0], protect, protect)}
+    assert registered_outputs(mocks, "mlflow-backups") == {
+        "container_name": "mlflow-platform-unit-backup",
+        "volume_name": "mlflow-platform-unit-backups",
+    }
+
+
+def test_the_backup_config_without_auth() -> None:
+    found: list[str] = []
+
+    @pulumi.runtime.test
+    def run() -> None:
+        args = _args(admin_username="", interval_seconds=60, keep=2)
+        found.append(backup_config(args, "other-network", "other-artifacts"))
+
+    run()
+    # No admin whose password a restore would keep; the names it is given, not the stack's.
+    assert found == [
+        _config(
+            UNIT,
+            database=UNIT_DATABASE,
+            interval=60,
+            keep=2,
+            image="postgres:16.4",
+            mlflow_version="3.18.1",
+            network="other-network",
+            artifacts_volume="other-artifacts",
+        )
+    ]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_backups_of_every_stack(stack: str) -> None:
+    found = declaration(stack)
+    backup = containers(found.mocks)[docker_name(stack, "backup")]
+    # The admin whose password a restore keeps: only where basic auth is on.
+    admin = "" if stack == "dev" else "admin"
+    assert backup.inputs == resolve(container(stack, config=_config(stack, admin=admin)), found.mocks)
+    assert volumes_of(found.mocks, "mlflow-backups-volume") == {
+        "mlflow-backups-volume": declared_volume(stack, "backups", "backup")
+    }
+
+
+def test_a_one_minute_schedule_for_tests() -> None:
+    # Minutes, when set, replace the hours.
+    mocks = declaration("dev", {"backupIntervalMinutes": 1, "backupIntervalHours": 5, "gcIntervalHours": 2}).mocks
+    backup = containers(mocks)["mlflow-platform-dev-backup"]
+    assert backup.inputs == resolve(container("dev", config=_config("dev", interval=60)), mocks)

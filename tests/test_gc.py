@@ -1,0 +1,168 @@
+"""GarbageCollector: `mlflow gc` on a schedule, alone and in every stack; the warning about releases whose gc fails."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+
+from components.gc import GarbageCollector
+from tests.conftest import CONTAINER
+from tests.expected import (
+    DB_PASSWORD,
+    MLFLOW_IMAGE,
+    PLATFORM_DATABASE,
+    STACKS,
+    UNIT,
+    UNIT_DATABASE,
+    UNIT_PASSWORD,
+    Database,
+    built,
+    children,
+    containers,
+    docker_name,
+    hardened,
+    mount,
+    on_network,
+    registered_outputs,
+    resolve,
+    secret_upload,
+    service,
+    stopped_with,
+    unit_context,
+    unit_endpoint,
+)
+from tests.harness import declaration, run_program
+
+NO_TELEMETRY = "MLFLOW_DISABLE_TELEMETRY=true"
+
+
+def _envs(database: Database, older_than: str, interval_seconds: int, *extra: str) -> list[str]:
+    return [
+        *database.environment(),
+        "ARTIFACTS_DIR=/mlflow/artifacts",
+        f"GC_OLDER_THAN={older_than}",
+        f"GC_INTERVAL_SECONDS={interval_seconds}",
+        "HOME=/tmp",
+        "TMPDIR=/tmp",
+        *extra,
+    ]
+
+
+# Pulumi.yaml's gcOlderThan and gcIntervalHours (daily), telemetry off: every stack's.
+STACK_ENVS = _envs(PLATFORM_DATABASE, "30d", 86400, NO_TELEMETRY)
+
+
+def container(
+    stack: str, *, envs: list[str] = STACK_ENVS, image: object = MLFLOW_IMAGE, password: object = DB_PASSWORD
+) -> dict[str, Any]:
+    return {
+        **hardened(stack, "gc", 512),
+        # Not waited for: a gc that fails must not block a deployment; it shows as unhealthy.
+        **service(stack, wait=False),
+        **stopped_with("SIGTERM", 30),
+        **on_network(stack),
+        "name": docker_name(stack, "gc"),
+        # The server's image, by ID: the same MLflow as the server.
+        "image": image,
+        "user": "10001:10001",
+        "entrypoints": ["/usr/local/bin/mlflow-gc"],
+        "command": ["loop"],
+        "envs": envs,
+        "uploads": [secret_upload("/run/secrets/postgres-password", password, "10001")],
+        # Read-write, unlike the backups' mount: gc deletes purged runs' artifacts.
+        "volumes": [mount(stack, "artifacts", "/mlflow/artifacts"), {"containerPath": "/run/secrets"}],
+        "readOnly": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=64m"},
+        # Its own check: the image's probes the server's port, which this container has not.
+        "healthcheck": {
+            "tests": ["CMD", "/usr/local/bin/mlflow-gc", "health"],
+            "interval": "10s",
+            "timeout": "10s",
+            "retries": 3,
+            "startPeriod": "5m",
+        },
+    }
+
+
+@pytest.mark.parametrize(("telemetry", "extra"), [(False, [NO_TELEMETRY]), (True, [])])
+def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
+    def build() -> GarbageCollector:
+        server = docker.Container("mlflow-server-container", image="mlflow")
+        return GarbageCollector(
+            "mlflow-gc",
+            {
+                "stack": unit_context(),
+                "image": "sha256:" + "a" * 64,
+                "artifacts_volume_name": "mlflow-platform-unit-artifacts",
+                "database": unit_endpoint(),
+                "mlflow_version": "3.18.1",
+                "older_than": "7d",
+                "interval_seconds": 600,
+                "telemetry_enabled": telemetry,
+                "start_after": [server],
+            },
+        )
+
+    mocks, _ = built(build)
+    assert children(mocks, "mlflow-gc") == {"mlflow-gc-container": CONTAINER}
+    gc = mocks.one(CONTAINER, "gc-container")
+    envs = _envs(UNIT_DATABASE, "7d", 600, *extra)
+    assert gc.inputs == resolve(container(UNIT, envs=envs, image="sha256:" + "a" * 64, password=UNIT_PASSWORD), mocks)
+    assert gc.secret_inputs() == {"uploads"}
+    # After the server, which creates and upgrades the schema.
+    assert gc.dependencies == [mocks.one(CONTAINER, "server-container").urn]
+    assert registered_outputs(mocks, "mlflow-gc") == {"container_name": "mlflow-platform-unit-gc"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_gc_of_every_stack(stack: str) -> None:
+    found = declaration(stack)
+    gc = containers(found.mocks)[docker_name(stack, "gc")]
+    assert gc.inputs == resolve(container(stack), found.mocks)
+
+
+def test_a_two_hour_schedule() -> None:
+    mocks = declaration("dev", {"backupIntervalMinutes": 1, "backupIntervalHours": 5, "gcIntervalHours": 2}).mocks
+    gc = containers(mocks)["mlflow-platform-dev-gc"]
+    assert gc.inputs == resolve(container("dev", envs=_envs(PLATFORM_DATABASE, "30d", 7200, NO_TELEMETRY)), mocks)
+
+
+@pytest.mark.parametrize(
+    ("version", "warned"),
+    [
+        ("3.12.0", True),
+        ("3.16.1", True),
+        ("3.17.0", False),
+        ("3.17.2", False),
+        ("4.0.0", False),
+    ],
+)
+def test_a_release_whose_gc_fails_on_postgres_is_warned_about(
+    version: str, warned: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    said: list[str] = []
+    about: list[object] = []
+
+    def warn(message: str, resource: object = None, **_: object) -> None:
+        said.append(message)
+        about.append(resource)
+
+    monkeypatch.setattr(pulumi.log, "warn", warn)
+
+    @pulumi.runtime.test
+    def deploy() -> pulumi.Output[Any]:
+        _, outputs = run_program("dev", {"mlflowVersion": version})
+        return pulumi.Output.from_input(outputs["mlflow_container_name"])
+
+    deploy()
+    expected = (
+        f"mlflowVersion {version}: `mlflow gc --older-than` fails on Postgres before MLflow 3.17.0 "
+        "(mlflow/mlflow#25574), so deleted runs are not purged and the gc container stays unhealthy "
+        "until mlflowVersion is raised"
+    )
+    assert said == ([expected] if warned else [])
+    # Shown against the gc component in `pulumi up`'s output.
+    assert all(isinstance(resource, GarbageCollector) for resource in about)
