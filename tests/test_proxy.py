@@ -1,46 +1,81 @@
-"""The HTTPS front door under mocks: what each tlsMode declares, in full."""
+"""TlsProxy, its InternalCa and its Caddyfile: the HTTPS front door, alone and in each shared stack and tlsMode."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import pulumi_docker as docker
 import pytest
 
 from components.proxy import CaddySite, TlsProxy, TlsProxyArgs, caddyfile
-from tests.certs import self_signed
-from tests.conftest import CONTAINER, IMAGE, VOLUME
-from tests.harness import EngineMocks, Registration, contains_secret, declaration, install
+from tests.conftest import CONTAINER, IMAGE, TLS_PRIVATE_KEY, TLS_SELF_SIGNED_CERT, VOLUME
+from tests.expected import (
+    ACME_ROOT,
+    CONFIGURATIONS,
+    PROVIDED,
+    UNIT,
+    ImageOf,
+    Placeholder,
+    built,
+    children,
+    config_upload,
+    containers,
+    declared_volume,
+    docker_name,
+    hardened,
+    mode_overrides,
+    on_network,
+    registered_outputs,
+    resolve,
+    secret_upload,
+    service,
+    stopped_with,
+    unit_context,
+    volumes_of,
+)
+from tests.harness import EngineMocks, declaration
 
-TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
-TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
-PROVIDED = self_signed(["mlflow.example.internal"])
-ACME_ROOT = self_signed(["acme-ca.example.internal"], ca=True)
+INTERNAL_CA = "mlflow-platform:tls:InternalCa"
+PROXY_IMAGE = ImageOf(IMAGE, "proxy-image", "repoDigest")
+PUBLIC_HOSTS = {"staging": "mlflow.staging.example.internal", "prod": "mlflow.example.internal"}
+SHARED_CONFIGURATIONS = [(stack, mode) for stack, mode in CONFIGURATIONS if stack != "dev"]
 
-MODES: dict[str, dict[str, Any]] = {
-    "internal": {},
-    "acme": {
-        "tlsMode": "acme",
-        "acmeEmail": "ops@example.com",
-        "acmeDirectoryUrl": "https://acme.example.internal/acme/directory",
-        "acmeCaCertificate": ACME_ROOT.certificate,
-    },
-    "provided": {"tlsMode": "provided", "tlsCertificate": PROVIDED.certificate, "tlsPrivateKey": PROVIDED.key},
-}
 
-# Uploads every mode has, then each mode's own: (path, owner, group, mode).
-CADDYFILE_UPLOAD = ("/etc/caddy/Caddyfile", "0", "0", "0444")
-MODE_UPLOADS = {
+@dataclass(frozen=True)
+class CertOf(Placeholder):
+    """The certificate a pulumi-tls SelfSignedCert produced (the stack's root CA)."""
+
+    resource: str
+
+    def resolve(self, mocks: EngineMocks) -> Any:
+        return mocks.one(TLS_SELF_SIGNED_CERT, self.resource).outputs["certPem"]
+
+
+@dataclass(frozen=True)
+class KeyOf(Placeholder):
+    """The private key a pulumi-tls PrivateKey produced (secret)."""
+
+    resource: str
+
+    def resolve(self, mocks: EngineMocks) -> Any:
+        return mocks.one(TLS_PRIVATE_KEY, self.resource).outputs["privateKeyPem"]
+
+
+# Where each tlsMode's certificate comes from, as files beside the Caddyfile: public ones
+# root-owned, keys the proxy's own and secret. The provided pair and ACME's root arrive stripped.
+MODE_UPLOADS: dict[str, list[dict[str, Any]]] = {
     "internal": [
-        ("/run/secrets/ca-root.crt", "0", "0", "0444"),
-        ("/run/secrets/ca-root.key", "10002", "10002", "0400"),
+        config_upload("/run/secrets/ca-root.crt", CertOf("ca-root")),
+        secret_upload("/run/secrets/ca-root.key", KeyOf("ca-key"), "10002"),
     ],
-    "acme": [("/run/secrets/acme-ca.crt", "0", "0", "0444")],
+    "acme": [config_upload("/run/secrets/acme-ca.crt", ACME_ROOT.certificate.strip())],
     "provided": [
-        ("/run/secrets/tls.crt", "0", "0", "0444"),
-        ("/run/secrets/tls.key", "10002", "10002", "0400"),
+        config_upload("/run/secrets/tls.crt", PROVIDED.certificate.strip()),
+        secret_upload("/run/secrets/tls.key", PROVIDED.key.strip(), "10002"),
     ],
 }
-# What a mode adds to the Caddyfile's site, from MODES above.
+# What a mode adds to the Caddyfile's site, from tests.expected.MODES.
 SITE_EXTRAS: dict[str, dict[str, Any]] = {
     "acme": {
         "acme_email": "ops@example.com",
@@ -48,40 +83,40 @@ SITE_EXTRAS: dict[str, dict[str, Any]] = {
         "acme_ca_root": True,
     },
 }
-# Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
-SECRET_UPLOADS = {"internal": True, "acme": False, "provided": True}
 
 
-def _proxy(mocks: EngineMocks) -> Registration:
-    return mocks.one(CONTAINER, "proxy-container")
-
-
-def _uploads(container: Registration) -> list[tuple[str, str, str, str]]:
-    return [
-        (upload["file"], upload["owner"], upload["group"], upload["permissions"])
-        for upload in container.inputs["uploads"]
-    ]
-
-
-@pytest.mark.parametrize("mode", sorted(MODES))
-def test_the_proxy_is_the_only_way_in(mode: str) -> None:
-    found = declaration("prod", MODES[mode])
-    mocks, values = found.mocks, found.values
-    proxy = _proxy(mocks)
-    inputs = {key: value for key, value in proxy.inputs.items() if key not in ("uploads", "image")}
-    assert inputs == {
-        "name": "mlflow-platform-prod-proxy",
+def container(
+    stack: str,
+    site: CaddySite,
+    *,
+    image: object = PROXY_IMAGE,
+    bind: str = "0.0.0.0",
+    http_port: int = 80,
+    memory_mb: int = 256,
+) -> dict[str, Any]:
+    """The proxy of `stack` for `site`: in the shared stacks, Pulumi.yaml's ports and memory on every interface."""
+    return {
+        **hardened(stack, "proxy", memory_mb),
+        **service(stack),
+        # Caddy stops accepting and lets requests in flight finish (its grace period is 50 s).
+        **stopped_with("SIGTERM", 60),
+        **on_network(stack, "proxy"),
+        "name": docker_name(stack, "proxy"),
+        # The image built on the configured Caddy, by ID.
+        "image": image,
         "user": "10002:10002",
+        "uploads": [config_upload("/etc/caddy/Caddyfile", caddyfile(site)), *MODE_UPLOADS[site.tls_mode]],
         "volumes": [
-            {"volumeName": "mlflow-platform-prod-proxy-data", "containerPath": "/var/lib/mlflow-proxy"},
+            {"volumeName": docker_name(stack, "proxy-data"), "containerPath": "/var/lib/mlflow-proxy"},
+            # A scratch volume the Caddyfile is uploaded into (the root is read-only).
             {"containerPath": "/etc/caddy"},
             {"containerPath": "/run/secrets"},
         ],
+        # The stack's only published ports: HTTPS and its redirect.
         "ports": [
-            {"internal": 8443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"},
-            {"internal": 8080, "external": 80, "ip": "0.0.0.0", "protocol": "tcp"},
+            {"internal": 8443, "external": site.https_port, "ip": bind, "protocol": "tcp"},
+            {"internal": 8080, "external": http_port, "ip": bind, "protocol": "tcp"},
         ],
-        "networksAdvanced": [{"name": "mlflow-platform-prod", "aliases": ["proxy"]}],
         "healthcheck": {
             "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
             "interval": "10s",
@@ -89,117 +124,158 @@ def test_the_proxy_is_the_only_way_in(mode: str) -> None:
             "retries": 3,
             "startPeriod": "10s",
         },
-        "restart": "unless-stopped",
         "readOnly": True,
+        # Caddy's autosave and instance id need not survive; no anonymous volumes for the image's VOLUMEs.
         "tmpfs": {
             "/config": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
             "/data": "rw,noexec,nosuid,nodev,size=16m,uid=10002,gid=10002,mode=0700",
             "/tmp": "rw,noexec,nosuid,nodev,size=64m",
         },
-        "capabilities": {"drops": ["ALL"]},
-        "securityOpts": ["no-new-privileges:true"],
-        "memory": 256,
-        "memorySwap": 256,
-        "logDriver": "json-file",
-        "logOpts": {"max-size": "10m", "max-file": "10"},
-        "labels": [
-            {"label": "com.pulumi.project", "value": "mlflow-platform"},
-            {"label": "com.pulumi.stack", "value": "prod"},
-            {"label": "org.mlflow-platform.role", "value": "proxy"},
-        ],
-        "wait": True,
-        "waitTimeout": 300,
-        "stopSignal": "SIGTERM",
-        "stopTimeout": 60,
-        "destroyGraceSeconds": 60,
     }
-    assert _uploads(proxy) == [CADDYFILE_UPLOAD, *MODE_UPLOADS[mode]]
-    assert contains_secret(proxy.raw_inputs["uploads"]) is SECRET_UPLOADS[mode]
-    # The Caddyfile is the one the stack's settings describe, ACME's account and CA included.
-    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120, **SITE_EXTRAS.get(mode, {}))
-    assert proxy.inputs["uploads"][0]["content"] == caddyfile(site)
-    contents = [upload["content"] for upload in proxy.inputs["uploads"][1:]]
-    if mode == "provided":
-        assert contents == [PROVIDED.certificate.strip(), PROVIDED.key.strip()]
-    elif mode == "acme":
-        assert contents == [ACME_ROOT.certificate.strip()]
-    # It runs the image built on the configured Caddy, by ID.
-    image = mocks.one(IMAGE, "proxy-image")
-    assert image.inputs == {
-        "imageName": "mlflow-platform/proxy:prod",
+
+
+def _image(image_name: str, caddy: str) -> dict[str, Any]:
+    return {
+        "imageName": image_name,
         "build": {
             "context": "./mlflow/proxy",
             "dockerfile": "./mlflow/proxy/Dockerfile",
-            "args": {"CADDY_IMAGE": "caddy:2.11.4"},
+            "args": {"CADDY_IMAGE": caddy},
         },
         # Built where it runs; no registry is involved.
         "skipPush": True,
         "buildOnPreview": False,
     }
-    assert proxy.inputs["image"] == image.outputs["repoDigest"]
+
+
+def _stack_site(stack: str, mode: str, **changes: Any) -> CaddySite:
+    """The site the stack's settings describe, ACME's account and CA included."""
+    fields = {"https_port": 443, "upstream": "mlflow:5000", "max_upload_mb": 5120, **SITE_EXTRAS.get(mode, {})}
+    return CaddySite(PUBLIC_HOSTS[stack], mode, **{**fields, **changes})
+
+
+@pytest.mark.parametrize(("stack", "mode"), SHARED_CONFIGURATIONS)
+def test_the_proxy_is_the_only_way_in(stack: str, mode: str) -> None:
+    mocks = declaration(stack, mode_overrides(mode)).mocks
+    proxy = containers(mocks)[docker_name(stack, "proxy")]
+    assert proxy.inputs == resolve(container(stack, _stack_site(stack, mode)), mocks)
+    # Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
+    assert proxy.secret_inputs() == ({"uploads"} if mode != "acme" else set())
+    assert mocks.one(IMAGE, "proxy-image").inputs == _image(f"mlflow-platform/proxy:{stack}", "caddy:2.11.4")
+    # The proxy's volume (ACME accounts, certificates) is protected with the data.
+    assert volumes_of(mocks, "mlflow-proxy-data") == {
+        "mlflow-proxy-data": declared_volume(stack, "proxy-data", "proxy")
+    }
     # MLflow publishes nothing; the proxy starts once it is healthy.
-    server = mocks.one(CONTAINER, "server-container")
-    assert server.inputs.get("ports", []) == []
+    server = containers(mocks)[docker_name(stack, "mlflow")]
+    assert server.inputs["ports"] == []
     assert server.urn in proxy.dependencies
-    # The proxy's volume is protected with the data.
-    volume = mocks.one(VOLUME, "proxy-data")
-    assert (volume.name, volume.protect, volume.retain_on_delete) == ("mlflow-proxy-data", True, True)
-    assert values["tracking_uri"] == "https://mlflow.example.internal"
-    assert values["proxy_container_name"] == "mlflow-platform-prod-proxy"
-    assert ("ca_certificate" in values) is (mode == "internal")
+    # Only the stack's own CA (the stack outputs: tests/test_program.py).
+    assert [r.name for r in mocks.of_type(INTERNAL_CA)] == (["mlflow-ca"] if mode == "internal" else [])
 
 
-def test_the_internal_ca_is_generated_protected_and_its_key_stays_secret() -> None:
-    found = declaration("prod")
-    mocks, values, secrets = found.mocks, found.values, found.secret_outputs
+def test_the_internal_ca_is_generated_protected() -> None:
+    mocks = declaration("prod").mocks
     key = mocks.one(TLS_PRIVATE_KEY, "ca-key")
     root = mocks.one(TLS_SELF_SIGNED_CERT, "ca-root")
     assert key.inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
-    assert {name: value for name, value in root.inputs.items() if name != "privateKeyPem"} == {
+    assert root.inputs == {
+        "privateKeyPem": key.outputs["privateKeyPem"],
         "subject": {"commonName": "mlflow-platform-prod root CA", "organization": "mlflow-platform"},
         "isCaCertificate": True,
+        # Only Caddy's intermediate below it; ten years, as Caddy's own root.
         "maxPathLength": 1,
         "validityPeriodHours": 87600,
         "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
         "setSubjectKeyId": True,
     }
-    assert root.inputs["privateKeyPem"] == key.outputs["privateKeyPem"]
+    # Clients trust this root: protected in a stack that protects its data.
     assert (key.protect, root.protect) == (True, True)
-    # The root's key reaches the proxy only as a secret upload.
-    proxy = _proxy(mocks)
-    assert key.urn in proxy.property_dependencies["uploads"]
-    for other in ("envs", "command", "labels", "healthcheck"):
-        assert key.urn not in proxy.property_dependencies.get(other, []), other
-    assert values["ca_certificate"] == root.outputs["certPem"]
-    assert "ca_certificate" not in secrets
+
+
+def _proxy_args(mode: str, **changes: Any) -> TlsProxyArgs:
+    args: TlsProxyArgs = {
+        "stack": unit_context(),
+        "base_image": "caddy:2.10.0",
+        "site": CaddySite("m.example", mode, 8443, "tracking:5000", 100, acme_email="a@m.example", acme_ca_root=True),
+        "bind_address": "127.0.0.1",
+        "http_port": 8080,
+        "tls_certificate": PROVIDED.certificate.strip(),
+        "tls_private_key": PROVIDED.key.strip(),
+        "acme_ca_certificate": ACME_ROOT.certificate.strip(),
+        "memory_mb": 128,
+        "ca_resource_name": "mlflow-ca",
+        "start_after": [],
+    }
+    return {**args, **changes}  # type: ignore[typeddict-item]
+
+
+PROXY_CHILDREN = {"mlflow-proxy-image": IMAGE, "mlflow-proxy-data": VOLUME, "mlflow-proxy-container": CONTAINER}
+
+
+@pytest.mark.parametrize("mode", ["internal", "acme", "provided"])
+def test_the_proxy_alone(mode: str) -> None:
+    def build() -> TlsProxy:
+        server = docker.Container("mlflow-server-container", image="mlflow")
+        return TlsProxy("mlflow-proxy", _proxy_args(mode, start_after=[server]))
+
+    mocks, proxy = built(build)
+    internal = mode == "internal"
+    assert children(mocks, "mlflow-proxy") == {**PROXY_CHILDREN, **({"mlflow-ca": INTERNAL_CA} if internal else {})}
+    registration = mocks.one(CONTAINER, "proxy-container")
+    site = _proxy_args(mode)["site"]
+    expected = container(UNIT, site, bind="127.0.0.1", http_port=8080, memory_mb=128)
+    assert registration.inputs == resolve(expected, mocks)
+    assert proxy.config == caddyfile(site)
+    assert mocks.one(IMAGE).inputs == _image("mlflow-platform/proxy:unit", "caddy:2.10.0")
+    assert volumes_of(mocks, "mlflow-proxy-data") == {"mlflow-proxy-data": declared_volume(UNIT, "proxy-data", "proxy")}
+    assert mocks.one(CONTAINER, "server-container").urn in registration.dependencies
+    assert registered_outputs(mocks, "mlflow-proxy") == {
+        "container_name": "mlflow-platform-unit-proxy",
+        "data_volume_name": "mlflow-platform-unit-proxy-data",
+    }
+    # Only the internal mode has a CA of its own, and a root for clients to trust.
+    assert ((proxy.internal_ca is None), (proxy.ca_certificate is None)) == (not internal, not internal)
+    assert len(mocks.of_type(TLS_PRIVATE_KEY)) == int(internal)
+
+
+@pytest.mark.parametrize("protect", [False, True])
+def test_the_proxy_owns_its_internal_ca_under_the_name_it_had(protect: bool) -> None:
+    mocks, _ = built(
+        lambda: TlsProxy("mlflow-proxy", _proxy_args("internal", stack=unit_context(protect_data=protect)))
+    )
+    assert children(mocks, "mlflow-ca") == {"mlflow-ca-key": TLS_PRIVATE_KEY, "mlflow-ca-root": TLS_SELF_SIGNED_CERT}
+    ca, key, root = mocks.one(INTERNAL_CA), mocks.one(TLS_PRIVATE_KEY), mocks.one(TLS_SELF_SIGNED_CERT)
+    # Declared by the platform before the proxy owned it: the alias keeps its URN (and its children's).
+    assert ca.aliases == ["urn:pulumi:dev::mlflow-platform::mlflow-platform:tls:InternalCa::mlflow-ca"]
+    assert root.inputs["subject"] == {"commonName": "mlflow-platform-unit root CA", "organization": "mlflow-platform"}
+    assert (key.protect, root.protect) == (protect, protect)
 
 
 def test_dev_stays_plain_http_without_a_proxy() -> None:
-    found = declaration("dev")
-    mocks, values = found.mocks, found.values
-    assert [c.name for c in mocks.of_type(CONTAINER) if c.name.endswith("proxy-container")] == []
-    assert mocks.of_type(TLS_PRIVATE_KEY) == []
-    assert values["tracking_uri"] == "http://localhost:5000"
-    assert "ca_certificate" not in values
+    mocks = declaration("dev").mocks
+    assert [r.name for r in mocks.registrations.values() if "proxy" in r.name or "-ca" in r.name] == []
+    # MLflow publishes itself, on loopback only.
+    assert containers(mocks)["mlflow-platform-dev-mlflow"].inputs["ports"] == [
+        {"internal": 5000, "external": 5000, "ip": "127.0.0.1", "protocol": "tcp"}
+    ]
 
 
 def test_mlflow_allows_the_host_clients_send_through_the_proxy() -> None:
     found = declaration("prod", {"httpsPort": 8443})
     mocks, values = found.mocks, found.values
-    command = mocks.one(CONTAINER, "server-container").inputs["command"]
-    hosts = command[command.index("--allowed-hosts") + 1].split(",")
-    assert hosts[:2] == ["mlflow.example.internal", "mlflow.example.internal:8443"]
+    command = containers(mocks)["mlflow-platform-prod-mlflow"].inputs["command"]
+    hosts = command[command.index("--allowed-hosts") + 1]
+    assert hosts == "mlflow.example.internal,mlflow.example.internal:8443,mlflow,mlflow:5000"
     assert values["tracking_uri"] == "https://mlflow.example.internal:8443"
-    assert "redir https://mlflow.example.internal:8443{uri} 308" in _caddyfile(mocks)
+    proxy = containers(mocks)["mlflow-platform-prod-proxy"]
+    assert proxy.inputs == resolve(container("prod", _stack_site("prod", "internal", https_port=8443)), mocks)
 
 
 def test_the_stacks_upload_limit_reaches_the_proxy() -> None:
     mocks = declaration("prod", {"maxUploadMb": 100}).mocks
-    assert "\trequest_body {\n\t\tmax_size 100MiB\n\t}\n" in _caddyfile(mocks)
-
-
-def _caddyfile(mocks: EngineMocks) -> str:
-    return str(_proxy(mocks).inputs["uploads"][0]["content"])
+    proxy = containers(mocks)["mlflow-platform-prod-proxy"]
+    assert proxy.inputs == resolve(container("prod", _stack_site("prod", "internal", max_upload_mb=100)), mocks)
 
 
 def _site(mode: str, **changes: Any) -> CaddySite:
@@ -326,46 +402,3 @@ def test_the_whole_caddyfile_for_an_internal_ca() -> None:
 def test_a_value_that_would_break_out_of_its_token_is_refused(email: str) -> None:
     with pytest.raises(ValueError, match=r"^not a Caddyfile token: "):
         caddyfile(_site("acme", acme_email=email))
-
-
-def _proxy_args(site: CaddySite, **changes: Any) -> TlsProxyArgs:
-    args: TlsProxyArgs = {
-        "base_image": "caddy:2.11.4",
-        "image_name": "t/proxy:t",
-        "container_name": "t-proxy",
-        "data_volume_name": "t-proxy-data",
-        "network_name": "t-net",
-        "site": site,
-        "bind_address": "0.0.0.0",
-        "http_port": 80,
-        "ca_certificate": "root",
-        "ca_private_key": "key",
-        "tls_certificate": PROVIDED.certificate,
-        "tls_private_key": PROVIDED.key,
-        "acme_ca_certificate": "",
-        "memory_mb": 256,
-        "protect_data": False,
-        "log_max_size": "10m",
-        "log_max_files": 3,
-        "startup_timeout_seconds": 60,
-        "labels": {},
-        "start_after": [],
-    }
-    return {**args, **changes}  # type: ignore[typeddict-item]
-
-
-@pytest.mark.parametrize(
-    ("mode", "missing", "message"),
-    [
-        ("internal", {"ca_certificate": None}, "tlsMode internal needs the CA's certificate and key"),
-        ("internal", {"ca_private_key": None}, "tlsMode internal needs the CA's certificate and key"),
-        ("provided", {"tls_private_key": None}, "tlsMode provided needs the private key"),
-    ],
-)
-def test_a_proxy_without_its_key_material_is_refused(mode: str, missing: dict[str, None], message: str) -> None:
-    # Settings refuse these first; the component still never starts Caddy without them.
-    install(EngineMocks(), "prod")
-    site = CaddySite("mlflow.example.internal", mode, 443, "mlflow:5000", 5120)
-    with pytest.raises(ValueError, match=r"^tlsMode ") as raised:
-        TlsProxy("t", _proxy_args(site, **missing))
-    assert str(raised.value) == message
