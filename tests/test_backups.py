@@ -156,15 +156,10 @@ def _args(**changes: Any) -> BackupServiceArgs:
     return {**args, **changes}  # type: ignore[typeddict-item]
 
 
-UNIT_CONFIG = _config(
-    UNIT,
-    database=UNIT_DATABASE,
-    admin="root-admin",
-    interval=3600,
-    keep=3,
-    image="postgres:16.4",
-    mlflow_version="3.18.1",
-)
+def _unit_config(**changes: Any) -> str:
+    """The settings of the backups built alone (_args), with `changes`."""
+    given: dict[str, Any] = {"admin": "root-admin", "interval": 3600, "keep": 3, "image": "postgres:16.4"}
+    return _config(UNIT, database=UNIT_DATABASE, mlflow_version="3.18.1", **{**given, **changes})
 
 
 @pytest.mark.parametrize("protect", [False, True])
@@ -177,7 +172,7 @@ def test_the_backups_alone(protect: bool) -> None:
     assert children(mocks, "mlflow-backups") == {"mlflow-backups-volume": VOLUME, "mlflow-backups-container": CONTAINER}
     backup = mocks.one(CONTAINER, "backups-container")
     pgpass = f"db:5433:*:tracker:{UNIT_PASSWORD}\n"
-    expected = container(UNIT, config=UNIT_CONFIG, image="sha256:" + "b" * 64, pgpass=pgpass)
+    expected = container(UNIT, config=_unit_config(), image="sha256:" + "b" * 64, pgpass=pgpass)
     assert backup.inputs == resolve(expected, mocks)
     # Only the pgpass upload carries the password, and it is marked secret.
     assert backup.secret_inputs() == {"uploads"}
@@ -204,16 +199,7 @@ def test_the_backup_config_without_auth() -> None:
     run()
     # No admin whose password a restore would keep; the names it is given, not the stack's.
     assert found == [
-        _config(
-            UNIT,
-            database=UNIT_DATABASE,
-            interval=60,
-            keep=2,
-            image="postgres:16.4",
-            mlflow_version="3.18.1",
-            network="other-network",
-            artifacts_volume="other-artifacts",
-        )
+        _unit_config(admin="", interval=60, keep=2, network="other-network", artifacts_volume="other-artifacts")
     ]
 
 

@@ -106,17 +106,13 @@ def container(
 
 # What the stack files change: prod's postgresMemoryMb (4096), and its 4 workers with auth
 # open up to 120 connections (the others' pools fit in Postgres's default of 100).
-STACK_CONTAINERS: dict[str, dict[str, Any]] = {
-    "prod": {
-        "memory_mb": 4096,
-        "command": (
-            "max_connections=140",
-            "shared_buffers=1024MB",
-            "effective_cache_size=3072MB",
-            "maintenance_work_mem=256MB",
-        ),
-    }
-}
+PROD_SETTINGS = [
+    "max_connections=140",
+    "shared_buffers=1024MB",
+    "effective_cache_size=3072MB",
+    "maintenance_work_mem=256MB",
+]
+STACK_CONTAINERS: dict[str, dict[str, Any]] = {"prod": {"memory_mb": 4096, "command": tuple(PROD_SETTINGS)}}
 
 
 def _volumes(stack: str) -> dict[str, Any]:
@@ -203,16 +199,8 @@ def test_the_uploaded_entrypoint_hands_over_to_the_official_one() -> None:
             20,
             ["max_connections=100", "shared_buffers=32MB", "effective_cache_size=96MB", "maintenance_work_mem=16MB"],
         ),
-        (
-            4096,
-            120,
-            [
-                "max_connections=140",
-                "shared_buffers=1024MB",
-                "effective_cache_size=3072MB",
-                "maintenance_work_mem=256MB",
-            ],
-        ),
+        # prod's: 4 GiB, 4 workers with auth.
+        (4096, 120, PROD_SETTINGS),
         (
             65536,
             960,

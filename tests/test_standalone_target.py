@@ -34,6 +34,17 @@ from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.inputs import HANDLED_INPUTS
 
 OWNER = "mlflow-platform:test:Owner"
+
+
+def _labels(role: str) -> list[dict[str, str]]:
+    """The stack's labels, then the role: what an operator filters `docker ps` and `docker volume ls` by."""
+    return [
+        {"label": "com.pulumi.project", "value": "mlflow-platform"},
+        {"label": "com.pulumi.stack", "value": "unit"},
+        {"label": "org.mlflow-platform.role", "value": role},
+    ]
+
+
 TOKEN = "token-0123456789abcdef"
 
 # A workload that sets every field a description has.
@@ -101,12 +112,7 @@ EVERYTHING_INPUTS: dict[str, Any] = {
     "memorySwap": 300,
     "logDriver": "json-file",
     "logOpts": {"max-size": "5m", "max-file": "2"},
-    "labels": [
-        {"label": "com.pulumi.project", "value": "mlflow-platform"},
-        {"label": "com.pulumi.stack", "value": "unit"},
-        {"label": "org.mlflow-platform.role", "value": "web"},
-        {"label": "org.example.extra", "value": "x"},
-    ],
+    "labels": [*_labels("web"), {"label": "org.example.extra", "value": "x"}],
     "networksAdvanced": [{"name": "mlflow-platform-unit", "aliases": ["web", "www"]}],
 }
 # The least a workload says: a name, a role, an image, a user and a memory limit.
@@ -118,7 +124,7 @@ def _minimal_inputs(**changes: Any) -> dict[str, Any]:
         **{key: EVERYTHING_INPUTS[key] for key in ("name", "user", "capabilities", "securityOpts", "memory")},
         **{key: EVERYTHING_INPUTS[key] for key in ("memorySwap", "logDriver", "logOpts", "readOnly")},
         "image": "img",
-        "labels": EVERYTHING_INPUTS["labels"][:3],
+        "labels": _labels("web"),
         # Nothing to upload, yet the secrets volume: the same shape for every workload.
         "uploads": [],
         "volumes": [{"containerPath": "/run/secrets"}],
@@ -230,18 +236,13 @@ def test_a_job_runs_once_attached_and_succeeds_on_exit_code_zero() -> None:
     # No restart, no wait for health, no stop settings: it runs to its end, once per change.
     assert container.inputs == {
         **EVERYTHING_INPUTS,
-        "labels": _job_labels(),
+        "labels": [*_labels("web-migration"), {"label": "org.example.extra", "value": "x"}],
         "restart": "no",
         "mustRun": False,
         "attach": True,
     }
     assert container.delete_before_replace is True
     assert succeeded == [job.container]
-
-
-def _job_labels() -> list[dict[str, str]]:
-    found: list[dict[str, str]] = EVERYTHING_INPUTS["labels"]
-    return [*found[:2], {"label": "org.mlflow-platform.role", "value": "web-migration"}, found[3]]
 
 
 @pytest.mark.parametrize("exit_code", [3, 1, None])
@@ -259,11 +260,7 @@ def test_a_volume_is_labelled_and_protected_with_the_stacks_data(protect: bool) 
     volume = mocks.one(VOLUME, "owner-volume")
     assert volume.inputs == {
         "name": "mlflow-platform-unit-before",
-        "labels": [
-            {"label": "com.pulumi.project", "value": "mlflow-platform"},
-            {"label": "com.pulumi.stack", "value": "unit"},
-            {"label": "org.mlflow-platform.role", "value": "web"},
-        ],
+        "labels": _labels("web"),
     }
     # Kept on a destroy too (retainOnDelete), not only refused (protect).
     assert (volume.protect, volume.retain_on_delete) == (protect, protect)
@@ -284,11 +281,7 @@ def test_the_network_and_the_images() -> None:
         "name": "mlflow-platform-unit",
         # Not `internal`: Docker publishes no ports of a container only on an internal network.
         "driver": "bridge",
-        "labels": [
-            {"label": "com.pulumi.project", "value": "mlflow-platform"},
-            {"label": "com.pulumi.stack", "value": "unit"},
-            {"label": "org.mlflow-platform.role", "value": "network"},
-        ],
+        "labels": _labels("network"),
     }
     # keepLocally: a destroy must not delete an image other stacks may run.
     assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:16.4", "keepLocally": True}
