@@ -118,6 +118,7 @@ class StandaloneTarget:
         depends_on: Sequence[pulumi.Input[pulumi.Resource]] = (),
     ) -> docker.Container:
         """A long-running container, restarted by the engine, health-gated when it says so."""
+        # Only a health check can be waited for.
         wait = workload.wait_healthy and workload.health is not None
         return self._container(
             owner,
@@ -126,7 +127,7 @@ class StandaloneTarget:
             depends_on,
             _Lifecycle(
                 restart=RESTART_ALWAYS,
-                wait=workload.wait_healthy,
+                wait=wait,
                 wait_timeout=self.context.startup_timeout_seconds if wait else None,
                 stop_signal=workload.stop_signal,
                 stop_timeout=workload.stop_grace_seconds,

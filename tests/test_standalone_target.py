@@ -130,7 +130,8 @@ def _minimal_inputs(**changes: Any) -> dict[str, Any]:
         "volumes": [{"containerPath": "/run/secrets"}],
         "networksAdvanced": [{"name": "mlflow-platform-unit"}],
         "restart": "unless-stopped",
-        "wait": True,
+        # No health check, nothing to wait for.
+        "wait": False,
     }
     return {key: value for key, value in {**inputs, **changes}.items() if value is not None}
 
@@ -173,7 +174,10 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_hardening(
     [
         ({}, {}),
         # Health-gated only when there is a health check to wait for: no timeout without one.
-        ({"health": EVERYTHING.health}, {"healthcheck": EVERYTHING_INPUTS["healthcheck"], "waitTimeout": 90}),
+        (
+            {"health": EVERYTHING.health},
+            {"healthcheck": EVERYTHING_INPUTS["healthcheck"], "wait": True, "waitTimeout": 90},
+        ),
         (
             {"health": EVERYTHING.health, "wait_healthy": False},
             {"healthcheck": EVERYTHING_INPUTS["healthcheck"], "wait": False},

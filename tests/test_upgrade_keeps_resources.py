@@ -21,10 +21,10 @@ def inherited_aliases(records: dict[str, dict[str, Any]], aliases: dict[str, lis
 
     def of(urn: str) -> list[str]:
         if urn not in resolved:
-            record = records.get(urn)
-            parent_aliases = of(record["parent"]) if record is not None and record["parent"] in records else []
+            record = records[urn]
+            parent_aliases = of(record["parent"]) if record["parent"] in records else []
             derived = [f"{alias.rsplit('::', 1)[0]}${record['type']}::{record['name']}" for alias in parent_aliases]
-            resolved[urn] = [*aliases.get(urn, []), *derived] if record is not None else []
+            resolved[urn] = [*aliases.get(urn, []), *derived]
         return resolved[urn]
 
     for urn in records:
