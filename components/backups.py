@@ -11,6 +11,7 @@ import pulumi_docker as docker
 
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
+from components.settings import BackupSettings
 from components.workload import SECRETS_DIR, HealthCheck, Mount, Workload, config_file, secret_file
 
 # The script is uploaded into the container, so the stack's own pinned Postgres
@@ -52,10 +53,8 @@ class BackupServiceArgs(TypedDict):
     """The MLflow admin whose current password a restore keeps; empty without auth."""
     mlflow_version: str
     """Recorded in each manifest."""
-    interval_seconds: int
-    """Time between scheduled backups."""
-    keep: int
-    """Backups kept; older ones are deleted after each backup."""
+    backups: BackupSettings
+    """Time between scheduled backups, and how many are kept (older ones go after each backup)."""
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container."""
 
@@ -74,8 +73,8 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
         "MLFLOW_VERSION": args["mlflow_version"],
         "BACKUP_DIR": BACKUP_DIR,
         "ARTIFACTS_DIR": ARTIFACTS_DIR,
-        "INTERVAL_SECONDS": str(args["interval_seconds"]),
-        "KEEP": str(args["keep"]),
+        "INTERVAL_SECONDS": str(args["backups"].interval_seconds),
+        "KEEP": str(args["backups"].keep),
         # For the one-off restore command the script prints.
         "CONTAINER_NAME": args["stack"].name(_NAME),
         "NETWORK_NAME": network_name,

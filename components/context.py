@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pulumi
 
@@ -70,3 +71,15 @@ class DatabaseEndpoint:
     """Secret."""
     auth_database: str
     """The basic-auth app's database, owned by the same role."""
+
+    def sqlalchemy_uri(self) -> pulumi.Output[str]:
+        """The in-network URI of the tracking database, for maintenance jobs; secret (it holds the password)."""
+        return pulumi.Output.secret(
+            pulumi.Output.concat(
+                "postgresql+psycopg://",
+                quote(self.role, safe=""),
+                ":",
+                self.password.apply(lambda password: quote(password, safe="")),
+                f"@{self.host}:{self.port}/{self.database}",
+            )
+        )

@@ -10,6 +10,7 @@ import pulumi_docker as docker
 
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
+from components.settings import GcSettings
 from components.workload import HealthCheck, Mount, Workload, secret_file
 
 MEMORY_MB = 512
@@ -44,10 +45,8 @@ class GarbageCollectorArgs(TypedDict):
     """The tracking database and the role gc connects as."""
     mlflow_version: str
     """The image's MLflow release: one whose gc fails on Postgres is warned about."""
-    older_than: str
-    """`mlflow gc --older-than`: how long a run stays deleted before it is purged."""
-    interval_seconds: int
-    """Time between gc runs."""
+    gc: GcSettings
+    """`mlflow gc --older-than` (how long a run stays deleted before it is purged), and how often."""
     telemetry_enabled: bool
     """Let MLflow send its usage telemetry; off unless true."""
     start_after: Sequence[pulumi.Resource]
@@ -75,8 +74,8 @@ def _workload(args: GarbageCollectorArgs) -> Workload:
     environment = [
         *database_environment(args["database"]),
         f"ARTIFACTS_DIR={ARTIFACTS_DIR}",
-        f"GC_OLDER_THAN={args['older_than']}",
-        f"GC_INTERVAL_SECONDS={args['interval_seconds']}",
+        f"GC_OLDER_THAN={args['gc'].older_than}",
+        f"GC_INTERVAL_SECONDS={args['gc'].interval_seconds}",
         "HOME=/tmp",
         "TMPDIR=/tmp",
     ]

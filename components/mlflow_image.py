@@ -9,17 +9,14 @@ import pulumi_docker as docker
 
 from components.context import StackContext
 from components.mlflow_facts import BUILD_CONTEXT
+from components.settings import ServerSettings
 
 
 class MlflowImageArgs(TypedDict):
     stack: StackContext
     """The stack it belongs to; its tag names project and stack."""
-    mlflow_version: str
-    """Exact MLflow release installed (MLFLOW_VERSION build argument)."""
-    base_image: pulumi.Input[str]
-    """Python base image (BASE_IMAGE build argument)."""
-    use_wheelhouse: bool
-    """Install only from mlflow/wheelhouse instead of the package index."""
+    server: ServerSettings
+    """The MLflow release, the Python base image, and whether to install only from mlflow/wheelhouse."""
 
 
 class MlflowImage(pulumi.ComponentResource):
@@ -31,16 +28,16 @@ class MlflowImage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: MlflowImageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:image:MlflowImage", name, None, opts)
-        stack = args["stack"]
+        stack, server = args["stack"], args["server"]
         self.image = stack.target.built_image(
             self,
             f"{name}-image",
-            f"{stack.project}/mlflow:{args['mlflow_version']}-{stack.stack}",
+            f"{stack.project}/mlflow:{server.mlflow_version}-{stack.stack}",
             BUILD_CONTEXT,
             {
-                "BASE_IMAGE": args["base_image"],
-                "MLFLOW_VERSION": args["mlflow_version"],
-                "USE_WHEELHOUSE": "true" if args["use_wheelhouse"] else "",
+                "BASE_IMAGE": server.base_image,
+                "MLFLOW_VERSION": server.mlflow_version,
+                "USE_WHEELHOUSE": "true" if server.use_wheelhouse else "",
             },
         )
         self.image_name = self.image.image_name

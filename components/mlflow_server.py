@@ -23,7 +23,7 @@ from components.mlflow_facts import (
     database_environment,
 )
 from components.secrets import generated_password
-from components.settings import host_header
+from components.settings import ServerSettings, host_header
 from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
 _ROLE = "tracking-server"
@@ -69,39 +69,19 @@ class MlflowServerArgs(TypedDict):
     """Image to run, by ID or digest, so a rebuilt image replaces the container."""
     database: DatabaseEndpoint
     """The tracking database and the role the server connects as."""
+    server: ServerSettings
+    """Where clients reach it, who may, how many workers in how much memory, what it serves."""
     alias: str
     """Host name other containers on the network use for the server."""
-    public_host: str
-    """Host name clients use."""
-    bind_address: str
-    """Host address the port is published on."""
     host_port: int
-    """Port clients use: the published port, or the proxy's HTTPS port."""
+    """Port clients use: the published port, or the front door's HTTPS port."""
     publish: bool
     """Publish the server on bind_address:host_port; false behind the TLS proxy, the only way in then."""
-    workers: int
-    """uvicorn worker processes."""
-    memory_mb: int
-    """Memory limit in MiB; swap is not allowed on top."""
-    extra_allowed_hosts: Sequence[str]
-    """Host header values accepted besides the public host and the alias."""
-    cors_allowed_origins: Sequence[str]
-    """Browser origins allowed to call the API; empty keeps MLflow's default."""
-    auth_enabled: bool
-    """Run MLflow's basic-auth app."""
-    auth_cache_ttl_seconds: int
-    """Seconds each worker trusts a password it verified (MLflow's auth cache); 0 turns it off."""
-    admin_password_length: int
-    """Length of the generated admin password."""
     secrets_rotation: str
     """Keeper of the generated admin password and Flask secret key: a new value rotates them."""
     start_after: Sequence[pulumi.Input[pulumi.Resource]]
     """Resources that must exist first: the health-gated Postgres container, the
     database bootstrap (an Output that fails when the bootstrap did)."""
-    metrics_enabled: bool
-    """Serve Prometheus metrics at /metrics (`--expose-prometheus`)."""
-    telemetry_enabled: bool
-    """Let MLflow send its usage telemetry; off unless true."""
     pre_upgrade_backup: bool
     """Before a schema upgrade, prepare_db asks the backup container for a backup and waits for it."""
 
@@ -143,7 +123,7 @@ class MlflowServer(pulumi.ComponentResource):
         super().__init__("mlflow-platform:server:MlflowServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        stack, database = args["stack"], args["database"]
+        stack, database, server = args["stack"], args["database"], args["server"]
         self.artifacts_volume = stack.target.volume(self, f"{name}-artifacts", stack.name("artifacts"), _ROLE)
 
         envs = [
@@ -159,7 +139,7 @@ class MlflowServer(pulumi.ComponentResource):
             f"MLFLOW_SQLALCHEMYSTORE_POOL_SIZE={DB_POOL_SIZE}",
             f"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW={DB_MAX_OVERFLOW}",
         ]
-        if not args["telemetry_enabled"]:
+        if not server.telemetry_enabled:
             # MLflow 3 reports usage to its maintainers unless told not to.
             envs.append("MLFLOW_DISABLE_TELEMETRY=true")
         if args["pre_upgrade_backup"]:
@@ -169,16 +149,16 @@ class MlflowServer(pulumi.ComponentResource):
                 f"MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT={stack.startup_timeout_seconds}",
             ]
         tmpfs = dict(_TMPFS)
-        if args["metrics_enabled"]:
+        if server.metrics_enabled:
             tmpfs[METRICS_DIR] = _METRICS_TMPFS
             envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
         files = [secret_file(DB_PASSWORD_FILE, database.password)]
         self.admin_password = None
         self.flask_secret_key = None
-        if args["auth_enabled"]:
+        if server.auth_enabled:
             # prepare_db sets it as the admin's password on every start.
             self.admin_password = generated_password(
-                f"{name}-admin-password", args["admin_password_length"], args["secrets_rotation"], child
+                f"{name}-admin-password", server.admin_password_length, args["secrets_rotation"], child
             )
             # Signs the Flask session and CSRF tokens of the auth app; must be the
             # same in every worker and survive restarts, so it is generated once here.
@@ -190,7 +170,7 @@ class MlflowServer(pulumi.ComponentResource):
                 f"MLFLOW_AUTH_ADMIN_PASSWORD_FILE={ADMIN_PASSWORD_FILE}",
                 f"MLFLOW_FLASK_SERVER_SECRET_KEY_FILE={FLASK_SECRET_FILE}",
                 # prepare_db.py writes it into the basic-auth config (auth_cache_ttl_seconds).
-                f"MLFLOW_AUTH_CACHE_TTL_SECONDS={args['auth_cache_ttl_seconds']}",
+                f"MLFLOW_AUTH_CACHE_TTL_SECONDS={server.auth_cache_ttl_seconds}",
             ]
             files += [
                 secret_file(ADMIN_PASSWORD_FILE, self.admin_password.result),
@@ -198,23 +178,23 @@ class MlflowServer(pulumi.ComponentResource):
             ]
 
         hosts = allowed_hosts(
-            args["public_host"], args["host_port"], args["bind_address"], args["alias"], args["extra_allowed_hosts"]
+            server.public_host, args["host_port"], server.bind_address, args["alias"], server.allowed_hosts
         )
         self.command = [
             "--host", "0.0.0.0",
             "--port", str(SERVER_PORT),
-            "--workers", str(args["workers"]),
+            "--workers", str(server.workers),
             # Clients upload and download artifacts through the server, which
             # stores them in the volume: no client needs a path on this host.
             "--serve-artifacts",
             "--artifacts-destination", ARTIFACTS_DIR,
             "--allowed-hosts", ",".join(hosts),
         ]  # fmt: skip
-        if args["cors_allowed_origins"]:
-            self.command += ["--cors-allowed-origins", ",".join(args["cors_allowed_origins"])]
-        if args["auth_enabled"]:
+        if server.cors_allowed_origins:
+            self.command += ["--cors-allowed-origins", ",".join(server.cors_allowed_origins)]
+        if server.auth_enabled:
             self.command += ["--app-name", "basic-auth"]
-        if args["metrics_enabled"]:
+        if server.metrics_enabled:
             # /metrics is not among basic auth's exempt paths: with auth on, a scraper
             # needs credentials like any client.
             self.command += ["--expose-prometheus", METRICS_DIR]
@@ -228,11 +208,11 @@ class MlflowServer(pulumi.ComponentResource):
             environment=envs,
             files=files,
             mounts=[Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
-            ports=[Port(SERVER_PORT, args["host_port"], args["bind_address"])] if args["publish"] else [],
+            ports=[Port(SERVER_PORT, args["host_port"], server.bind_address)] if args["publish"] else [],
             network_aliases=[args["alias"]],
             health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"),
             tmpfs=tmpfs,
-            memory_mb=args["memory_mb"],
+            memory_mb=server.memory_mb,
             stop_signal=STOP_SIGNAL,
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from typing import TypedDict
-from urllib.parse import quote
 
 import pulumi
 
@@ -17,7 +16,7 @@ from components.mlflow_image import MlflowImage
 from components.mlflow_server import MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
-from components.proxy import CaddySite, TlsProxy
+from components.proxy import TlsProxy
 from components.settings import StackSettings
 
 POSTGRES_ALIAS = "postgres"
@@ -50,13 +49,7 @@ class MlflowPlatform(pulumi.ComponentResource):
         super().__init__("mlflow-platform:stack:MlflowPlatform", name, None, opts)
         settings = args["settings"]
         child = pulumi.ResourceOptions(parent=self)
-        stack = StackContext(
-            project=settings.project,
-            stack=settings.stack,
-            log_rotation=settings.log_rotation,
-            protect_data=settings.protect_data,
-            startup_timeout_seconds=settings.startup_timeout_seconds,
-        )
+        stack = settings.context()
         self.network = StackNetwork(f"{name}-network", {"stack": stack}, opts=child)
         stack = dataclasses.replace(stack, network=self.network.name)
 
@@ -64,11 +57,9 @@ class MlflowPlatform(pulumi.ComponentResource):
             f"{name}-postgres",
             {
                 "stack": stack,
-                "image": settings.database.image,
+                "database": settings.database,
                 "alias": POSTGRES_ALIAS,
-                "password_length": settings.database.password_length,
                 "secrets_rotation": settings.secrets_rotation,
-                "memory_mb": settings.database.memory_mb,
                 "client_connections": database_connections(settings.server.workers, settings.server.auth_enabled),
             },
             opts=child,
@@ -81,16 +72,7 @@ class MlflowPlatform(pulumi.ComponentResource):
             password=self.database.password.result,
             auth_database=settings.database.auth_name,
         )
-        self.image = MlflowImage(
-            f"{name}-image",
-            {
-                "stack": stack,
-                "mlflow_version": settings.server.mlflow_version,
-                "base_image": settings.server.base_image,
-                "use_wheelhouse": settings.server.use_wheelhouse,
-            },
-            opts=child,
-        )
+        self.image = MlflowImage(f"{name}-image", {"stack": stack, "server": settings.server}, opts=child)
         self.bootstrap = DatabaseBootstrap(
             f"{name}-db-bootstrap",
             {
@@ -112,27 +94,18 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "stack": stack,
                 "image": self.image.repo_digest,
                 "database": endpoint,
+                "server": settings.server,
                 "alias": MLFLOW_ALIAS,
-                "public_host": settings.server.public_host,
-                "bind_address": settings.server.bind_address,
                 # The port clients send in Host; behind the proxy MLflow publishes nothing.
                 "host_port": settings.public_port,
                 "publish": not settings.proxied,
-                "workers": settings.server.workers,
-                "memory_mb": settings.server.memory_mb,
-                "extra_allowed_hosts": settings.server.allowed_hosts,
-                "cors_allowed_origins": settings.server.cors_allowed_origins,
-                "auth_enabled": settings.server.auth_enabled,
-                "auth_cache_ttl_seconds": settings.server.auth_cache_ttl_seconds,
-                "admin_password_length": settings.server.admin_password_length,
                 "secrets_rotation": settings.secrets_rotation,
                 "start_after": database_ready,
-                "metrics_enabled": settings.server.metrics_enabled,
-                "telemetry_enabled": settings.server.telemetry_enabled,
                 "pre_upgrade_backup": True,
             },
             opts=child,
         )
+        artifacts = self.server.artifacts_volume.name
         # Started alongside the server: before a schema upgrade the server's
         # entrypoint asks the backup workload for a backup and waits for it.
         self.backups = BackupService(
@@ -141,12 +114,11 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "stack": stack,
                 "image": self.database.image.image_id,
                 "image_reference": settings.database.image,
-                "artifacts_volume_name": self.server.artifacts_volume.name,
+                "artifacts_volume_name": artifacts,
                 "database": endpoint,
                 "admin_username": ADMIN_USERNAME if settings.server.auth_enabled else "",
                 "mlflow_version": settings.server.mlflow_version,
-                "interval_seconds": settings.backups.interval_seconds,
-                "keep": settings.backups.keep,
+                "backups": settings.backups,
                 "start_after": database_ready,
             },
             opts=child,
@@ -156,11 +128,10 @@ class MlflowPlatform(pulumi.ComponentResource):
             {
                 "stack": stack,
                 "image": self.image.repo_digest,
-                "artifacts_volume_name": self.server.artifacts_volume.name,
+                "artifacts_volume_name": artifacts,
                 "database": endpoint,
                 "mlflow_version": settings.server.mlflow_version,
-                "older_than": settings.gc.older_than,
-                "interval_seconds": settings.gc.interval_seconds,
+                "gc": settings.gc,
                 "telemetry_enabled": settings.server.telemetry_enabled,
                 "start_after": [self.server.container],
             },
@@ -170,15 +141,7 @@ class MlflowPlatform(pulumi.ComponentResource):
         self.ca_certificate = self.proxy.ca_certificate if self.proxy else None
 
         self.tracking_uri = settings.tracking_uri
-        self.backend_store_uri = pulumi.Output.secret(
-            pulumi.Output.concat(
-                "postgresql+psycopg://",
-                quote(endpoint.role, safe=""),
-                ":",
-                endpoint.password.apply(lambda password: quote(password, safe="")),
-                f"@{endpoint.host}:{endpoint.port}/{endpoint.database}",
-            )
-        )
+        self.backend_store_uri = endpoint.sqlalchemy_uri()
         self.admin_password = (
             pulumi.Output.secret(self.server.admin_password.result) if self.server.admin_password else None
         )
@@ -186,27 +149,15 @@ class MlflowPlatform(pulumi.ComponentResource):
         self.register_outputs({"tracking_uri": self.tracking_uri, "backend_store_uri": self.backend_store_uri})
 
     def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
+        """The only published workload: HTTPS in front of the server, which then publishes nothing."""
         return TlsProxy(
             f"{name}-proxy",
             {
                 "stack": stack,
-                "base_image": settings.tls.proxy_image,
-                "site": CaddySite(
-                    public_host=settings.server.public_host,
-                    tls_mode=settings.tls.mode,
-                    https_port=settings.tls.https_port,
-                    upstream=f"{MLFLOW_ALIAS}:{SERVER_PORT}",
-                    max_upload_mb=settings.tls.max_upload_mb,
-                    acme_email=settings.tls.acme_email,
-                    acme_directory_url=settings.tls.acme_directory_url,
-                    acme_ca_root=bool(settings.tls.acme_ca_certificate),
-                ),
+                "tls": settings.tls,
+                "public_host": settings.server.public_host,
                 "bind_address": settings.server.bind_address,
-                "http_port": settings.tls.http_port,
-                "tls_certificate": settings.tls.certificate,
-                "tls_private_key": settings.tls.private_key,
-                "acme_ca_certificate": settings.tls.acme_ca_certificate,
-                "memory_mb": settings.tls.proxy_memory_mb,
+                "upstream": f"{MLFLOW_ALIAS}:{SERVER_PORT}",
                 "ca_resource_name": f"{name}-ca",
                 "start_after": [self.server.container],
             },

@@ -25,6 +25,7 @@ from components.postgres_facts import (
     SUPERUSER_PASSWORD_FILE,
 )
 from components.secrets import generated_password
+from components.settings import DatabaseSettings
 from components.workload import File, HealthCheck, Mount, Workload, secret_file
 
 _ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
@@ -70,16 +71,12 @@ def server_command(memory_mb: int, client_connections: int) -> list[str]:
 class PostgresDatabaseArgs(TypedDict):
     stack: StackContext
     """The stack it belongs to."""
-    image: pulumi.Input[str]
-    """Postgres image reference, pinned to a tag or digest."""
+    database: DatabaseSettings
+    """The pinned image, the generated passwords' length, the memory limit."""
     alias: str
     """Host name other containers on the network use for it."""
-    password_length: int
-    """Length of the generated passwords."""
     secrets_rotation: str
     """Keeper of the generated passwords: a new value rotates them."""
-    memory_mb: int
-    """Memory limit in MiB; swap is not allowed on top."""
     client_connections: int
     """The most connections the clients (the server's workers) open at once."""
 
@@ -103,16 +100,15 @@ class PostgresDatabase(pulumi.ComponentResource):
 
         # MLflow's role's password (DatabaseBootstrap applies it). Same resource name
         # as when it was the superuser's, so existing stacks keep their value.
-        self.password = generated_password(f"{name}-password", args["password_length"], args["secrets_rotation"], child)
+        length, rotation = args["database"].password_length, args["secrets_rotation"]
+        self.password = generated_password(f"{name}-password", length, rotation, child)
         # initdb sets it on a new data directory; DatabaseBootstrap sets it on every
         # other (kept or restored data, a rotation). Nothing connects with it.
         self.superuser = SUPERUSER
-        self.superuser_password = generated_password(
-            f"{name}-superuser-password", args["password_length"], args["secrets_rotation"], child
-        )
+        self.superuser_password = generated_password(f"{name}-superuser-password", length, rotation, child)
         stack = args["stack"]
         target = stack.target
-        self.image = target.pulled_image(self, f"{name}-image", args["image"])
+        self.image = target.pulled_image(self, f"{name}-image", args["database"].image)
         self.volume = target.volume(self, f"{name}-data", stack.name("pgdata"), _ROLE)
         # Holds no data (Postgres recreates its socket on every start), but is
         # protected like the others so that every volume of a shared stack is.
@@ -140,14 +136,14 @@ class PostgresDatabase(pulumi.ComponentResource):
             user=POSTGRES_USER,
             # Checks the data directory's major version, then runs the image's own entrypoint.
             entrypoint=[_ENTRYPOINT],
-            command=server_command(args["memory_mb"], args["client_connections"]),
+            command=server_command(args["database"].memory_mb, args["client_connections"]),
             environment=[
                 # The superuser and its database: the tracking and auth databases and
                 # MLflow's role are DatabaseBootstrap's.
                 f"POSTGRES_USER={self.superuser}",
                 f"POSTGRES_PASSWORD_FILE={SUPERUSER_PASSWORD_FILE}",
                 f"PGDATA={PGDATA}",
-                pulumi.Output.concat("POSTGRES_IMAGE_REFERENCE=", args["image"]),
+                pulumi.Output.concat("POSTGRES_IMAGE_REFERENCE=", args["database"].image),
             ],
             files=[
                 secret_file(SUPERUSER_PASSWORD_FILE, self.superuser_password.result),
@@ -168,7 +164,7 @@ class PostgresDatabase(pulumi.ComponentResource):
                 retries=12,
                 start_period="30s",
             ),
-            memory_mb=args["memory_mb"],
+            memory_mb=args["database"].memory_mb,
             stop_signal=STOP_SIGNAL,
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )

@@ -18,7 +18,7 @@ import pulumi_docker as docker
 
 from components.context import StackContext
 from components.internal_ca import InternalCa
-from components.settings import is_ip_address, public_url
+from components.settings import TlsSettings, is_ip_address, public_url
 from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Workload, config_file, secret_file
 
 # Relative to the project directory, like the MLflow image's context.
@@ -183,22 +183,14 @@ def caddyfile(site: CaddySite) -> str:
 class TlsProxyArgs(TypedDict):
     stack: StackContext
     """The stack it belongs to."""
-    base_image: pulumi.Input[str]
-    """The official Caddy image, pinned (config `proxyImage`)."""
-    site: CaddySite
-    """What the Caddyfile says; `site.tls_mode` decides where the certificate comes from."""
+    tls: TlsSettings
+    """The mode (where the certificate comes from), the pinned Caddy image, ports, limits."""
+    public_host: str
+    """The name clients use: the certificate's and the Caddyfile's site."""
     bind_address: str
     """Host address both ports are published on."""
-    http_port: int
-    """Host port of the plain-HTTP listener (redirects, ACME HTTP-01)."""
-    tls_certificate: str
-    """Provided certificate chain (tlsMode provided)."""
-    tls_private_key: str
-    """Provided key (tlsMode provided); made secret here."""
-    acme_ca_certificate: str
-    """Root that signs a private ACME CA's endpoint (tlsMode acme, optional)."""
-    memory_mb: int
-    """Memory limit in MiB; swap is not allowed on top."""
+    upstream: str
+    """The tracking server on the stack network (`alias:port`)."""
     ca_resource_name: str
     """Resource name of the internal CA (tlsMode internal); kept from when the platform declared
     it, so the root that clients trust is never replaced."""
@@ -219,14 +211,24 @@ class TlsProxy(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: TlsProxyArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:proxy:TlsProxy", name, None, opts)
-        stack, site = args["stack"], args["site"]
+        stack, tls = args["stack"], args["tls"]
+        site = CaddySite(
+            public_host=args["public_host"],
+            tls_mode=tls.mode,
+            https_port=tls.https_port,
+            upstream=args["upstream"],
+            max_upload_mb=tls.max_upload_mb,
+            acme_email=tls.acme_email,
+            acme_directory_url=tls.acme_directory_url,
+            acme_ca_root=bool(tls.acme_ca_certificate),
+        )
         target = stack.target
         self.image = target.built_image(
             self,
             f"{name}-image",
             f"{stack.project}/proxy:{stack.stack}",
             BUILD_CONTEXT,
-            {"CADDY_IMAGE": args["base_image"]},
+            {"CADDY_IMAGE": tls.proxy_image},
         )
         self.data_volume = target.volume(self, f"{name}-data", stack.name("proxy-data"), _ROLE)
         self.config = caddyfile(site)
@@ -246,7 +248,7 @@ class TlsProxy(pulumi.ComponentResource):
             image=self.image.repo_digest,
             user=f"{PROXY_UID}:{PROXY_UID}",
             # Not secret, and read by the proxy's user; root-owned so it cannot rewrite it.
-            files=[config_file(CADDYFILE, self.config), *self._tls_files(args)],
+            files=[config_file(CADDYFILE, self.config), *self._tls_files(tls)],
             mounts=[
                 Mount(STORAGE_DIR, self.data_volume.name),
                 # A scratch volume: uploads land here before start (the root is read-only).
@@ -254,12 +256,12 @@ class TlsProxy(pulumi.ComponentResource):
             ],
             ports=[
                 Port(HTTPS_PORT, site.https_port, args["bind_address"]),
-                Port(HTTP_PORT, args["http_port"], args["bind_address"]),
+                Port(HTTP_PORT, tls.http_port, args["bind_address"]),
             ],
             network_aliases=["proxy"],
             health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=3, start_period="10s"),
             tmpfs=_TMPFS,
-            memory_mb=args["memory_mb"],
+            memory_mb=tls.proxy_memory_mb,
             # SIGTERM: Caddy stops accepting and lets requests in flight finish (grace_period).
             stop_signal="SIGTERM",
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
@@ -267,19 +269,15 @@ class TlsProxy(pulumi.ComponentResource):
         self.container = target.service(self, f"{name}-container", workload, depends_on=args["start_after"])
         self.register_outputs({"container_name": self.container.name, "data_volume_name": self.data_volume.name})
 
-    def _tls_files(self, args: TlsProxyArgs) -> list[File]:
+    def _tls_files(self, tls: TlsSettings) -> list[File]:
         """Where the certificate comes from, by tlsMode (`caddyfile` names the same files)."""
-        site = args["site"]
         if self.internal_ca is not None:
             return [
                 config_file(CA_CERT_FILE, self.internal_ca.certificate_pem),
                 secret_file(CA_KEY_FILE, self.internal_ca.private_key_pem),
             ]
-        if site.tls_mode == "provided":
-            return [
-                config_file(TLS_CERT_FILE, args["tls_certificate"]),
-                secret_file(TLS_KEY_FILE, args["tls_private_key"]),
-            ]
-        if site.acme_ca_root:
-            return [config_file(ACME_CA_FILE, args["acme_ca_certificate"])]
+        if tls.mode == "provided":
+            return [config_file(TLS_CERT_FILE, tls.certificate), secret_file(TLS_KEY_FILE, tls.private_key)]
+        if tls.acme_ca_certificate:
+            return [config_file(ACME_CA_FILE, tls.acme_ca_certificate)]
         return []

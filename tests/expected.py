@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pulumi
 
 from components.context import DatabaseEndpoint, LogRotation, StackContext
+from components.settings import ServerSettings
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.harness import EngineMocks, Registration, install
@@ -252,6 +253,26 @@ def unit_endpoint() -> DatabaseEndpoint:
         password=pulumi.Output.secret(UNIT_PASSWORD),
         auth_database=UNIT_DATABASE.auth_database,
     )
+
+
+# What a server or image built alone is given: values no stack's defaults share.
+UNIT_SERVER = ServerSettings(
+    mlflow_version="3.18.1",
+    base_image="py:1",
+    use_wheelhouse=False,
+    public_host="localhost",
+    bind_address="127.0.0.1",
+    host_port=5000,
+    workers=3,
+    memory_mb=1024,
+    allowed_hosts=(),
+    cors_allowed_origins=(),
+    auth_enabled=False,
+    admin_password_length=30,
+    auth_cache_ttl_seconds=45,
+    metrics_enabled=False,
+    telemetry_enabled=False,
+)
 
 
 def built(build: Callable[[], T]) -> tuple[EngineMocks, T]:

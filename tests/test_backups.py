@@ -10,6 +10,7 @@ import pulumi_docker as docker
 import pytest
 
 from components.backups import BackupService, BackupServiceArgs, backup_config
+from components.settings import BackupSettings
 from tests.conftest import CONTAINER, VOLUME
 from tests.expected import (
     DB_PASSWORD,
@@ -149,8 +150,8 @@ def _args(**changes: Any) -> BackupServiceArgs:
         "database": unit_endpoint(),
         "admin_username": "root-admin",
         "mlflow_version": "3.18.1",
-        "interval_seconds": 3600,
-        "keep": 3,
+        # Minutes win over hours (BackupSettings.interval_seconds): 60 minutes, not 5 hours.
+        "backups": BackupSettings(interval_hours=5, interval_minutes=60, keep=3),
         "start_after": [],
     }
     return {**args, **changes}  # type: ignore[typeddict-item]
@@ -193,7 +194,7 @@ def test_the_backup_config_without_auth() -> None:
 
     @pulumi.runtime.test
     def run() -> None:
-        args = _args(admin_username="", interval_seconds=60, keep=2)
+        args = _args(admin_username="", backups=BackupSettings(interval_hours=1, interval_minutes=1, keep=2))
         found.append(backup_config(args, "other-network", "other-artifacts"))
 
     run()

@@ -9,6 +9,7 @@ import pulumi_docker as docker
 import pytest
 
 from components.gc import GarbageCollector
+from components.settings import GcSettings
 from tests.conftest import CONTAINER
 from tests.expected import (
     DB_PASSWORD,
@@ -99,8 +100,7 @@ def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
                 "artifacts_volume_name": "mlflow-platform-unit-artifacts",
                 "database": unit_endpoint(),
                 "mlflow_version": "3.18.1",
-                "older_than": "7d",
-                "interval_seconds": 600,
+                "gc": GcSettings(older_than="7d", interval_hours=2),
                 "telemetry_enabled": telemetry,
                 "start_after": [server],
             },
@@ -109,7 +109,7 @@ def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
     mocks, _ = built(build)
     assert children(mocks, "mlflow-gc") == {"mlflow-gc-container": CONTAINER}
     gc = mocks.one(CONTAINER, "gc-container")
-    envs = _envs(UNIT_DATABASE, "7d", 600, *extra)
+    envs = _envs(UNIT_DATABASE, "7d", 7200, *extra)
     assert gc.inputs == resolve(container(UNIT, envs=envs, image="sha256:" + "a" * 64, password=UNIT_PASSWORD), mocks)
     assert gc.secret_inputs() == {"uploads"}
     # After the server, which creates and upgrades the schema.

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from components.mlflow_image import MlflowImage
 from tests.conftest import IMAGE
-from tests.expected import MLFLOW_IMAGE, STACKS, built, children, registered_outputs, resolve, unit_context
+from tests.expected import MLFLOW_IMAGE, STACKS, UNIT_SERVER, built, children, registered_outputs, resolve, unit_context
 from tests.harness import declaration
 
 
@@ -34,9 +35,7 @@ def test_the_image_alone(use_wheelhouse: bool, flag: str) -> None:
             "mlflow-image",
             {
                 "stack": unit_context(),
-                "mlflow_version": "3.18.1",
-                "base_image": "py:1",
-                "use_wheelhouse": use_wheelhouse,
+                "server": dataclasses.replace(UNIT_SERVER, use_wheelhouse=use_wheelhouse),
             },
         )
     )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi_docker as docker
 import pytest
 
 from components.mlflow_server import MlflowServer, MlflowServerArgs, allowed_hosts, database_connections
+from components.settings import ServerSettings
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, VOLUME
 from tests.expected import (
     DB_PASSWORD,
@@ -18,6 +20,7 @@ from tests.expected import (
     UNIT,
     UNIT_DATABASE,
     UNIT_PASSWORD,
+    UNIT_SERVER,
     Database,
     SecretOf,
     built,
@@ -194,30 +197,25 @@ def _prod(stack: str) -> dict[str, Any]:
 STACK_CONTAINERS = {"dev": _dev, "staging": _staging, "prod": _prod}
 
 
+# Changes to these go to the server's settings; the rest (host_port included) are the component's own args.
+_SERVER_FIELDS = {field.name for field in dataclasses.fields(ServerSettings)} - {"host_port"}
+
+
 def _args(**changes: Any) -> MlflowServerArgs:
+    server = dataclasses.replace(UNIT_SERVER, **{k: v for k, v in changes.items() if k in _SERVER_FIELDS})
     args: MlflowServerArgs = {
         "stack": unit_context(),
         "image": IMAGE_ID,
         "database": unit_endpoint(),
+        "server": server,
         "alias": "tracking",
-        "public_host": "localhost",
-        "bind_address": "127.0.0.1",
         "host_port": 5000,
         "publish": True,
-        "workers": 3,
-        "memory_mb": 1024,
-        "extra_allowed_hosts": [],
-        "cors_allowed_origins": [],
-        "auth_enabled": False,
-        "auth_cache_ttl_seconds": 45,
-        "admin_password_length": 30,
         "secrets_rotation": "",
         "start_after": [],
-        "metrics_enabled": False,
-        "telemetry_enabled": False,
         "pre_upgrade_backup": False,
     }
-    return {**args, **changes}  # type: ignore[typeddict-item]
+    return {**args, **{k: v for k, v in changes.items() if k not in _SERVER_FIELDS}}  # type: ignore[typeddict-item]
 
 
 def test_the_server_alone_without_auth() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from components.postgres import PostgresDatabase, server_command
+from components.settings import DatabaseSettings
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.expected import (
     POSTGRES_IMAGE,
@@ -130,11 +131,11 @@ def test_the_database_alone(protect: bool) -> None:
             "mlflow-postgres",
             {
                 "stack": unit_context(protect_data=protect),
-                "image": "postgres:16.4",
+                "database": DatabaseSettings(
+                    image="postgres:16.4", name="tracking", user="tracker", password_length=40, memory_mb=512
+                ),
                 "alias": "db",
-                "password_length": 40,
                 "secrets_rotation": "2026-11-27",
-                "memory_mb": 512,
                 "client_connections": 150,
             },
         )

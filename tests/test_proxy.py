@@ -9,6 +9,7 @@ import pulumi_docker as docker
 import pytest
 
 from components.proxy import CaddySite, TlsProxy, TlsProxyArgs, caddyfile
+from components.settings import TlsSettings
 from tests.conftest import CONTAINER, IMAGE, TLS_PRIVATE_KEY, TLS_SELF_SIGNED_CERT, VOLUME
 from tests.expected import (
     ACME_ROOT,
@@ -193,17 +194,34 @@ def test_the_internal_ca_is_generated_protected() -> None:
     assert (key.protect, root.protect) == (True, True)
 
 
+def _tls(mode: str) -> TlsSettings:
+    return TlsSettings(
+        mode=mode,
+        proxy_image="caddy:2.10.0",
+        https_port=8443,
+        http_port=8080,
+        acme_email="a@m.example",
+        acme_directory_url="",
+        acme_ca_certificate=ACME_ROOT.certificate.strip(),
+        certificate=PROVIDED.certificate.strip(),
+        private_key=PROVIDED.key.strip(),
+        max_upload_mb=100,
+        proxy_memory_mb=128,
+    )
+
+
+# The site the proxy built alone (_proxy_args) serves: what its Caddyfile is made from.
+def _alone_site(mode: str) -> CaddySite:
+    return CaddySite("m.example", mode, 8443, "tracking:5000", 100, acme_email="a@m.example", acme_ca_root=True)
+
+
 def _proxy_args(mode: str, **changes: Any) -> TlsProxyArgs:
     args: TlsProxyArgs = {
         "stack": unit_context(),
-        "base_image": "caddy:2.10.0",
-        "site": CaddySite("m.example", mode, 8443, "tracking:5000", 100, acme_email="a@m.example", acme_ca_root=True),
+        "tls": _tls(mode),
+        "public_host": "m.example",
         "bind_address": "127.0.0.1",
-        "http_port": 8080,
-        "tls_certificate": PROVIDED.certificate.strip(),
-        "tls_private_key": PROVIDED.key.strip(),
-        "acme_ca_certificate": ACME_ROOT.certificate.strip(),
-        "memory_mb": 128,
+        "upstream": "tracking:5000",
         "ca_resource_name": "mlflow-ca",
         "start_after": [],
     }
@@ -223,7 +241,7 @@ def test_the_proxy_alone(mode: str) -> None:
     internal = mode == "internal"
     assert children(mocks, "mlflow-proxy") == {**PROXY_CHILDREN, **({"mlflow-ca": INTERNAL_CA} if internal else {})}
     registration = mocks.one(CONTAINER, "proxy-container")
-    site = _proxy_args(mode)["site"]
+    site = _alone_site(mode)
     expected = container(UNIT, site, bind="127.0.0.1", http_port=8080, memory_mb=128)
     assert registration.inputs == resolve(expected, mocks)
     assert proxy.config == caddyfile(site)

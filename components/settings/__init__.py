@@ -16,13 +16,25 @@ from __future__ import annotations
 
 from components.settings.grammar import OLDEST_MLFLOW, host_header, is_ip_address, public_url
 from components.settings.load import load_settings
-from components.settings.model import StackSettings
+from components.settings.model import (
+    BackupSettings,
+    DatabaseSettings,
+    GcSettings,
+    ServerSettings,
+    StackSettings,
+    TlsSettings,
+)
 from components.settings.reader import SettingsError
 
 __all__ = [
     "OLDEST_MLFLOW",
+    "BackupSettings",
+    "DatabaseSettings",
+    "GcSettings",
+    "ServerSettings",
     "SettingsError",
     "StackSettings",
+    "TlsSettings",
     "host_header",
     "is_ip_address",
     "load_settings",

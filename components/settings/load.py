@@ -6,6 +6,7 @@ import pulumi
 
 from components.context import LogRotation
 from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
+from components.settings import model
 from components.settings.grammar import (
     DATABASE_ACCEPTED,
     DOCKER_SIZE,
@@ -26,14 +27,6 @@ from components.settings.grammar import (
     matches,
     normalise_allowed_host,
 )
-from components.settings.model import (
-    BackupSettings,
-    DatabaseSettings,
-    GcSettings,
-    ServerSettings,
-    StackSettings,
-    TlsSettings,
-)
 from components.settings.reader import ConfigReader
 from components.settings.rules import check_rules
 
@@ -41,10 +34,10 @@ MIN_SECRET_LENGTH = 24
 MAX_SECRET_LENGTH = 128
 
 
-def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> StackSettings:
+def load_settings(config: pulumi.Config | None = None, stack: str | None = None) -> model.StackSettings:
     """Reads and validates every setting, group by group; raises SettingsError on the first bad one."""
     read = ConfigReader(config or pulumi.Config())
-    settings = StackSettings(
+    settings = model.StackSettings(
         stack=stack or pulumi.get_stack(),
         project=pulumi.get_project(),
         database=_database(read),
@@ -66,12 +59,12 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
             lambda value: value in ENVIRONMENT_KINDS,
             "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
         ),
-        backups=BackupSettings(
+        backups=model.BackupSettings(
             interval_hours=read.integer("backupIntervalHours", 1, 720),
             interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
             keep=read.integer("backupKeep", 1, 1000),
         ),
-        gc=GcSettings(
+        gc=model.GcSettings(
             older_than=read.string(
                 "gcOlderThan",
                 matches(GC_AGE),
@@ -85,8 +78,8 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
     return settings
 
 
-def _database(read: ConfigReader) -> DatabaseSettings:
-    return DatabaseSettings(
+def _database(read: ConfigReader) -> model.DatabaseSettings:
+    return model.DatabaseSettings(
         image=read.string("postgresImage", is_pinned_image, IMAGE_ACCEPTED),
         name=read.string("postgresDatabase", is_tracking_database, DATABASE_ACCEPTED),
         user=read.string("postgresUser", is_application_role, ROLE_ACCEPTED),
@@ -95,8 +88,8 @@ def _database(read: ConfigReader) -> DatabaseSettings:
     )
 
 
-def _server(read: ConfigReader) -> ServerSettings:
-    return ServerSettings(
+def _server(read: ConfigReader) -> model.ServerSettings:
+    return model.ServerSettings(
         mlflow_version=read.string("mlflowVersion", is_supported_mlflow, MLFLOW_ACCEPTED),
         base_image=read.string("baseImage", is_pinned_image, IMAGE_ACCEPTED),
         use_wheelhouse=read.boolean("useWheelhouse"),
@@ -135,8 +128,8 @@ def _server(read: ConfigReader) -> ServerSettings:
     )
 
 
-def _tls(read: ConfigReader) -> TlsSettings:
-    return TlsSettings(
+def _tls(read: ConfigReader) -> model.TlsSettings:
+    return model.TlsSettings(
         mode=read.string("tlsMode", lambda value: value in TLS_MODES, f"accepted: one of {', '.join(TLS_MODES)}"),
         proxy_image=read.string("proxyImage", is_pinned_image, IMAGE_ACCEPTED),
         https_port=read.integer("httpsPort", 1, 65535),

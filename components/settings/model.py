@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.context import LogRotation
+from components.context import LogRotation, StackContext
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
 from components.settings.grammar import public_url
 
@@ -132,3 +132,13 @@ class StackSettings:
     @property
     def tracking_uri(self) -> str:
         return public_url(self.server.public_host, self.public_port, https=self.proxied)
+
+    def context(self) -> StackContext:
+        """What every component of this stack shares (the network is added once declared)."""
+        return StackContext(
+            project=self.project,
+            stack=self.stack,
+            log_rotation=self.log_rotation,
+            protect_data=self.protect_data,
+            startup_timeout_seconds=self.startup_timeout_seconds,
+        )
