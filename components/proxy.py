@@ -2,9 +2,13 @@
 
 Every request of every client carries a password under basic auth; across a network
 it must travel inside TLS. Caddy terminates TLS with a certificate from the mode the
-stack chose (its own CA, ACME, or one provided in config), redirects plain HTTP,
+stack chose (one the stack's own CA issued in Pulumi, ACME, or one provided in config)
 and passes requests to MLflow on the stack network with Host and X-Forwarded-*
-intact, so MLflow's host check keeps checking the public name.
+intact, so MLflow's host check keeps checking the public name. Plain HTTP is published
+only where ACME needs it, and there it only redirects.
+
+The proxy holds no CA key in any mode: in `internal` it gets the server certificate and
+that certificate's own key from Pulumi (components/internal_ca.py), as in `provided`.
 """
 
 from __future__ import annotations
@@ -25,23 +29,27 @@ from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Wor
 BUILD_CONTEXT = "./mlflow/proxy"
 # mlflow/proxy/Dockerfile's user: owns /data, binds only high ports.
 PROXY_UID = "10002"
-# Inside the container: unprivileged ports; the host publishes httpsPort and httpPort on them.
+# Inside the container: unprivileged ports; the host publishes httpsPort (and httpPort in acme) on them.
 HTTPS_PORT = 8443
 HTTP_PORT = 8080
 # Loopback inside the container only: the health probe's target, nothing else.
 HEALTH_PORT = 8081
 CADDYFILE = "/etc/caddy/Caddyfile"
-# Certificates, ACME accounts, the internal CA's intermediate: the persistent volume.
+# Caddy's storage, the persistent volume: ACME accounts and certificates (acme mode).
 # Not the image's /data: it is a declared VOLUME there, so no build step can hand it to
 # the proxy's user, while a fresh volume on this path takes its owner from the image.
 STORAGE_DIR = "/var/lib/mlflow-proxy"
-CA_CERT_FILE = f"{SECRETS_DIR}/ca-root.crt"
-CA_KEY_FILE = f"{SECRETS_DIR}/ca-root.key"
+# Where Caddy's pki app kept the internal CA's intermediate and its key, before Pulumi
+# issued the certificate: a key that chains to the root clients still trust. Removed at
+# every start, so a volume kept from then holds none; nothing writes there any more.
+STALE_PKI_DIR = f"{STORAGE_DIR}/pki"
 TLS_CERT_FILE = f"{SECRETS_DIR}/tls.crt"
 TLS_KEY_FILE = f"{SECRETS_DIR}/tls.key"
 ACME_CA_FILE = f"{SECRETS_DIR}/acme-ca.crt"
-# The name of the internal CA inside Caddy's pki app.
-_PKI_CA = "mlflow"
+# The image's own command, after the stale intermediate is gone (exec: Caddy is PID 1 and
+# gets the stop signal). An entrypoint of our own, so an image's ENTRYPOINT cannot wrap it.
+ENTRYPOINT = ["/bin/sh", "-c"]
+START = f"rm -rf -- {STALE_PKI_DIR} && exec caddy run --config {CADDYFILE} --adapter caddyfile"
 # Longer than Caddy's grace period, so an artifact transfer in flight can finish.
 STOP_TIMEOUT_SECONDS = 60
 # Shorter than uvicorn's 5 s keep-alive timeout (see the reverse_proxy block).
@@ -56,9 +64,15 @@ _TMPFS = {
     "/data": f"rw,noexec,nosuid,nodev,size=16m,uid={PROXY_UID},gid={PROXY_UID},mode=0700",
     "/tmp": "rw,noexec,nosuid,nodev,size=64m",  # noqa: S108 - a private tmpfs
 }
-# A year; clients remember to use HTTPS only. Not for `internal`: a client that does not
-# trust the stack's CA yet could then never reach the page that explains how to.
+# A year; clients remember to use HTTPS only. In every mode, `internal` included: a browser
+# records HSTS only from a connection whose certificate it trusts (RFC 6797, 8.1), so one
+# that does not trust the stack's root is not affected at all, while one that does can no
+# longer be talked into clicking through a forged certificate or into plain http://.
 HSTS = "max-age=31536000"
+# MLflow's Prometheus metrics are for a scraper on the stack network (README "Metrics"),
+# not for the internet: the door answers 404 before the request reaches MLflow. Caddy's
+# path matcher is case-insensitive and matches the cleaned, decoded path.
+METRICS_PATHS = ("/metrics", "/metrics/*")
 _ROLE = "proxy"
 
 
@@ -98,6 +112,13 @@ def _render(directives: list[Directive], depth: int = 0) -> list[str]:
     return lines
 
 
+def serves_plain_http(tls_mode: str) -> bool:
+    """Only ACME needs port 80 (HTTP-01 challenges, and the redirect a public name's visitors
+    expect). Elsewhere nothing listens there: a client configured with `http://` would send
+    its basic-auth header in clear text before any redirect, so it is refused instead."""
+    return tls_mode == "acme"
+
+
 def caddyfile(site: CaddySite) -> str:
     """The proxy's whole configuration."""
     host = f"[{site.public_host}]" if ":" in site.public_host else site.public_host
@@ -132,26 +153,24 @@ def caddyfile(site: CaddySite) -> str:
     ]
     tls_options: list[Directive] = ["protocols tls1.2 tls1.3"]
     tls_head = "tls"
-    if site.tls_mode == "internal":
-        root: Directive = ("root", [f"cert {CA_CERT_FILE}", f"key {CA_KEY_FILE}"])
-        name = f"name {_quote('mlflow-platform ' + site.public_host)}"
-        global_options.append(("pki", [(f"ca {_PKI_CA}", [name, root])]))
-        tls_options.append(("issuer internal", [f"ca {_PKI_CA}"]))
+    if site.tls_mode in ("internal", "provided"):
+        # A certificate and key from Pulumi (internal: issued by the stack's root) or from config.
+        tls_head = f"tls {TLS_CERT_FILE} {TLS_KEY_FILE}"
     elif site.tls_mode == "acme":
         global_options.append(f"email {_quote(site.acme_email)}")
         if site.acme_directory_url:
             global_options.append(f"acme_ca {_quote(site.acme_directory_url)}")
         if site.acme_ca_root:
             global_options.append(f"acme_ca_root {ACME_CA_FILE}")
-    elif site.tls_mode == "provided":
-        tls_head = f"tls {TLS_CERT_FILE} {TLS_KEY_FILE}"
     else:
         raise ValueError(f"no proxy for tlsMode {site.tls_mode!r}")
 
-    site_directives: list[Directive] = [(tls_head, tls_options)]
-    if site.tls_mode in ("acme", "provided"):
-        site_directives.append(f"header Strict-Transport-Security {_quote(HSTS)}")
-    site_directives += [
+    site_directives: list[Directive] = [
+        (tls_head, tls_options),
+        f"header Strict-Transport-Security {_quote(HSTS)}",
+        f"@metrics path {' '.join(METRICS_PATHS)}",
+        # Caddy orders `respond` before `reverse_proxy` whatever their order here.
+        "respond @metrics 404",
         ("request_body", [f"max_size {site.max_upload_mb}MiB"]),
         # Streams responses as they come (artifact downloads, long listings).
         (
@@ -169,10 +188,12 @@ def caddyfile(site: CaddySite) -> str:
         # REDACTED unless told otherwise (log_credentials), which this never does.
         ("log", ["output stdout", "format json"]),
     ]
-    blocks: list[list[Directive]] = [
-        [("", global_options)],
+    blocks: list[list[Directive]] = [[("", global_options)]]
+    if serves_plain_http(site.tls_mode):
         # A fixed target, never the request's Host: no open redirect to another site.
-        [(f"http://:{HTTP_PORT}", [f"redir {public_url(site.public_host, site.https_port, https=True)}{{uri}} 308"])],
+        redirect = f"redir {public_url(site.public_host, site.https_port, https=True)}{{uri}} 308"
+        blocks.append([(f"http://:{HTTP_PORT}", [redirect])])
+    blocks += [
         [(f"http://:{HEALTH_PORT}", ["bind 127.0.0.1", 'respond /health "ok" 200'])],
         [(f"https://{host}", site_directives)],
     ]
@@ -188,7 +209,7 @@ class TlsProxyArgs(TypedDict):
     public_host: str
     """The name clients use: the certificate's and the Caddyfile's site."""
     bind_address: str
-    """Host address both ports are published on."""
+    """Host address the ports are published on."""
     upstream: str
     """The tracking server on the stack network (`alias:port`)."""
     ca_resource_name: str
@@ -199,7 +220,7 @@ class TlsProxyArgs(TypedDict):
 
 
 class TlsProxy(pulumi.ComponentResource):
-    """Caddy, hardened like the other workloads, publishing httpsPort and httpPort."""
+    """Caddy, hardened like the other workloads, publishing httpsPort (and httpPort for ACME)."""
 
     image: docker.Image
     data_volume: docker.Volume
@@ -237,16 +258,25 @@ class TlsProxy(pulumi.ComponentResource):
         if site.tls_mode == "internal":
             self.internal_ca = InternalCa(
                 args["ca_resource_name"],
-                {"common_name": f"{stack.prefix} root CA", "protect": stack.protect_data},
+                {
+                    "common_name": f"{stack.prefix} root CA",
+                    "server_host": site.public_host,
+                    "protect": stack.protect_data,
+                },
                 # Declared by the platform before the proxy owned it: the alias keeps its URN.
                 opts=pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(parent=opts.parent if opts else None)]),
             )
             self.ca_certificate = self.internal_ca.certificate_pem
+        ports = [Port(HTTPS_PORT, site.https_port, args["bind_address"])]
+        if serves_plain_http(site.tls_mode):
+            ports.append(Port(HTTP_PORT, tls.http_port, args["bind_address"]))
         workload = Workload(
             name=stack.name("proxy"),
             role=_ROLE,
             image=self.image.repo_digest,
             user=f"{PROXY_UID}:{PROXY_UID}",
+            entrypoint=ENTRYPOINT,
+            command=[START],
             # Not secret, and read by the proxy's user; root-owned so it cannot rewrite it.
             files=[config_file(CADDYFILE, self.config), *self._tls_files(tls)],
             mounts=[
@@ -254,10 +284,7 @@ class TlsProxy(pulumi.ComponentResource):
                 # A scratch volume: uploads land here before start (the root is read-only).
                 Mount("/etc/caddy"),
             ],
-            ports=[
-                Port(HTTPS_PORT, site.https_port, args["bind_address"]),
-                Port(HTTP_PORT, tls.http_port, args["bind_address"]),
-            ],
+            ports=ports,
             network_aliases=["proxy"],
             health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=3, start_period="10s"),
             tmpfs=_TMPFS,
@@ -272,9 +299,10 @@ class TlsProxy(pulumi.ComponentResource):
     def _tls_files(self, tls: TlsSettings) -> list[File]:
         """Where the certificate comes from, by tlsMode (`caddyfile` names the same files)."""
         if self.internal_ca is not None:
+            # The server certificate and its own key; never the root's key.
             return [
-                config_file(CA_CERT_FILE, self.internal_ca.certificate_pem),
-                secret_file(CA_KEY_FILE, self.internal_ca.private_key_pem),
+                config_file(TLS_CERT_FILE, self.internal_ca.server_certificate_pem),
+                secret_file(TLS_KEY_FILE, self.internal_ca.server_private_key_pem),
             ]
         if tls.mode == "provided":
             return [config_file(TLS_CERT_FILE, tls.certificate), secret_file(TLS_KEY_FILE, tls.private_key)]

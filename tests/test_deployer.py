@@ -7,6 +7,7 @@ values must honour the same rules as terraform-provider-random's.
 
 from __future__ import annotations
 
+import datetime
 import io
 import stat
 import string
@@ -187,6 +188,111 @@ def test_a_ca_is_made_as_pulumi_tls_declares_it_and_kept_while_inputs_stay(local
 def test_an_unimplemented_tls_input_is_refused() -> None:
     with pytest.raises(UnsupportedInputError, match="'earlyRenewalHours'"):
         check_inputs(TLS_CERT, "ca-root", {**CA_INPUTS, "earlyRenewalHours": 24.0})
+    with pytest.raises(UnsupportedInputError, match="'uris'"):
+        check_inputs(TLS_REQUEST, "server-request", {"privateKeyPem": "k", "uris": ["spiffe://x"]})
+    with pytest.raises(UnsupportedInputError, match=r"'subject\.country'"):
+        check_inputs(TLS_REQUEST, "server-request", {"privateKeyPem": "k", "subject": {"country": "DE"}})
+    with pytest.raises(UnsupportedInputError, match="'caPrivateKeyPemWo'"):
+        check_inputs(TLS_SIGNED, "server-cert", {**SERVER_INPUTS, "caPrivateKeyPemWo": "k"})
+
+
+TLS_REQUEST = "tls:index/certRequest:CertRequest"
+TLS_SIGNED = "tls:index/locallySignedCert:LocallySignedCert"
+SERVER_INPUTS: dict[str, Any] = {
+    "isCaCertificate": False,
+    "validityPeriodHours": 2160.0,
+    "earlyRenewalHours": 720.0,
+    "allowedUses": ["digital_signature", "key_encipherment", "server_auth"],
+    "setSubjectKeyId": True,
+}
+_P256 = {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+
+
+def _make(deployer: LocalDeployer, type_token: str, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The outputs, secrets unwrapped."""
+    _, outputs = deployer.create(_args(type_token, name, inputs), inputs)
+    return {key: value["value"] if is_secret(value) else value for key, value in outputs.items()}
+
+
+def _root_and_request(deployer: LocalDeployer, request_inputs: dict[str, Any]) -> dict[str, Any]:
+    """A root CA, and a server key and request: the inputs of the certificate the root signs."""
+    ca_key = _make(deployer, TLS_KEY, "ca-key", _P256)["privateKeyPem"]
+    root = _make(deployer, TLS_CERT, "ca-root", {**CA_INPUTS, "privateKeyPem": ca_key})["certPem"]
+    server_key = _make(deployer, TLS_KEY, "server-key", _P256)["privateKeyPem"]
+    request = _make(deployer, TLS_REQUEST, "server-request", {**request_inputs, "privateKeyPem": server_key})
+    return {**SERVER_INPUTS, "certRequestPem": request["certRequestPem"], "caPrivateKeyPem": ca_key, "caCertPem": root}
+
+
+def test_the_root_signs_a_server_certificate_as_pulumi_tls_does(local_deployer: LocalDeployer) -> None:
+    subject = {"commonName": "mlflow.example.internal", "organization": "mlflow-platform"}
+    inputs = _root_and_request(local_deployer, {"subject": subject, "dnsNames": ["mlflow.example.internal"]})
+    request = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+    assert request.is_signature_valid
+    assert request.subject.rfc4514_string() == "CN=mlflow.example.internal,O=mlflow-platform"
+    outputs = _make(local_deployer, TLS_SIGNED, "server-cert", inputs)
+    certificate = x509.load_pem_x509_certificate(outputs["certPem"].encode())
+    root = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+    # Signed by the root, for the request's subject, names and key.
+    certificate.verify_directly_issued_by(root)
+    assert (certificate.subject, certificate.issuer) == (request.subject, root.subject)
+    assert certificate.public_key() == request.public_key()
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["mlflow.example.internal"]
+    # Not a CA; a TLS server's usages and nothing else.
+    assert certificate.extensions.get_extension_for_class(x509.BasicConstraints).value == x509.BasicConstraints(
+        False, None
+    )
+    usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert (usage.digital_signature, usage.key_encipherment, usage.key_cert_sign, usage.crl_sign) == (
+        True,
+        True,
+        False,
+        False,
+    )
+    extended = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(extended) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    # As Go's x509: the root's subject key id as the authority key id.
+    root_id = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    authority = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert authority.key_identifier == root_id
+    assert (certificate.not_valid_after_utc - certificate.not_valid_before_utc).days == 90
+    assert outputs["validityEndTime"] == certificate.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert (outputs["readyForRenewal"], outputs["caKeyAlgorithm"]) == (False, "ECDSA")
+    # Kept while the inputs stay and the end is further than earlyRenewalHours away.
+    assert _make(local_deployer, TLS_SIGNED, "server-cert", inputs)["certPem"] == outputs["certPem"]
+
+
+def test_a_request_for_an_ip_address_names_it_as_one(local_deployer: LocalDeployer) -> None:
+    inputs = _root_and_request(local_deployer, {"subject": {"commonName": "10.1.2.3"}, "ipAddresses": ["10.1.2.3"]})
+    certificate = x509.load_pem_x509_certificate(_make(local_deployer, TLS_SIGNED, "cert", inputs)["certPem"].encode())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["10.1.2.3"]
+    assert names.get_values_for_type(x509.DNSName) == []
+
+
+def test_a_certificate_within_its_early_renewal_window_is_reissued(local_deployer: LocalDeployer) -> None:
+    inputs = _root_and_request(local_deployer, {"subject": {"commonName": "m.example"}, "dnsNames": ["m.example"]})
+    first = _make(local_deployer, TLS_SIGNED, "server-cert", inputs)
+    # As if the certificate had been issued 61 days ago: 29 days left, inside the 30-day window.
+    key = "tls:index/locallySignedCert:LocallySignedCert::server-cert"
+    local_deployer.state["tls"][key]["outputs"]["validityEndTime"] = (
+        datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=29)
+    ).strftime("%Y-%m-%dT%H:%M:%SZ")
+    renewed = _make(local_deployer, TLS_SIGNED, "server-cert", inputs)
+    assert renewed["certPem"] != first["certPem"]
+    assert ("renewed", "server-cert") in [(event, name) for _, event, name in local_deployer.events]
+    certificate = x509.load_pem_x509_certificate(renewed["certPem"].encode())
+    assert (certificate.not_valid_after_utc - datetime.datetime.now(datetime.UTC)).days >= 89
+    # The renewed one is kept in its turn (and recorded: the next `up` finds it).
+    assert _make(local_deployer, TLS_SIGNED, "server-cert", inputs)["certPem"] == renewed["certPem"]
+    assert local_state.load_state("unit")["tls"][key]["outputs"]["certPem"] == renewed["certPem"]
+
+
+def test_a_ca_key_that_does_not_match_its_certificate_is_refused(local_deployer: LocalDeployer) -> None:
+    inputs = _root_and_request(local_deployer, {"subject": {"commonName": "m.example"}, "dnsNames": ["m.example"]})
+    other = _make(local_deployer, TLS_KEY, "other-key", _P256)["privateKeyPem"]
+    with pytest.raises(DeployError, match="caPrivateKeyPem and caCertPem do not match"):
+        _make(local_deployer, TLS_SIGNED, "server-cert", {**inputs, "caPrivateKeyPem": other})
 
 
 def test_only_protected_tls_state_survives_down_with_kept_volumes(

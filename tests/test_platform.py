@@ -31,6 +31,7 @@ from tests.expected import (
     resolve,
 )
 from tests.harness import EngineMocks, declaration, run_program
+from tools.local_deploy.inputs import TLS_CERT_REQUEST, TLS_LOCALLY_SIGNED_CERT
 
 PLATFORM = "mlflow-platform:stack:MlflowPlatform"
 PROXY = "mlflow-platform:proxy:TlsProxy"
@@ -47,7 +48,7 @@ SHARED_TREE = {
     "mlflow-backups": ("mlflow-platform:backups:BackupService", "mlflow"),
     "mlflow-gc": ("mlflow-platform:gc:GarbageCollector", "mlflow"),
     "mlflow-proxy": (PROXY, "mlflow"),
-    # The proxy owns the CA it signs with (aliased from when the platform did).
+    # The proxy owns the CA that issues its certificate (aliased from when the platform did).
     "mlflow-ca": (INTERNAL_CA, "mlflow-proxy"),
     "mlflow-network-network": (NETWORK, "mlflow-network"),
     "mlflow-postgres-password": (RANDOM_PASSWORD, "mlflow-postgres"),
@@ -67,13 +68,24 @@ SHARED_TREE = {
     "mlflow-gc-container": (CONTAINER, "mlflow-gc"),
     "mlflow-ca-key": (TLS_PRIVATE_KEY, "mlflow-ca"),
     "mlflow-ca-root": (TLS_SELF_SIGNED_CERT, "mlflow-ca"),
+    # The server certificate, issued by the root in Pulumi: all the proxy is given.
+    "mlflow-ca-server-key": (TLS_PRIVATE_KEY, "mlflow-ca"),
+    "mlflow-ca-server-request": (TLS_CERT_REQUEST, "mlflow-ca"),
+    "mlflow-ca-server-cert": (TLS_LOCALLY_SIGNED_CERT, "mlflow-ca"),
     "mlflow-proxy-image": (IMAGE, "mlflow-proxy"),
     "mlflow-proxy-data": (VOLUME, "mlflow-proxy"),
     "mlflow-proxy-container": (CONTAINER, "mlflow-proxy"),
 }
 # What a configuration leaves out of SHARED_TREE: the CA outside tlsMode internal; and
 # in dev (no auth, no TLS) the auth secrets and the whole front door too.
-INTERNAL_ONLY = ("mlflow-ca", "mlflow-ca-key", "mlflow-ca-root")
+INTERNAL_ONLY = (
+    "mlflow-ca",
+    "mlflow-ca-key",
+    "mlflow-ca-root",
+    "mlflow-ca-server-key",
+    "mlflow-ca-server-request",
+    "mlflow-ca-server-cert",
+)
 SHARED_ONLY = (
     *INTERNAL_ONLY,
     "mlflow-proxy",
@@ -152,10 +164,11 @@ SHARED_DEPENDENCIES = {
         "mlflow-server-artifacts",
         "mlflow-server-container",
     ],
-    # The door opens once there is a healthy server behind it.
+    # The door opens once there is a healthy server behind it; it is given the server
+    # certificate and its key, nothing of the root.
     "mlflow-proxy-container": [
-        "mlflow-ca-key",
-        "mlflow-ca-root",
+        "mlflow-ca-server-cert",
+        "mlflow-ca-server-key",
         "mlflow-network-network",
         "mlflow-proxy-data",
         "mlflow-proxy-image",
@@ -218,7 +231,10 @@ def _component_outputs(stack: str, mode: str, mocks: EngineMocks) -> dict[str, A
         },
     }
     if mode == "internal":
-        outputs["mlflow-ca"] = {"certificate_pem": mocks.one(TLS_SELF_SIGNED_CERT, "ca-root").outputs["certPem"]}
+        outputs["mlflow-ca"] = {
+            "certificate_pem": mocks.one(TLS_SELF_SIGNED_CERT, "ca-root").outputs["certPem"],
+            "server_certificate_expires": mocks.one(TLS_LOCALLY_SIGNED_CERT).outputs["validityEndTime"],
+        }
     return {name: value for name, value in outputs.items() if name not in _left_out(stack, mode)}
 
 

@@ -36,6 +36,7 @@ from tests.expected import (
     volumes_of,
 )
 from tests.harness import EngineMocks, declaration
+from tools.local_deploy.inputs import TLS_CERT_REQUEST, TLS_LOCALLY_SIGNED_CERT
 
 INTERNAL_CA = "mlflow-platform:tls:InternalCa"
 PROXY_IMAGE = ImageOf(IMAGE, "proxy-image", "repoDigest")
@@ -45,12 +46,24 @@ SHARED_CONFIGURATIONS = [(stack, mode) for stack, mode in CONFIGURATIONS if stac
 
 @dataclass(frozen=True)
 class CertOf(Placeholder):
-    """The certificate a pulumi-tls SelfSignedCert produced (the stack's root CA)."""
+    """The certificate a pulumi-tls SelfSignedCert (the stack's root CA) or LocallySignedCert
+    (the server's, issued by that root) produced."""
+
+    resource: str
+    type: str = TLS_SELF_SIGNED_CERT
+
+    def resolve(self, mocks: EngineMocks) -> Any:
+        return mocks.one(self.type, self.resource).outputs["certPem"]
+
+
+@dataclass(frozen=True)
+class RequestOf(Placeholder):
+    """The request a pulumi-tls CertRequest produced."""
 
     resource: str
 
     def resolve(self, mocks: EngineMocks) -> Any:
-        return mocks.one(TLS_SELF_SIGNED_CERT, self.resource).outputs["certPem"]
+        return mocks.one(TLS_CERT_REQUEST, self.resource).outputs["certRequestPem"]
 
 
 @dataclass(frozen=True)
@@ -65,10 +78,11 @@ class KeyOf(Placeholder):
 
 # Where each tlsMode's certificate comes from, as files beside the Caddyfile: public ones
 # root-owned, keys the proxy's own and secret. The provided pair and ACME's root arrive stripped.
+# In internal mode the server certificate Pulumi issued and its own key: never the root's key.
 MODE_UPLOADS: dict[str, list[dict[str, Any]]] = {
     "internal": [
-        config_upload("/run/secrets/ca-root.crt", CertOf("ca-root")),
-        secret_upload("/run/secrets/ca-root.key", KeyOf("ca-key"), "10002"),
+        config_upload("/run/secrets/tls.crt", CertOf("ca-server-cert", TLS_LOCALLY_SIGNED_CERT)),
+        secret_upload("/run/secrets/tls.key", KeyOf("ca-server-key"), "10002"),
     ],
     "acme": [config_upload("/run/secrets/acme-ca.crt", ACME_ROOT.certificate.strip())],
     "provided": [
@@ -96,6 +110,10 @@ def container(
     memory_mb: int = 256,
 ) -> dict[str, Any]:
     """The proxy of `stack` for `site`: in the shared stacks, Pulumi.yaml's ports and memory on every interface."""
+    # The stack's only published ports: HTTPS, and plain HTTP only where ACME needs it.
+    ports = [{"internal": 8443, "external": site.https_port, "ip": bind, "protocol": "tcp"}]
+    if site.tls_mode == "acme":
+        ports.append({"internal": 8080, "external": http_port, "ip": bind, "protocol": "tcp"})
     return {
         **hardened(stack, "proxy", memory_mb),
         **service(stack),
@@ -106,6 +124,11 @@ def container(
         # The image built on the configured Caddy, by ID.
         "image": image,
         "user": "10002:10002",
+        # The image's command, once a stale intermediate CA (Caddy's pki storage) is gone.
+        "entrypoints": ["/bin/sh", "-c"],
+        "command": [
+            "rm -rf -- /var/lib/mlflow-proxy/pki && exec caddy run --config /etc/caddy/Caddyfile --adapter caddyfile"
+        ],
         "uploads": [config_upload("/etc/caddy/Caddyfile", caddyfile(site)), *MODE_UPLOADS[site.tls_mode]],
         "volumes": [
             {"volumeName": docker_name(stack, "proxy-data"), "containerPath": "/var/lib/mlflow-proxy"},
@@ -113,11 +136,7 @@ def container(
             {"containerPath": "/etc/caddy"},
             {"containerPath": "/run/secrets"},
         ],
-        # The stack's only published ports: HTTPS and its redirect.
-        "ports": [
-            {"internal": 8443, "external": site.https_port, "ip": bind, "protocol": "tcp"},
-            {"internal": 8080, "external": http_port, "ip": bind, "protocol": "tcp"},
-        ],
+        "ports": ports,
         "healthcheck": {
             "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
             "interval": "10s",
@@ -184,7 +203,7 @@ def test_the_internal_ca_is_generated_protected() -> None:
         "privateKeyPem": key.outputs["privateKeyPem"],
         "subject": {"commonName": "mlflow-platform-prod root CA", "organization": "mlflow-platform"},
         "isCaCertificate": True,
-        # Only Caddy's intermediate below it; ten years, as Caddy's own root.
+        # As when Caddy's intermediate sat below it (a change would replace it); ten years.
         "maxPathLength": 1,
         "validityPeriodHours": 87600,
         "allowedUses": ["cert_signing", "crl_signing", "digital_signature"],
@@ -192,6 +211,48 @@ def test_the_internal_ca_is_generated_protected() -> None:
     }
     # Clients trust this root: protected in a stack that protects its data.
     assert (key.protect, root.protect) == (True, True)
+
+
+@pytest.mark.parametrize(
+    ("host", "names"),
+    [
+        ("mlflow.example.internal", {"dnsNames": ["mlflow.example.internal"]}),
+        ("10.1.2.3", {"ipAddresses": ["10.1.2.3"]}),
+        ("2001:db8::5", {"ipAddresses": ["2001:db8::5"]}),
+    ],
+)
+def test_the_root_issues_the_server_certificate_for_the_public_host_only(host: str, names: dict[str, Any]) -> None:
+    mocks = declaration("prod", {"publicHost": host}).mocks
+    root_key = mocks.one(TLS_PRIVATE_KEY, "ca-key")
+    server_key = mocks.one(TLS_PRIVATE_KEY, "ca-server-key")
+    request = mocks.one(TLS_CERT_REQUEST, "ca-server-request")
+    certificate = mocks.one(TLS_LOCALLY_SIGNED_CERT, "ca-server-cert")
+    assert server_key.inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    # The one name clients use, and nothing else (MLflow's host check is behind it).
+    assert request.inputs == {
+        "privateKeyPem": server_key.outputs["privateKeyPem"],
+        "subject": {"commonName": host, "organization": "mlflow-platform"},
+        **names,
+    }
+    assert certificate.inputs == {
+        "certRequestPem": request.outputs["certRequestPem"],
+        "caPrivateKeyPem": root_key.outputs["privateKeyPem"],
+        "caCertPem": mocks.one(TLS_SELF_SIGNED_CERT, "ca-root").outputs["certPem"],
+        # A server's certificate, not a CA: it can sign nothing.
+        "isCaCertificate": False,
+        # 90 days, re-issued by any `pulumi up` in the last 30.
+        "validityPeriodHours": 2160,
+        "earlyRenewalHours": 720,
+        "allowedUses": ["digital_signature", "key_encipherment", "server_auth"],
+        "setSubjectKeyId": True,
+    }
+    # The root's key stays in the state: no container is given it, in any form.
+    root_key_pem = str(root_key.outputs["privateKeyPem"])
+    for registration in mocks.of_type(CONTAINER):
+        assert root_key_pem not in str(registration.inputs), registration.name
+        assert root_key.urn not in registration.dependencies, registration.name
+    # Renewed means replaced: never protected, whatever the stack protects.
+    assert (server_key.protect, request.protect, certificate.protect) == (False, False, False)
 
 
 def _tls(mode: str) -> TlsSettings:
@@ -254,7 +315,8 @@ def test_the_proxy_alone(mode: str) -> None:
     }
     # Only the internal mode has a CA of its own, and a root for clients to trust.
     assert ((proxy.internal_ca is None), (proxy.ca_certificate is None)) == (not internal, not internal)
-    assert len(mocks.of_type(TLS_PRIVATE_KEY)) == int(internal)
+    # The root's key and the server's.
+    assert len(mocks.of_type(TLS_PRIVATE_KEY)) == 2 * int(internal)
 
 
 @pytest.mark.parametrize("protect", [False, True])
@@ -262,12 +324,24 @@ def test_the_proxy_owns_its_internal_ca_under_the_name_it_had(protect: bool) -> 
     mocks, _ = built(
         lambda: TlsProxy("mlflow-proxy", _proxy_args("internal", stack=unit_context(protect_data=protect)))
     )
-    assert children(mocks, "mlflow-ca") == {"mlflow-ca-key": TLS_PRIVATE_KEY, "mlflow-ca-root": TLS_SELF_SIGNED_CERT}
-    ca, key, root = mocks.one(INTERNAL_CA), mocks.one(TLS_PRIVATE_KEY), mocks.one(TLS_SELF_SIGNED_CERT)
+    assert children(mocks, "mlflow-ca") == {
+        "mlflow-ca-key": TLS_PRIVATE_KEY,
+        "mlflow-ca-root": TLS_SELF_SIGNED_CERT,
+        "mlflow-ca-server-key": TLS_PRIVATE_KEY,
+        "mlflow-ca-server-request": TLS_CERT_REQUEST,
+        "mlflow-ca-server-cert": TLS_LOCALLY_SIGNED_CERT,
+    }
+    ca, key, root = mocks.one(INTERNAL_CA), mocks.one(TLS_PRIVATE_KEY, "ca-key"), mocks.one(TLS_SELF_SIGNED_CERT)
     # Declared by the platform before the proxy owned it: the alias keeps its URN (and its children's).
     assert ca.aliases == ["urn:pulumi:dev::mlflow-platform::mlflow-platform:tls:InternalCa::mlflow-ca"]
     assert root.inputs["subject"] == {"commonName": "mlflow-platform-unit root CA", "organization": "mlflow-platform"}
+    assert mocks.one(TLS_CERT_REQUEST).inputs["dnsNames"] == ["m.example"]
     assert (key.protect, root.protect) == (protect, protect)
+    assert registered_outputs(mocks, "mlflow-ca") == {
+        "certificate_pem": root.outputs["certPem"],
+        # When the served certificate expires: 90 days after the mocks' fixed issue time.
+        "server_certificate_expires": "2026-04-01T00:00:00Z",
+    }
 
 
 def test_dev_stays_plain_http_without_a_proxy() -> None:
@@ -320,13 +394,16 @@ COMMON_LINES = [
     "protocols h1 h2",
     "read_header 30s",
     "idle 5m",
-    "http://:8080 {",
-    "redir https://mlflow.example.com{uri} 308",
     "http://:8081 {",
     "bind 127.0.0.1",
     'respond /health "ok" 200',
     "https://mlflow.example.com {",
     "protocols tls1.2 tls1.3",
+    # Every mode: a browser records it only from a certificate it trusts (components/proxy.py).
+    'header Strict-Transport-Security "max-age=31536000"',
+    # MLflow's metrics are for a scraper on the stack network, never through the door.
+    "@metrics path /metrics /metrics/*",
+    "respond @metrics 404",
     "max_size 5120MiB",
     "reverse_proxy mlflow:5000 {",
     "flush_interval -1",
@@ -340,30 +417,26 @@ COMMON_LINES = [
     ("site", "present", "absent"),
     [
         (
+            # The certificate Pulumi issued from the stack's root, as a provided one: no CA in Caddy.
             _site("internal"),
-            [
-                "pki {",
-                "ca mlflow {",
-                "cert /run/secrets/ca-root.crt",
-                "key /run/secrets/ca-root.key",
-                "issuer internal {",
-            ],
-            ["Strict-Transport-Security", "email", "acme_ca"],
+            ["tls /run/secrets/tls.crt /run/secrets/tls.key {"],
+            ["pki", "issuer", "ca-root", "email", "acme_ca", "http://:8080", "redir https"],
         ),
         (
+            # Only ACME publishes port 80: HTTP-01, and the redirect to a fixed target.
             _site("acme", acme_email="ops@example.com"),
-            ['email "ops@example.com"', 'header Strict-Transport-Security "max-age=31536000"'],
-            ["acme_ca", "pki {", "issuer internal"],
+            ['email "ops@example.com"', "http://:8080 {", "redir https://mlflow.example.com{uri} 308"],
+            ["acme_ca", "pki", "issuer", "/run/secrets/tls"],
         ),
         (
             _site("acme", acme_email="ops@example.com", acme_directory_url="https://ca.example/dir", acme_ca_root=True),
-            ['acme_ca "https://ca.example/dir"', "acme_ca_root /run/secrets/acme-ca.crt"],
-            ["pki {"],
+            ['acme_ca "https://ca.example/dir"', "acme_ca_root /run/secrets/acme-ca.crt", "http://:8080 {"],
+            ["pki"],
         ),
         (
             _site("provided"),
-            ["tls /run/secrets/tls.crt /run/secrets/tls.key {", 'header Strict-Transport-Security "max-age=31536000"'],
-            ["pki {", "email", "issuer internal"],
+            ["tls /run/secrets/tls.crt /run/secrets/tls.key {"],
+            ["pki", "email", "issuer", "http://:8080", "redir https"],
         ),
     ],
     ids=["internal", "acme", "acme-private-ca", "provided"],
@@ -381,10 +454,12 @@ def test_caddyfile(site: CaddySite, present: list[str], absent: list[str]) -> No
 def test_caddyfile_for_an_ipv6_host_on_another_port() -> None:
     text = caddyfile(_site("internal", public_host="2001:db8::5", https_port=8443, max_upload_mb=100))
     assert "https://[2001:db8::5] {" in text
-    assert "redir https://[2001:db8::5]:8443{uri} 308" in text
     assert "max_size 100MiB" in text
     # No SNI is sent to an IP address: strict SNI matching would refuse every client.
     assert "strict_sni_host" not in text
+    # ACME's redirect names the public port when it is not 443.
+    redirect = caddyfile(_site("acme", public_host="mlflow.example.com", https_port=8443, acme_email="a@b.example"))
+    assert "redir https://mlflow.example.com:8443{uri} 308" in redirect
 
 
 def test_caddyfile_refuses_a_mode_without_a_proxy() -> None:
@@ -402,13 +477,12 @@ def test_the_whole_caddyfile_for_an_internal_ca() -> None:
         "\tservers {\n\t\tprotocols h1 h2\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}\n"
         "\t\tstrict_sni_host on\n\t}\n"
         "\tlog {\n\t\toutput stderr\n\t\tformat json\n\t}\n"
-        '\tpki {\n\t\tca mlflow {\n\t\t\tname "mlflow-platform mlflow.example.com"\n'
-        "\t\t\troot {\n\t\t\t\tcert /run/secrets/ca-root.crt\n\t\t\t\tkey /run/secrets/ca-root.key\n\t\t\t}\n"
-        "\t\t}\n\t}\n}\n\n"
-        "http://:8080 {\n\tredir https://mlflow.example.com{uri} 308\n}\n\n"
+        "}\n\n"
         'http://:8081 {\n\tbind 127.0.0.1\n\trespond /health "ok" 200\n}\n\n'
         "https://mlflow.example.com {\n"
-        "\ttls {\n\t\tprotocols tls1.2 tls1.3\n\t\tissuer internal {\n\t\t\tca mlflow\n\t\t}\n\t}\n"
+        "\ttls /run/secrets/tls.crt /run/secrets/tls.key {\n\t\tprotocols tls1.2 tls1.3\n\t}\n"
+        '\theader Strict-Transport-Security "max-age=31536000"\n'
+        "\t@metrics path /metrics /metrics/*\n\trespond @metrics 404\n"
         "\trequest_body {\n\t\tmax_size 5120MiB\n\t}\n"
         "\treverse_proxy mlflow:5000 {\n\t\tflush_interval -1\n\t\ttransport http {\n\t\t\tkeepalive 2s\n\t\t}\n\t}\n"
         "\tlog {\n\t\toutput stdout\n\t\tformat json\n\t}\n"

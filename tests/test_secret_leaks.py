@@ -26,7 +26,8 @@ def test_no_secret_leaves_its_secret_files(stack: str, mode: str) -> None:
     generated = {r.name: r for r in [*mocks.of_type(RANDOM_PASSWORD), *mocks.of_type(TLS_PRIVATE_KEY)]}
     # Every secret this configuration holds, so the test cannot pass by finding none.
     assert sorted(generated) == sorted(
-        (PASSWORDS if stack == "dev" else AUTH_PASSWORDS) + (["mlflow-ca-key"] if mode == "internal" else [])
+        (PASSWORDS if stack == "dev" else AUTH_PASSWORDS)
+        + (["mlflow-ca-key", "mlflow-ca-server-key"] if mode == "internal" else [])
     )
     secrets = {name: str(r.outputs.get("result") or r.outputs["privateKeyPem"]) for name, r in generated.items()}
     secrets |= {key: str(overrides[key]).strip() for key in SECRET_CONFIG_KEYS if key in overrides}

@@ -9,6 +9,7 @@ names. A recording monitor keeps each registration's parent and resource options
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import runpy
@@ -131,6 +132,10 @@ def _digest(*parts: str) -> str:
     return "sha256:" + hashlib.sha256("/".join(parts).encode()).hexdigest()
 
 
+# When the mocks' certificates begin: fixed, so their validity outputs never differ between runs.
+_MOCK_ISSUED = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
 def _computed_outputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Outputs the real providers compute, with their camelCase names."""
     resource_id = f"{name}-id"
@@ -153,8 +158,17 @@ def _computed_outputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> 
         # pulumi-tls marks the private key secret (additionalSecretOutputs).
         outputs["privateKeyPem"] = secret(f"-----BEGIN EC PRIVATE KEY-----\n{name}\n-----END EC PRIVATE KEY-----\n")
         outputs["publicKeyPem"] = f"-----BEGIN PUBLIC KEY-----\n{name}\n-----END PUBLIC KEY-----\n"
-    elif type_token == "tls:index/selfSignedCert:SelfSignedCert":
-        outputs["certPem"] = f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n"
+    elif type_token in ("tls:index/selfSignedCert:SelfSignedCert", "tls:index/locallySignedCert:LocallySignedCert"):
+        hours = int(inputs.get("validityPeriodHours", 0))
+        outputs.update(
+            certPem=f"-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n",
+            # A fixed issue time: the declarations stay the same from one run to the next.
+            validityStartTime=_MOCK_ISSUED.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            validityEndTime=(_MOCK_ISSUED + datetime.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            readyForRenewal=False,
+        )
+    elif type_token == "tls:index/certRequest:CertRequest":
+        outputs["certRequestPem"] = f"-----BEGIN CERTIFICATE REQUEST-----\n{name}\n-----END CERTIFICATE REQUEST-----\n"
     elif type_token == "docker:index/network:Network":
         outputs.update(name=inputs.get("name", name), driver=inputs.get("driver", "bridge"))
     elif type_token == "docker:index/volume:Volume":

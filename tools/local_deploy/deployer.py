@@ -39,6 +39,8 @@ from tools.local_deploy.inputs import (
     RANDOM_PASSWORD,
     RANDOM_STRING,
     REMOTE_IMAGE,
+    TLS_CERT_REQUEST,
+    TLS_LOCALLY_SIGNED_CERT,
     TLS_PRIVATE_KEY,
     TLS_SELF_SIGNED_CERT,
     VOLUME,
@@ -75,6 +77,8 @@ REALISERS: dict[str, Realise] = {
     CONTAINER: realise_container,
     TLS_PRIVATE_KEY: realise_tls,
     TLS_SELF_SIGNED_CERT: realise_tls,
+    TLS_CERT_REQUEST: realise_tls,
+    TLS_LOCALLY_SIGNED_CERT: realise_tls,
 }
 
 

@@ -21,6 +21,8 @@ IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
 TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
+TLS_CERT_REQUEST = "tls:index/certRequest:CertRequest"
+TLS_LOCALLY_SIGNED_CERT = "tls:index/locallySignedCert:LocallySignedCert"
 # The program's own ComponentResources: nothing to create, they only group children.
 COMPONENT_PREFIX = "mlflow-platform:"
 
@@ -46,6 +48,9 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
     TLS_SELF_SIGNED_CERT: frozenset({"privateKeyPem", "subject", "isCaCertificate", "maxPathLength"})
     | {"validityPeriodHours", "allowedUses", "setSubjectKeyId", "dnsNames", "ipAddresses"},
+    TLS_CERT_REQUEST: frozenset({"privateKeyPem", "subject", "dnsNames", "ipAddresses"}),
+    TLS_LOCALLY_SIGNED_CERT: frozenset({"certRequestPem", "caPrivateKeyPem", "caCertPem", "isCaCertificate"})
+    | {"maxPathLength", "validityPeriodHours", "earlyRenewalHours", "allowedUses", "setSubjectKeyId"},
 }
 # Keys handled inside structured inputs (objects, or lists of objects). Free-form
 # maps (build.args, logOpts, tmpfs) are not listed: every key of those is handled.
@@ -64,6 +69,7 @@ HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
     (CONTAINER, "healthcheck"): frozenset({"tests", "interval", "timeout", "retries", "startPeriod"}),
     (CONTAINER, "capabilities"): frozenset({"adds", "drops"}),
     (TLS_SELF_SIGNED_CERT, "subject"): frozenset({"commonName", "organization"}),
+    (TLS_CERT_REQUEST, "subject"): frozenset({"commonName", "organization"}),
 }
 
 
