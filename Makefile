@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
-	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, unit and end-to-end tests"
+	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, renovate config, unit and end-to-end tests"
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in shared stacks are kept)"
 	@echo "make renovate-tools       install renovate-config-validator (npm ci of tools/renovate), which make lint runs"
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
@@ -46,13 +46,15 @@ destroy: $(BIN)/.installed policy/venv/.installed
 # uv resolves for every platform and Python >= 3.11 (--universal) and records the hash of every
 # file of each pin. The dev lock comes first; the program's and the pack's follow its versions, so
 # the tests run exactly the releases a deployment installs.
-LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11
+# Each lock's header repeats the command that made it, with every option as --name=value:
+# Renovate's pip-compile manager reruns that command to update a lock (and refuses a
+# --custom-compile-command header), so `make lock` and Renovate write the same files.
+LOCK = $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version=3.11
 
 lock: $(BIN)/.installed
-	$(LOCK) --custom-compile-command "make lock" requirements-dev.in -o requirements-dev.txt
-	$(LOCK) --custom-compile-command "make lock" requirements.in --constraint requirements-dev.txt -o requirements.txt
-	$(LOCK) --custom-compile-command "make lock" policy/requirements.in --constraint requirements-dev.txt \
-		-o policy/requirements.txt
+	$(LOCK) requirements-dev.in --output-file=requirements-dev.txt
+	$(LOCK) requirements.in --constraint=requirements-dev.txt --output-file=requirements.txt
+	$(LOCK) policy/requirements.in --constraint=requirements-dev.txt --output-file=policy/requirements.txt
 
 # mlflow/requirements.txt with the release filled in (uv does not expand ${MLFLOW_VERSION}).
 lock-image: $(BIN)/.installed

@@ -307,7 +307,15 @@ def test_each_lock_is_generated_from_its_input(lock: str, source: str) -> None:
     # Edited *.in without `make lock`: a direct pin the lock does not hold.
     stale = {name: version for name, version in direct.items() if name not in pins or pins[name].version != version}
     assert stale == {}, f"{lock} is stale for {stale}: run `make lock`"
-    assert "make lock" in (PROJECT_DIR / lock).read_text(encoding="utf-8").splitlines()[1]
+    # The header repeats the command that made it (Renovate reruns it to update the lock).
+    header = (PROJECT_DIR / lock).read_text(encoding="utf-8").splitlines()[1]
+    assert header.split() == [
+        "#",
+        *"uv pip compile --generate-hashes --universal --python-version=3.11".split(),
+        source,
+        *([] if lock == "requirements-dev.txt" else ["--constraint=requirements-dev.txt"]),
+        f"--output-file={lock}",
+    ]
 
 
 def test_program_and_pack_run_the_releases_the_tests_run() -> None:
