@@ -12,7 +12,17 @@ import pulumi_docker as docker
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
 from components.settings import BackupSettings
-from components.workload import SECRETS_DIR, HealthCheck, Mount, Workload, config_file, secret_file
+from components.workload import (
+    DATABASE,
+    FRONT,
+    SECRETS_DIR,
+    Attachment,
+    HealthCheck,
+    Mount,
+    Workload,
+    config_file,
+    secret_file,
+)
 
 # The script is uploaded into the container, so the stack's own pinned Postgres
 # image runs it unchanged: no image to build, and pg_dump always matches the server.
@@ -60,7 +70,10 @@ class BackupServiceArgs(TypedDict):
 
 
 def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_name: str) -> str:
-    """The script's settings, as shell assignments; every value is a checked identifier or number."""
+    """The script's settings, as shell assignments; every value is a checked identifier or number.
+
+    `network_name` is the database network, the one the one-off restore container joins to reach Postgres.
+    """
     database = args["database"]
     values = {
         "PGHOST": database.host,
@@ -101,7 +114,7 @@ class BackupService(pulumi.ComponentResource):
 
     def _workload(self, args: BackupServiceArgs) -> Workload:
         stack, database = args["stack"], args["database"]
-        config = pulumi.Output.all(stack.network, args["artifacts_volume_name"]).apply(
+        config = pulumi.Output.all(stack.network_name(DATABASE), args["artifacts_volume_name"]).apply(
             lambda names: backup_config(args, names[0], names[1])
         )
         # libpq's password file: host:port:database:user:password.
@@ -128,7 +141,8 @@ class BackupService(pulumi.ComponentResource):
                 Mount(str(Path(SCRIPT_PATH).parent)),
                 Mount(str(Path(CONFIG_PATH).parent)),
             ],
-            network_aliases=None,
+            # Postgres on the internal network; the front one keeps a way out (an object store).
+            networks=[Attachment(FRONT), Attachment(DATABASE)],
             health=HealthCheck(
                 # Unhealthy once the newest backup is older than twice the interval:
                 # a stopped or failing schedule shows in `docker ps`.

@@ -8,6 +8,8 @@ from urllib.parse import quote
 
 import pulumi
 
+from components.workload import DATABASE, FRONT, StackNetworkRole
+
 if TYPE_CHECKING:
     from components.standalone import StandaloneTarget
 
@@ -32,7 +34,18 @@ class StackContext:
     startup_timeout_seconds: int
     """How long `pulumi up` waits for a workload to become healthy."""
     network: pulumi.Input[str] = ""
-    """The stack network's name; set once the network is declared."""
+    """The front network's name (the stack network, with a route out); set once it is declared."""
+    database_network: pulumi.Input[str] = ""
+    """The database network's name (internal: no route out); set once it is declared."""
+    joins: tuple[StackNetworkRole, ...] = (FRONT,)
+    """The networks a workload of this stack joins when its description names none (`Workload.networks`)."""
+
+    def network_name(self, network: StackNetworkRole) -> pulumi.Input[str]:
+        """The Docker name of one of the stack's networks; refused while it is not declared."""
+        name = {FRONT: self.network, DATABASE: self.database_network}[network]
+        if name == "":
+            raise ValueError(f"the stack's {network} network is not declared (StackContext has no name for it)")
+        return name
 
     @property
     def prefix(self) -> str:

@@ -5,10 +5,15 @@ empty data directory, so kept, restored or migrated data would keep whatever
 passwords it was made with. This one-shot job (the MLflow image's bootstrap_db.py)
 connects to Postgres over its local socket, which the image trusts, and sets:
 MLflow's role (not a superuser, no CREATEDB/CREATEROLE, owner of the tracking and
-auth databases only) with the generated password; the superuser's password; and
+auth databases only) with the generated password; no password at all for the
+superuser, which then cannot log in over the network, only over the socket; and
 moves stacks made with MLflow connecting as the superuser to that layout. Its
-inputs hold every secret it applies, so it is replaced, and runs again, whenever
-one of them changes, as well as when the Postgres container is replaced.
+inputs hold the secret it applies, so it is replaced, and runs again, whenever
+that changes, as well as when the Postgres container is replaced.
+
+The container stays (exited) for `pulumi up --refresh` to find, so it is not run
+again on every update; the job empties its secret file as soon as it has read it,
+so what stays holds no secret.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import pulumi_docker as docker
 
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import BOOTSTRAP_SCRIPT, DB_PASSWORD_FILE, MLFLOW_USER
-from components.postgres_facts import SOCKET_DIR, SUPERUSER, SUPERUSER_PASSWORD_FILE
+from components.postgres_facts import SOCKET_DIR, SUPERUSER
 from components.workload import Mount, Workload, secret_file
 
 # Python, psycopg and nothing else: a fraction of what the server needs.
@@ -39,8 +44,6 @@ class DatabaseBootstrapArgs(TypedDict):
     """Volume holding Postgres's local socket."""
     postgres_container: docker.Container
     """The health-gated Postgres container the bootstrap runs against."""
-    superuser_password: pulumi.Input[str]
-    """The cluster superuser's generated password (secret)."""
     database: DatabaseEndpoint
     """MLflow's role, its password and the two databases it owns."""
 
@@ -71,20 +74,16 @@ def _workload(args: DatabaseBootstrapArgs) -> Workload:
         environment=[
             f"POSTGRES_SOCKET_DIR={SOCKET_DIR}",
             f"POSTGRES_SUPERUSER={SUPERUSER}",
-            f"POSTGRES_SUPERUSER_PASSWORD_FILE={SUPERUSER_PASSWORD_FILE}",
             f"POSTGRES_USER={database.role}",
             f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
             f"POSTGRES_DB={database.database}",
             f"POSTGRES_AUTH_DB={database.auth_database}",
         ],
-        files=[
-            secret_file(DB_PASSWORD_FILE, database.password),
-            secret_file(SUPERUSER_PASSWORD_FILE, args["superuser_password"]),
-        ],
+        files=[secret_file(DB_PASSWORD_FILE, database.password)],
         # Read-only is enough to connect to a socket.
         mounts=[Mount(SOCKET_DIR, args["socket_volume_name"], read_only=True)],
         # The socket is its only way to Postgres; it needs no network at all.
-        on_network=False,
+        networks=[],
         memory_mb=_MEMORY_MB,
         extra_labels={POSTGRES_CONTAINER_LABEL: args["postgres_container"].id},
     )

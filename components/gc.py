@@ -11,7 +11,7 @@ import pulumi_docker as docker
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
 from components.settings import GcSettings
-from components.workload import HealthCheck, Mount, Workload, secret_file
+from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
 
 MEMORY_MB = 512
 # The loop exits on SIGTERM; a gc cut short is simply run again on the next schedule.
@@ -91,7 +91,8 @@ def _workload(args: GarbageCollectorArgs) -> Workload:
         environment=environment,
         files=[secret_file(DB_PASSWORD_FILE, args["database"].password)],
         mounts=[Mount(ARTIFACTS_DIR, args["artifacts_volume_name"])],
-        network_aliases=None,
+        # Postgres on the internal network; the front one keeps a way out (an object store).
+        networks=[Attachment(FRONT), Attachment(DATABASE)],
         # The image's own check probes the server's port, which this workload has not.
         health=HealthCheck(
             test=["CMD", GC_COMMAND, "health"], interval="10s", timeout="10s", retries=3, start_period="5m"

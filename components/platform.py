@@ -18,6 +18,7 @@ from components.network import StackNetwork
 from components.postgres import PostgresDatabase
 from components.proxy import TlsProxy
 from components.settings import StackSettings
+from components.workload import DATABASE, FRONT
 
 POSTGRES_ALIAS = "postgres"
 MLFLOW_ALIAS = "mlflow"
@@ -29,7 +30,7 @@ class MlflowPlatformArgs(TypedDict):
 
 
 class MlflowPlatform(pulumi.ComponentResource):
-    """An MLflow tracking server on Postgres, on a network of its own."""
+    """An MLflow tracking server on Postgres, on networks of its own."""
 
     network: StackNetwork
     database: PostgresDatabase
@@ -51,7 +52,9 @@ class MlflowPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         stack = settings.context()
         self.network = StackNetwork(f"{name}-network", {"stack": stack}, opts=child)
-        stack = dataclasses.replace(stack, network=self.network.name)
+        stack = dataclasses.replace(stack, network=self.network.name, database_network=self.network.database_name)
+        # MLflow reaches Postgres (on the internal network alone) and the proxy reaches MLflow (on the front one).
+        server_stack = dataclasses.replace(stack, joins=(FRONT, DATABASE))
 
         self.database = PostgresDatabase(
             f"{name}-postgres",
@@ -80,7 +83,6 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "image": self.image.repo_digest,
                 "socket_volume_name": self.database.socket_volume.name,
                 "postgres_container": self.database.container,
-                "superuser_password": self.database.superuser_password.result,
                 "database": endpoint,
             },
             opts=child,
@@ -91,7 +93,7 @@ class MlflowPlatform(pulumi.ComponentResource):
         self.server = MlflowServer(
             f"{name}-server",
             {
-                "stack": stack,
+                "stack": server_stack,
                 "image": self.image.repo_digest,
                 "database": endpoint,
                 "server": settings.server,

@@ -1,8 +1,11 @@
 """PostgreSQL for the tracking store: pinned image, data volume, a superuser that only bootstraps.
 
-The cluster's superuser (`postgres`, the official image's default) gets its own
-generated password; MLflow's role is made and kept in shape by `DatabaseBootstrap`
-over the local socket, which this component shares through a volume.
+The cluster's superuser (`postgres`, the official image's default) gets a generated
+password only because the image's initdb requires one; `DatabaseBootstrap` removes
+it (so the superuser cannot log in over the network at all) and makes and keeps
+MLflow's role in shape over the local socket, which this component shares through
+a volume. The container is on the stack's internal database network only, with a
+read-only root file system.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from components.postgres_facts import (
 )
 from components.secrets import generated_password
 from components.settings import DatabaseSettings
-from components.workload import File, HealthCheck, Mount, Workload, secret_file
+from components.workload import DATABASE, Attachment, File, HealthCheck, Mount, Workload, secret_file
 
 _ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
 _ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
@@ -36,6 +39,12 @@ _ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgr
 STOP_SIGNAL = "SIGINT"
 STOP_TIMEOUT_SECONDS = 120
 _ROLE = "database"
+
+
+# Where the image writes outside its volumes under a read-only root: the official entrypoint's
+# scratch files while it initialises a cluster (bash here-documents; nss_wrapper's passwd for
+# a uid without one). The data and socket directories are volumes, /dev/shm is shm_size's.
+_TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=64m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
 
 
 # Connections kept free for maintenance (psql, pg_dump, the health probe) on top of the
@@ -74,7 +83,7 @@ class PostgresDatabaseArgs(TypedDict):
     database: DatabaseSettings
     """The pinned image, the generated passwords' length, the memory limit."""
     alias: str
-    """Host name other containers on the network use for it."""
+    """Host name other containers on the database network use for it."""
     secrets_rotation: str
     """Keeper of the generated passwords: a new value rotates them."""
     client_connections: int
@@ -82,7 +91,7 @@ class PostgresDatabaseArgs(TypedDict):
 
 
 class PostgresDatabase(pulumi.ComponentResource):
-    """A Postgres container reachable only on the stack network, health-gated."""
+    """A Postgres container reachable only on the stack's internal database network, health-gated."""
 
     password: random.RandomPassword
     superuser_password: random.RandomPassword
@@ -102,8 +111,9 @@ class PostgresDatabase(pulumi.ComponentResource):
         # as when it was the superuser's, so existing stacks keep their value.
         length, rotation = args["database"].password_length, args["secrets_rotation"]
         self.password = generated_password(f"{name}-password", length, rotation, child)
-        # initdb sets it on a new data directory; DatabaseBootstrap sets it on every
-        # other (kept or restored data, a rotation). Nothing connects with it.
+        # The official image refuses to initialise a data directory without a superuser
+        # password; DatabaseBootstrap removes it again (PASSWORD NULL) on every data
+        # directory. Nothing connects with it.
         self.superuser = SUPERUSER
         self.superuser_password = generated_password(f"{name}-superuser-password", length, rotation, child)
         stack = args["stack"]
@@ -150,11 +160,12 @@ class PostgresDatabase(pulumi.ComponentResource):
                 File(_ENTRYPOINT, _ENTRYPOINT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
             ],
             mounts=[Mount(DATA_MOUNT, self.volume.name), Mount(SOCKET_DIR, self.socket_volume.name)],
-            # The one workload whose root file system is still writable.
-            read_only_root=False,
+            read_only_root=True,
+            tmpfs=_TMPFS,
             # Docker's 64 MiB /dev/shm is too small for parallel query workers.
             shm_size_mb=256,
-            network_aliases=[self.alias],
+            # Only on the internal network: no route out, and nothing but its clients reaches it.
+            networks=[Attachment(DATABASE, [self.alias])],
             health=HealthCheck(
                 # Over TCP: during first start the entrypoint runs a socket-only
                 # server for init scripts, which a socket probe would call ready.

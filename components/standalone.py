@@ -17,7 +17,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.context import StackContext
-from components.workload import RESTART_ALWAYS, SECRETS_DIR, File, Workload
+from components.workload import FRONT, NETWORK_ORDER, RESTART_ALWAYS, SECRETS_DIR, Attachment, File, Workload
 
 LOG_DRIVER = "json-file"
 # Blocks setuid binaries and file capabilities from raising privileges.
@@ -86,14 +86,21 @@ class StandaloneTarget:
             opts=pulumi.ResourceOptions(parent=owner),
         )
 
-    def network(self, owner: pulumi.Resource, resource_name: str, docker_name: pulumi.Input[str]) -> docker.Network:
-        """A user-defined bridge network: workloads on it resolve each other by alias."""
-        # Not `internal`: Docker publishes no ports for a container whose only
-        # network is internal, and the published ports must reach the host.
+    def network(
+        self, owner: pulumi.Resource, resource_name: str, docker_name: pulumi.Input[str], *, internal: bool = False
+    ) -> docker.Network:
+        """A user-defined bridge network: workloads on it resolve each other by alias.
+
+        `internal`: Docker gives it no gateway and drops whatever would leave its subnet,
+        so its containers reach only each other. Docker publishes no port of a container
+        whose only network is internal: a workload that publishes one needs another network too.
+        """
         return docker.Network(
             resource_name,
             name=docker_name,
             driver="bridge",
+            # Left out unless set, so the front network's inputs stay what they always were.
+            internal=True if internal else None,
             labels=_labels(docker.NetworkLabelArgs, self.context.labels("network")),
             opts=pulumi.ResourceOptions(parent=owner),
         )
@@ -168,10 +175,7 @@ class StandaloneTarget:
         labels = _labels(docker.ContainerLabelArgs, self.context.labels(workload.role))
         labels += [docker.ContainerLabelArgs(label=key, value=value) for key, value in workload.extra_labels.items()]
         log = self.context.log_rotation
-        network = docker.ContainerNetworksAdvancedArgs(
-            name=self.context.network,
-            aliases=list(workload.network_aliases) if workload.network_aliases is not None else None,
-        )
+        networks = self._networks(workload)
         health = workload.health
         return docker.Container(
             resource_name,
@@ -219,8 +223,8 @@ class StandaloneTarget:
             log_driver=LOG_DRIVER,
             log_opts={"max-size": log.max_size, "max-file": str(log.max_files)},
             labels=labels,
-            networks_advanced=[network] if workload.on_network else None,
-            network_mode=None if workload.on_network else "none",
+            networks_advanced=networks or None,
+            network_mode=None if networks else "none",
             restart=lifecycle.restart,
             must_run=lifecycle.must_run,
             attach=lifecycle.attach,
@@ -235,6 +239,28 @@ class StandaloneTarget:
             # (the provider would otherwise create first, and Docker refuses a second name).
             opts=pulumi.ResourceOptions(parent=owner, depends_on=list(depends_on), delete_before_replace=True),
         )
+
+    def _networks(self, workload: Workload) -> list[docker.ContainerNetworksAdvancedArgs]:
+        """One entry per stack network the workload joins, front first, each with its aliases there."""
+        attachments = (
+            workload.networks
+            if workload.networks is not None
+            else [Attachment(network, workload.network_aliases) for network in self.context.joins]
+        )
+        by_network = {attachment.network: attachment for attachment in attachments}
+        if len(by_network) != len(attachments):
+            raise ValueError(f"workload {workload.name} names one of the stack's networks twice")
+        if workload.ports and FRONT not in by_network:
+            # Docker would create it and publish nothing: the internal network has no way in from the host.
+            raise ValueError(f"workload {workload.name} publishes ports but is not on the stack's front network")
+        return [
+            docker.ContainerNetworksAdvancedArgs(
+                name=self.context.network_name(network),
+                aliases=list(aliases) if (aliases := by_network[network].aliases) is not None else None,
+            )
+            for network in NETWORK_ORDER
+            if network in by_network
+        ]
 
 
 def _labels(kind: type[_LabelArgs], labels: dict[str, str]) -> list[_LabelArgs]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import pulumi
 
@@ -22,6 +23,15 @@ import pulumi
 SECRETS_DIR = "/run/secrets"
 # Restarted after a crash or an engine restart, but not after an operator's `docker stop`.
 RESTART_ALWAYS = "unless-stopped"
+
+# The stack's two networks, by what they are for (their Docker names are the stack context's).
+StackNetworkRole = Literal["front", "database"]
+FRONT: StackNetworkRole = "front"
+"""The network with a route out: the proxy, MLflow and the workloads that may need egress. Never Postgres."""
+DATABASE: StackNetworkRole = "database"
+"""The internal network (no route out): Postgres, and only the workloads that talk to it."""
+# The order every workload's networks are attached in, whatever order a description names them in.
+NETWORK_ORDER: tuple[StackNetworkRole, ...] = (FRONT, DATABASE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,15 @@ class Port:
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """One of the stack's networks a workload joins, and the names it is reached by there."""
+
+    network: StackNetworkRole
+    aliases: Sequence[str] | None = None
+    """None joins without aliases."""
+
+
+@dataclass(frozen=True)
 class Workload:
     """One long-running process (or one-shot job) of the stack."""
 
@@ -109,10 +128,11 @@ class Workload:
     stop_signal: str | None = None
     stop_grace_seconds: int | None = None
     """How long a stop, a replacement or a destroy waits before killing it."""
+    networks: Sequence[Attachment] | None = None
+    """The stack networks it joins and its aliases on each; () none at all (a job that talks over a
+    socket). None: the networks its stack context gives (`StackContext.joins`), each with `network_aliases`."""
     network_aliases: Sequence[str] | None = None
-    """Names it is reached by on the stack network; None joins without aliases."""
-    on_network: bool = True
-    """False: no network at all (a job that talks over a socket)."""
+    """Names it is reached by on each network it joins when `networks` is None; None: no aliases."""
     ports: Sequence[Port] | None = None
     """Published ports; None publishes nothing and says nothing about it."""
     extra_labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)

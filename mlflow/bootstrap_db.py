@@ -7,12 +7,17 @@ works whatever passwords the data directory was made with. On every run it:
   POSTGRES_SUPERUSER and a new, unprivileged role takes MLflow's name;
 - makes MLflow's role a plain login role (no SUPERUSER, CREATEDB, CREATEROLE,
   REPLICATION, BYPASSRLS, no membership such as pg_execute_server_program) with
-  the generated password, and the superuser's password the generated one;
+  the generated password;
+- removes the superuser's password (PASSWORD NULL): password authentication then
+  always fails for it, so no client on the network can log in as the superuser
+  with any password; the local socket, which only this job shares, stays trusted;
 - creates the tracking and auth databases if missing and gives MLflow's role
   ownership of them and of every object in them (restored or migrated data).
 
-Passwords are read from files and sent only as SCRAM verifiers computed here by
-libpq, so neither the server's statement log nor an error report can show one.
+The password is read from its file, which is then emptied before anything else
+happens: the exited container stays (Pulumi keeps its record of the run), and
+holds no secret. It is sent only as a SCRAM verifier computed here by libpq, so
+neither the server's statement log nor an error report can show it.
 """
 
 from __future__ import annotations
@@ -37,9 +42,26 @@ def _log(message: str) -> None:
     print(f"bootstrap_db: {message}", file=sys.stderr, flush=True)
 
 
-def _read_secret(variable: str) -> str:
-    with open(os.environ[variable], encoding="utf-8") as handle:
-        return handle.read().rstrip("\n")
+def _take_secret(variable: str) -> str:
+    """The secret in the file `variable` names; the file is left empty.
+
+    It is the job's own 0400 file, in a directory it cannot write (so it cannot be
+    deleted): as its owner the job makes it writable, overwrites it and truncates it.
+    """
+    path = os.environ[variable]
+    with open(path, encoding="utf-8") as handle:
+        secret = handle.read()
+    if not secret.strip():
+        # This container ran before (`docker start` of the exited job): a new run comes from a new container.
+        sys.exit(f"bootstrap_db: {path} is empty; run the bootstrap again with `pulumi up --replace <its URN>`")
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as handle:
+        handle.write(b"\0" * len(secret.encode()))
+        handle.flush()
+        os.fsync(handle.fileno())
+        handle.truncate(0)
+    os.chmod(path, 0o400)
+    return secret.rstrip("\n")
 
 
 def _connect(user: str, database: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
@@ -79,9 +101,11 @@ def _verifier(connection: psycopg.Connection[tuple[object, ...]], role: str, pas
     return connection.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
 
 
-def _apply_roles(connection: psycopg.Connection[tuple[object, ...]], superuser: str, user: str) -> None:
+def _apply_roles(
+    connection: psycopg.Connection[tuple[object, ...]], superuser: str, user: str, user_password: str
+) -> None:
     role = sql.Identifier(user)
-    password = _verifier(connection, user, _read_secret("POSTGRES_PASSWORD_FILE"))
+    password = _verifier(connection, user, user_password)
     attributes = sql.SQL("LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT")
     verb = "ALTER" if _role_exists(connection, user) else "CREATE"
     connection.execute(
@@ -95,11 +119,9 @@ def _apply_roles(connection: psycopg.Connection[tuple[object, ...]], superuser: 
     ).fetchall()
     for (group,) in granted:
         connection.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(str(group)), role))
-    superuser_password = _verifier(connection, superuser, _read_secret("POSTGRES_SUPERUSER_PASSWORD_FILE"))
-    connection.execute(
-        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(superuser), sql.Literal(superuser_password))
-    )
-    _log(f"role '{user}' (unprivileged) and superuser '{superuser}' have the declared passwords")
+    # Set by initdb (the image requires one), or by an earlier release of this job.
+    connection.execute(sql.SQL("ALTER ROLE {} PASSWORD NULL").format(sql.Identifier(superuser)))
+    _log(f"role '{user}' (unprivileged) has the declared password; superuser '{superuser}' has none")
 
 
 # Every relation, type and routine outside the system schemas that MLflow's role
@@ -167,8 +189,9 @@ def _scratch_database(superuser: str, user: str, database: str) -> None:
 
 def main() -> None:
     superuser, user = os.environ["POSTGRES_SUPERUSER"], os.environ["POSTGRES_USER"]
+    user_password = _take_secret("POSTGRES_PASSWORD_FILE")
     with _connect_as_superuser(superuser, user) as connection:
-        _apply_roles(connection, superuser, user)
+        _apply_roles(connection, superuser, user, user_password)
     tracking = os.environ["POSTGRES_DB"]
     for database in (tracking, os.environ["POSTGRES_AUTH_DB"]):
         _own_database(superuser, user, database)

@@ -20,6 +20,7 @@ from .readers import _field, _strings, _words, envs, labels
 
 CONTAINER: Final = "docker:index/container:Container"
 VOLUME: Final = "docker:index/volume:Volume"
+NETWORK: Final = "docker:index/network:Network"
 IMAGE: Final = "docker:index/image:Image"
 REMOTE_IMAGE: Final = "docker:index/remoteImage:RemoteImage"
 RANDOM_PASSWORD: Final = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token

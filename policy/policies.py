@@ -8,7 +8,7 @@ The pack is split by concern, and this module only assembles it:
 
 - readers.py: reading what the engine hands a policy (inputs, unknown values, URNs, the pack config);
 - identify.py: which resource is which (Postgres, the tracking server, secret generators);
-- the rules by subject: rules_containers.py, rules_secrets.py, rules_volumes.py, rules_server.py.
+- the rules by subject: rules_containers.py, rules_secrets.py, rules_volumes.py, rules_networks.py, rules_server.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Final
 from pulumi_policy import Policy
 
 from .rules_containers import container_healthcheck, container_restart_policy, image_pinned, postgres_not_published
+from .rules_networks import postgres_internal_networks
 from .rules_secrets import container_env_no_secret_values, container_env_secret_names
 from .rules_server import mlflow_behind_proxy, mlflow_public_needs_auth, protected_stack_mlflow_auth, shared_stack_tls
 from .rules_volumes import protected_stack_volumes
@@ -25,6 +26,7 @@ from .rules_volumes import protected_stack_volumes
 # Typed as the PolicyPack takes it (a list of Policy; a list is invariant in its item type).
 POLICIES: Final[list[Policy]] = [
     postgres_not_published,
+    postgres_internal_networks,
     container_healthcheck,
     container_restart_policy,
     image_pinned,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import pulumi_docker as docker
 import pytest
 
 from components.backups import BackupService, BackupServiceArgs, backup_config
+from components.context import StackContext
 from components.settings import BackupSettings
 from tests.conftest import CONTAINER, VOLUME
 from tests.expected import (
@@ -32,7 +34,6 @@ from tests.expected import (
     hardened,
     mount,
     network_name,
-    on_network,
     registered_outputs,
     resolve,
     secret_upload,
@@ -88,7 +89,8 @@ def _config(
         f"KEEP='{keep}'\n"
         # For the one-off restore command the script prints.
         f"CONTAINER_NAME='{docker_name(stack, 'backup')}'\n"
-        f"NETWORK_NAME='{network or network_name(stack)}'\n"
+        # The database network: the one-off restore container reaches Postgres there.
+        f"NETWORK_NAME='{network or network_name(stack) + '-db'}'\n"
         f"ARTIFACTS_VOLUME='{artifacts_volume or docker_name(stack, 'artifacts')}'\n"
         f"IMAGE='{image}'\n"
     )
@@ -106,7 +108,8 @@ def container(
         **service(stack),
         # A dump in flight finishes its current step.
         **stopped_with("SIGTERM", 60),
-        **on_network(stack),
+        # Postgres on the internal network; the front one keeps a way out (an object store next).
+        "networksAdvanced": [{"name": network_name(stack)}, {"name": f"{network_name(stack)}-db"}],
         "name": docker_name(stack, "backup"),
         # The database's own image, by ID: pg_dump always matches the server.
         "image": image,
@@ -141,9 +144,14 @@ def container(
     }
 
 
+def _unit_stack(*, protect_data: bool = False) -> StackContext:
+    """The stack a component built alone belongs to, with its database network declared."""
+    return dataclasses.replace(unit_context(protect_data=protect_data), database_network=f"{network_name(UNIT)}-db")
+
+
 def _args(**changes: Any) -> BackupServiceArgs:
     args: BackupServiceArgs = {
-        "stack": unit_context(),
+        "stack": _unit_stack(),
         "image": "sha256:" + "b" * 64,
         "image_reference": "postgres:16.4",
         "artifacts_volume_name": "mlflow-platform-unit-artifacts",
@@ -167,7 +175,7 @@ def _unit_config(**changes: Any) -> str:
 def test_the_backups_alone(protect: bool) -> None:
     def build() -> BackupService:
         postgres = docker.Container("mlflow-postgres-container", image="postgres")
-        return BackupService("mlflow-backups", _args(stack=unit_context(protect_data=protect), start_after=[postgres]))
+        return BackupService("mlflow-backups", _args(stack=_unit_stack(protect_data=protect), start_after=[postgres]))
 
     mocks, _ = built(build)
     assert children(mocks, "mlflow-backups") == {"mlflow-backups-volume": VOLUME, "mlflow-backups-container": CONTAINER}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pulumi
 import pulumi_docker as docker
 import pytest
 
@@ -19,7 +18,6 @@ from tests.expected import (
     UNIT_DATABASE,
     UNIT_PASSWORD,
     Database,
-    SecretOf,
     built,
     children,
     containers,
@@ -35,8 +33,6 @@ from tests.expected import (
 )
 from tests.harness import declaration
 
-SUPERUSER_PASSWORD = "s" * 32
-
 
 def container(
     stack: str,
@@ -44,7 +40,6 @@ def container(
     image: object = MLFLOW_IMAGE,
     database: Database = PLATFORM_DATABASE,
     password: object = DB_PASSWORD,
-    superuser_password: object = SecretOf("postgres-superuser-password"),
 ) -> dict[str, Any]:
     """The bootstrap job of `stack`."""
     return {
@@ -67,17 +62,15 @@ def container(
         "entrypoints": ["python", "/opt/mlflow-entrypoint/bootstrap_db.py"],
         "envs": [
             "POSTGRES_SOCKET_DIR=/var/run/postgresql",
+            # It removes the superuser's password: it needs none of it.
             "POSTGRES_SUPERUSER=postgres",
-            "POSTGRES_SUPERUSER_PASSWORD_FILE=/run/secrets/postgres-superuser-password",
             f"POSTGRES_USER={database.role}",
             "POSTGRES_PASSWORD_FILE=/run/secrets/postgres-password",
             f"POSTGRES_DB={database.database}",
             f"POSTGRES_AUTH_DB={database.auth_database}",
         ],
-        "uploads": [
-            secret_upload("/run/secrets/postgres-password", password, "10001"),
-            secret_upload("/run/secrets/postgres-superuser-password", superuser_password, "10001"),
-        ],
+        # The one secret it applies; it empties the file once read, so the exited container keeps no secret.
+        "uploads": [secret_upload("/run/secrets/postgres-password", password, "10001")],
         "readOnly": True,
         # The same volume Postgres keeps its socket in; read-only is enough to connect.
         "volumes": [mount(stack, "pgsocket", "/var/run/postgresql", read_only=True), {"containerPath": "/run/secrets"}],
@@ -94,7 +87,6 @@ def test_the_bootstrap_alone() -> None:
                 "image": "sha256:" + "a" * 64,
                 "socket_volume_name": "mlflow-platform-unit-pgsocket",
                 "postgres_container": postgres,
-                "superuser_password": pulumi.Output.secret(SUPERUSER_PASSWORD),
                 "database": unit_endpoint(),
             },
         )
@@ -107,7 +99,6 @@ def test_the_bootstrap_alone() -> None:
         image="sha256:" + "a" * 64,
         database=UNIT_DATABASE,
         password=UNIT_PASSWORD,
-        superuser_password=SUPERUSER_PASSWORD,
     )
     assert job.secret_inputs() == {"uploads"}
     # Started once Postgres is (health-gated, so: once it is healthy).

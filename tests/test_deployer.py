@@ -26,13 +26,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.certs import self_signed
-from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD
+from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD
 from tests.harness import EngineMocks, is_secret, run_program
 from tools.local_deploy import lifecycle
 from tools.local_deploy import state as local_state
 from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
-from tools.local_deploy.container_config import duration_ns, upload_archive
+from tools.local_deploy.container_config import duration_ns, network_attachments, upload_archive
 from tools.local_deploy.deployer import LocalDeployer
+from tools.local_deploy.docker_realise import realise_network
 from tools.local_deploy.inputs import COMPONENT_PREFIX, check_inputs
 from tools.local_deploy.randoms import generate_random
 
@@ -440,6 +441,69 @@ def test_an_upload_owned_by_a_user_name_is_refused() -> None:
         upload_archive({"file": "/run/secrets/x", "content": "x", "owner": "postgres"})
 
 
+# --- Networks ---------------------------------------------------------------------------------
+
+
+def test_a_container_joins_each_network_in_order_with_its_own_aliases() -> None:
+    inputs = {"networksAdvanced": [{"name": "p-front", "aliases": ["mlflow"]}, {"name": "p-db", "aliases": []}]}
+    # The first at create, the others before the start.
+    assert network_attachments("c", inputs) == [("p-front", ["mlflow"]), ("p-db", None)]
+    assert network_attachments("c", {"networkMode": "none"}) == []
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"networkMode": "bridge", "networksAdvanced": [{"name": "n"}]}, "'c': networkMode and networksAdvanced"),
+        ({"networksAdvanced": [{"name": "n"}, {"name": "n", "aliases": ["a"]}]}, "names the network n twice"),
+    ],
+)
+def test_networks_a_container_cannot_join_are_refused(inputs: dict[str, Any], message: str) -> None:
+    with pytest.raises(UnsupportedInputError, match=message):
+        network_attachments("c", inputs)
+
+
+class _NetworkEngine:
+    """The part of the Docker SDK `realise_network` uses: networks by name, and their creation."""
+
+    def __init__(self, existing: dict[str, Any] | None = None) -> None:
+        self.networks, self.existing = self, existing
+        self.created: list[tuple[str, dict[str, Any]]] = []
+
+    def list(self, names: list[str]) -> list[Any]:
+        if self.existing is None:
+            return []
+        return [type("Network", (), {"name": names[0], "attrs": self.existing, "id": "old"})()]
+
+    def create(self, name: str, **options: Any) -> Any:
+        self.created.append((name, options))
+        return type("Network", (), {"id": "new"})()
+
+
+@pytest.mark.parametrize("internal", [True, None])
+def test_a_network_is_made_internal_as_declared(local_deployer: LocalDeployer, internal: bool | None) -> None:
+    engine = _NetworkEngine()
+    local_deployer._local.client = engine
+    inputs = {"name": "p-db", "driver": "bridge", "internal": internal}
+    network_id, outputs = realise_network(local_deployer, _args(NETWORK, "n", inputs), inputs)
+    [(name, options)] = engine.created
+    assert (name, options["internal"], options["driver"]) == ("p-db", bool(internal), "bridge")
+    assert (network_id, outputs["internal"]) == ("new", bool(internal))
+    # Recorded for `down`, which removes it with the stack's other networks.
+    assert local_deployer.state["networks"] == ["p-db"]
+
+
+def test_a_network_left_by_an_earlier_up_is_reused_only_if_internal_alike(local_deployer: LocalDeployer) -> None:
+    inputs = {"name": "p-db", "driver": "bridge", "internal": True}
+    labels = local_deployer.labels(inputs)
+    local_deployer._local.client = _NetworkEngine({"Driver": "bridge", "Internal": True, "Labels": labels})
+    assert realise_network(local_deployer, _args(NETWORK, "n", inputs), inputs)[0] == "old"
+    # The same name, routed out: not the network declared.
+    local_deployer._local.client = _NetworkEngine({"Driver": "bridge", "Internal": False, "Labels": labels})
+    with pytest.raises(DeployError, match="a different network named p-db already exists"):
+        realise_network(local_deployer, _args(NETWORK, "n", inputs), inputs)
+
+
 # --- down: what stays and what goes -----------------------------------------------------------
 
 
@@ -504,14 +568,16 @@ def stack_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             "random": {"urn::password": {"inputs": {"length": 32}, "result": "kept-with-the-data"}},
             "volumes": ["staging-artifacts", "staging-pgdata"],
             "retainedVolumes": ["staging-artifacts", "staging-pgdata"],
-            "networks": ["staging-net"],
+            "networks": ["staging-net", "staging-net-db"],
         },
     )
     return local_state.state_path("staging")
 
 
 def _engine(monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> _FakeEngine:
-    engine = _FakeEngine(["staging-artifacts", "staging-pgdata", "staging-scratch"], ["staging-net"], **kwargs)
+    engine = _FakeEngine(
+        ["staging-artifacts", "staging-pgdata", "staging-scratch"], ["staging-net", "staging-net-db"], **kwargs
+    )
     monkeypatch.setattr(docker, "from_env", lambda **_: engine)
     return engine
 
@@ -521,7 +587,7 @@ def test_down_keeps_retained_volumes_and_forgets_the_passwords(
 ) -> None:
     engine = _engine(monkeypatch)
     lifecycle.destroy("mlflow-platform", "staging")
-    # As pulumi destroy: retainOnDelete volumes stay on the engine, out of the state.
+    # As pulumi destroy: retainOnDelete volumes stay on the engine, out of the state; both networks go.
     assert engine.volume_names == ["staging-artifacts", "staging-pgdata"]
     assert engine.network_names == []
     assert not stack_state.exists()
@@ -555,4 +621,4 @@ def test_one_failed_removal_does_not_stop_the_others(stack_state: Path, monkeypa
     # The record stays while something of the stack does, for the next down; the passwords
     # went with the volumes.
     state = local_state.load_state("staging")
-    assert (state["random"], state["networks"]) == ({}, ["staging-net"])
+    assert (state["random"], state["networks"]) == ({}, ["staging-net", "staging-net-db"])

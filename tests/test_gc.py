@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi
@@ -26,7 +27,7 @@ from tests.expected import (
     docker_name,
     hardened,
     mount,
-    on_network,
+    network_name,
     registered_outputs,
     resolve,
     secret_upload,
@@ -64,7 +65,8 @@ def container(
         # Not waited for: a gc that fails must not block a deployment; it shows as unhealthy.
         **service(stack, wait=False),
         **stopped_with("SIGTERM", 30),
-        **on_network(stack),
+        # Postgres on the internal network; the front one keeps a way out (an object store next).
+        "networksAdvanced": [{"name": network_name(stack)}, {"name": f"{network_name(stack)}-db"}],
         "name": docker_name(stack, "gc"),
         # The server's image, by ID: the same MLflow as the server.
         "image": image,
@@ -95,7 +97,7 @@ def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
         return GarbageCollector(
             "mlflow-gc",
             {
-                "stack": unit_context(),
+                "stack": dataclasses.replace(unit_context(), database_network=f"{network_name(UNIT)}-db"),
                 "image": "sha256:" + "a" * 64,
                 "artifacts_volume_name": "mlflow-platform-unit-artifacts",
                 "database": unit_endpoint(),

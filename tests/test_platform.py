@@ -51,6 +51,8 @@ SHARED_TREE = {
     # The proxy owns the CA that issues its certificate (aliased from when the platform did).
     "mlflow-ca": (INTERNAL_CA, "mlflow-proxy"),
     "mlflow-network-network": (NETWORK, "mlflow-network"),
+    # Internal: Postgres is on it alone, with the workloads that connect to it.
+    "mlflow-network-database": (NETWORK, "mlflow-network"),
     "mlflow-postgres-password": (RANDOM_PASSWORD, "mlflow-postgres"),
     "mlflow-postgres-superuser-password": (RANDOM_PASSWORD, "mlflow-postgres"),
     "mlflow-postgres-image": (REMOTE_IMAGE, "mlflow-postgres"),
@@ -122,8 +124,9 @@ def test_the_component_tree(stack: str, mode: str) -> None:
 # come from, and the containers it is declared to start after (a health-gated start: the engine
 # creates it only once they exist).
 SHARED_DEPENDENCIES = {
+    # On the database network alone.
     "mlflow-postgres-container": [
-        "mlflow-network-network",
+        "mlflow-network-database",
         "mlflow-postgres-data",
         "mlflow-postgres-image",
         "mlflow-postgres-socket",
@@ -134,12 +137,12 @@ SHARED_DEPENDENCIES = {
         "mlflow-postgres-container",
         "mlflow-postgres-password",
         "mlflow-postgres-socket",
-        "mlflow-postgres-superuser-password",
     ],
     # After Postgres is healthy and the bootstrap has put the secrets in force.
     "mlflow-server-container": [
         "mlflow-db-bootstrap-container",
         "mlflow-image-image",
+        "mlflow-network-database",
         "mlflow-network-network",
         "mlflow-postgres-container",
         "mlflow-postgres-password",
@@ -150,6 +153,7 @@ SHARED_DEPENDENCIES = {
     "mlflow-backups-container": [
         "mlflow-backups-volume",
         "mlflow-db-bootstrap-container",
+        "mlflow-network-database",
         "mlflow-network-network",
         "mlflow-postgres-container",
         "mlflow-postgres-image",
@@ -159,6 +163,7 @@ SHARED_DEPENDENCIES = {
     # After the server, which creates and upgrades the schema.
     "mlflow-gc-container": [
         "mlflow-image-image",
+        "mlflow-network-database",
         "mlflow-network-network",
         "mlflow-postgres-password",
         "mlflow-server-artifacts",
@@ -189,6 +194,33 @@ def test_each_container_starts_after_what_it_needs(stack: str, mode: str) -> Non
     }
 
 
+# The networks each container of a stack joins (front first), and its aliases on each: Postgres on the
+# internal database network alone, the internet-facing proxy never on it, the bootstrap on none (the socket).
+SHARED_NETWORKS: dict[str, list[tuple[str, list[str] | None]]] = {
+    "postgres": [("db", ["postgres"])],
+    "db-bootstrap": [],
+    "mlflow": [("front", ["mlflow"]), ("db", ["mlflow"])],
+    "backup": [("front", None), ("db", None)],
+    "gc": [("front", None), ("db", None)],
+    "proxy": [("front", ["proxy"])],
+}
+
+
+@pytest.mark.parametrize(("stack", "mode"), CONFIGURATIONS)
+def test_only_postgres_and_its_clients_are_on_the_database_network(stack: str, mode: str) -> None:
+    mocks = declaration(stack, mode_overrides(mode)).mocks
+    names = {"front": network_name(stack), "db": f"{network_name(stack)}-db"}
+    found = {name.removeprefix(f"mlflow-platform-{stack}-"): c.inputs for name, c in containers(mocks).items()}
+    expected = {role: networks for role, networks in SHARED_NETWORKS.items() if role in found}
+    assert set(expected) == set(found)
+    for role, networks in expected.items():
+        entries = [
+            {"name": names[network]} | ({"aliases": aliases} if aliases else {}) for network, aliases in networks
+        ]
+        assert found[role].get("networksAdvanced") == (entries or None), role
+        assert found[role].get("networkMode") == (None if entries else "none"), role
+
+
 TRACKING_URIS = {
     "dev": "http://localhost:5000",
     "staging": "https://mlflow.staging.example.internal",
@@ -204,7 +236,7 @@ def _component_outputs(stack: str, mode: str, mocks: EngineMocks) -> dict[str, A
             "tracking_uri": TRACKING_URIS[stack],
             "backend_store_uri": f"postgresql+psycopg://mlflow:{password}@postgres:5432/mlflow",
         },
-        "mlflow-network": {"name": network_name(stack)},
+        "mlflow-network": {"name": network_name(stack), "database_name": f"{network_name(stack)}-db"},
         "mlflow-postgres": {
             "container_name": docker_name(stack, "postgres"),
             "volume_name": docker_name(stack, "pgdata"),

@@ -36,7 +36,7 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
 from policy import identify, readers, rules_containers
 from policy.policies import POLICIES
 from tests import harness
-from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
+from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tools.stack_config import PROJECT_DIR, STACKS, stack_config
 
 POLICY_DIR = PROJECT_DIR / "policy"
@@ -601,6 +601,89 @@ def test_protected_stack_volumes(stack: str, config: dict[str, Any], protect: bo
         assert "environmentKind: dev" in messages[0]
 
 
+# --- Postgres on internal networks only (a stack policy) -------------------------------------
+
+FRONT_NET = {"name": "s-front", "driver": "bridge"}
+DB_NET = {"name": "s-db", "driver": "bridge", "internal": True}
+NOT_INTERNAL = "which is not `internal` (Docker routes it out, and every container on it reaches port 5432)"
+
+
+def _networks_check(
+    postgres_changes: dict[str, Any],
+    networks: tuple[dict[str, Any], ...] = (FRONT_NET, DB_NET),
+    stack: str = "prod",
+    config: dict[str, Any] | None = None,
+) -> list[tuple[str | None, str]]:
+    declared = [_stack_resource(NETWORK, str(props["name"]), props, stack=stack) for props in networks]
+    postgres = _stack_resource(CONTAINER, "pg", _postgres(**postgres_changes), stack=stack)
+    return _check_stack("postgres-internal-networks", [*declared, postgres], config)
+
+
+@pytest.mark.parametrize(
+    ("changes", "problems"),
+    [
+        # The stack's internal network alone, with its alias; or no network at all.
+        ({"networksAdvanced": [{"name": "s-db", "aliases": ["postgres"]}]}, []),
+        ({"networkMode": "none"}, []),
+        # Also on the network with a route out.
+        (
+            {"networksAdvanced": [{"name": "s-front"}, {"name": "s-db"}]},
+            [f"joins the network 's-front', {NOT_INTERNAL}"],
+        ),
+        # No network named: Docker's default bridge.
+        (
+            {},
+            [f"joins no network of the stack, so Docker puts it on its default bridge, {NOT_INTERNAL}"],
+        ),
+        ({"networkMode": "host"}, [f"has `networkMode` 'host', {NOT_INTERNAL}"]),
+        ({"networkMode": "bridge"}, [f"has `networkMode` 'bridge', {NOT_INTERNAL}"]),
+        # A network the stack does not declare may be anything.
+        (
+            {"networksAdvanced": [{"name": "shared-db"}]},
+            ["joins the network 'shared-db', which the stack does not declare, so it may not be internal"],
+        ),
+    ],
+    ids=["internal", "no-network", "front-too", "default-bridge", "host", "bridge-mode", "undeclared"],
+)
+def test_postgres_internal_networks(changes: dict[str, Any], problems: list[str]) -> None:
+    reported = _networks_check(changes)
+    assert [message for _, message in reported] == [
+        f"the Postgres container pg of the shared stack 'prod' {problem}; Postgres belongs on the stack's internal "
+        "database network alone (every stack is shared unless the policy pack config sets environmentKind: dev "
+        "(policy/config/<stack>.json))."
+        for problem in problems
+    ]
+    assert {urn for urn, _ in reported} <= {_urn(CONTAINER, "pg", "prod")}
+
+
+def test_an_internal_network_is_one_declared_internal_and_a_dev_stack_is_exempt() -> None:
+    on_db = {"networksAdvanced": [{"name": "s-db"}]}
+    # `internal` absent or false: routed out.
+    for props in ({"name": "s-db", "driver": "bridge"}, {**DB_NET, "internal": False}):
+        [(_, message)] = _networks_check(on_db, networks=(FRONT_NET, props))
+        assert f"joins the network 's-db', {NOT_INTERNAL}" in message
+    # Only the Postgres container is judged: a client on both networks is fine.
+    client = _stack_resource(CONTAINER, "mlflow", _mlflow(networksAdvanced=[{"name": "s-front"}, {"name": "s-db"}]))
+    networks = [_stack_resource(NETWORK, "n", props) for props in (FRONT_NET, DB_NET)]
+    assert _check_stack("postgres-internal-networks", [*networks, client]) == []
+    assert _networks_check({"networkMode": "host"}, stack="dev", config=DEV_KIND) == []
+    assert len(_networks_check({"networkMode": "host"}, stack="dev")) == 1
+
+
+def test_a_network_not_known_during_preview_is_judged_by_the_network_it_comes_from() -> None:
+    def check(network: dict[str, Any]) -> list[tuple[str | None, str]]:
+        declared = _stack_resource(NETWORK, "n", network)
+        postgres = _stack_resource(CONTAINER, "pg", _postgres(networksAdvanced=[{"name": UNKNOWN_STRING_VALUE}]))
+        postgres.property_dependencies = {"networksAdvanced": [declared]}
+        return _check_stack("postgres-internal-networks", [declared, postgres])
+
+    assert check({"name": UNKNOWN_STRING_VALUE, "internal": True}) == []
+    [(_, message)] = check({"name": UNKNOWN_STRING_VALUE, "driver": "bridge"})
+    assert "joins networksAdvanced[0], a network not known during preview and not one of the stack's internal" in (
+        message
+    )
+
+
 def _built_image(context: str = "./mlflow") -> PolicyResource:
     props = {"imageName": "mlflow-platform/mlflow:3.17.2-prod", "build": {"context": context}, "repoDigest": IMAGE_ID}
     return _stack_resource(IMAGE, "image", props)
@@ -1078,7 +1161,8 @@ def test_every_stack_passes_every_policy(stack: str) -> None:
     assert {"mlflow-postgres-container", "mlflow-server-container"} <= names, names
     assert {"mlflow-postgres-data", "mlflow-server-artifacts"} <= names, names
     assert {"mlflow-db-bootstrap-container", "mlflow-backups-container", "mlflow-gc-container"} <= names, names
-    assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD} <= set(types)
+    assert {IMAGE, REMOTE_IMAGE, RANDOM_PASSWORD, NETWORK} <= set(types)
+    assert {"mlflow-network-network", "mlflow-network-database"} <= names, names
     # Property dependencies were recorded: the password reaches the containers only through uploads.
     postgres = _one(declared, CONTAINER, "postgres-container")
     password = _one(declared, RANDOM_PASSWORD, "postgres-superuser-password")
@@ -1204,6 +1288,20 @@ def _server_without_label_or_flags(declared: list[Declared]) -> None:
     server.inputs["command"] = []
 
 
+def _postgres_on_the_front_network(declared: list[Declared]) -> None:
+    container = _one(declared, CONTAINER, "postgres-container")
+    front = _one(declared, NETWORK, "network-network").inputs["name"]
+    container.inputs["networksAdvanced"].insert(0, {"name": front})
+
+
+def _database_network_routed_out(declared: list[Declared]) -> None:
+    del _one(declared, NETWORK, "network-database").inputs["internal"]
+
+
+def _postgres_on_the_default_bridge(declared: list[Declared]) -> None:
+    del _one(declared, CONTAINER, "postgres-container").inputs["networksAdvanced"]
+
+
 def _proxy_next_to_a_published_server(declared: list[Declared]) -> None:
     _behind_a_proxy(declared)
     _one(declared, CONTAINER, "server-container").inputs["ports"] = [
@@ -1259,6 +1357,10 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
         _proxy_next_to_a_published_server,
         {"mlflow-behind-proxy", "mlflow-public-needs-auth"},
     ),
+    # Issue 19's network split: in a shared stack Postgres is on the internal database network alone.
+    ("postgres-on-the-front-network", "prod", _postgres_on_the_front_network, {"postgres-internal-networks"}),
+    ("database-network-routed-out", "staging", _database_network_routed_out, {"postgres-internal-networks"}),
+    ("postgres-on-the-default-bridge", "prod", _postgres_on_the_default_bridge, {"postgres-internal-networks"}),
     # A shared stack's server reachable in plain HTTP, even only on loopback, beside its proxy.
     ("prod-server-published", "prod", _server_published_on_loopback, {"shared-stack-tls", "mlflow-behind-proxy"}),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tests.expected import (
     docker_name,
     hardened,
     mount,
-    on_network,
+    network_name,
     passwords_of,
     registered_outputs,
     resolve,
@@ -68,7 +69,8 @@ def container(
         **service(stack),
         # Postgres's fast shutdown, with time for the checkpoint of a busy cluster.
         **stopped_with("SIGINT", 120),
-        **on_network(stack, alias),
+        # On the internal database network alone: no route out, and only its clients reach it.
+        "networksAdvanced": [{"name": f"{network_name(stack)}-db", "aliases": [alias]}],
         "name": docker_name(stack, "postgres"),
         # By ID: a changed postgresImage replaces the container.
         "image": POSTGRES_IMAGE,
@@ -93,6 +95,9 @@ def container(
             mount(stack, "pgsocket", "/var/run/postgresql"),
             {"containerPath": "/run/secrets"},
         ],
+        # A read-only root: the image writes only to its volumes, /dev/shm and this scratch /tmp.
+        "readOnly": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=64m"},
         "shmSize": 256,
         # Over TCP: during its first start the entrypoint runs a socket-only server for init scripts.
         "healthcheck": {
@@ -130,7 +135,9 @@ def test_the_database_alone(protect: bool) -> None:
         lambda: PostgresDatabase(
             "mlflow-postgres",
             {
-                "stack": unit_context(protect_data=protect),
+                "stack": dataclasses.replace(
+                    unit_context(protect_data=protect), database_network=f"{network_name(UNIT)}-db"
+                ),
                 "database": DatabaseSettings(
                     image="postgres:16.4", name="tracking", user="tracker", password_length=40, memory_mb=512
                 ),

@@ -8,13 +8,26 @@ the /run/secrets volume, protected volumes and a job that fails the deployment.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import pulumi
 import pytest
 
 from components.standalone import Job
-from components.workload import File, HealthCheck, Mount, Port, Workload, config_file, secret_file
+from components.workload import (
+    DATABASE,
+    FRONT,
+    Attachment,
+    File,
+    HealthCheck,
+    Mount,
+    Port,
+    StackNetworkRole,
+    Workload,
+    config_file,
+    secret_file,
+)
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.expected import (
     CONFIGURATIONS,
@@ -183,7 +196,7 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_hardening(
             {"healthcheck": EVERYTHING_INPUTS["healthcheck"], "wait": False},
         ),
         ({"read_only_root": False}, {"readOnly": None}),
-        ({"on_network": False}, {"networksAdvanced": None, "networkMode": "none"}),
+        ({"networks": []}, {"networksAdvanced": None, "networkMode": "none"}),
         # An empty list says "publishes nothing"; None says nothing about ports.
         ({"ports": []}, {"ports": []}),
         ({"network_aliases": ["web"]}, {"networksAdvanced": [{"name": "mlflow-platform-unit", "aliases": ["web"]}]}),
@@ -199,6 +212,82 @@ def test_what_a_service_leaves_out(changes: dict[str, Any], expected: dict[str, 
     assert container.inputs == _minimal_inputs(**expected)
     # Nothing secret to upload: nothing stored as a secret.
     assert container.secret_inputs() == set()
+
+
+FRONT_NAME, DATABASE_NAME = "mlflow-platform-unit", "mlflow-platform-unit-db"
+
+
+@pytest.mark.parametrize(
+    ("joins", "changes", "expected"),
+    [
+        # Named networks, each with its own aliases, front first whatever order they are named in.
+        (
+            (FRONT,),
+            {"networks": [Attachment(DATABASE, ["db"]), Attachment(FRONT, ["web"])]},
+            [{"name": FRONT_NAME, "aliases": ["web"]}, {"name": DATABASE_NAME, "aliases": ["db"]}],
+        ),
+        ((FRONT,), {"networks": [Attachment(DATABASE)]}, [{"name": DATABASE_NAME}]),
+        # None: the stack context's networks, with the workload's aliases on each.
+        (
+            (FRONT, DATABASE),
+            {"network_aliases": ["web"]},
+            [
+                {"name": FRONT_NAME, "aliases": ["web"]},
+                {"name": DATABASE_NAME, "aliases": ["web"]},
+            ],
+        ),
+        ((DATABASE,), {}, [{"name": DATABASE_NAME}]),
+    ],
+    ids=["each-its-own-aliases", "database-alone", "the-contexts-networks", "the-contexts-database-network"],
+)
+def test_a_workload_joins_the_stacks_networks_in_a_fixed_order(
+    joins: tuple[StackNetworkRole, ...], changes: dict[str, Any], expected: list[dict[str, Any]]
+) -> None:
+    def build() -> pulumi.ComponentResource:
+        owner = pulumi.ComponentResource(OWNER, "owner")
+        stack = dataclasses.replace(unit_context(), database_network=DATABASE_NAME, joins=joins)
+        stack.target.service(owner, "owner-container", dataclasses.replace(MINIMAL, **changes))
+        return owner
+
+    mocks, _ = built(build)
+    assert mocks.one(CONTAINER, "owner-container").inputs == _minimal_inputs(networksAdvanced=expected)
+
+
+@pytest.mark.parametrize(
+    ("database_network", "changes", "message"),
+    [
+        # unit_context() declares the front network only.
+        (
+            "",
+            {"networks": [Attachment(DATABASE)]},
+            "the stack's database network is not declared (StackContext has no name for it)",
+        ),
+        (
+            DATABASE_NAME,
+            {"networks": [Attachment(FRONT), Attachment(FRONT, ["web"])]},
+            "workload mlflow-platform-unit-web names one of the stack's networks twice",
+        ),
+        # Docker publishes nothing of a container on an internal network alone.
+        (
+            DATABASE_NAME,
+            {"networks": [Attachment(DATABASE)], "ports": [Port(8000, 18000, "127.0.0.1")]},
+            "workload mlflow-platform-unit-web publishes ports but is not on the stack's front network",
+        ),
+    ],
+    ids=["undeclared-network", "network-twice", "published-off-the-front-network"],
+)
+def test_a_workload_the_networks_cannot_take_is_refused(
+    database_network: str, changes: dict[str, Any], message: str
+) -> None:
+    def build() -> None:
+        stack = dataclasses.replace(unit_context(), database_network=database_network)
+        stack.target.service(
+            pulumi.ComponentResource(OWNER, "owner"), "owner-container", dataclasses.replace(MINIMAL, **changes)
+        )
+
+    with pytest.raises(ValueError, match=re.escape(message)) as raised:
+        built(build)
+    assert str(raised.value) == message
 
 
 class _ExitsWith(EngineMocks):
@@ -276,15 +365,23 @@ def test_the_network_and_the_images() -> None:
         owner = pulumi.ComponentResource(OWNER, "owner")
         target = unit_context().target
         target.network(owner, "owner-network", "mlflow-platform-unit")
+        target.network(owner, "owner-internal", "mlflow-platform-unit-db", internal=True)
         target.pulled_image(owner, "owner-pulled", "postgres:16.4")
         target.built_image(owner, "owner-built", "p/web:1", "./web", {"A": "1", "B": ""})
         return owner
 
     mocks, _ = built(build)
-    assert mocks.one(NETWORK).inputs == {
+    assert mocks.one(NETWORK, "owner-network").inputs == {
         "name": "mlflow-platform-unit",
-        # Not `internal`: Docker publishes no ports of a container only on an internal network.
+        # Not `internal` unless told: Docker publishes no ports of a container only on an internal network.
         "driver": "bridge",
+        "labels": _labels("network"),
+    }
+    # No gateway: nothing on it leaves its subnet.
+    assert mocks.one(NETWORK, "owner-internal").inputs == {
+        "name": "mlflow-platform-unit-db",
+        "driver": "bridge",
+        "internal": True,
         "labels": _labels("network"),
     }
     # keepLocally: a destroy must not delete an image other stacks may run.

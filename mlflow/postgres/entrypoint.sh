@@ -5,6 +5,11 @@
 # Without this check a changed `postgresImage` major fails with Postgres's own
 # "database files are incompatible with server", which names neither the config
 # key nor the way out.
+#
+# The superuser's password file is for initdb alone, on an empty data directory
+# (and DatabaseBootstrap removes that password right after). Once a cluster is
+# there it is not passed on: the image's entrypoint would otherwise read it on
+# every start and export it into the server's environment.
 set -eu
 
 : "${PGDATA:?PGDATA must name the data directory}"
@@ -18,6 +23,7 @@ if [ -s "$PGDATA/PG_VERSION" ]; then
       "mlflow-platform: set postgresImage back to a ${data_major}.x image, or move the data to ${image_major} first: README.md, section 'Upgrading Postgres to a new major version'." >&2
     exit 78
   fi
+  unset POSTGRES_PASSWORD_FILE
 fi
 
 exec docker-entrypoint.sh "$@"

@@ -14,6 +14,7 @@ from typing import Any
 import docker.types
 import pulumi
 
+from tools.local_deploy.common import UnsupportedInputError
 from tools.local_deploy.session import Session
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -69,6 +70,19 @@ def upload_archive(upload: Mapping[str, Any]) -> tuple[str, bytes]:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         archive.addfile(info, io.BytesIO(data))
     return str(path.parent), buffer.getvalue()
+
+
+def network_attachments(resource: str, inputs: Mapping[str, Any]) -> list[tuple[str, list[str] | None]]:
+    """(network, aliases) of each `networksAdvanced` entry, in order: the container joins the first
+    when it is created and the others before it starts, each with its own aliases there."""
+    networks = inputs.get("networksAdvanced") or []
+    if networks and inputs.get("networkMode"):
+        raise UnsupportedInputError(f"'{resource}': networkMode and networksAdvanced together")
+    names = [str(network["name"]) for network in networks]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        # Docker refuses a second endpoint on one network; the provider would fail halfway through.
+        raise UnsupportedInputError(f"'{resource}': networksAdvanced names the network {twice[0]} twice")
+    return [(name, list(network.get("aliases") or []) or None) for name, network in zip(names, networks, strict=True)]
 
 
 def container_config(session: Session, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ import docker.errors
 import docker.models.containers
 import pulumi
 
-from tools.local_deploy.common import DeployError, UnsupportedInputError
-from tools.local_deploy.container_config import container_config, upload_archive
+from tools.local_deploy.common import DeployError
+from tools.local_deploy.container_config import container_config, network_attachments, upload_archive
 from tools.local_deploy.inputs import whole
 from tools.local_deploy.session import Session
 
@@ -71,26 +71,22 @@ def realise_container(
     config = container_config(session, args, inputs)
     name = config["name"]
     remove_container(session, name)
-    networks = inputs.get("networksAdvanced") or []
-    if networks and inputs.get("networkMode"):
-        raise UnsupportedInputError(f"'{args.name}': networkMode and networksAdvanced together")
+    networks = network_attachments(args.name, inputs)
     if networks:
-        first = networks[0]
-        config["network"] = first["name"]
-        config["networking_config"] = {
-            first["name"]: session.client.api.create_endpoint_config(aliases=list(first.get("aliases") or []) or None)
-        }
+        first, aliases = networks[0]
+        config["network"] = first
+        config["networking_config"] = {first: session.client.api.create_endpoint_config(aliases=aliases)}
     stop_timeout = whole(inputs, "stopTimeout", -1) if inputs.get("stopTimeout") is not None else None
     container = create_container(session, config, stop_timeout)
     session.record("containers", name)
     grace = whole(inputs, "destroyGraceSeconds", _DEFAULT_DESTROY_GRACE_SECONDS)
     session.update_state(lambda state: state.setdefault("destroyGraceSeconds", {}).__setitem__(name, grace))
     try:
-        # Every network joined before start, so the process never sees a partial set.
-        for network in networks[1:]:
-            session.client.networks.get(network["name"]).connect(
-                container, aliases=list(network.get("aliases") or []) or None
-            )
+        # Every network joined before start, so the process never sees a partial set
+        # (an internal network among them: the container is reachable there by its aliases only).
+        for network, aliases in networks[1:]:
+            session.client.networks.get(network).connect(container, aliases=aliases)
+            session.event(f"connected to network {network}:", name)
         for upload in inputs.get("uploads") or []:
             directory, archive = upload_archive(upload)
             if not container.put_archive(directory, archive):

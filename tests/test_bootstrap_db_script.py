@@ -1,0 +1,144 @@
+"""mlflow/bootstrap_db.py against a real cluster laid out as the official image lays it out.
+
+The cluster trusts its local socket and asks for SCRAM passwords over TCP (the image's
+`host all all all scram-sha-256`); the bootstrap connects over the socket, as in the
+stack. What it must leave: MLflow's role with the declared password, a superuser no
+password logs in as over TCP, and its own secret file empty.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.postgres_server import PostgresUnavailableError, find_bindir
+from tools.stack_config import PROJECT_DIR
+
+pytestmark = pytest.mark.postgres
+
+SCRIPT = PROJECT_DIR / "mlflow" / "bootstrap_db.py"
+# What initdb is given (the stack's generated superuser password) and MLflow's role's password.
+INITDB_PASSWORD = "Initdb0Superuser0Password0x"
+ROLE_PASSWORD = "Role0Password0For0Mlflow0xyz"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    home: Path
+    """Its socket's directory too."""
+    port: int
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    try:
+        bindir = find_bindir()
+    except PostgresUnavailableError as error:
+        if os.environ.get("REQUIRE_POSTGRES") == "1" or os.environ.get("CI"):
+            pytest.fail(f"REQUIRE_POSTGRES=1 (or CI) but {error}")
+        pytest.skip(str(error))
+    # initdb refuses root: as root the cluster belongs to the package's `postgres` user.
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="mlflow-platform-bootstrap-"))
+    if prefix:
+        shutil.chown(home, "postgres", "postgres")
+    (home / "pw").write_text(INITDB_PASSWORD + "\n", encoding="utf-8")
+    if prefix:
+        shutil.chown(home / "pw", "postgres", "postgres")
+    port = _free_port()
+    data = home / "data"
+    initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={home / 'pw'}"]
+    initdb += ["--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--locale=C"]
+    subprocess.run([*prefix, *initdb], check=True, capture_output=True)
+    # The image's line for every other container: a password over TCP from anywhere.
+    with (data / "pg_hba.conf").open("a", encoding="utf-8") as hba:
+        hba.write("host all all all scram-sha-256\n")
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {home} -c fsync=off"
+    start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-o", options, "-w", "start"]
+    subprocess.run([*prefix, *start], check=True, capture_output=True)
+    try:
+        yield Cluster(home, port)
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _secret_file(cluster: Cluster, content: str) -> Path:
+    path = Path(tempfile.mkdtemp(dir=cluster.home)) / "postgres-password"
+    path.write_text(content, encoding="utf-8")
+    path.chmod(0o400)
+    # The job's directory is not its own (root's /run/secrets): it can only empty the file.
+    path.parent.chmod(0o555)
+    return path
+
+
+def _bootstrap(cluster: Cluster, password_file: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PGPORT": str(cluster.port),
+        "POSTGRES_SOCKET_DIR": str(cluster.home),
+        "POSTGRES_SUPERUSER": "postgres",
+        "POSTGRES_USER": "mlflow",
+        "POSTGRES_PASSWORD_FILE": str(password_file),
+        "POSTGRES_DB": "mlflow",
+        "POSTGRES_AUTH_DB": "mlflow_auth",
+    }
+    return subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
+
+
+def _login_error(cluster: Cluster, user: str, password: str) -> str | None:
+    """None when `user` logs in over TCP with `password`, else the server's message."""
+    try:
+        with psycopg.connect(host="127.0.0.1", port=cluster.port, user=user, password=password, dbname="postgres"):
+            return None
+    except psycopg.OperationalError as error:
+        return str(error)
+
+
+def test_the_superuser_has_no_password_and_the_secret_file_is_emptied(cluster: Cluster) -> None:
+    # Before: initdb's password logs the superuser in over TCP, as any container on the network could.
+    assert _login_error(cluster, "postgres", INITDB_PASSWORD) is None
+    password_file = _secret_file(cluster, ROLE_PASSWORD + "\n")
+    result = _bootstrap(cluster, password_file)
+    assert result.returncode == 0, result.stderr
+    assert "superuser 'postgres' has none" in result.stderr
+    assert "bootstrap_db: done" in result.stderr
+    for password in (INITDB_PASSWORD, ROLE_PASSWORD, "postgres", ""):
+        error = _login_error(cluster, "postgres", password)
+        assert error is not None
+        assert 'password authentication failed for user "postgres"' in error or "no password supplied" in error
+    assert _login_error(cluster, "mlflow", ROLE_PASSWORD) is None
+    with psycopg.connect(host=str(cluster.home), port=cluster.port, user="postgres", dbname="postgres") as trusted:
+        assert trusted.execute("SELECT rolpassword IS NULL FROM pg_authid WHERE rolname = 'postgres'").fetchone() == (
+            True,
+        )
+    # Nothing of the secret is left in the file the job was given; the file stays (its directory is not the job's).
+    assert password_file.read_bytes() == b""
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o400
+
+
+def test_a_second_run_of_the_same_container_changes_nothing(cluster: Cluster) -> None:
+    password_file = _secret_file(cluster, ROLE_PASSWORD + "\n")
+    assert _bootstrap(cluster, password_file).returncode == 0
+    # `docker start` of the exited job: its file is empty, and an empty password is never applied.
+    again = _bootstrap(cluster, password_file)
+    assert again.returncode != 0
+    assert f"bootstrap_db: {password_file} is empty; run the bootstrap again with `pulumi up --replace" in again.stderr
+    assert _login_error(cluster, "mlflow", ROLE_PASSWORD) is None
