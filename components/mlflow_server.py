@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from typing import TypedDict
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_docker as docker
@@ -23,7 +24,7 @@ from components.mlflow_facts import (
     database_environment,
 )
 from components.secrets import generated_password
-from components.settings import ServerSettings, host_header
+from components.settings import ServerSettings, host_header, is_ip_address
 from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
 _ROLE = "tracking-server"
@@ -75,6 +76,9 @@ class MlflowServerArgs(TypedDict):
     """Host name other containers on the network use for the server."""
     host_port: int
     """Port clients use: the published port, or the front door's HTTPS port."""
+    public_origin: str
+    """The URL clients reach the stack at (scheme://host[:port]): the origin the web UI's
+    pages are served from, so the one the browser sends on every write."""
     publish: bool
     """Publish the server on bind_address:host_port; false behind the TLS proxy, the only way in then."""
     secrets_rotation: str
@@ -108,6 +112,41 @@ def allowed_hosts(public_host: str, host_port: int, bind_address: str, alias: st
             hosts += ["[::1]", f"[::1]:{host_port}"]
     hosts += extra
     return list(dict.fromkeys(hosts))
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def browser_origin(url: str) -> str:
+    """The `Origin` a browser sends from pages under `url`, as the URL standard serialises
+    it: scheme and host in lower case, an IPv6 address compressed and in brackets, the
+    scheme's default port left out. MLflow compares an `Origin` with each allowed origin
+    as an exact string (mlflow/server/security_utils.py, `should_block_cors_request`), so
+    `https://Host:443` would never match what a browser sends for it."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if is_ip_address(host):
+        host = ipaddress.ip_address(host).compressed
+    port = parts.port if parts.port != _DEFAULT_PORTS.get(parts.scheme) else None
+    return f"{parts.scheme.lower()}://{host_header(host, port)}"
+
+
+def allowed_origins(public_origin: str, extra: Sequence[str]) -> list[str]:
+    """Every origin whose pages may write through the API: the stack's own first, then `corsAllowedOrigins`.
+
+    MLflow 3.x answers a POST, PUT, PATCH or DELETE to /api/ or /ajax-api/ with 403
+    "Cross-origin request blocked" unless its `Origin` is a localhost one (any scheme
+    and port whose host is localhost, 127.0.0.1 or ::1) or among `--cors-allowed-origins`
+    (`should_block_cors_request`). The host check (`--allowed-hosts`) does not enter into
+    it: MLflow never treats a request whose Origin matches its Host as same-origin. So
+    the web UI, which sends its own origin on every write, could not create an experiment
+    through the front door. The stack's own origin is listed always, even where MLflow's
+    localhost exemption would already let it through (dev on localhost): the rule then
+    does not hang on that exemption, which matches the host name alone and may narrow in
+    a release, and a dev stack with another `publicHost` is covered by the same line.
+    Listing it costs nothing: the localhost origins stay exempt whatever the list holds.
+    """
+    return list(dict.fromkeys(browser_origin(origin) for origin in [public_origin, *extra]))
 
 
 class MlflowServer(pulumi.ComponentResource):
@@ -189,9 +228,8 @@ class MlflowServer(pulumi.ComponentResource):
             "--serve-artifacts",
             "--artifacts-destination", ARTIFACTS_DIR,
             "--allowed-hosts", ",".join(hosts),
+            "--cors-allowed-origins", ",".join(allowed_origins(args["public_origin"], server.cors_allowed_origins)),
         ]  # fmt: skip
-        if server.cors_allowed_origins:
-            self.command += ["--cors-allowed-origins", ",".join(server.cors_allowed_origins)]
         if server.auth_enabled:
             self.command += ["--app-name", "basic-auth"]
         if server.metrics_enabled:

@@ -100,6 +100,8 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "alias": MLFLOW_ALIAS,
                 # The port clients send in Host; behind the proxy MLflow publishes nothing.
                 "host_port": settings.public_port,
+                # The URL the UI is served from, so the origin its writes carry.
+                "public_origin": settings.tracking_uri,
                 "publish": not settings.proxied,
                 "secrets_rotation": settings.secrets_rotation,
                 "start_after": database_ready,

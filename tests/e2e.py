@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -73,6 +74,27 @@ def trusting(deployed: Deployed, directory: Path, auth: tuple[str, str] | None =
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def resolving(names: Mapping[str, str]) -> Iterator[None]:
+    """This process resolves each of `names` to its address, as an /etc/hosts line would.
+
+    A stack keeps its real public host (its certificate, Host check and the origin a
+    browser sends all name it) although no DNS here knows it; clients still send the
+    name in SNI and Host. Chromium gets the same map as `--host-resolver-rules`.
+    """
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else host
+        return original(names.get(name.lower(), host) if isinstance(name, str) else host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original
 
 
 def deploy(stack: str, overrides: Mapping[str, object] | None = None) -> Deployed:

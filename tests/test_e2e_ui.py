@@ -7,11 +7,21 @@ read from Chrome's performance log (CDP Network events): none may fail with a 4x
 or 5xx beyond the ones MLflow's UI itself expects. A screenshot of each page goes
 to .build/screenshots/ (CI uploads the folder).
 
-Targets are a parametrised fixture: the dev stack over plain HTTP, and the prod stack
-through its HTTPS front door with a logged-in user: the basic-auth `Authorization` a
-browser sends after the login prompt (applied with CDP `Network.setExtraHTTPHeaders`),
-and the stack's CA trusted (the server's key, verified against `ca_certificate`, is the
-one key Chromium accepts).
+Then it writes through the UI as a person would: creates an experiment, and renames a
+run seeded through the REST API; both are read back through the API. The browser sends
+the page's origin on each write, and MLflow 3.x refuses a write whose origin is neither
+a localhost one nor among `--cors-allowed-origins` (403 "Cross-origin request blocked").
+
+Targets are a parametrised fixture: the dev stack over plain HTTP, and the staging and
+prod stacks through their HTTPS front doors with a logged-in user: the basic-auth
+`Authorization` a browser sends after the login prompt (applied with CDP
+`Network.setExtraHTTPHeaders`), and the stack's CA trusted (the server's key, verified
+against `ca_certificate`, is the one key Chromium accepts). Staging and prod keep their
+real public hosts, which no DNS here knows: Chromium maps them to 127.0.0.1 with
+`--host-resolver-rules`, this process with `e2e.resolving`, so the browser sends the
+origin it sends in production (a `localhost` public host would hide a refused origin
+behind MLflow's localhost exemption). Prod's front door is on 443 (its origin has no
+port), staging's on another port (its origin names it).
 """
 
 from __future__ import annotations
@@ -25,19 +35,26 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import docker
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mlflow.tracking import MlflowClient
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests import e2e
 from tools.stack_config import PROJECT_DIR
@@ -62,6 +79,8 @@ CHROMIUM_FLAGS = (
     "--window-size=1440,1800",
 )
 PAGE_TIMEOUT = 60
+# How long a write made in the UI may take to show in the API.
+WRITE_TIMEOUT = 30
 ARTIFACT_TEXT = "hello from the browser test"
 
 
@@ -77,6 +96,8 @@ class UiTarget:
     # A CA the browser must trust (the front door's), or None for plain HTTP.
     ca_file: Path | None = None
     auth: tuple[str, str] | None = None
+    # The public host Chromium must resolve to 127.0.0.1 (no DNS here knows it), if any.
+    mapped_host: str | None = None
 
 
 @dataclass
@@ -93,27 +114,41 @@ def _dev_target() -> Iterator[UiTarget]:
         yield UiTarget("dev", deployed.tracking_uri, deployed)
 
 
-# Own host ports: the HTTPS tests' prod stack uses 8443/8080.
-PROD_UI_OVERRIDES = {"publicHost": "localhost", "httpsPort": 6443, "httpPort": 6080, "bindAddress": "127.0.0.1"}
+# The committed public hosts, on loopback. Prod on 443 (as deployed: the origin has no
+# port); staging on ports of its own (the origin names the port).
+PROD_UI_OVERRIDES = {"httpsPort": 443, "httpPort": 80, "bindAddress": "127.0.0.1"}
+STAGING_UI_OVERRIDES = {"httpsPort": 4443, "httpPort": 4080, "bindAddress": "127.0.0.1"}
+FRONT_DOORS = {
+    "prod": "https://mlflow.example.internal",
+    "staging": "https://mlflow.staging.example.internal:4443",
+}
 
 
-def _prod_target() -> Iterator[UiTarget]:
-    with e2e.stack("prod", PROD_UI_OVERRIDES) as deployed, tempfile.TemporaryDirectory() as directory:
+def _front_door_target(stack: str, overrides: Mapping[str, object]) -> Iterator[UiTarget]:
+    """A shared stack through its front door, logged in as the admin, on its own public host."""
+    with e2e.stack(stack, overrides) as deployed, tempfile.TemporaryDirectory() as directory:
+        assert deployed.tracking_uri == FRONT_DOORS[stack]
+        host = str(urlsplit(deployed.tracking_uri).hostname)
         auth = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
-        with e2e.trusting(deployed, Path(directory), auth) as ca_file:
+        with e2e.resolving({host: "127.0.0.1"}), e2e.trusting(deployed, Path(directory), auth) as ca_file:
             e2e.wait_until_serving(deployed.tracking_uri, auth=auth)
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             yield UiTarget(
-                "prod",
+                stack,
                 deployed.tracking_uri,
                 deployed,
                 headers={"Authorization": f"Basic {token}"},
                 ca_file=ca_file,
                 auth=auth,
+                mapped_host=host,
             )
 
 
-TARGETS: dict[str, Callable[[], Iterator[UiTarget]]] = {"dev": _dev_target, "prod": _prod_target}
+TARGETS: dict[str, Callable[[], Iterator[UiTarget]]] = {
+    "dev": _dev_target,
+    "staging": lambda: _front_door_target("staging", STAGING_UI_OVERRIDES),
+    "prod": lambda: _front_door_target("prod", PROD_UI_OVERRIDES),
+}
 
 
 def _trusted_key(target: UiTarget) -> str:
@@ -169,6 +204,8 @@ def browser(target: UiTarget) -> Iterator[webdriver.Chrome]:
         # Chromium reads trust from the user's NSS database, which a test should not touch:
         # it accepts exactly the key Python verified against the stack's CA, nothing else.
         flags.append(f"--ignore-certificate-errors-spki-list={_trusted_key(target)}")
+    if target.mapped_host is not None:
+        flags.append(f"--host-resolver-rules=MAP {target.mapped_host} 127.0.0.1")
     for flag in flags:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
@@ -186,12 +223,25 @@ def browser(target: UiTarget) -> Iterator[webdriver.Chrome]:
 
 def _responses(driver: webdriver.Chrome) -> list[tuple[int, str]]:
     """(status, URL) of every response since the last call, from the performance log."""
+    return [(status, url) for _, status, url in _exchanges(_events(driver))]
+
+
+def _events(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    """The CDP events Chrome logged since the last call."""
+    return [json.loads(entry["message"])["message"] for entry in driver.get_log("performance")]  # type: ignore[no-untyped-call]
+
+
+def _exchanges(events: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    """(method, status, URL) of every response among `events` (its request's event among them too)."""
+    methods: dict[str, str] = {}
     found = []
-    for entry in driver.get_log("performance"):  # type: ignore[no-untyped-call]
-        message = json.loads(entry["message"])["message"]
-        if message.get("method") == "Network.responseReceived":
-            response = message["params"]["response"]
-            found.append((int(response["status"]), str(response["url"])))
+    for message in events:
+        params = message.get("params", {})
+        if message.get("method") == "Network.requestWillBeSent":
+            methods[params["requestId"]] = str(params["request"]["method"])
+        elif message.get("method") == "Network.responseReceived":
+            response = params["response"]
+            found.append((methods.get(params["requestId"], "?"), int(response["status"]), str(response["url"])))
     return found
 
 
@@ -202,7 +252,10 @@ def _failed(responses: list[tuple[int, str]]) -> list[tuple[int, str]]:
 def _expected_failure(status: int, url: str) -> bool:
     """Failures MLflow's own UI provokes on a healthy server, each with the reason."""
     # The UI asks for the logged-in user's permissions; without basic auth there is no such endpoint.
-    return status == 404 and "/users/current" in url
+    if status == 404 and "/users/current" in url:
+        return True
+    # The create-experiment dialog checks that the name is free: "not found" is the answer it hopes for.
+    return status == 404 and "/experiments/get-by-name" in url
 
 
 def _open(driver: webdriver.Chrome, url: str, shows: list[str], screenshot: str) -> float:
@@ -253,3 +306,111 @@ def test_a_failing_request_would_be_seen(target: UiTarget, browser: webdriver.Ch
     # Chrome also asks for /favicon.ico when it opens a URL that is not a page: not MLflow's UI.
     failed = [(status, url) for status, url in _failed(_responses(browser)) if not url.endswith("/favicon.ico")]
     assert failed == [(404, missing)]
+
+
+# --- writing through the UI ---------------------------------------------------------------------
+
+
+def _element(driver: webdriver.Chrome, locator: str, by: str = By.CSS_SELECTOR) -> WebElement:
+    """The element once it is there and clickable."""
+    found: WebElement = WebDriverWait(driver, PAGE_TIMEOUT).until(
+        expected_conditions.element_to_be_clickable((by, locator))
+    )
+    return found
+
+
+def _dialog_button(driver: webdriver.Chrome, label: str) -> WebElement:
+    return _element(driver, f"//div[@role='dialog']//button[normalize-space()='{label}']", By.XPATH)
+
+
+def _until_written(
+    driver: webdriver.Chrome, target: UiTarget, read_back: Callable[[], bool], action: str, write: str
+) -> list[tuple[str, int, str]]:
+    """Waits until the API reads back what the UI wrote and the browser has logged the answer
+    to its `write` request (the server may commit before the browser sees the response);
+    returns every exchange the page had meanwhile.
+
+    On failure the message names the writes the server refused and what the open dialog
+    says (MLflow's own "Cross-origin request blocked" when the origin is refused).
+    """
+    deadline = time.monotonic() + WRITE_TIMEOUT
+    events: list[dict[str, Any]] = []
+    written = False
+    while True:
+        events += _events(driver)
+        exchanges = _exchanges(events)
+        written = written or read_back()
+        if written and _writes(exchanges, write):
+            return exchanges
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    exchanges = _exchanges(events + _events(driver))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshot = f"{target.name}-{action.replace(' ', '-')}-failed"
+    driver.save_screenshot(str(SCREENSHOTS / f"{screenshot}.png"))
+    refused = [(method, status, url) for method, status, url in exchanges if method != "GET" and status >= 400]
+    dialogs = [element.text for element in driver.find_elements(By.CSS_SELECTOR, "[role=dialog]")]
+    raise AssertionError(
+        f"{target.name}: '{action}' in the UI did not show in the API within {WRITE_TIMEOUT}s; "
+        f"writes refused: {refused}; the dialog says: {dialogs}; screenshot {screenshot}.png"
+    )
+
+
+def _api(target: UiTarget, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One REST call as the admin, outside the browser (no Origin: never a cross-origin write)."""
+    response = requests.post(f"{target.base_url}/api/2.0/mlflow/{path}", json=body, auth=target.auth, timeout=30)
+    assert response.status_code == 200, (path, response.status_code, response.text[:300])
+    found: dict[str, Any] = response.json()
+    return found
+
+
+def _writes(exchanges: list[tuple[str, int, str]], path: str) -> list[tuple[str, int]]:
+    return [(method, status) for method, status, url in exchanges if urlsplit(url).path.endswith(path)]
+
+
+def test_the_ui_creates_an_experiment(target: UiTarget, browser: webdriver.Chrome) -> None:
+    name = f"created-in-the-ui-{target.name}-{int(time.time())}"
+    client = MlflowClient(target.deployed.tracking_uri)
+    browser.get(f"{target.base_url}/#/experiments")
+    _element(browser, "[data-testid=create-experiment-button]").click()
+    _element(browser, "#experimentName").send_keys(name)
+    _dialog_button(browser, "Create").click()
+    write = "/ajax-api/2.0/mlflow/experiments/create"
+    exchanges = _until_written(
+        browser, target, lambda: client.get_experiment_by_name(name) is not None, "create", write
+    )
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    assert experiment.lifecycle_stage == "active"
+    assert _writes(exchanges, write) == [("POST", 200)]
+    assert _failed([(status, url) for _, status, url in exchanges]) == []
+    e2e.report(f"UI ({target.name}): created experiment {name} (id {experiment.experiment_id}) from the browser")
+
+
+def test_the_ui_renames_a_run(target: UiTarget, browser: webdriver.Chrome) -> None:
+    stamp = int(time.time())
+    experiment = _api(target, "experiments/create", {"name": f"rename-in-the-ui-{target.name}-{stamp}"})
+    created = _api(target, "runs/create", {"experiment_id": experiment["experiment_id"], "run_name": "before-rename"})
+    run_id = str(created["run"]["info"]["run_id"])
+    new_name = f"renamed-in-the-ui-{stamp}"
+    client = MlflowClient(target.deployed.tracking_uri)
+
+    url = f"{target.base_url}/#/experiments/{experiment['experiment_id']}/runs/{run_id}"
+    _open(browser, url, ["before-rename"], f"{target.name}-rename")
+    _element(browser, "[data-testid=overflow-menu-trigger]").click()
+    _element(browser, "[data-testid=overflow-rename-button]").click()
+    field = _element(browser, "[data-testid=rename-modal-input]")
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys(new_name)
+    _dialog_button(browser, "Save").click()
+    write = "/ajax-api/2.0/mlflow/runs/update"
+    exchanges = _until_written(
+        browser, target, lambda: client.get_run(run_id).info.run_name == new_name, "rename", write
+    )
+    run = client.get_run(run_id)
+    assert (run.info.run_name, run.data.tags["mlflow.runName"]) == (new_name, new_name)
+    assert _writes(exchanges, write) == [("POST", 200)]
+    assert _failed([(status, url) for _, status, url in exchanges]) == []
+    e2e.report(f"UI ({target.name}): renamed run {run_id} to {new_name} from the browser")

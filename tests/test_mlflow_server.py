@@ -8,7 +8,14 @@ from typing import Any
 import pulumi_docker as docker
 import pytest
 
-from components.mlflow_server import MlflowServer, MlflowServerArgs, allowed_hosts, database_connections
+from components.mlflow_server import (
+    MlflowServer,
+    MlflowServerArgs,
+    allowed_hosts,
+    allowed_origins,
+    browser_origin,
+    database_connections,
+)
 from components.settings import ServerSettings
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, VOLUME
 from tests.expected import (
@@ -30,6 +37,7 @@ from tests.expected import (
     docker_name,
     hardened,
     mount,
+    network_name,
     on_network,
     passwords_of,
     registered_outputs,
@@ -56,7 +64,7 @@ METRICS_ENV = ["PROMETHEUS_MULTIPROC_DIR=/run/mlflow-metrics"]
 NO_TELEMETRY = ["MLFLOW_DISABLE_TELEMETRY=true"]
 
 
-def _command(workers: int, hosts: str, *flags: str) -> list[str]:
+def _command(workers: int, hosts: str, origins: str, *flags: str) -> list[str]:
     return [
         "--host", "0.0.0.0",
         "--port", "5000",
@@ -65,6 +73,8 @@ def _command(workers: int, hosts: str, *flags: str) -> list[str]:
         "--serve-artifacts",
         "--artifacts-destination", "/mlflow/artifacts",
         "--allowed-hosts", hosts,
+        # The stack's own origin first: the web UI sends it on every write.
+        "--cors-allowed-origins", origins,
         *flags,
     ]  # fmt: skip
 
@@ -121,13 +131,18 @@ def container(
     tmpfs: dict[str, str] = TMPFS,
     image: object = MLFLOW_IMAGE,
     alias: str = "mlflow",
+    database_network: bool = False,
 ) -> dict[str, Any]:
+    networks = on_network(stack, alias)
+    if database_network:
+        # Postgres is on the internal network alone; the front one keeps the proxy's way in.
+        networks["networksAdvanced"].append({"name": f"{network_name(stack)}-db", "aliases": [alias]})
     return {
         **hardened(stack, "tracking-server", memory_mb),
         **service(stack),
         # uvicorn finishes the requests in flight; long enough for an artifact upload.
         **stopped_with("SIGTERM", 60),
-        **on_network(stack, alias),
+        **networks,
         "name": docker_name(stack, "mlflow"),
         # By digest (the local image ID): a rebuilt image replaces the container.
         "image": image,
@@ -159,10 +174,13 @@ def _dev(stack: str) -> dict[str, Any]:
     # One person on loopback: no auth, published on 127.0.0.1:5000, and whatever they type as the host.
     return {
         "memory_mb": 1536,
-        "command": _command(4, "localhost,localhost:5000,mlflow,mlflow:5000,127.0.0.1,127.0.0.1:5000"),
+        "command": _command(
+            4, "localhost,localhost:5000,mlflow,mlflow:5000,127.0.0.1,127.0.0.1:5000", "http://localhost:5000"
+        ),
         "envs": _envs(PLATFORM_DATABASE, *NO_TELEMETRY, *_pre_upgrade_backup(stack)),
         "uploads": _uploads(DB_PASSWORD),
         "ports": _published("127.0.0.1", 5000),
+        "database_network": True,
     }
 
 
@@ -174,6 +192,8 @@ def _staging(stack: str) -> dict[str, Any]:
         "command": _command(
             2,
             "mlflow.staging.example.internal,mlflow.staging.example.internal:443,mlflow,mlflow:5000",
+            # The front door's origin, on 443: no port, as a browser writes it.
+            "https://mlflow.staging.example.internal",
             *AUTH_APP,
             *METRICS,
         ),
@@ -189,7 +209,11 @@ def _prod(stack: str) -> dict[str, Any]:
         **_staging(stack),
         "memory_mb": 4096,
         "command": _command(
-            4, "mlflow.example.internal,mlflow.example.internal:443,mlflow,mlflow:5000", *AUTH_APP, *METRICS
+            4,
+            "mlflow.example.internal,mlflow.example.internal:443,mlflow,mlflow:5000",
+            "https://mlflow.example.internal",
+            *AUTH_APP,
+            *METRICS,
         ),
     }
 
@@ -210,6 +234,7 @@ def _args(**changes: Any) -> MlflowServerArgs:
         "server": server,
         "alias": "tracking",
         "host_port": 5000,
+        "public_origin": "http://localhost:5000",
         "publish": True,
         "secrets_rotation": "",
         "start_after": [],
@@ -231,7 +256,9 @@ def test_the_server_alone_without_auth() -> None:
     assert registration.inputs == container(
         UNIT,
         memory_mb=1024,
-        command=_command(3, "localhost,localhost:5000,tracking,tracking:5000,127.0.0.1,127.0.0.1:5000"),
+        command=_command(
+            3, "localhost,localhost:5000,tracking,tracking:5000,127.0.0.1,127.0.0.1:5000", "http://localhost:5000"
+        ),
         envs=_envs(UNIT_DATABASE, *NO_TELEMETRY),
         uploads=_uploads(UNIT_PASSWORD),
         ports=_published("127.0.0.1", 5000),
@@ -284,12 +311,11 @@ def test_the_server_alone_with_auth_cors_metrics_and_telemetry() -> None:
         container(
             UNIT,
             memory_mb=1024,
-            # The CORS origins as one value beside the other arguments; no loopback names on 0.0.0.0.
+            # The CORS origins as one value, the stack's own first; no loopback names on 0.0.0.0.
             command=_command(
                 3,
                 "localhost,localhost:5000,tracking,tracking:5000",
-                "--cors-allowed-origins",
-                "https://ui.example.com,https://nb.example.com:8443",
+                "http://localhost:5000,https://ui.example.com,https://nb.example.com:8443",
                 *AUTH_APP,
                 *METRICS,
             ),
@@ -306,12 +332,17 @@ def test_the_server_alone_with_auth_cors_metrics_and_telemetry() -> None:
 
 def test_the_server_alone_behind_the_proxy_publishes_nothing() -> None:
     mocks, _ = built(
-        lambda: MlflowServer("mlflow-server", _args(publish=False, host_port=443, public_host="m.example"))
+        lambda: MlflowServer(
+            "mlflow-server",
+            _args(publish=False, host_port=443, public_host="m.example", public_origin="https://m.example"),
+        )
     )
     inputs = mocks.one(CONTAINER).inputs
     assert inputs["ports"] == []
     assert inputs["command"] == _command(
-        3, "m.example,m.example:443,tracking,tracking:5000,localhost,localhost:443,127.0.0.1,127.0.0.1:443"
+        3,
+        "m.example,m.example:443,tracking,tracking:5000,localhost,localhost:443,127.0.0.1,127.0.0.1:443",
+        "https://m.example",
     )
 
 
@@ -337,11 +368,117 @@ def test_the_published_port_and_public_host_reach_the_server() -> None:
         "mlflow.lab.internal,mlflow.lab.internal:15000,mlflow,mlflow:5000,"
         "localhost,localhost:15000,127.0.0.1,127.0.0.1:15000"
     )
-    expected = {**_dev("dev"), "command": _command(4, hosts), "ports": _published("127.0.0.1", 15000)}
+    # Not a localhost origin, which MLflow would let write anyway: without it the UI could not write.
+    origins = "http://mlflow.lab.internal:15000"
+    expected = {**_dev("dev"), "command": _command(4, hosts, origins), "ports": _published("127.0.0.1", 15000)}
     assert containers(found.mocks)["mlflow-platform-dev-mlflow"].inputs == resolve(
         container("dev", **expected), found.mocks
     )
     assert found.values["tracking_uri"] == "http://mlflow.lab.internal:15000"
+
+
+# Workers and the flags after the origins, per stack as committed.
+_STACK_SHAPE: dict[str, tuple[int, list[str]]] = {
+    "dev": (4, []),
+    "staging": (2, AUTH_APP + METRICS),
+    "prod": (4, AUTH_APP + METRICS),
+}
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides", "hosts", "origins"),
+    [
+        # The front door on another port: a browser names it in the origin.
+        (
+            "staging",
+            {"httpsPort": 8443},
+            "mlflow.staging.example.internal,mlflow.staging.example.internal:8443,mlflow,mlflow:5000",
+            "https://mlflow.staging.example.internal:8443",
+        ),
+        # An IPv6 public host: in brackets, as in the Host header and the URL.
+        (
+            "prod",
+            {"publicHost": "2001:DB8::10"},
+            "[2001:db8::10],[2001:db8::10]:443,mlflow,mlflow:5000",
+            "https://[2001:db8::10]",
+        ),
+        # corsAllowedOrigins after the stack's own, lower case, each once, default ports left
+        # out (a browser never sends https://...:443, and MLflow compares exact strings).
+        (
+            "prod",
+            {
+                "corsAllowedOrigins": [
+                    "https://UI.example.com",
+                    "https://mlflow.example.internal",
+                    "https://nb.example.com:443",
+                    "http://localhost:3000",
+                    "https://ui.example.com",
+                ]
+            },
+            "mlflow.example.internal,mlflow.example.internal:443,mlflow,mlflow:5000",
+            "https://mlflow.example.internal,https://ui.example.com,https://nb.example.com,http://localhost:3000",
+        ),
+        # Another port is another origin: both stay.
+        (
+            "staging",
+            {"httpsPort": 8443, "corsAllowedOrigins": ["https://mlflow.staging.example.internal"]},
+            "mlflow.staging.example.internal,mlflow.staging.example.internal:8443,mlflow,mlflow:5000",
+            "https://mlflow.staging.example.internal:8443,https://mlflow.staging.example.internal",
+        ),
+        # Unproxied: plain HTTP with the published port; listed though MLflow exempts localhost.
+        (
+            "dev",
+            {"corsAllowedOrigins": ["http://localhost:5000", "https://nb.example.com"]},
+            "localhost,localhost:5000,mlflow,mlflow:5000,127.0.0.1,127.0.0.1:5000",
+            "http://localhost:5000,https://nb.example.com",
+        ),
+        (
+            "dev",
+            {"publicHost": "::1", "bindAddress": "::1", "hostPort": 5010},
+            "[::1],[::1]:5010,mlflow,mlflow:5000,localhost,localhost:5010,127.0.0.1,127.0.0.1:5010",
+            "http://[::1]:5010",
+        ),
+    ],
+)
+def test_the_public_origin_is_always_allowed(stack: str, overrides: dict[str, Any], hosts: str, origins: str) -> None:
+    found = declaration(stack, overrides)
+    workers, flags = _STACK_SHAPE[stack]
+    command = containers(found.mocks)[docker_name(stack, "mlflow")].inputs["command"]
+    assert command == _command(workers, hosts, origins, *flags)
+    # The first origin is the URL clients are given: the page the UI is served from.
+    assert browser_origin(str(found.values["tracking_uri"])) == origins.split(",")[0]
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://mlflow.example.internal", "https://mlflow.example.internal"),
+        ("https://mlflow.example.internal:443", "https://mlflow.example.internal"),
+        ("https://mlflow.example.internal:8443", "https://mlflow.example.internal:8443"),
+        ("http://localhost:5000", "http://localhost:5000"),
+        ("http://mlflow.lab:80", "http://mlflow.lab"),
+        ("http://mlflow.lab:443", "http://mlflow.lab:443"),
+        ("HTTPS://ML.Example.COM:08443", "https://ml.example.com:8443"),
+        # IPv6 as the URL standard serialises it: compressed, lower case, in brackets.
+        ("https://[2001:DB8:0:0::10]", "https://[2001:db8::10]"),
+        ("http://[::1]:5000", "http://[::1]:5000"),
+        ("https://10.0.0.5:443", "https://10.0.0.5"),
+        # MLflow's own wildcard patterns pass unchanged.
+        ("https://*.example.com", "https://*.example.com"),
+    ],
+)
+def test_browser_origin_is_what_a_browser_sends(url: str, expected: str) -> None:
+    assert browser_origin(url) == expected
+
+
+def test_allowed_origins_put_the_stack_first_once() -> None:
+    assert allowed_origins("https://m.example", []) == ["https://m.example"]
+    assert allowed_origins(
+        "https://m.example", ["https://a.example", "https://m.example:443", "https://a.example"]
+    ) == [
+        "https://m.example",
+        "https://a.example",
+    ]
 
 
 @pytest.mark.parametrize(
