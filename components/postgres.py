@@ -31,7 +31,10 @@ from components.secrets import generated_password
 from components.settings import DatabaseSettings
 from components.workload import DATABASE, Attachment, File, HealthCheck, Mount, Workload, secret_file
 
-_ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
+# A scratch volume of its own: Docker refuses uploads into a read-only root, and one at
+# /usr/local/bin would hide the image's entrypoint behind a copy of it.
+_ENTRYPOINT_DIR = "/opt/mlflow-platform"
+_ENTRYPOINT = f"{_ENTRYPOINT_DIR}/postgres-entrypoint"
 _ENTRYPOINT_SOURCE = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
 # SIGINT is Postgres's "fast shutdown": sessions end, a checkpoint is written, the
 # next start needs no crash recovery. The checkpoint of a busy cluster can take a
@@ -159,7 +162,11 @@ class PostgresDatabase(pulumi.ComponentResource):
                 secret_file(SUPERUSER_PASSWORD_FILE, self.superuser_password.result),
                 File(_ENTRYPOINT, _ENTRYPOINT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
             ],
-            mounts=[Mount(DATA_MOUNT, self.volume.name), Mount(SOCKET_DIR, self.socket_volume.name)],
+            mounts=[
+                Mount(DATA_MOUNT, self.volume.name),
+                Mount(SOCKET_DIR, self.socket_volume.name),
+                Mount(_ENTRYPOINT_DIR),
+            ],
             read_only_root=True,
             tmpfs=_TMPFS,
             # Docker's 64 MiB /dev/shm is too small for parallel query workers.

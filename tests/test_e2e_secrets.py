@@ -8,8 +8,10 @@ and build on each other.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -95,6 +97,55 @@ def _psql(deployed: e2e.Deployed, client: docker.DockerClient, password: str, sq
         environment={"PGPASSWORD": password},
     )
     return result.exit_code, result.output.decode(errors="replace").strip()
+
+
+def _psql_over_the_network(
+    deployed: e2e.Deployed, client: docker.DockerClient, user: str, password: str
+) -> tuple[int, str]:
+    """psql to `postgres:5432` from another container on the database network (the backup one), with a password."""
+    result = deployed.container(client, "backup").exec_run(
+        ["psql", "-X", "-h", "postgres", "-U", user, "-d", "postgres", "-Atc", "select 1"],
+        environment={"PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10", "HOME": "/tmp"},
+    )
+    return result.exit_code, result.output.decode(errors="replace").strip()
+
+
+def _superuser_password(deployed: e2e.Deployed, client: docker.DockerClient) -> str:
+    """The generated password initdb was given (Postgres keeps the file: initdb of an empty volume needs it)."""
+    found = deployed.container(client, "postgres").exec_run(["cat", "/run/secrets/postgres-superuser-password"])
+    assert found.exit_code == 0, found.output
+    password = str(found.output.decode()).strip()
+    assert len(password) >= 24
+    return password
+
+
+def _bootstrap_holds_no_secret(client: docker.DockerClient, secrets: list[str]) -> list[str]:
+    """The exited bootstrap job: its own layer and every volume it mounts hold no secret; its files, listed."""
+    [bootstrap] = client.containers.list(
+        all=True, filters={"label": [f"com.pulumi.stack={STACK}", "org.mlflow-platform.role=database-bootstrap"]}
+    )
+    assert (bootstrap.status, bootstrap.attrs["State"]["ExitCode"]) == ("exited", 0)
+    mounts = {mount["Destination"]: mount for mount in bootstrap.attrs["Mounts"]}
+    assert set(mounts) == {"/run/secrets", "/var/run/postgresql"}
+    # A read-only root: its own layer has only the directories its volumes are mounted on
+    # (/var/run is a link to /run in the image).
+    changed = {change["Path"] for change in bootstrap.diff() or []}
+    assert changed <= {"/run", "/run/secrets", "/run/postgresql", "/var/run/postgresql"}, changed
+    files = []
+    for destination in mounts:
+        stream, _ = bootstrap.get_archive(destination)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+            for member in archive.getmembers():
+                if not member.isfile():
+                    continue
+                extracted = archive.extractfile(member)
+                content = extracted.read() if extracted is not None else b""
+                assert not any(secret.encode() in content for secret in secrets), f"a secret in {member.name}"
+                files.append(f"{member.name} ({len(content)} bytes, mode {member.mode:o})")
+                if destination == "/run/secrets":
+                    # The file it was given, emptied: the directory is root's, so the job cannot delete it.
+                    assert len(content) == 0, member.name
+    return files
 
 
 def _remove_stack_completely() -> None:
@@ -199,6 +250,38 @@ def test_no_secret_reaches_env_command_labels_or_logs(history: History, docker_c
     )
 
 
+def test_the_superuser_cannot_log_in_over_the_network_with_any_password(
+    history: History, docker_client: docker.DockerClient
+) -> None:
+    deployed = history.current
+    # The role MLflow uses logs in from another container, as MLflow, backups and gc do.
+    assert _psql_over_the_network(deployed, docker_client, "mlflow", deployed.db_password) == (0, "1")
+    generated = _superuser_password(deployed, docker_client)
+    tried = {"initdb's generated password": generated, "MLflow's password": deployed.db_password}
+    tried |= {"a guess": "postgres", "another guess": "x" * 32}
+    refusals = {}
+    for what, password in tried.items():
+        code, output = _psql_over_the_network(deployed, docker_client, "postgres", password)
+        assert code != 0, what
+        assert 'password authentication failed for user "postgres"' in output, (what, output)
+        refusals[what] = output.splitlines()[-1]
+    # No password at all: a NULL password fails every password method. The socket stays trusted.
+    postgres = deployed.container(docker_client, "postgres")
+    stored = postgres.exec_run(
+        ["psql", "-X", "-h", "/var/run/postgresql", "-U", "postgres", "-Atc", "select rolpassword is null "
+         "from pg_authid where rolname = 'postgres'"]
+    )  # fmt: skip
+    assert (stored.exit_code, stored.output.decode().strip()) == (0, "t")
+    e2e.report(f"superuser over TCP from the backup container: {refusals}; pg_authid.rolpassword IS NULL")
+
+
+def test_the_bootstrap_keeps_no_secret(history: History, docker_client: docker.DockerClient) -> None:
+    deployed = history.current
+    secrets = [*deployed.secrets(), _superuser_password(deployed, docker_client)]
+    files = _bootstrap_holds_no_secret(docker_client, secrets)
+    e2e.report(f"the exited bootstrap container keeps no secret; files in its volumes: {files}")
+
+
 def test_the_issues_reproduction_ends_with_the_new_passwords_in_force(
     history: History, docker_client: docker.DockerClient
 ) -> None:
@@ -236,6 +319,11 @@ def test_rotation_replaces_every_secret_and_refuses_the_old_ones(
     assert code != 0
     assert "password authentication failed" in output
     assert _psql(rotated, docker_client, rotated.db_password, "select 1") == (0, "1")
+    # The bootstrap that applied the rotated password emptied its file too; the superuser still has none.
+    _bootstrap_holds_no_secret(docker_client, [*rotated.secrets(), *before.secrets()])
+    superuser = _psql_over_the_network(rotated, docker_client, "postgres", _superuser_password(rotated, docker_client))
+    assert superuser[0] != 0
+    assert 'password authentication failed for user "postgres"' in superuser[1]
     e2e.report(
         f"rotation: data readable, new admin 200, old admin 401, old database password: {output.splitlines()[-1]!r}"
     )

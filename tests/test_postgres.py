@@ -36,7 +36,7 @@ from tests.expected import (
 )
 from tests.harness import declaration
 
-ENTRYPOINT = "/usr/local/bin/mlflow-platform-postgres-entrypoint"
+ENTRYPOINT = "/opt/mlflow-platform/postgres-entrypoint"
 SUPERUSER_PASSWORD_FILE = "/run/secrets/postgres-superuser-password"
 PASSWORDS = ("mlflow-postgres-password", "mlflow-postgres-superuser-password")
 
@@ -93,6 +93,8 @@ def container(
         "volumes": [
             mount(stack, "pgdata", "/var/lib/postgresql/data"),
             mount(stack, "pgsocket", "/var/run/postgresql"),
+            # A scratch volume for the uploaded entrypoint: Docker uploads nothing into a read-only root.
+            {"containerPath": "/opt/mlflow-platform"},
             {"containerPath": "/run/secrets"},
         ],
         # A read-only root: the image writes only to its volumes, /dev/shm and this scratch /tmp.
