@@ -311,7 +311,7 @@ def test_each_lock_is_generated_from_its_input(lock: str, source: str) -> None:
     header = (PROJECT_DIR / lock).read_text(encoding="utf-8").splitlines()[1]
     assert header.split() == [
         "#",
-        *"uv pip compile --generate-hashes --universal --python-version=3.11".split(),
+        *["uv", "pip", "compile", "--generate-hashes", "--universal", "--python-version=3.11"],
         source,
         *([] if lock == "requirements-dev.txt" else ["--constraint=requirements-dev.txt"]),
         f"--output-file={lock}",
