@@ -123,9 +123,12 @@ def test_the_internal_ca_moved_under_the_proxy_keeps_its_urns_through_aliases() 
     # The root that clients trust must never be replaced: its key and certificate follow
     # the CA's own alias to where the platform declared them.
     new, aliases = declared("prod")
-    old = load("prod")
+    # prod as the redesign found it, kept for this test: the golden files move on with later changes.
+    old = load("prod-before-redesign")
     for name in ("mlflow-ca", "mlflow-ca-key", "mlflow-ca-root"):
         now = _urn_of(new, name)
         assert "mlflow-platform:proxy:TlsProxy$mlflow-platform:tls:InternalCa" in now
         assert _urn_of(old, name) in inherited_aliases(new, aliases)[now]
-    assert upgrade_problems(old, new, aliases) == []
+        # What clients trust is declared as it was: not replaced, not changed.
+        before, after = old[_urn_of(old, name)], new[now]
+        assert (before["inputs"], before["protect"]) == (after["inputs"], after["protect"])
