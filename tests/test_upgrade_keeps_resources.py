@@ -114,8 +114,8 @@ def test_urns_name_every_ancestor_type_as_the_engine_does() -> None:
     # changed would then keep its grandchildren's URNs under mocks, but not in the engine.
     urn = _urn_of(load("prod"), "mlflow-ca-key")
     assert urn == (
-        "urn:pulumi:prod::mlflow-platform::mlflow-platform:stack:MlflowPlatform$mlflow-platform:tls:InternalCa"
-        "$tls:index/privateKey:PrivateKey::mlflow-ca-key"
+        "urn:pulumi:prod::mlflow-platform::mlflow-platform:stack:MlflowPlatform$mlflow-platform:proxy:TlsProxy"
+        "$mlflow-platform:tls:InternalCa$tls:index/privateKey:PrivateKey::mlflow-ca-key"
     )
 
 
