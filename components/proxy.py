@@ -40,8 +40,9 @@ CADDYFILE = "/etc/caddy/Caddyfile"
 # the proxy's user, while a fresh volume on this path takes its owner from the image.
 STORAGE_DIR = "/var/lib/mlflow-proxy"
 # Where Caddy's pki app kept the internal CA's intermediate and its key, before Pulumi
-# issued the certificate: a key that chains to the root clients still trust. Removed at
-# every start, so a volume kept from then holds none; nothing writes there any more.
+# issued the certificate (a key that chains to the root clients still trust), and the
+# "local" CA that `skip_install_trust` made Caddy create. Removed at every start, so a
+# volume kept from then holds none; nothing writes there any more.
 STALE_PKI_DIR = f"{STORAGE_DIR}/pki"
 TLS_CERT_FILE = f"{SECRETS_DIR}/tls.crt"
 TLS_KEY_FILE = f"{SECRETS_DIR}/tls.key"
@@ -138,8 +139,10 @@ def caddyfile(site: CaddySite) -> str:
         "admin off",
         f"http_port {HTTP_PORT}",
         f"https_port {HTTPS_PORT}",
-        # Not root: Caddy cannot and must not touch the container's trust store.
-        "skip_install_trust",
+        # No `skip_install_trust`: that option is itself configuration of Caddy's pki app, which
+        # then makes a CA of its own ("local": a root and an intermediate key) in the storage
+        # volume. No mode uses the pki app (no `issuer internal`), so none is made and no trust
+        # store is touched.
         # The redirect is ours (below): Caddy's own would name the internal port.
         "auto_https disable_redirects",
         f"storage file_system {STORAGE_DIR}",

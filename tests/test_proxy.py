@@ -386,7 +386,6 @@ COMMON_LINES = [
     "storage file_system /var/lib/mlflow-proxy",
     "http_port 8080",
     "https_port 8443",
-    "skip_install_trust",
     "auto_https disable_redirects",
     "default_sni mlflow.example.com",
     "grace_period 50s",
@@ -449,6 +448,8 @@ def test_caddyfile(site: CaddySite, present: list[str], absent: list[str]) -> No
         assert not any(word in line for line in lines), word
     # Never told to log credentials, never a timeout that would cut a long transfer.
     assert not any(word in line for line in lines for word in ("log_credentials", "read_body", "write "))
+    # Nothing that configures Caddy's pki app, which would make a CA (keys and all) in the volume.
+    assert not any(word in line for line in lines for word in ("pki", "skip_install_trust", "internal", "local_certs"))
 
 
 def test_caddyfile_for_an_ipv6_host_on_another_port() -> None:
@@ -471,7 +472,7 @@ def test_the_whole_caddyfile_for_an_internal_ca() -> None:
     # Literal, tabs and all: a renamed directive, a lost brace or indent, or a dropped
     # option shows here even where the line-by-line checks above would still find their lines.
     assert caddyfile(_site("internal")) == (
-        "{\n\tadmin off\n\thttp_port 8080\n\thttps_port 8443\n\tskip_install_trust\n"
+        "{\n\tadmin off\n\thttp_port 8080\n\thttps_port 8443\n"
         "\tauto_https disable_redirects\n\tstorage file_system /var/lib/mlflow-proxy\n"
         "\tdefault_sni mlflow.example.com\n\tgrace_period 50s\n"
         "\tservers {\n\t\tprotocols h1 h2\n\t\ttimeouts {\n\t\t\tread_header 30s\n\t\t\tidle 5m\n\t\t}\n"
