@@ -9,6 +9,7 @@ fault tests come last because they kill containers.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -176,8 +177,10 @@ def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.Do
     database = staging.container(docker_client, "postgres").attrs
     assert server["Config"]["User"] == "10001:10001"
     assert database["Config"]["User"] == "999:999"
-    assert server["HostConfig"]["ReadonlyRootfs"] is True
-    assert "/tmp" in server["HostConfig"]["Tmpfs"]
+    # Both roots read-only; Postgres writes only to its volumes, /dev/shm and a /tmp of its own.
+    for attrs in (server, database):
+        assert attrs["HostConfig"]["ReadonlyRootfs"] is True
+        assert "/tmp" in attrs["HostConfig"]["Tmpfs"]
     for attrs, memory_mb in ((server, 2048), (database, 1024)):
         host = attrs["HostConfig"]
         assert host["CapDrop"] == ["ALL"]
@@ -196,6 +199,88 @@ def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.Do
         assert status.output.decode().split()[1:3] == [uid, uid], role
     write = staging.container(docker_client, "mlflow").exec_run(["sh", "-c", "touch /opt/x"])
     assert write.exit_code != 0
+    write = staging.container(docker_client, "postgres").exec_run(["sh", "-c", "touch /etc/x"])
+    assert write.exit_code != 0
+    assert "Read-only file system" in write.output.decode(), write.output
+
+
+# --- networks --------------------------------------------------------------------------------
+
+# Run in another container's network namespace: does each host:port given answer?
+_PROBE = """
+import socket, sys
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+        print("answers")
+    except OSError as error:
+        print(f"{type(error).__name__}: {error}")
+"""
+
+
+def _probe_from(staging: e2e.Deployed, client: docker.DockerClient, container: Any, *targets: str) -> list[str]:
+    """What each target answers from inside `container`'s network namespace (a throwaway container sharing it)."""
+    output = client.containers.run(
+        str(staging.outputs["mlflow_image_name"]),
+        [_PROBE, *targets],
+        entrypoint=["python", "-c"],
+        network_mode=f"container:{container.id}",
+        user="10001:10001",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        remove=True,
+    )
+    return [str(line) for line in output.decode().strip().splitlines()]
+
+
+def test_postgres_is_on_an_internal_network_the_proxy_cannot_reach(
+    staging: e2e.Deployed, docker_client: docker.DockerClient
+) -> None:
+    front, database = "mlflow-platform-staging", "mlflow-platform-staging-db"
+    containers = {
+        role: staging.container(docker_client, role) for role in ("postgres", "mlflow", "backup", "gc", "proxy")
+    }
+    attached = {role: sorted(c.attrs["NetworkSettings"]["Networks"]) for role, c in containers.items()}
+    assert attached == {
+        "postgres": [database],
+        "mlflow": sorted([front, database]),
+        "backup": sorted([front, database]),
+        "gc": sorted([front, database]),
+        "proxy": [front],
+    }
+    internal = {name: docker_client.networks.get(name).attrs["Internal"] for name in (front, database)}
+    assert internal == {front: False, database: True}
+    postgres_address = containers["postgres"].attrs["NetworkSettings"]["Networks"][database]["IPAddress"]
+    by_name, by_address, server = _probe_from(
+        staging, docker_client, containers["proxy"], "postgres:5432", f"{postgres_address}:5432", "mlflow:5000"
+    )
+    e2e.report(
+        f"from the proxy's network namespace: postgres:5432 -> {by_name}; {postgres_address}:5432 -> {by_address}; "
+        f"mlflow:5000 -> {server}"
+    )
+    assert by_name.startswith("gaierror"), by_name
+    assert by_address != "answers"
+    assert server == "answers"
+    # A way out: the Docker host beyond the stack's networks (its default bridge's address), at the
+    # port the proxy publishes there. Every workload reaches it but Postgres: on an internal network
+    # Docker drops whatever would leave the subnet (its default route leads nowhere).
+    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    host = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
+    outside = f"{host}:{STAGING_OVERRIDES['httpsPort']}"
+    mlflow_front = containers["mlflow"].attrs["NetworkSettings"]["Networks"][front]["IPAddress"]
+    reached = {
+        role: _probe_from(staging, docker_client, c, outside, f"{mlflow_front}:5000") for role, c in containers.items()
+    }
+    e2e.report(f"the host beyond the stack's networks ({outside}) and MLflow's front address, from each: {reached}")
+    assert {role: [result == "answers" for result in results] for role, results in reached.items()} == {
+        "postgres": [False, False],
+        "mlflow": [True, True],
+        "backup": [True, True],
+        "gc": [True, True],
+        "proxy": [True, True],
+    }
 
 
 def test_hosts_and_origins_are_checked(staging: e2e.Deployed, admin: tuple[str, str]) -> None:
