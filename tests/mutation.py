@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.postgres_server import SHARED_ENV, describe, running_postgres
-from tests.stack_config import PROJECT_DIR
+from tools.stack_config import PROJECT_DIR
 
 EQUIVALENTS_FILE = PROJECT_DIR / "tests" / "mutation-equivalents.toml"
 MUTANTS_DIR = PROJECT_DIR / "mutants"
