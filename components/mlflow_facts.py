@@ -25,6 +25,9 @@ AUTH_DATABASE_SUFFIX = "_auth"
 DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
 ADMIN_PASSWORD_FILE = f"{SECRETS_DIR}/admin-password"
 FLASK_SECRET_FILE = f"{SECRETS_DIR}/flask-secret-key"
+# MLflow's basic auth, as the image registers it (mlflow/platform_auth.py): each worker
+# reads the Flask key from FLASK_SECRET_FILE, so no process has it in its environment.
+AUTH_APP_NAME = "platform-basic-auth"
 BOOTSTRAP_SCRIPT = "/opt/mlflow-entrypoint/bootstrap_db.py"
 GC_COMMAND = "/usr/local/bin/mlflow-gc"
 # What a server needs besides its workers, and what each uvicorn worker adds. Measured

@@ -16,6 +16,7 @@ from components.mlflow_facts import (
     ADMIN_PASSWORD_FILE,
     ADMIN_USERNAME,
     ARTIFACTS_DIR,
+    AUTH_APP_NAME,
     DB_PASSWORD_FILE,
     FLASK_SECRET_FILE,
     MLFLOW_UID,
@@ -231,7 +232,7 @@ class MlflowServer(pulumi.ComponentResource):
             "--cors-allowed-origins", ",".join(allowed_origins(args["public_origin"], server.cors_allowed_origins)),
         ]  # fmt: skip
         if server.auth_enabled:
-            self.command += ["--app-name", "basic-auth"]
+            self.command += ["--app-name", AUTH_APP_NAME]
         if server.metrics_enabled:
             # /metrics is not among basic auth's exempt paths: with auth on, a scraper
             # needs credentials like any client.

@@ -1,9 +1,14 @@
 #!/bin/sh
 # Starts the MLflow tracking server. Secrets arrive as files (uploaded by the
-# Pulumi program, mode 0400, owned by this user) and are read here, at start, so
-# none is baked into the image, set in the container's environment or put on
-# any command line: MLflow reads the store URI from MLFLOW_BACKEND_STORE_URI,
-# which exists only in this process's own environment.
+# Pulumi program, mode 0400, owned by this user) and stay files: none is baked
+# into the image, set in the container's environment, put on a command line or
+# exported to a process. `mlflow server` hands its configuration to uvicorn and
+# every worker through the environment (/proc/<pid>/environ), so what goes there
+# must hold no secret:
+# - the database URIs carry no password: libpq reads it from PGPASSFILE, written
+#   here to this container's private tmpfs;
+# - the admin password goes from its file into the basic-auth config (tmpfs, 0600);
+# - the Flask secret key is read from its file by each worker (mlflow/platform_auth.py).
 set -eu
 
 : "${POSTGRES_HOST:?POSTGRES_HOST must name the Postgres host}"
@@ -12,30 +17,38 @@ set -eu
 : "${POSTGRES_USER:?POSTGRES_USER must name the database user}"
 : "${POSTGRES_PASSWORD_FILE:?POSTGRES_PASSWORD_FILE must point at the password file}"
 
-# Percent-encode a file's content (trailing newline dropped) for use in a URI.
-urlencode_file() {
-  python -c 'import sys, urllib.parse; sys.stdout.write(urllib.parse.quote(sys.stdin.read().rstrip("\n"), safe=""))' <"$1"
+# Fail here, naming the file, rather than in the middle of prepare_db.py.
+require_readable() {
+  if [ ! -r "$2" ]; then
+    printf 'mlflow-entrypoint: %s (%s) is not a readable file\n' "$1" "$2" >&2
+    exit 1
+  fi
 }
+require_readable POSTGRES_PASSWORD_FILE "$POSTGRES_PASSWORD_FILE"
 
 umask 077
+private_dir=${TMPDIR:-/tmp}
+# prepare_db.py writes the role's password there, from POSTGRES_PASSWORD_FILE, before
+# anything connects; libpq (psycopg) reads it whenever a URI has no password.
+PGPASSFILE="$private_dir/pgpass"
+export PGPASSFILE
+
 db_user=$(printf '%s' "$POSTGRES_USER" | python -c 'import sys, urllib.parse; sys.stdout.write(urllib.parse.quote(sys.stdin.read(), safe=""))')
-db_password=$(urlencode_file "$POSTGRES_PASSWORD_FILE")
 # postgresql+psycopg names the driver (psycopg 3) instead of relying on
 # SQLAlchemy's default for a bare postgresql:// URI, which changed in 2.1.
-MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://${db_user}:${db_password}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}"
+MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://${db_user}@${POSTGRES_HOST}:${POSTGRES_PORT}/${POSTGRES_DB}"
 export MLFLOW_BACKEND_STORE_URI
-unset db_password
 
 if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD_FILE:-}" ]; then
   : "${MLFLOW_FLASK_SERVER_SECRET_KEY_FILE:?basic auth needs MLFLOW_FLASK_SERVER_SECRET_KEY_FILE}"
-  MLFLOW_AUTH_ADMIN_PASSWORD=$(cat "$MLFLOW_AUTH_ADMIN_PASSWORD_FILE")
-  MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$MLFLOW_FLASK_SERVER_SECRET_KEY_FILE")
-  MLFLOW_AUTH_CONFIG_PATH="${TMPDIR:-/tmp}/mlflow-basic-auth.ini"
-  export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY MLFLOW_AUTH_CONFIG_PATH
+  require_readable MLFLOW_AUTH_ADMIN_PASSWORD_FILE "$MLFLOW_AUTH_ADMIN_PASSWORD_FILE"
+  require_readable MLFLOW_FLASK_SERVER_SECRET_KEY_FILE "$MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"
+  MLFLOW_AUTH_CONFIG_PATH="$private_dir/mlflow-basic-auth.ini"
+  export MLFLOW_AUTH_CONFIG_PATH
 fi
 
-# Creates the auth database on first start, upgrades an older schema before
-# serving (a changed `mlflowVersion`), and writes the auth config when enabled.
+# Writes the password file, upgrades an older schema before serving (a changed
+# `mlflowVersion`), and writes the auth config when enabled.
 python /opt/mlflow-entrypoint/prepare_db.py
 
 # prometheus_client's multiprocess files must not outlive the workers that wrote them.

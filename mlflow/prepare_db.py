@@ -15,8 +15,11 @@ Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
   it only when it creates the admin, so kept, restored or rotated data would keep
   an old one.
 
-Secrets stay in this process: the URI goes to click through `main(args=...)`, not
-through a child process's command line.
+Secrets stay in files and in this process. The URI carries no password: before
+anything connects, the role's password goes from POSTGRES_PASSWORD_FILE into libpq's
+password file (PGPASSFILE, on the container's tmpfs), which every later connection
+of this container reads, the server's workers' included. The admin password is read
+from MLFLOW_AUTH_ADMIN_PASSWORD_FILE. Neither is ever in a process's environment.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import configparser
 import os
 import sys
 import time
+from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -41,6 +45,25 @@ _PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
 # with this application name, takes a backup, and NOTIFYs its id on this channel.
 _BACKUP_REQUEST_APPLICATION_NAME = "mlflow-backup-request"
 _BACKUP_NOTIFY_CHANNEL = "mlflow_backup"
+
+
+def _pgpass_field(value: str) -> str:
+    # libpq's password file separates fields with ':' and escapes with '\\'.
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _write_password_file(path: str, uri: str, password_file: str) -> None:
+    """One line for the URI's host, port and role, any database (tracking and auth)."""
+    url = make_url(uri)
+    password = Path(password_file).read_text(encoding="utf-8").rstrip("\n")
+    host, port, role = (
+        _pgpass_field(part) for part in (url.host or "localhost", str(url.port or 5432), url.username or "")
+    )
+    line = ":".join([host, port, "*", role, _pgpass_field(password)])
+    # libpq ignores a password file that its group or others can read.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(line + "\n")
 
 
 def _engine(uri: str, **kwargs: object) -> sqlalchemy.Engine:
@@ -187,15 +210,17 @@ def _apply_admin_password(database_uri: str, username: str, password: str) -> No
     store.engine.dispose()
 
 
-def _write_auth_config(path: str, database_uri: str) -> None:
+def _write_auth_config(path: str, database_uri: str, admin_password: str) -> None:
     config = configparser.ConfigParser()
     # ConfigParser interpolates '%': a percent-encoded password must be doubled.
     config["mlflow"] = {
         "default_permission": os.environ.get("MLFLOW_AUTH_DEFAULT_PERMISSION", "READ"),
         "database_uri": database_uri.replace("%", "%%"),
         "admin_username": os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"),
-        # Read by releases before MLFLOW_AUTH_ADMIN_PASSWORD existed (the key is required there).
-        "admin_password": os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"].replace("%", "%%"),
+        # The only copy outside its secret file, in this 0600 file on the tmpfs: MLflow reads
+        # it here when MLFLOW_AUTH_ADMIN_PASSWORD is not set, which keeps it out of every
+        # worker's environment.
+        "admin_password": admin_password.replace("%", "%%"),
         "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
         # Seconds a worker trusts a password it verified instead of hashing it again on
         # every request (API clients send no session cookie); 0, MLflow's default, is off.
@@ -206,16 +231,21 @@ def _write_auth_config(path: str, database_uri: str) -> None:
         config.write(handle)
 
 
+def _read_secret(variable: str) -> str:
+    return Path(os.environ[variable]).read_text(encoding="utf-8").rstrip("\n")
+
+
 def main() -> None:
     uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
+    if os.environ.get("PGPASSFILE") and os.environ.get("POSTGRES_PASSWORD_FILE"):
+        _write_password_file(os.environ["PGPASSFILE"], uri, os.environ["POSTGRES_PASSWORD_FILE"])
     _prepare_tracking_schema(uri)
     auth_config_path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
     if auth_config_path:
         auth_uri = _auth_database_uri(uri)
-        _write_auth_config(auth_config_path, auth_uri)
-        _apply_admin_password(
-            auth_uri, os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
-        )
+        admin_password = _read_secret("MLFLOW_AUTH_ADMIN_PASSWORD_FILE")
+        _write_auth_config(auth_config_path, auth_uri, admin_password)
+        _apply_admin_password(auth_uri, os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), admin_password)
 
 
 if __name__ == "__main__":

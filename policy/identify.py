@@ -61,15 +61,16 @@ MLFLOW_ENTRYPOINT: Final = "/usr/local/bin/mlflow-entrypoint"
 MLFLOW_SERVER_FLAGS: Final = frozenset(
     {"--serve-artifacts", "--no-serve-artifacts", "--artifacts-destination", "--app-name"}
 )
-# `mlflow server --app-name basic-auth` is MLflow's built-in authentication.
-AUTH_APP_NAMES: Final = frozenset({"basic-auth"})
-# The application basic-auth names (MLflow's `mlflow.app` entry point): what `mlflow server --app-name
-# basic-auth` hands gunicorn, uvicorn or waitress, so serving it directly is authenticated too.
-AUTH_APPS: Final = frozenset({"mlflow.server.auth:create_app"})
+# `mlflow server --app-name basic-auth` is MLflow's built-in authentication; `platform-basic-auth`
+# is the same app as the project's image registers it, keyed from a file (mlflow/platform_auth.py).
+AUTH_APP_NAMES: Final = frozenset({"basic-auth", "platform-basic-auth"})
+# The applications those names stand for (`mlflow.app` entry points): what `mlflow server --app-name
+# ...` hands gunicorn, uvicorn or waitress, so serving one directly is authenticated too.
+AUTH_APPS: Final = frozenset({"mlflow.server.auth:create_app", "mlflow_platform_auth:create_app"})
 # A WSGI/ASGI application in MLflow's server package (`mlflow.server:app`, `mlflow.server.fastapi_app:app`,
-# `mlflow.server.auth:create_app()`), as gunicorn, uvicorn or waitress take it: whichever of them serves
-# it, that container is the tracking server.
-_MLFLOW_APP = re.compile(r"^(mlflow\.server(?:\.\w+)*:\w+)(?:\(\))?$")
+# `mlflow.server.auth:create_app()`), or the image's keyed basic-auth app (`mlflow_platform_auth:create_app`),
+# as gunicorn, uvicorn or waitress take it: whichever of them serves it, that container is the tracking server.
+_MLFLOW_APP = re.compile(r"^((?:mlflow\.server(?:\.\w+)*|mlflow_platform_auth):\w+)(?:\(\))?$")
 
 
 def _mlflow_apps(words: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ import docker
 import pytest
 import requests
 
-from tests import e2e
+from tests import e2e, secret_scan
 
 pytestmark = pytest.mark.docker
 
@@ -233,6 +233,22 @@ def _probe_from(staging: e2e.Deployed, client: docker.DockerClient, container: A
         remove=True,
     )
     return [str(line) for line in output.decode().strip().splitlines()]
+
+
+def test_no_secret_in_any_process_environment_or_volume_file(
+    staging: e2e.Deployed, docker_client: docker.DockerClient
+) -> None:
+    """Every container of the stack (server, Postgres, proxy, backups, gc): no secret in a process's
+    environment or command line, none in a volume file but the containers' own secrets volumes."""
+    containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{staging.stack}-"})
+    secrets = set(staging.secrets()) | secret_scan.uploaded_secrets(containers)
+    processes = secret_scan.scan_processes(containers, secrets)
+    volumes = secret_scan.scan_volumes(containers, secrets)
+    roles = sorted(str(container.name).removeprefix(f"mlflow-platform-{staging.stack}-") for container in containers)
+    e2e.report(
+        f"{len(secrets)} secrets absent from {processes} processes of {roles} and from "
+        f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
+    )
 
 
 def test_postgres_is_on_an_internal_network_the_proxy_cannot_reach(

@@ -21,7 +21,7 @@ import docker
 import pytest
 import requests
 
-from tests import e2e
+from tests import e2e, secret_scan
 from tools.local_deploy import deployer
 
 pytestmark = pytest.mark.docker
@@ -225,18 +225,9 @@ def test_no_secret_reaches_env_command_labels_or_logs(history: History, docker_c
     assert bootstrap.attrs["State"]["ExitCode"] == 0
     assert "bootstrap_db: done" in bootstrap.logs().decode()
     containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{STACK}-"})
-    running = [container for container in containers if container.status == "running"]
     # Every secret of the stack, as the containers received them: the outputs' two, plus
     # the superuser's password and the Flask key, which are in no output.
-    uploaded = {
-        token
-        for container in running
-        for token in re.split(
-            r"[\s:]+", container.exec_run(["sh", "-c", "cat /run/secrets/* 2>/dev/null"]).output.decode()
-        )
-        if len(token) >= 24
-    }
-    secrets = set(deployed.secrets()) | uploaded
+    secrets = set(deployed.secrets()) | secret_scan.uploaded_secrets(containers)
     assert len(secrets) >= 4, f"expected the database, superuser, admin and Flask secrets, found {len(secrets)}"
     for container in containers:
         whole = json.dumps(container.attrs)
@@ -247,6 +238,26 @@ def test_no_secret_reaches_env_command_labels_or_logs(history: History, docker_c
     e2e.report(
         f"{len(secrets)} secrets absent from the inspect data and logs of "
         f"{', '.join(sorted(str(container.name) for container in containers))}"
+    )
+
+
+def test_no_secret_in_any_process_environment_or_volume_file(
+    history: History, docker_client: docker.DockerClient
+) -> None:
+    """Postgres on its first start (the superuser's password read for initdb), MLflow with basic auth:
+    no process of the stack has a secret in its environment or on its command line, and no volume file
+    holds one, except each container's own secrets volume (the standalone engine's; README: Secrets)."""
+    containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{STACK}-"})
+    secrets = set(history.current.secrets()) | secret_scan.uploaded_secrets(containers)
+    assert len(secrets) >= 4, f"expected the database, superuser, admin and Flask secrets, found {len(secrets)}"
+    processes = secret_scan.scan_processes(containers, secrets)
+    # The server's workers, uvicorn, the entrypoint's `mlflow server` and Postgres's backends at least.
+    assert processes >= 6, processes
+    volumes = secret_scan.scan_volumes(containers, secrets)
+    assert volumes.files > 100, volumes.files
+    e2e.report(
+        f"{len(secrets)} secrets absent from the environment and command line of {processes} processes and from "
+        f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
     )
 
 

@@ -109,21 +109,25 @@ def test_the_server_is_execd_with_the_given_arguments(stubs: Path) -> None:
     assert server["pid"] == run.pid
 
 
-def test_the_store_uri_is_exported_to_prepare_db_and_the_server(stubs: Path) -> None:
+def test_the_store_uri_is_exported_to_prepare_db_and_the_server_without_the_password(stubs: Path) -> None:
     run = _run(stubs, _base_env(stubs))
     assert run.returncode == 0, run.stderr
     [prepare] = run.calls("python")
     assert prepare["argv"] == ["/opt/mlflow-entrypoint/prepare_db.py"]
-    expected = "postgresql+psycopg://mlflow:Secret123@postgres:5432/mlflow"
+    expected = "postgresql+psycopg://mlflow@postgres:5432/mlflow"
     assert prepare["env"]["MLFLOW_BACKEND_STORE_URI"] == expected
     [server] = run.calls("mlflow")
     assert server["env"]["MLFLOW_BACKEND_STORE_URI"] == expected
-    # Nothing but the URI carries the password; no auth settings without auth.
-    assert [key for key, value in server["env"].items() if "Secret123" in value] == ["MLFLOW_BACKEND_STORE_URI"]
+    # libpq's password file, on the private tmpfs: prepare_db.py writes it from POSTGRES_PASSWORD_FILE.
+    for call in (prepare, server):
+        assert call["env"]["PGPASSFILE"] == f"{stubs}/pgpass"
+        assert call["env"]["POSTGRES_PASSWORD_FILE"] == f"{stubs}/postgres-password"
+    # No process gets the password in its environment; no auth settings without auth.
+    assert [key for call in (prepare, server) for key, value in call["env"].items() if "Secret123" in value] == []
     assert not {key for key in server["env"] if key.startswith("MLFLOW_AUTH") or key.startswith("MLFLOW_FLASK")}
 
 
-def test_user_and_password_are_percent_encoded(stubs: Path) -> None:
+def test_the_user_is_percent_encoded(stubs: Path) -> None:
     env = {
         **_base_env(stubs),
         "POSTGRES_USER": "ml flow@team",
@@ -135,8 +139,8 @@ def test_user_and_password_are_percent_encoded(stubs: Path) -> None:
     run = _run(stubs, env)
     assert run.returncode == 0, run.stderr
     [server] = run.calls("mlflow")
-    assert server["env"]["MLFLOW_BACKEND_STORE_URI"] == (
-        "postgresql+psycopg://ml%20flow%40team:p%40ss%3Aw%2Frd%25%3F%23%26%2B%20%3D@db.internal:6543/tracking"
+    assert (
+        server["env"]["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://ml%20flow%40team@db.internal:6543/tracking"
     )
 
 
@@ -147,19 +151,23 @@ def test_files_the_processes_create_are_private(stubs: Path) -> None:
     assert [call["umask"] for call in run.calls("mlflow")] == [0o077]
 
 
-def test_basic_auth_settings_are_read_from_their_files(stubs: Path) -> None:
+def test_basic_auth_secrets_stay_in_their_files(stubs: Path) -> None:
     env = {
         **_base_env(stubs),
         "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": _secret_file(stubs, "admin", "Admin456"),
         "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE": _secret_file(stubs, "flask", "Flask789"),
     }
-    run = _run(stubs, env, "--app-name", "basic-auth")
+    run = _run(stubs, env, "--app-name", "platform-basic-auth")
     assert run.returncode == 0, run.stderr
     for call in (*run.calls("python"), *run.calls("mlflow")):
-        assert call["env"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == "Admin456"
-        assert call["env"]["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "Flask789"
+        # prepare_db.py reads the admin password from its file; each worker reads the Flask key from its own.
+        assert call["env"]["MLFLOW_AUTH_ADMIN_PASSWORD_FILE"] == f"{stubs}/admin"
+        assert call["env"]["MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"] == f"{stubs}/flask"
         assert call["env"]["MLFLOW_AUTH_CONFIG_PATH"] == f"{stubs}/mlflow-basic-auth.ini"
-    assert run.calls("mlflow")[0]["argv"] == ["server", "--app-name", "basic-auth"]
+        assert [key for key, value in call["env"].items() if "Admin456" in value or "Flask789" in value] == []
+        assert "MLFLOW_AUTH_ADMIN_PASSWORD" not in call["env"]
+        assert "MLFLOW_FLASK_SERVER_SECRET_KEY" not in call["env"]
+    assert run.calls("mlflow")[0]["argv"] == ["server", "--app-name", "platform-basic-auth"]
 
 
 def test_a_failed_database_preparation_stops_before_the_server(stubs: Path) -> None:
@@ -201,5 +209,6 @@ def test_an_unreadable_password_file_stops_the_start(stubs: Path) -> None:
     env = {**_base_env(stubs), "POSTGRES_PASSWORD_FILE": str(stubs / "missing")}
     run = _run(stubs, env)
     assert run.returncode != 0
+    assert f"POSTGRES_PASSWORD_FILE ({stubs}/missing) is not a readable file" in run.stderr
     assert run.calls("python") == []
     assert run.calls("mlflow") == []

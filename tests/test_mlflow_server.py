@@ -58,7 +58,7 @@ FLASK_SECRET_KEY = SecretOf("server-flask-secret-key")
 TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=512m"}
 # prometheus_client's multiprocess files: the server's user's own, on every mount.
 METRICS_TMPFS = {**TMPFS, "/run/mlflow-metrics": "rw,noexec,nosuid,nodev,size=64m,uid=10001,gid=10001,mode=0700"}
-AUTH_APP = ["--app-name", "basic-auth"]
+AUTH_APP = ["--app-name", "platform-basic-auth"]
 METRICS = ["--expose-prometheus", "/run/mlflow-metrics"]
 METRICS_ENV = ["PROMETHEUS_MULTIPROC_DIR=/run/mlflow-metrics"]
 NO_TELEMETRY = ["MLFLOW_DISABLE_TELEMETRY=true"]

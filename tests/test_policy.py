@@ -800,6 +800,9 @@ def test_a_server_flag_alone_marks_the_server_in_either_form(command: list[str])
         (["python", "-m", "uvicorn"], ["--host", "0.0.0.0", "mlflow.server.fastapi_app:app"], True, False),
         ([], ["gunicorn", "-b", "0.0.0.0:5000", "mlflow.server.auth:create_app()"], True, True),
         ([], ["uvicorn", "--factory", "mlflow.server.auth:create_app"], True, True),
+        # The image's basic-auth app, keyed from a file (mlflow/platform_auth.py), is authenticated too.
+        ([], ["uvicorn", "--factory", "mlflow_platform_auth:create_app"], True, True),
+        ([], ["mlflow", "server", "--app-name", "platform-basic-auth"], True, True),
         ([], ["sh", "-c", "exec gunicorn mlflow.server:app"], True, False),
         # Someone else's app under gunicorn, a module merely named like MLflow's.
         ([], ["gunicorn", "myapp.server:app"], False, False),
@@ -902,6 +905,8 @@ def test_the_words_of_a_command(arguments: list[str], words: list[str]) -> None:
     [
         (["mlflow", "server", "--app-name", "basic-auth"], True),
         (["mlflow", "server", "--app-name=basic-auth"], True),
+        (["mlflow", "server", "--app-name", "platform-basic-auth"], True),
+        (["mlflow", "server", "--app-name=platform-basic-auth"], True),
         # One argv word is not the option and its value: MLflow would not start basic-auth.
         (["mlflow", "server", "--app-name basic-auth"], False),
         (["mlflow", "server", "--app-name"], False),

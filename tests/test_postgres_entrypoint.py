@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -30,21 +31,102 @@ def _run(tmp_path: Path, data_major: str | None, image_major: str) -> subprocess
     return subprocess.run(["sh", str(SCRIPT), "postgres"], env=env, capture_output=True, text=True, check=False)
 
 
-@pytest.mark.parametrize(
-    ("data_major", "password_file"),
-    [
-        # An empty data directory: the image's initdb needs the superuser's password.
-        (None, "/run/secrets/postgres-superuser-password"),
-        # A cluster: nothing to initialise, so the password is not read (nor exported into the server's environment).
-        ("17", "none"),
-    ],
-)
-def test_same_major_or_no_data_hands_over_to_the_image(
-    tmp_path: Path, data_major: str | None, password_file: str
-) -> None:
-    result = _run(tmp_path, data_major, "17")
-    expected = f"image entrypoint: postgres\npassword file: {password_file}\n"
+def test_a_cluster_starts_without_the_password_file(tmp_path: Path) -> None:
+    # Nothing to initialise, so the password is not read (nor exported into the server's environment).
+    result = _run(tmp_path, "17", "17")
+    expected = "image entrypoint: postgres\npassword file: none\n"
     assert (result.returncode, result.stdout, result.stderr) == (0, expected, "")
+
+
+# The image's entrypoint: exports the password it read (as the official image's file_env does)
+# and execs `postgres`, a stand-in that logs its arguments and environment and runs until SIGINT.
+_IMAGE_ENTRYPOINT = """#!/bin/sh
+[ -z "${POSTGRES_PASSWORD_FILE:-}" ] || { POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); export POSTGRES_PASSWORD; }
+unset POSTGRES_PASSWORD_FILE
+[ -n "${FAIL_INIT:-}" ] && [ ! -s "$PGDATA/PG_VERSION" ] && { echo "initdb: failed" >&2; exit 3; }
+echo 17 > "$PGDATA/PG_VERSION"
+exec "$@"
+"""
+_POSTGRES = """#!/bin/sh
+echo "server $* password=${POSTGRES_PASSWORD:-none}" >> "$LOG"
+trap 'echo "server stopped by TERM" >> "$LOG"; exit 0' TERM
+touch "$READY"
+while [ -z "${ONCE:-}" ] || [ ! -e "$LOG.done" ]; do sleep 0.05; done
+"""
+_PG_ISREADY = """#!/bin/sh
+[ -e "$READY" ]
+"""
+
+
+def test_an_empty_data_directory_is_initialised_by_a_server_that_never_serves_with_the_password(
+    tmp_path: Path,
+) -> None:
+    pgdata, bin_dir, log = tmp_path / "pgdata", tmp_path / "bin", tmp_path / "log"
+    pgdata.mkdir()
+    bin_dir.mkdir()
+    for name, text in (
+        ("docker-entrypoint.sh", _IMAGE_ENTRYPOINT),
+        ("postgres", _POSTGRES),
+        ("pg_isready", _PG_ISREADY),
+    ):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    secret = tmp_path / "superuser-password"
+    secret.write_text("Initdb-Secret-1")
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PGDATA": str(pgdata),
+        "PG_MAJOR": "17",
+        "POSTGRES_PASSWORD_FILE": str(secret),
+        "LOG": str(log),
+        "READY": str(tmp_path / "ready"),
+        "ONCE": "1",
+    }
+    process = subprocess.Popen(
+        ["sh", str(SCRIPT), "postgres", "-c", "shared_buffers=16MB"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    # The real server runs until told otherwise: wait for its line, then let it end.
+    deadline = time.monotonic() + 30
+    while log.read_text().count("server ") < 3 if log.exists() else True:
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+        time.sleep(0.05)
+    (tmp_path / "log.done").touch()
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert log.read_text().splitlines() == [
+        # Initialised with the password, listening on no TCP address, stopped as soon as it was up...
+        "server -c shared_buffers=16MB -c listen_addresses= password=Initdb-Secret-1",
+        "server stopped by TERM",
+        # ...then the server that runs: without the password in its environment.
+        "server -c shared_buffers=16MB password=none",
+    ]
+    assert "cluster initialised; starting the server without the password in its environment" in stderr
+
+
+def test_a_failed_initialisation_stops_the_container(tmp_path: Path) -> None:
+    pgdata, bin_dir = tmp_path / "pgdata", tmp_path / "bin"
+    pgdata.mkdir()
+    bin_dir.mkdir()
+    for name, text in (
+        ("docker-entrypoint.sh", _IMAGE_ENTRYPOINT),
+        ("postgres", _POSTGRES),
+        ("pg_isready", _PG_ISREADY),
+    ):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    env = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PGDATA": str(pgdata),
+        "PG_MAJOR": "17",
+        "FAIL_INIT": "1",
+        "LOG": str(tmp_path / "log"),
+        "READY": str(tmp_path / "ready"),
+    }
+    result = subprocess.run(["sh", str(SCRIPT), "postgres"], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "initdb: failed" in result.stderr
+    assert "initialising the data directory failed (exit 3)" in result.stderr
+    assert not (tmp_path / "log").exists()
 
 
 def test_another_major_stops_naming_key_majors_and_procedure(tmp_path: Path) -> None:

@@ -120,9 +120,15 @@ def current_database(postgres: PostgresServer, current_schema_template: str) -> 
 
 
 @pytest.fixture
-def run_main(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
-    def run(uri: str, auth_config: Path | None = None, **env: str) -> None:
+def run_main(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., None]:
+    def run(uri: str, auth_config: Path | None = None, admin_password: str | None = None, **env: str) -> None:
         monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", uri)
+        # The admin password reaches prepare_db as a file, as the container uploads it.
+        monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+        if admin_password is not None:
+            secret = tmp_path / "admin-password"
+            secret.write_text(admin_password + "\n", encoding="utf-8")
+            monkeypatch.setenv("MLFLOW_AUTH_ADMIN_PASSWORD_FILE", str(secret))
         if auth_config is None:
             monkeypatch.delenv("MLFLOW_AUTH_CONFIG_PATH", raising=False)
         else:
@@ -366,7 +372,7 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         current_database,
         config_path,
         MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
-        MLFLOW_AUTH_ADMIN_PASSWORD="first%Pass word1",
+        admin_password="first%Pass word1",
         MLFLOW_AUTH_CACHE_TTL_SECONDS="30",
     )
     assert "prepare_db: created admin user 'root-admin'" in capsys.readouterr().err
@@ -407,7 +413,7 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         current_database,
         config_path,
         MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
-        MLFLOW_AUTH_ADMIN_PASSWORD="second-long-Pass1",
+        admin_password="second-long-Pass1",
     )
     assert "prepare_db: set the declared password of admin user 'root-admin'" in capsys.readouterr().err
     # The same password again: already in force, nothing to set.
@@ -415,7 +421,7 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         current_database,
         config_path,
         MLFLOW_AUTH_ADMIN_USERNAME="root-admin",
-        MLFLOW_AUTH_ADMIN_PASSWORD="second-long-Pass1",
+        admin_password="second-long-Pass1",
     )
     assert "set the declared password" not in capsys.readouterr().err
     store = AuthStore()
@@ -428,6 +434,43 @@ def test_the_auth_config_reads_back_and_the_declared_admin_password_is_in_force(
         store.engine.dispose()
 
 
+def test_no_uri_carries_a_password_the_password_file_does(
+    postgres: PostgresServer,
+    current_database: str,
+    run_main: Callable[..., None],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the entrypoint runs it: a URI without a password, the role's password from its
+    file into libpq's password file (0600, ':' and '\\' escaped), and no secret in the
+    environment; the auth config's URI has no password either."""
+    _with_auth_database(current_database)
+    with_password = make_url(current_database)
+    bare_uri = f"{with_password.drivername}://{with_password.username}@{with_password.host}:{with_password.port}/{with_password.database}"
+    assert make_url(bare_uri).password is None
+    secret_file = tmp_path / "db-password"
+    secret_file.write_text(postgres.password + "\n", encoding="utf-8")
+    pgpass = tmp_path / "pgpass"
+    monkeypatch.setenv("POSTGRES_PASSWORD_FILE", str(secret_file))
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    config_path = tmp_path / "basic-auth.ini"
+    run_main(bare_uri, config_path, admin_password="a-long-Pass12")
+
+    assert stat.S_IMODE(pgpass.stat().st_mode) == 0o600
+    url = make_url(bare_uri)
+    escaped = postgres.password.replace("\\", "\\\\").replace(":", "\\:")
+    assert ":" in postgres.password, "the test server's password must exercise the escaping"
+    assert pgpass.read_text(encoding="utf-8") == f"{url.host}:{url.port}:*:{url.username}:{escaped}\n"
+    parser = configparser.ConfigParser()
+    parser.read(config_path)
+    assert make_url(parser["mlflow"]["database_uri"]).password is None
+    assert parser["mlflow"]["admin_password"] == "a-long-Pass12"
+    for value in os.environ.values():
+        assert postgres.password not in value and "a-long-Pass12" not in value
+    # The server's own store connects the same way: through the password file.
+    assert _scalar(bare_uri, "select current_user") == url.username
+
+
 def test_the_default_permission_and_admin_come_from_the_environment(
     current_database: str, run_main: Callable[..., None], tmp_path: Path
 ) -> None:
@@ -438,7 +481,7 @@ def test_the_default_permission_and_admin_come_from_the_environment(
         current_database,
         config_path,
         MLFLOW_AUTH_DEFAULT_PERMISSION="NO_PERMISSIONS",
-        MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12",
+        admin_password="a-long-Pass12",
     )
     parser = configparser.ConfigParser()
     parser.read(config_path)
@@ -453,7 +496,7 @@ def test_the_defaults_without_environment(
     for key in ("MLFLOW_AUTH_DEFAULT_PERMISSION", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_CACHE_TTL_SECONDS"):
         monkeypatch.delenv(key, raising=False)
     config_path = tmp_path / "basic-auth.ini"
-    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
+    run_main(current_database, config_path, admin_password="a-long-Pass12")
     parser = configparser.ConfigParser()
     parser.read(config_path)
     section = parser["mlflow"]
@@ -518,13 +561,13 @@ def test_a_demoted_admin_is_made_admin_again(
 
     _with_auth_database(current_database)
     config_path = tmp_path / "basic-auth.ini"
-    run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
+    run_main(current_database, config_path, admin_password="a-long-Pass12")
     store = AuthStore()
     store.init_db(prepare_db._auth_database_uri(current_database))  # type: ignore[no-untyped-call]
     try:
         store.update_user("admin", is_admin=False)
         # Same password: only the flag differs, and the next start restores it.
-        run_main(current_database, config_path, MLFLOW_AUTH_ADMIN_PASSWORD="a-long-Pass12")
+        run_main(current_database, config_path, admin_password="a-long-Pass12")
         assert store.get_user("admin").is_admin
         assert store.authenticate_user("admin", "a-long-Pass12")
     finally:

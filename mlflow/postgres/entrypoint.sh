@@ -7,9 +7,13 @@
 # key nor the way out.
 #
 # The superuser's password file is for initdb alone, on an empty data directory
-# (and DatabaseBootstrap removes that password right after). Once a cluster is
-# there it is not passed on: the image's entrypoint would otherwise read it on
-# every start and export it into the server's environment.
+# (and DatabaseBootstrap removes that password right after). The image's entrypoint
+# reads it into POSTGRES_PASSWORD, exported, and execs the server with it: the
+# password would sit in the server's /proc/<pid>/environ for as long as it runs.
+# So the server never starts with it: once a cluster is there the file is not passed
+# on, and on an empty data directory the image's entrypoint initialises the cluster
+# and starts a server that listens on no TCP address, which this script stops as
+# soon as it is up (seconds, once per volume), before the real server starts.
 set -eu
 
 : "${PGDATA:?PGDATA must name the data directory}"
@@ -24,6 +28,30 @@ if [ -s "$PGDATA/PG_VERSION" ]; then
     exit 78
   fi
   unset POSTGRES_PASSWORD_FILE
+  exec docker-entrypoint.sh "$@"
 fi
 
+# Later -c settings win: the initialising run is reachable only through its socket, so
+# neither the health check (over TCP) nor a client sees it; DatabaseBootstrap waits for health.
+docker-entrypoint.sh "$@" -c listen_addresses= &
+initialising=$!
+# This script is PID 1 until the server starts: pass a `docker stop` on.
+trap 'kill -TERM "$initialising" 2>/dev/null || :' TERM
+# Up once the entrypoint has exec'd the server (the same pid, now named postgres) and
+# the server accepts connections; the image's own temporary server runs under other pids.
+until [ "$(cat "/proc/$initialising/comm" 2>/dev/null)" = postgres ] && pg_isready -q; do
+  if ! kill -0 "$initialising" 2>/dev/null; then
+    status=0
+    wait "$initialising" || status=$?
+    printf 'mlflow-platform: initialising the data directory failed (exit %s); see the lines above\n' "$status" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+# SIGTERM: a smart shutdown, immediate with no session open (no client can have one). Not
+# SIGINT: a non-interactive shell starts background commands with SIGINT ignored.
+kill -TERM "$initialising"
+wait "$initialising" || :
+printf 'mlflow-platform: cluster initialised; starting the server without the password in its environment\n' >&2
+unset POSTGRES_PASSWORD_FILE
 exec docker-entrypoint.sh "$@"

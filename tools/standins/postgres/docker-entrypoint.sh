@@ -45,32 +45,32 @@ fi
 mkdir -p "$PGDATA"
 chmod 0700 "$PGDATA" 2>/dev/null || :
 
+# As the official image's file_env does on every start: POSTGRES_PASSWORD_FILE is read
+# into POSTGRES_PASSWORD, exported (so the server execed below has it in its environment,
+# as with the official image), and the _FILE variable unset.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  [ -z "${POSTGRES_PASSWORD:-}" ] || die "set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, not both"
+  [ -r "$POSTGRES_PASSWORD_FILE" ] || die "POSTGRES_PASSWORD_FILE ($POSTGRES_PASSWORD_FILE) is not readable by uid $(id -u)"
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE")
+  export POSTGRES_PASSWORD
+  unset POSTGRES_PASSWORD_FILE
+fi
+
 init_cluster() {
   user=${POSTGRES_USER:-postgres}
   db=${POSTGRES_DB:-$user}
-  created_pwfile=""
 
-  if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
-    [ -z "${POSTGRES_PASSWORD:-}" ] || die "set POSTGRES_PASSWORD or POSTGRES_PASSWORD_FILE, not both"
-    [ -r "$POSTGRES_PASSWORD_FILE" ] || die "POSTGRES_PASSWORD_FILE ($POSTGRES_PASSWORD_FILE) is not readable by uid $(id -u)"
-    [ -s "$POSTGRES_PASSWORD_FILE" ] || die "POSTGRES_PASSWORD_FILE ($POSTGRES_PASSWORD_FILE) is empty"
-    pwfile=$POSTGRES_PASSWORD_FILE
-  elif [ -n "${POSTGRES_PASSWORD:-}" ]; then
-    # initdb reads the superuser password only from a file. printf is a shell
-    # builtin, so the password appears on no command line.
-    pwfile=$(umask 077 && mktemp)
-    created_pwfile=$pwfile
-    printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
-  else
-    die "the database is uninitialized and no password is set: set POSTGRES_PASSWORD_FILE or POSTGRES_PASSWORD"
-  fi
+  [ -n "${POSTGRES_PASSWORD:-}" ] \
+    || die "the database is uninitialized and no password is set: set POSTGRES_PASSWORD_FILE or POSTGRES_PASSWORD"
+  # initdb reads the superuser password only from a file. printf is a shell
+  # builtin, so the password appears on no command line.
+  pwfile=$(umask 077 && mktemp)
+  printf '%s\n' "$POSTGRES_PASSWORD" >"$pwfile"
 
   printf 'docker-entrypoint.sh: initializing a new cluster in %s for user %s\n' "$PGDATA" "$user"
   initdb --pgdata="$PGDATA" --username="$user" --pwfile="$pwfile" \
     --auth-host=scram-sha-256 --auth-local=trust --encoding=UTF8 --locale=C.UTF-8
-  if [ -n "$created_pwfile" ]; then
-    rm -f "$created_pwfile"
-  fi
+  rm -f "$pwfile"
 
   # initdb's host lines cover only loopback; other containers connect over the
   # network, with a password.

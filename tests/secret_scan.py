@@ -1,0 +1,103 @@
+"""Looking for a stack's secret values where they must not be: read from the host, as root.
+
+Docker reports each container's processes by their host pids (`docker top`), and each
+volume by its directory under the engine's data root, so the host sees every process's
+initial environment (/proc/<pid>/environ) and command line, and every file of every
+volume, whatever user the container runs as.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from docker.models.containers import Container
+
+from components.workload import SECRETS_DIR
+
+# Large enough for any secret: a value split across two chunks is still found.
+_CHUNK = 1 << 20
+_OVERLAP = 256
+
+
+def uploaded_secrets(containers: list[Container]) -> set[str]:
+    """The secret values as the running containers received them (every file under /run/secrets)."""
+    return {
+        token
+        for container in containers
+        if container.status == "running"
+        for token in re.split(
+            r"[\s:]+", container.exec_run(["sh", "-c", f"cat {SECRETS_DIR}/* 2>/dev/null"]).output.decode()
+        )
+        if len(token) >= 24
+    }
+
+
+def _require_root() -> None:
+    assert os.geteuid() == 0, "scanning other users' processes and the engine's volumes needs root on the Docker host"
+
+
+def scan_processes(containers: list[Container], secrets: set[str]) -> int:
+    """Fails if a secret is in the environment or command line of a process of the containers; the count read."""
+    _require_root()
+    scanned = 0
+    for container in containers:
+        if container.status != "running":
+            continue
+        top = container.top()
+        pid_column = top["Titles"].index("PID")
+        for process in top["Processes"]:
+            pid = process[pid_column]
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except FileNotFoundError:  # ended between the listing and the read
+                continue
+            for secret in secrets:
+                assert secret.encode() not in environ, f"{container.name}: a secret in the environment of pid {pid}"
+                assert secret.encode() not in cmdline, f"{container.name}: a secret on the command line of pid {pid}"
+            scanned += 1
+    return scanned
+
+
+@dataclass
+class VolumeScan:
+    files: int = 0
+    # Files of the anonymous secrets volumes that hold a secret: where the standalone engine
+    # keeps them (README: Secrets), each container's own.
+    secret_files: list[str] = field(default_factory=list)
+
+
+def _holds(path: Path, secrets: set[bytes]) -> bool:
+    with path.open("rb") as handle:
+        tail = b""
+        while chunk := handle.read(_CHUNK):
+            window = tail + chunk
+            if any(secret in window for secret in secrets):
+                return True
+            tail = window[-_OVERLAP:]
+    return False
+
+
+def scan_volumes(containers: list[Container], secrets: set[str]) -> VolumeScan:
+    """Fails if a file of a volume the containers mount holds a secret, except in their secrets volumes."""
+    _require_root()
+    wanted = {secret.encode() for secret in secrets}
+    result = VolumeScan()
+    seen: set[str] = set()
+    for container in containers:
+        for mount in container.attrs["Mounts"]:
+            if mount["Type"] != "volume" or mount["Source"] in seen:
+                continue
+            seen.add(mount["Source"])
+            for path in Path(mount["Source"]).rglob("*"):
+                if not path.is_file() or path.is_symlink():
+                    continue
+                result.files += 1
+                if _holds(path, wanted):
+                    where = f"{container.name}:{mount['Destination']}/{path.relative_to(mount['Source'])}"
+                    assert mount["Destination"] == SECRETS_DIR, f"a secret in {where} ({path})"
+                    result.secret_files.append(where)
+    return result
