@@ -22,17 +22,20 @@ _CHUNK = 1 << 20
 _OVERLAP = 256
 
 
-def uploaded_secrets(containers: list[Container]) -> set[str]:
-    """The secret values as the running containers received them (every file under /run/secrets)."""
-    return {
-        token
-        for container in containers
-        if container.status == "running"
-        for token in re.split(
-            r"[\s:]+", container.exec_run(["sh", "-c", f"cat {SECRETS_DIR}/* 2>/dev/null"]).output.decode()
-        )
-        if len(token) >= 24
-    }
+def uploaded_secrets(containers: list[Container]) -> dict[str, str]:
+    """The secret values as the running containers received them (every file under /run/secrets),
+    each with where it was found first (container:file)."""
+    found: dict[str, str] = {}
+    for container in containers:
+        if container.status != "running":
+            continue
+        listing = container.exec_run(["sh", "-c", f"ls {SECRETS_DIR}"]).output.decode().split()
+        for name in listing:
+            content = container.exec_run(["cat", f"{SECRETS_DIR}/{name}"]).output.decode()
+            for token in re.split(r"[\s:]+", content):
+                if len(token) >= 24:
+                    found.setdefault(token, f"{container.name}:{SECRETS_DIR}/{name}")
+    return found
 
 
 def _require_root() -> None:

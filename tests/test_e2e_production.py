@@ -241,12 +241,13 @@ def test_no_secret_in_any_process_environment_or_volume_file(
     """Every container of the stack (server, Postgres, proxy, backups, gc): no secret in a process's
     environment or command line, none in a volume file but the containers' own secrets volumes."""
     containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{staging.stack}-"})
-    secrets = set(staging.secrets()) | secret_scan.uploaded_secrets(containers)
+    uploaded = secret_scan.uploaded_secrets(containers)
+    secrets = set(staging.secrets()) | set(uploaded)
     processes = secret_scan.scan_processes(containers, secrets)
     volumes = secret_scan.scan_volumes(containers, secrets)
     roles = sorted(str(container.name).removeprefix(f"mlflow-platform-{staging.stack}-") for container in containers)
     e2e.report(
-        f"{len(secrets)} secrets absent from {processes} processes of {roles} and from "
+        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from {processes} processes of {roles} and from "
         f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
     )
 

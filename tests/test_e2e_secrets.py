@@ -227,7 +227,7 @@ def test_no_secret_reaches_env_command_labels_or_logs(history: History, docker_c
     containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{STACK}-"})
     # Every secret of the stack, as the containers received them: the outputs' two, plus
     # the superuser's password and the Flask key, which are in no output.
-    secrets = set(deployed.secrets()) | secret_scan.uploaded_secrets(containers)
+    secrets = set(deployed.secrets()) | set(secret_scan.uploaded_secrets(containers))
     assert len(secrets) >= 4, f"expected the database, superuser, admin and Flask secrets, found {len(secrets)}"
     for container in containers:
         whole = json.dumps(container.attrs)
@@ -248,7 +248,8 @@ def test_no_secret_in_any_process_environment_or_volume_file(
     no process of the stack has a secret in its environment or on its command line, and no volume file
     holds one, except each container's own secrets volume (the standalone engine's; README: Secrets)."""
     containers = docker_client.containers.list(all=True, filters={"name": f"mlflow-platform-{STACK}-"})
-    secrets = set(history.current.secrets()) | secret_scan.uploaded_secrets(containers)
+    uploaded = secret_scan.uploaded_secrets(containers)
+    secrets = set(history.current.secrets()) | set(uploaded)
     assert len(secrets) >= 4, f"expected the database, superuser, admin and Flask secrets, found {len(secrets)}"
     processes = secret_scan.scan_processes(containers, secrets)
     # The server's workers, uvicorn, the entrypoint's `mlflow server` and Postgres's backends at least.
@@ -256,7 +257,7 @@ def test_no_secret_in_any_process_environment_or_volume_file(
     volumes = secret_scan.scan_volumes(containers, secrets)
     assert volumes.files > 100, volumes.files
     e2e.report(
-        f"{len(secrets)} secrets absent from the environment and command line of {processes} processes and from "
+        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from the environment and command line of {processes} processes and from "
         f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
     )
 
