@@ -32,6 +32,8 @@ def uploaded_secrets(containers: list[Container]) -> dict[str, str]:
         listing = container.exec_run(["sh", "-c", f"ls {SECRETS_DIR}"]).output.decode().split()
         for name in listing:
             content = container.exec_run(["cat", f"{SECRETS_DIR}/{name}"]).output.decode()
+            if "-----BEGIN CERTIFICATE-----" in content:
+                continue  # a certificate is public; its key (tls.key) is not
             for token in re.split(r"[\s:]+", content):
                 if len(token) >= 24:
                     found.setdefault(token, f"{container.name}:{SECRETS_DIR}/{name}")
