@@ -178,6 +178,8 @@ def _request_backup(uri: str, timeout: float) -> str:
         for notice in driver_connection.notifies(timeout=timeout, stop_after=1):
             if notice.payload == "failed":
                 raise SystemExit("prepare_db: the pre-upgrade backup failed (see the backup container's log)")
+            if notice.payload.startswith("refused: "):
+                raise SystemExit(f"prepare_db: the backup container {notice.payload}; the schema was not upgraded")
             return str(notice.payload)
     engine.dispose()
     raise SystemExit(

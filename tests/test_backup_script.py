@@ -33,6 +33,9 @@ case "$*" in
   *"FROM pg_database"*) echo 1 ;;
   *to_regclass*) echo t ;;
   *"FROM alembic_version"*) echo 1b5f0d9ad7c1 ;;
+  # A pre-upgrade request: the pid of the requesting session, if $STUBS/request-pid names one.
+  *"FROM pg_stat_activity"*) cat "$STUBS/request-pid" 2>/dev/null || : ;;
+  *NOTIFY*) echo "$*" >>"$STUBS/notifies" ;;
   *) ;;
 esac
 """
@@ -84,14 +87,33 @@ def _backups(env: dict[str, str]) -> list[str]:
     return [line.split()[0] for line in listed]
 
 
-def test_now_prints_the_id_last_and_retention_keeps_the_newest(backup: dict[str, str]) -> None:
+def _now(env: dict[str, str], reason: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(SCRIPT), "now", reason], env=env, capture_output=True, text=True, check=True)
+
+
+def test_now_prints_the_id_last_and_retention_keeps_the_newest_scheduled(backup: dict[str, str]) -> None:
     ids = []
     for _ in range(3):
-        result = subprocess.run(["sh", str(SCRIPT), "now"], env=backup, capture_output=True, text=True, check=True)
+        result = _now(backup, "scheduled")
         ids.append(result.stdout.splitlines()[-1])
     assert len(set(ids)) == 3
     assert _backups(backup) == [ids[2], ids[1]]
-    assert "retention (keep 2): deleted backup " + ids[0] in result.stderr
+    assert "retention (keep 2 scheduled): deleted backup " + ids[0] in result.stderr
+
+
+def test_only_the_schedule_prunes_and_only_its_own_backups(backup: dict[str, str]) -> None:
+    """A backup asked for through the database (anyone with the MLflow role can) or by hand deletes nothing."""
+    kept = [_now(backup, reason).stdout.splitlines()[-1] for reason in ("manual", "pre-upgrade", "pre-upgrade")]
+    scheduled = [_now(backup, "scheduled").stdout.splitlines()[-1] for _ in range(2)]
+    # Beyond KEEP (2) backups in all, yet a pre-upgrade and a manual one prune nothing.
+    for reason in ("pre-upgrade", "manual"):
+        result = _now(backup, reason)
+        kept.append(result.stdout.splitlines()[-1])
+        assert "retention" not in result.stderr
+    assert set(_backups(backup)) == {*kept, *scheduled}
+    # A third scheduled backup deletes the oldest scheduled one, and only it.
+    third = _now(backup, "scheduled").stdout.splitlines()[-1]
+    assert set(_backups(backup)) == {*kept, scheduled[1], third}
 
 
 def test_two_backups_at_once_run_one_after_the_other(backup: dict[str, str]) -> None:
@@ -124,3 +146,36 @@ def test_a_failed_scheduled_backup_is_logged_and_retried(backup: dict[str, str])
     finally:
         os.killpg(schedule.pid, 15)
         schedule.wait(timeout=10)
+
+
+def test_backups_requested_through_the_database_are_rate_limited(backup: dict[str, str]) -> None:
+    stubs = Path(backup["STUBS"])
+    notifies = stubs / "notifies"
+    env = {**backup, "REQUEST_INTERVAL_SECONDS": "600"}
+    schedule = subprocess.Popen(
+        ["sh", str(SCRIPT), "schedule"], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+    def answers(count: int) -> list[str]:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            lines = notifies.read_text().splitlines() if notifies.exists() else []
+            if len(lines) >= count:
+                return lines
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {count} answers: {lines}")
+
+    try:
+        (stubs / "request-pid").write_text("101\n")
+        [first] = answers(1)
+        requested = first.split("'")[1]
+        assert requested in _backups(backup)
+        # Another session asks at once: refused, with the wait named, and nothing is deleted.
+        (stubs / "request-pid").write_text("102\n")
+        second = answers(2)[1]
+        assert "'refused: at most one requested backup every 600s; next in " in second
+        assert requested in _backups(backup)
+    finally:
+        os.killpg(schedule.pid, 15)
+        _, stderr = schedule.communicate(timeout=10)
+    assert "REFUSED a backup request through the database: at most one every 600s" in stderr

@@ -285,6 +285,11 @@ def test_an_upgrade_waits_for_a_backup_and_logs_its_id(
     [
         ("failed", "prepare_db: the pre-upgrade backup failed (see the backup container's log)"),
         (
+            "refused: at most one requested backup every 600s; next in 42s",
+            "prepare_db: the backup container refused: at most one requested backup every 600s; next in 42s; "
+            "the schema was not upgraded",
+        ),
+        (
             None,
             "prepare_db: no pre-upgrade backup within 2s: is the backup container running? "
             "The schema was not upgraded.",
