@@ -84,8 +84,8 @@ def _exec(container: Container, *command: str) -> tuple[int, str, str]:
     return result.exit_code, (stdout or b"").decode(), (stderr or b"").decode()
 
 
-def _backup_now(backup: Container) -> str:
-    code, stdout, stderr = _exec(backup, "mlflow-backup", "now")
+def _backup_now(backup: Container, reason: str = "manual") -> str:
+    code, stdout, stderr = _exec(backup, "mlflow-backup", "now", reason)
     assert code == 0, stderr
     backup_id = stdout.strip().splitlines()[-1]
     assert len(backup_id) == len("20260101T000000Z"), stdout
@@ -248,18 +248,22 @@ def test_list_keeps_the_newest_and_verify_catches_an_altered_file(
     deployed: e2e.Deployed, docker_client: docker.DockerClient
 ) -> None:
     backup = _backup(deployed, docker_client)
+    before = {line[0]: line[2] for line in _list(backup)}
+    kept_by_hand = _backup_now(backup, "manual")
     taken = []
     for _ in range(4):
-        taken.append(_backup_now(backup))
+        taken.append(_backup_now(backup, "scheduled"))
     listed = _list(backup)
     ids = [line[0] for line in listed]
-    # backupKeep is 3: the oldest of the four is gone, newest first.
-    assert len(ids) == 3, listed
     assert ids == sorted(ids, reverse=True)
-    assert ids[0] == taken[-1]
+    # backupKeep is 3, of scheduled backups: the oldest of the four is gone, with every
+    # scheduled one from before; manual and pre-upgrade backups stay.
+    scheduled = [line[0] for line in listed if line[2] == "scheduled"]
+    assert scheduled == taken[:0:-1], listed
     assert taken[0] not in ids
-    assert [line[2] for line in listed].count("manual") >= 2
-    e2e.report(f"took {', '.join(taken)}; list keeps {len(ids)} (backupKeep 3): {', '.join(ids)}")
+    assert kept_by_hand in ids
+    assert {i for i, reason in before.items() if reason != "scheduled"} <= set(ids)
+    e2e.report(f"took {', '.join(taken)} (scheduled) and {kept_by_hand} (manual); list keeps {', '.join(ids)}")
 
     started = time.monotonic()
     code, stdout, stderr = _exec(backup, "mlflow-backup", "verify", taken[-1])
