@@ -247,7 +247,8 @@ def test_no_secret_in_any_process_environment_or_volume_file(
     volumes = secret_scan.scan_volumes(containers, secrets)
     roles = sorted(str(container.name).removeprefix(f"mlflow-platform-{staging.stack}-") for container in containers)
     e2e.report(
-        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from {processes} processes of {roles} and from "
+        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from {processes} processes "
+        f"of {roles} and from "
         f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
     )
 

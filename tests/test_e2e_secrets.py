@@ -257,7 +257,8 @@ def test_no_secret_in_any_process_environment_or_volume_file(
     volumes = secret_scan.scan_volumes(containers, secrets)
     assert volumes.files > 100, volumes.files
     e2e.report(
-        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from the environment and command line of {processes} processes and from "
+        f"{len(secrets)} secrets (uploaded as {sorted(uploaded.values())}) absent from the environment "
+        f"and command line of {processes} processes and from "
         f"{volumes.files - len(volumes.secret_files)} volume files; only in the secrets volumes: {volumes.secret_files}"
     )
 

@@ -14,7 +14,8 @@ from tools.stack_config import PROJECT_DIR
 
 def _load() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("mlflow_platform_auth", PROJECT_DIR / "mlflow" / "platform_auth.py")
-    assert spec and spec.loader
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

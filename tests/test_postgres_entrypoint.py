@@ -7,8 +7,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parent.parent / "mlflow" / "postgres" / "entrypoint.sh"
 
 
@@ -41,7 +39,9 @@ def test_a_cluster_starts_without_the_password_file(tmp_path: Path) -> None:
 # The image's entrypoint: exports the password it read (as the official image's file_env does)
 # and execs `postgres`, a stand-in that logs its arguments and environment and runs until SIGINT.
 _IMAGE_ENTRYPOINT = """#!/bin/sh
-[ -z "${POSTGRES_PASSWORD_FILE:-}" ] || { POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); export POSTGRES_PASSWORD; }
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+  POSTGRES_PASSWORD=$(cat "$POSTGRES_PASSWORD_FILE"); export POSTGRES_PASSWORD
+fi
 unset POSTGRES_PASSWORD_FILE
 [ -n "${FAIL_INIT:-}" ] && [ ! -s "$PGDATA/PG_VERSION" ] && { echo "initdb: failed" >&2; exit 3; }
 echo 17 > "$PGDATA/PG_VERSION"
