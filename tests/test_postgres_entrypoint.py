@@ -58,10 +58,8 @@ _PG_ISREADY = """#!/bin/sh
 """
 
 
-def test_an_empty_data_directory_is_initialised_by_a_server_that_never_serves_with_the_password(
-    tmp_path: Path,
-) -> None:
-    pgdata, bin_dir, log = tmp_path / "pgdata", tmp_path / "bin", tmp_path / "log"
+def _stub_image(pgdata: Path, bin_dir: Path) -> None:
+    """An empty data directory, and the image's entrypoint, server and pg_isready as stubs on PATH."""
     pgdata.mkdir()
     bin_dir.mkdir()
     for name, text in (
@@ -71,6 +69,13 @@ def test_an_empty_data_directory_is_initialised_by_a_server_that_never_serves_wi
     ):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
+
+
+def test_an_empty_data_directory_is_initialised_by_a_server_that_never_serves_with_the_password(
+    tmp_path: Path,
+) -> None:
+    pgdata, bin_dir, log = tmp_path / "pgdata", tmp_path / "bin", tmp_path / "log"
+    _stub_image(pgdata, bin_dir)
     secret = tmp_path / "superuser-password"
     secret.write_text("Initdb-Secret-1")
     env = {
@@ -105,15 +110,7 @@ def test_an_empty_data_directory_is_initialised_by_a_server_that_never_serves_wi
 
 def test_a_failed_initialisation_stops_the_container(tmp_path: Path) -> None:
     pgdata, bin_dir = tmp_path / "pgdata", tmp_path / "bin"
-    pgdata.mkdir()
-    bin_dir.mkdir()
-    for name, text in (
-        ("docker-entrypoint.sh", _IMAGE_ENTRYPOINT),
-        ("postgres", _POSTGRES),
-        ("pg_isready", _PG_ISREADY),
-    ):
-        (bin_dir / name).write_text(text)
-        (bin_dir / name).chmod(0o755)
+    _stub_image(pgdata, bin_dir)
     env = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "PGDATA": str(pgdata),
