@@ -56,12 +56,13 @@ lock: $(BIN)/.installed
 	$(LOCK) requirements.in --constraint=requirements-dev.txt --output-file=requirements.txt
 	$(LOCK) policy/requirements.in --constraint=requirements-dev.txt --output-file=policy/requirements.txt
 
-# mlflow/requirements.txt with the release filled in (uv does not expand ${MLFLOW_VERSION}).
+# The lock's input is mlflow/requirements.txt with the release filled in (uv does not expand
+# ${MLFLOW_VERSION}), committed next to it as mlflow/locks/<version>.in: the lock's header then
+# names a file of the repository, so Renovate can rerun it (lock maintenance, a moved pin).
 lock-image: $(BIN)/.installed
-	@test -n "$(MLFLOW_VERSION)" || { echo "usage: make lock-image MLFLOW_VERSION=3.17.2" >&2; exit 2; }
-	sed 's/$${MLFLOW_VERSION}/$(MLFLOW_VERSION)/' mlflow/requirements.txt \
-		| $(LOCK) --custom-compile-command "make lock-image MLFLOW_VERSION=$(MLFLOW_VERSION)" - \
-			-o mlflow/locks/$(MLFLOW_VERSION).txt
+	@test -n "$(MLFLOW_VERSION)" || { echo "usage: make lock-image MLFLOW_VERSION=3.18.0" >&2; exit 2; }
+	sed 's/$${MLFLOW_VERSION}/$(MLFLOW_VERSION)/' mlflow/requirements.txt >mlflow/locks/$(MLFLOW_VERSION).in
+	$(LOCK) mlflow/locks/$(MLFLOW_VERSION).in --output-file=mlflow/locks/$(MLFLOW_VERSION).txt
 
 # renovate-config-validator for `lint`: the npm package `renovate` at the exact release of
 # tools/renovate/package-lock.json, and the Node.js release it supports from the same lock

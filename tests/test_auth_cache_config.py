@@ -45,10 +45,11 @@ def test_the_installed_mlflow_reads_the_ttl_prepare_db_writes(
     else:
         monkeypatch.setenv("MLFLOW_AUTH_CACHE_TTL_SECONDS", env)
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_USERNAME", raising=False)
-    # Never in the environment: MLflow must take the password from the file, where a '%' must survive.
+    # MLflow would take the password from its environment over the file: the file's must be the one read.
     monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
     path = tmp_path / "basic-auth.ini"
-    # A percent-encoded password, as the entrypoint builds the URI.
+    # A percent-encoded URI, as the entrypoint builds it, and a password read from its 0400 file:
+    # a '%' in either must survive ConfigParser's interpolation.
     _prepare_db()._write_auth_config(
         str(path), "postgresql+psycopg://mlflow:p%40ss@postgres:5432/mlflow_auth", "adm%in-Pass1"
     )

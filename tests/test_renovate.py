@@ -591,30 +591,7 @@ def _recipe(target: str) -> str:
     return "\n".join(recipe)
 
 
-def _makefile_writes_custom_headers(lock: str) -> bool:
-    """Whether the Makefile target that writes this lock records a header Renovate cannot re-run."""
-    if lock in PROGRAM_LOCKS:
-        return "--custom-compile-command" in _recipe("lock")
-    # The image locks are compiled from stdin (`-`): no source file Renovate could read.
-    return "--custom-compile-command" in _recipe("lock-image") or " - " in _recipe("lock-image")
-
-
-@pytest.mark.parametrize(
-    "lock",
-    [
-        pytest.param(
-            lock,
-            marks=pytest.mark.xfail(
-                _makefile_writes_custom_headers(lock),
-                strict=True,
-                reason="make lock / make lock-image write a custom command (`make lock`) or read stdin in the "
-                "header; Renovate's pip-compile manager re-runs only a `uv pip compile` header over files of "
-                "the repository (README: Updates and audits)",
-            ),
-        )
-        for lock in _lock_files()
-    ],
-)
+@pytest.mark.parametrize("lock", _lock_files())
 def test_renovate_can_regenerate_each_lock_from_its_header(lock: str) -> None:
     assert header_problems(lock, _text(lock)) == []
 

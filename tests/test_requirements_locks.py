@@ -25,6 +25,8 @@ from tools.local_deploy.__main__ import UPGRADE_FROM_VERSION
 from tools.stack_config import PROJECT_DIR, stack_config
 
 LOCKS_DIR = PROJECT_DIR / "mlflow" / "locks"
+# The input of every image lock, with `${MLFLOW_VERSION}` for the release (`make lock-image`).
+IMAGE_LOCK_TEMPLATE = PROJECT_DIR / "mlflow" / "requirements.txt"
 DOCKERFILE = PROJECT_DIR / "mlflow" / "Dockerfile"
 MAKEFILE = PROJECT_DIR / "Makefile"
 WORKFLOWS = sorted((PROJECT_DIR / ".github" / "workflows").glob("*.yml"))
@@ -287,6 +289,39 @@ def test_every_image_lock_is_hash_locked_and_named_after_its_release() -> None:
     assert len(locks) >= 2
     for lock in locks:
         assert _locked(lock)["mlflow"].version == lock.stem
+
+
+def _image_locks() -> list[Path]:
+    return sorted(LOCKS_DIR.glob("*.txt"))
+
+
+def test_every_image_lock_input_has_its_lock() -> None:
+    # An input without a lock (a release locked, then its lock deleted) is one Renovate would still update.
+    assert sorted(path.stem for path in LOCKS_DIR.glob("*.in")) == [lock.stem for lock in _image_locks()]
+
+
+@pytest.mark.parametrize("lock", _image_locks(), ids=lambda lock: lock.name)
+def test_each_image_lock_is_generated_from_the_template_with_its_release(lock: Path) -> None:
+    source = lock.with_suffix(".in")
+    assert source.is_file(), f"no {source.name}: make lock-image MLFLOW_VERSION={lock.stem}"
+    template = IMAGE_LOCK_TEMPLATE.read_text(encoding="utf-8")
+    assert template.count("${MLFLOW_VERSION}") == 1
+    # Renovate moves a pin of the template and of each input in separate files: they must agree.
+    assert source.read_text(encoding="utf-8") == template.replace("${MLFLOW_VERSION}", lock.stem), (
+        f"{source.name} is not mlflow/requirements.txt with {lock.stem} filled in: "
+        f"make lock-image MLFLOW_VERSION={lock.stem}"
+    )
+    pins = _locked(lock)
+    stale = {name: version for name, version in _direct_pins(source).items() if pins[name].version != version}
+    assert stale == {}, f"{lock.name} is stale for {stale}: make lock-image MLFLOW_VERSION={lock.stem}"
+    # The command that made it, over its input: Renovate's pip-compile manager reruns it.
+    header = lock.read_text(encoding="utf-8").splitlines()[1]
+    assert header.split() == [
+        "#",
+        *["uv", "pip", "compile", "--generate-hashes", "--universal", "--python-version=3.11"],
+        f"mlflow/locks/{lock.stem}.in",
+        f"--output-file=mlflow/locks/{lock.stem}.txt",
+    ]
 
 
 def test_every_image_lock_is_a_release_mlflow_version_accepts() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from components.settings import SettingsError, load_settings
 from tests.certs import other_key, self_signed
 from tests.harness import EngineMocks, install, run_program
-from tools.stack_config import STACKS, project_file, runtime_config, stack_config
+from tools.stack_config import PROJECT_DIR, STACKS, project_file, runtime_config, stack_config
 
 _GOOD = self_signed(["mlflow.example.com"])
 _OTHER_HOST = self_signed(["other.example.com"])
@@ -44,6 +45,9 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"mlflowVersion": "3.11.1"}, "mlflowVersion", "'3.11.1'", "3.12.0 or newer"),
     ("dev", {"mlflowVersion": "3.10.1"}, "mlflowVersion", "'3.10.1'", "the basic-auth cache (authCacheTtlSeconds)"),
     ("dev", {"mlflowVersion": "3.4.0"}, "mlflowVersion", "'3.4.0'", "--allowed-hosts"),
+    # A release new enough but with no image lock: refused here, not at image build.
+    ("dev", {"mlflowVersion": "3.17.1"}, "mlflowVersion", "'3.17.1'", "with an image lock (mlflow/locks/"),
+    ("dev", {"mlflowVersion": "3.71.2"}, "mlflowVersion", "'3.71.2'", "`make lock-image MLFLOW_VERSION=<release>`"),
     ("dev", {"postgresDatabase": "ml-flow"}, "postgresDatabase", "'ml-flow'", "a lower-case Postgres identifier"),
     # 59 characters: the auth database (plus '_auth') would pass Postgres's 63.
     ("dev", {"postgresDatabase": "m" * 59}, "postgresDatabase", repr("m" * 59), "at most 58 characters"),
@@ -224,6 +228,20 @@ def test_accepted_values_are_normalised(overrides: dict[str, Any], expected: dic
     install(EngineMocks(), "dev", overrides)
     settings = load_settings()
     assert {key: attrgetter(key)(settings) for key in expected} == expected
+
+
+def test_mlflow_version_accepts_the_locked_releases_from_the_floor_on(tmp_path: Path) -> None:
+    from components.settings.grammar import IMAGE_LOCKS_DIR, locked_mlflow_releases
+
+    assert IMAGE_LOCKS_DIR == PROJECT_DIR / "mlflow" / "locks"
+    # Only <release>.txt counts: an input, a README or a stray name is no lock; older than the
+    # floor is refused even locked; releases sort by number (3.100.0 after 3.17.2).
+    for name in ("3.11.1.txt", "3.12.0.txt", "3.100.0.txt", "3.17.2.txt", "3.18.0.in", "README.md", "latest.txt"):
+        (tmp_path / name).write_text("", encoding="utf-8")
+    assert locked_mlflow_releases(tmp_path) == ("3.12.0", "3.17.2", "3.100.0")
+    assert locked_mlflow_releases(tmp_path / "missing") == ()
+    # The repository's locks are what the stacks accept.
+    assert locked_mlflow_releases() == ("3.12.0", "3.17.2")
 
 
 def test_an_ipv6_public_host_is_bracketed_in_allowed_hosts_and_uri() -> None:
@@ -496,10 +514,20 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
     (
         "dev",
         {"mlflowVersion": "3.17"},
-        "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow release such "
-        "as '3.17.2', 3.12.0 or newer (the oldest with --allowed-hosts, "
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
-        "cache (authCacheTtlSeconds))",
+        "config key 'mlflowVersion' has the value '3.17'; accepted: an exact MLflow release with an "
+        "image lock (mlflow/locks/<release>.txt): 3.12.0, 3.17.2; another release, 3.12.0 or newer "
+        "(the oldest with --allowed-hosts, MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM "
+        "handling and the basic-auth cache (authCacheTtlSeconds)), once locked with "
+        "`make lock-image MLFLOW_VERSION=<release>`",
+    ),
+    (
+        "dev",
+        {"mlflowVersion": "3.17.1"},
+        "config key 'mlflowVersion' has the value '3.17.1'; accepted: an exact MLflow release with an "
+        "image lock (mlflow/locks/<release>.txt): 3.12.0, 3.17.2; another release, 3.12.0 or newer "
+        "(the oldest with --allowed-hosts, MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM "
+        "handling and the basic-auth cache (authCacheTtlSeconds)), once locked with "
+        "`make lock-image MLFLOW_VERSION=<release>`",
     ),
     (
         "dev",

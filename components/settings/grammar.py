@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
 from components.postgres_facts import SUPERUSER
@@ -43,6 +44,9 @@ _MLFLOW_VERSION = re.compile(r"^(?P<major>[0-9]+)\.(?P<minor>[0-9]+)\.(?P<patch>
 # key auth_cache_ttl_seconds (config key authCacheTtlSeconds), first read by
 # mlflow/server/auth/config.py in 3.12.0: 3.11 ignores it without a word.
 OLDEST_MLFLOW = (3, 12, 0)
+# The image installs only a release's hash lock, <release>.txt (mlflow/Dockerfile): a release
+# without one would fail only at image build, after the plan was shown and accepted.
+IMAGE_LOCKS_DIR = Path(__file__).resolve().parents[2] / "mlflow" / "locks"
 # Postgres's identifier limit (NAMEDATALEN - 1); the auth database adds a suffix.
 _POSTGRES_NAME_MAX = 63
 # Databases every cluster has: MLflow's tables do not belong in them.
@@ -69,12 +73,17 @@ ROLE_ACCEPTED = (
     f"accepted: a lower-case Postgres identifier ([a-z_][a-z0-9_]*, at most 63 characters) other than "
     f"'{SUPERUSER}' (the cluster's superuser) and not starting with 'pg_'"
 )
-MLFLOW_ACCEPTED = (
-    "accepted: an exact MLflow release such as '3.17.2', "
-    f"{'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
-    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
-    "cache (authCacheTtlSeconds))"
-)
+
+
+def mlflow_accepted(releases: tuple[str, ...]) -> str:
+    """What `mlflowVersion` accepts: the releases with an image lock, and which others can get one."""
+    locked = ", ".join(releases) if releases else "none (mlflow/locks/ has no lock)"
+    return (
+        f"accepted: an exact MLflow release with an image lock (mlflow/locks/<release>.txt): {locked}; "
+        f"another release, {'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
+        "cache (authCacheTtlSeconds)), once locked with `make lock-image MLFLOW_VERSION=<release>`"
+    )
 
 
 def matches(pattern: re.Pattern[str]) -> Callable[[str], bool]:
@@ -154,9 +163,19 @@ def is_origin(value: str) -> bool:
     return is_host_name(host) and (port is None or _valid_port(port))
 
 
-def is_supported_mlflow(value: str) -> bool:
+def _mlflow_release(value: str) -> tuple[int, ...] | None:
     match = _MLFLOW_VERSION.match(value)
-    return match is not None and tuple(int(part) for part in match.groups()) >= OLDEST_MLFLOW
+    return None if match is None else tuple(int(part) for part in match.groups())
+
+
+def locked_mlflow_releases(locks_dir: Path = IMAGE_LOCKS_DIR) -> tuple[str, ...]:
+    """The releases `mlflowVersion` accepts, oldest first: those with an image lock, from OLDEST_MLFLOW on."""
+    locked = sorted(
+        (release, lock.stem)
+        for lock in locks_dir.glob("*.txt")
+        if (release := _mlflow_release(lock.stem)) is not None and release >= OLDEST_MLFLOW
+    )
+    return tuple(name for _, name in locked)
 
 
 def is_tracking_database(value: str) -> bool:

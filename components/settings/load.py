@@ -13,7 +13,6 @@ from components.settings.grammar import (
     ENVIRONMENT_KINDS,
     GC_AGE,
     IMAGE_ACCEPTED,
-    MLFLOW_ACCEPTED,
     ROLE_ACCEPTED,
     TLS_MODES,
     is_allowed_host,
@@ -22,9 +21,10 @@ from components.settings.grammar import (
     is_ip_address,
     is_origin,
     is_pinned_image,
-    is_supported_mlflow,
     is_tracking_database,
+    locked_mlflow_releases,
     matches,
+    mlflow_accepted,
     normalise_allowed_host,
 )
 from components.settings.reader import ConfigReader
@@ -89,8 +89,9 @@ def _database(read: ConfigReader) -> model.DatabaseSettings:
 
 
 def _server(read: ConfigReader) -> model.ServerSettings:
+    releases = locked_mlflow_releases()
     return model.ServerSettings(
-        mlflow_version=read.string("mlflowVersion", is_supported_mlflow, MLFLOW_ACCEPTED),
+        mlflow_version=read.string("mlflowVersion", lambda value: value in releases, mlflow_accepted(releases)),
         base_image=read.string("baseImage", is_pinned_image, IMAGE_ACCEPTED),
         use_wheelhouse=read.boolean("useWheelhouse"),
         # Clients send the Host header in lower case and MLflow compares it exactly.
