@@ -163,5 +163,5 @@ image_pinned = ResourceValidationPolicy(
     validate=_validate_image_pinned,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.HIGH,
-    remediation_steps="Pin the reference in the stack config (postgresImage, baseImage), e.g. postgres:17.6.",
+    remediation_steps="Pin the reference in the stack config (postgresImage, proxyImage, baseImage), e.g. postgres:17.11.",
 )

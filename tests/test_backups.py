@@ -68,7 +68,7 @@ def _config(
     admin: str = "",
     interval: int = 86400,
     keep: int = 7,
-    image: str = "postgres:17.6",
+    image: str = "postgres:17.11",
     mlflow_version: str = "3.17.2",
     network: str | None = None,
     artifacts_volume: str | None = None,

@@ -554,7 +554,7 @@ def acme_server(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[
     """
     from tools.local_deploy.prepare import STANDIN_CADDY_IMAGE
 
-    image = STANDIN_CADDY_IMAGE if deployer.standins_enabled() else "caddy:2.11.4"
+    image = STANDIN_CADDY_IMAGE if deployer.standins_enabled() else "caddy:2.11.7"
     # The default bridge's gateway is the host's docker0 address; Docker may not spell it out.
     ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
     gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])

@@ -213,7 +213,7 @@ def test_pack_project_file_and_requirements_match_the_repository() -> None:
 
 
 def test_image_pin_problem() -> None:
-    pinned = ["postgres:17.6", "registry.example.com:5000/team/postgres:17.6", f"postgres@{IMAGE_ID}", IMAGE_ID]
+    pinned = ["postgres:17.11", "registry.example.com:5000/team/postgres:17.11", f"postgres@{IMAGE_ID}", IMAGE_ID]
     for reference in pinned:
         assert rules_containers.image_pin_problem(reference) is None, reference
     assert "latest" in (rules_containers.image_pin_problem("postgres:latest") or "")
@@ -273,7 +273,7 @@ def test_public_bindings_name_every_way_in_and_only_those() -> None:
         (_postgres(publishAllPorts=True), 1),
         (_postgres(publishAllPorts=False), 0),
         # Recognised by its image when the program's labels are missing.
-        ({"image": "postgres:17.6", "ports": [{"internal": 6543.0, "external": 6543.0}]}, 1),
+        ({"image": "postgres:17.11", "ports": [{"internal": 6543.0, "external": 6543.0}]}, 1),
         (_postgres(ports=[UNKNOWN_STRING_VALUE]), 1),
     ],
 )
@@ -292,7 +292,7 @@ _PUBLISHED = [{"internal": 6543.0, "external": 6543.0}]
         ({"image": "example/db:1", "labels": [{"label": "org.mlflow-platform.role", "value": "server"}]}, False),
         ({"image": "example/db:1", "envs": ["PGDATA=/var/lib/pg"]}, True),
         ({"image": "example/db:1", "envs": ["pgdata=/var/lib/pg"]}, False),
-        ({"image": "registry.example.com:5000/library/postgres:17.6"}, True),
+        ({"image": "registry.example.com:5000/library/postgres:17.11"}, True),
         ({"image": "registry.example.com/gis/postgis:17-3.5@sha256:" + "a" * 64}, True),
         ({"image": "registry.example.com/library/mariadb:11"}, False),
         # No sign known: an image not known during preview says nothing either.
@@ -373,12 +373,12 @@ def test_container_restart_policy(restart: str | None, shown: str | None) -> Non
     ("type_token", "props", "expected"),
     [
         (CONTAINER, _postgres(), 0),
-        (CONTAINER, _postgres(image="postgres:17.6"), 0),
+        (CONTAINER, _postgres(image="postgres:17.11"), 0),
         # The image ID comes from an image still to be pulled: that image's own name is checked.
         (CONTAINER, _postgres(image=UNKNOWN_STRING_VALUE), 0),
         (CONTAINER, _postgres(image="postgres:latest"), 1),
         (CONTAINER, _postgres(image="postgres"), 1),
-        (REMOTE_IMAGE, {"name": "postgres:17.6", "keepLocally": True}, 0),
+        (REMOTE_IMAGE, {"name": "postgres:17.11", "keepLocally": True}, 0),
         (REMOTE_IMAGE, {"name": "postgres:latest"}, 1),
         (REMOTE_IMAGE, {"name": "mirror.example.com:5000/postgres"}, 1),
         (
@@ -764,7 +764,7 @@ def test_the_server_is_recognised_by_each_link_to_its_image_alone() -> None:
     )
     assert [urn for urn, _ in _check_stack(rule, [image, by_name])] == [by_name.urn]
     # A pulled image, or one built without a context, is not the server's, whatever the container runs.
-    remote = _stack_resource(REMOTE_IMAGE, "postgres-image", {"name": "postgres:17.6", "repoDigest": IMAGE_ID})
+    remote = _stack_resource(REMOTE_IMAGE, "postgres-image", {"name": "postgres:17.11", "repoDigest": IMAGE_ID})
     assert _check_stack(rule, [remote, _server_from_image(remote, stack="prod")]) == []
     no_context = _stack_resource(IMAGE, "other", {"imageName": "team/other:1", "build": {}, "repoDigest": IMAGE_ID})
     assert _check_stack(rule, [no_context, _server_from_image(no_context, stack="prod")]) == []

@@ -61,7 +61,7 @@ def container(
         "maintenance_work_mem=64MB",
     ),
     alias: str = "postgres",
-    image_reference: str = "postgres:17.6",
+    image_reference: str = "postgres:17.11",
 ) -> dict[str, Any]:
     """The Postgres container of `stack`, with Pulumi.yaml's settings unless told otherwise."""
     return {
@@ -185,7 +185,7 @@ def test_the_database_of_every_stack(stack: str) -> None:
     assert postgres.inputs == resolve(container(stack, **STACK_CONTAINERS.get(stack, {})), mocks)
     passwords = passwords_of(mocks)
     assert {name: passwords[name] for name in PASSWORDS} == {name: strong_password(32) for name in PASSWORDS}
-    assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:17.6", "keepLocally": True}
+    assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:17.11", "keepLocally": True}
     assert volumes_of(mocks, *_volumes(stack)) == _volumes(stack)
 
 

@@ -181,7 +181,7 @@ def test_the_proxy_is_the_only_way_in(stack: str, mode: str) -> None:
     assert proxy.inputs == resolve(container(stack, _stack_site(stack, mode)), mocks)
     # Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
     assert proxy.secret_inputs() == ({"uploads"} if mode != "acme" else set())
-    assert mocks.one(IMAGE, "proxy-image").inputs == _image(f"mlflow-platform/proxy:{stack}", "caddy:2.11.4")
+    assert mocks.one(IMAGE, "proxy-image").inputs == _image(f"mlflow-platform/proxy:{stack}", "caddy:2.11.7")
     # The proxy's volume (ACME accounts, certificates) is protected with the data.
     assert volumes_of(mocks, "mlflow-proxy-data") == {
         "mlflow-proxy-data": declared_volume(stack, "proxy-data", "proxy")
