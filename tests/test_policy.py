@@ -426,6 +426,94 @@ def test_image_pinned_names_the_input_in_full(type_token: str, props: dict[str, 
     assert _check_resource("image-pinned", type_token, props) == [message]
 
 
+POSTGRES_DIGEST = "sha256:" + "f4" * 32
+_DIGEST_ACCEPTED = (
+    "is not pinned by digest: the tag can be moved to other contents. Accepted: a reference with its digest, "
+    "'name:tag@sha256:<64 hex digits>' such as 'postgres:17.11@sha256:...', or an image ID (every stack is shared "
+    "unless the policy pack config sets environmentKind: dev (policy/config/<stack>.json))."
+)
+
+
+def test_is_digest_pinned() -> None:
+    pinned = [IMAGE_ID, f"postgres@{IMAGE_ID}", f"postgres:17.11@{POSTGRES_DIGEST}", f" mirror:5000/pg:17@{IMAGE_ID} "]
+    assert [reference for reference in pinned if not rules_containers.is_digest_pinned(reference)] == []
+    by_tag = ["postgres:17.11", "postgres", "postgres@sha256:abc", f"postgres:17.11@sha256:{'F4' * 32}", ""]
+    assert [reference for reference in by_tag if rules_containers.is_digest_pinned(reference)] == []
+
+
+@pytest.mark.parametrize(
+    ("type_token", "props", "messages"),
+    [
+        (CONTAINER, _postgres(image=IMAGE_ID), []),
+        (CONTAINER, _postgres(image=f"postgres:17.11@{POSTGRES_DIGEST}"), []),
+        # Still to be pulled: the image resource's own reference is judged instead.
+        (CONTAINER, _postgres(image=UNKNOWN_STRING_VALUE), []),
+        (
+            CONTAINER,
+            _postgres(image="postgres:17.11"),
+            [f"`image` = 'postgres:17.11' in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+        (REMOTE_IMAGE, {"name": f"postgres:17.11@{POSTGRES_DIGEST}", "keepLocally": True}, []),
+        (
+            REMOTE_IMAGE,
+            {"name": "postgres:17.11", "keepLocally": True},
+            [f"`name` = 'postgres:17.11' (config key postgresImage) in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+        # A built image's own name is local (never pushed); its base images are what is pulled.
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/proxy:prod", "build": {"args": {"CADDY_IMAGE": f"caddy:2.11.7@{IMAGE_ID}"}}},
+            [],
+        ),
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/proxy:prod", "build": {"args": {"CADDY_IMAGE": "caddy:2.11.7"}}},
+            [
+                "`build.args.CADDY_IMAGE` = 'caddy:2.11.7' (config key proxyImage) in the shared stack 'prod' "
+                f"{_DIGEST_ACCEPTED}"
+            ],
+        ),
+        (
+            IMAGE,
+            {
+                "imageName": "mlflow-platform/mlflow:3.17.2-prod",
+                "build": {"args": {"BASE_IMAGE": "python:3.12-slim-bookworm", "MLFLOW_VERSION": "3.17.2"}},
+            },
+            [
+                "`build.args.BASE_IMAGE` = 'python:3.12-slim-bookworm' (config key baseImage) in the shared stack "
+                f"'prod' {_DIGEST_ACCEPTED}"
+            ],
+        ),
+        # An image build argument the program does not pass still names no key it does not know.
+        (
+            IMAGE,
+            {"imageName": "x:1", "build": {"args": {"OTHER_IMAGE": "alpine:3.20"}}},
+            [f"`build.args.OTHER_IMAGE` = 'alpine:3.20' in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+    ],
+)
+def test_shared_stack_image_digests_in_full(type_token: str, props: dict[str, Any], messages: list[str]) -> None:
+    assert _check_resource("shared-stack-image-digests", type_token, props, stack="prod") == messages
+
+
+@pytest.mark.parametrize(
+    ("stack", "config", "passes"),
+    [
+        ("dev", DEV_KIND, True),
+        # Only the explicit kind exempts a stack, never its name.
+        ("dev", {}, False),
+        ("dev", {"environmentKind": "shared"}, False),
+        ("staging", {}, False),
+        ("production", {}, False),
+    ],
+)
+def test_a_tag_is_accepted_only_in_a_dev_stack(stack: str, config: dict[str, Any], passes: bool) -> None:
+    messages = _check_resource(
+        "shared-stack-image-digests", REMOTE_IMAGE, {"name": "postgres:17.11"}, stack=stack, config=config
+    )
+    assert (messages == []) is passes, messages
+
+
 @pytest.mark.parametrize(
     ("env", "passes"),
     [
@@ -1197,6 +1285,20 @@ def _untagged_base_image(declared: list[Declared]) -> None:
     _one(declared, IMAGE, "image-image").inputs["build"]["args"]["BASE_IMAGE"] = "python"
 
 
+def _postgres_by_tag(declared: list[Declared]) -> None:
+    image = _one(declared, REMOTE_IMAGE, "postgres-image")
+    image.inputs["name"] = image.inputs["name"].split("@", 1)[0]
+
+
+def _proxy_base_by_tag(declared: list[Declared]) -> None:
+    build_args = _one(declared, IMAGE, "proxy-image").inputs["build"]["args"]
+    build_args["CADDY_IMAGE"] = build_args["CADDY_IMAGE"].split("@", 1)[0]
+
+
+def _container_by_tag(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "postgres-container").inputs["image"] = "postgres:17.11"
+
+
 def _password_in_env(declared: list[Declared]) -> None:
     container = _one(declared, CONTAINER, "postgres-container")
     container.inputs["envs"].append(f"POSTGRES_PASSWORD={_generated_password(declared)}")
@@ -1319,7 +1421,11 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("no-healthcheck", "staging", _drop_healthcheck, {"container-healthcheck"}),
     ("no-restart-policy", "prod", _drop_restart, {"container-restart-policy"}),
     ("postgres-latest", "dev", _postgres_latest, {"image-pinned"}),
-    ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned"}),
+    ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned", "shared-stack-image-digests"}),
+    # Issue 19: a shared stack's images by tag alone, each input the rule reads.
+    ("staging-postgres-by-tag", "staging", _postgres_by_tag, {"shared-stack-image-digests"}),
+    ("prod-proxy-base-by-tag", "prod", _proxy_base_by_tag, {"shared-stack-image-digests"}),
+    ("prod-container-by-tag", "prod", _container_by_tag, {"shared-stack-image-digests"}),
     ("password-in-env", "prod", _password_in_env, {"container-env-secret-names", "container-env-no-secret-values"}),
     ("password-in-database-url", "dev", _password_in_database_url, {"container-env-no-secret-values"}),
     ("password-in-env-marked-secret", "prod", _password_in_env_marked_secret, {"container-env-no-secret-values"}),
@@ -1341,7 +1447,12 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
             f"stack-named-{name}",
             "dev",
             _renamed(name),
-            {"protected-stack-volumes", "protected-stack-mlflow-auth", "shared-stack-tls"},
+            {
+                "protected-stack-volumes",
+                "protected-stack-mlflow-auth",
+                "shared-stack-tls",
+                "shared-stack-image-digests",
+            },
         )
         for name in ("production", "prod-eu", "Prod")
     ],
