@@ -20,6 +20,7 @@ from pulumi_policy import Policy
 from .rules_containers import (
     container_healthcheck,
     container_restart_policy,
+    container_task_limit,
     image_pinned,
     postgres_not_published,
     shared_stack_image_digests,
@@ -35,6 +36,7 @@ POLICIES: Final[list[Policy]] = [
     postgres_internal_networks,
     container_healthcheck,
     container_restart_policy,
+    container_task_limit,
     image_pinned,
     shared_stack_image_digests,
     container_env_secret_names,

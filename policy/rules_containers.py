@@ -1,5 +1,5 @@
 """The rules on each container and image by itself: Postgres unpublished, a healthcheck, a restart policy,
-pinned image references, and in a shared stack images pinned by digest.
+pinned image references, a task limit, and in a shared stack images pinned by digest.
 
 Resource policies: the engine calls each once per resource, and they judge that resource alone.
 """
@@ -160,6 +160,56 @@ container_restart_policy = ResourceValidationPolicy(
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.MEDIUM,
     remediation_steps="Set `restart='unless-stopped'` on the container.",
+)
+
+
+# pulumi-docker's Container has no pids limit (a pids cgroup); RLIMIT_NPROC, set through `ulimits`, is the one
+# limit on processes and threads it can declare (components/task_limits.py).
+TASK_ULIMIT: Final = "nproc"
+_ROOT_USERS: Final = frozenset({"", "0", "root"})
+
+
+def _validate_task_limit(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if args.resource_type != CONTAINER:
+        return
+    props = args.props
+    accepted = "accepted: `ulimits` [{name: nproc, soft: N, hard: N}] with 0 < soft <= hard, run as a non-root user"
+    ulimits = _field(props, "ulimits")
+    if ulimits is UNKNOWN:
+        return
+    limits = [item for _, item in _entries(ulimits) if item is UNKNOWN or _field(item, "name") == TASK_ULIMIT]
+    if UNKNOWN in limits:
+        return
+    if not limits:
+        report(f"the container declares no task limit (no `ulimits` entry named {TASK_ULIMIT}); {accepted}.", None)
+        return
+    for limit in limits:
+        soft, hard = _number(_field(limit, "soft")), _number(_field(limit, "hard"))
+        if soft is None or hard is None or not 0 < soft <= hard:
+            # Docker reads -1 as unlimited; a process may raise its soft limit up to the hard one.
+            report(f"the {TASK_ULIMIT} limit (soft {soft}, hard {hard}) bounds nothing; {accepted}.", None)
+    user = _field(props, "user")
+    if user is UNKNOWN:
+        return
+    if user is None or str(user).split(":", 1)[0] in _ROOT_USERS:
+        shown = "no `user` (the image's default, root in the official images)" if user is None else f"`user` {user!r}"
+        # The kernel never applies RLIMIT_NPROC to root.
+        report(f"the container runs as root ({shown}), which the {TASK_ULIMIT} limit does not bind; {accepted}.", None)
+
+
+container_task_limit = ResourceValidationPolicy(
+    name="container-task-limit",
+    description=(
+        "Every container limits the processes and threads it may run (ulimit nproc, as a non-root user), so a fork "
+        "bomb or a thread leak stops there instead of exhausting the Docker host's PIDs."
+    ),
+    validate=_validate_task_limit,
+    enforcement_level=EnforcementLevel.MANDATORY,
+    severity=Severity.MEDIUM,
+    remediation_steps=(
+        "Give the workload `max_tasks` from components/task_limits.py (the standalone target turns it into "
+        "`ulimits=[nproc]`), and a non-root `user`."
+    ),
 )
 
 

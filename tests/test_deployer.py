@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import pulumi
 import pytest
 from cryptography import x509
@@ -31,7 +32,7 @@ from tests.harness import EngineMocks, is_secret, run_program
 from tools.local_deploy import lifecycle, prepare
 from tools.local_deploy import state as local_state
 from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
-from tools.local_deploy.container_config import duration_ns, network_attachments, upload_archive
+from tools.local_deploy.container_config import container_config, duration_ns, network_attachments, upload_archive
 from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.docker_realise import realise_network
 from tools.local_deploy.inputs import COMPONENT_PREFIX, check_inputs
@@ -663,6 +664,24 @@ class _Images:
 def test_a_digest_pinned_reference_is_pulled_whole_unless_present() -> None:
     images = _Images({"postgres:17.11"})
     client = type("Client", (), {"images": images})()
-    prepare.ensure_official_images(client, ["postgres:17.11", POSTGRES_PIN, CADDY_PIN])  # type: ignore[arg-type]
+    prepare.ensure_official_images(client, ["postgres:17.11", POSTGRES_PIN, CADDY_PIN])
     # The Docker SDK splits `name:tag@sha256:...` itself and the engine pulls it by digest.
     assert images.pulled == [POSTGRES_PIN, CADDY_PIN]
+
+
+# --- Task limits ----------------------------------------------------------------------------
+
+
+def test_ulimits_become_the_docker_sdks(local_deployer: LocalDeployer) -> None:
+    inputs = {"image": "img", "ulimits": [{"name": "nproc", "soft": 2304.0, "hard": 2304.0}]}
+    config = container_config(local_deployer, _args(CONTAINER, "c", inputs), inputs)
+    assert config["ulimits"] == [docker.types.Ulimit(name="nproc", soft=2304, hard=2304)]
+    check_inputs(CONTAINER, "c", inputs)
+
+
+def test_an_incomplete_ulimit_is_refused_not_read_as_unlimited(local_deployer: LocalDeployer) -> None:
+    inputs = {"image": "img", "ulimits": [{"name": "nproc", "soft": 64}]}
+    with pytest.raises(UnsupportedInputError, match=r"lacks hard"):
+        container_config(local_deployer, _args(CONTAINER, "c", inputs), inputs)
+    with pytest.raises(UnsupportedInputError, match=r"'ulimits\[0\]\.pids'"):
+        check_inputs(CONTAINER, "c", {"ulimits": [{"name": "nproc", "soft": 1, "hard": 1, "pids": 1}]})

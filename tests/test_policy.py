@@ -369,6 +369,61 @@ def test_container_restart_policy(restart: str | None, shown: str | None) -> Non
     assert _check_resource("container-restart-policy", CONTAINER, props) == expected
 
 
+_TASKS_ACCEPTED = "accepted: `ulimits` [{name: nproc, soft: N, hard: N}] with 0 < soft <= hard, run as a non-root user."
+_NPROC = [{"name": "nproc", "soft": 2048.0, "hard": 2048.0}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "messages"),
+    [
+        ({"user": "999:999", "ulimits": _NPROC}, []),
+        ({"user": "999", "ulimits": [{"name": "nofile", "soft": 1024, "hard": 4096}, *_NPROC]}, []),
+        ({"user": "999:999", "ulimits": [{"name": "nproc", "soft": 64, "hard": 128}]}, []),
+        # Not known during preview: judged once known.
+        ({"user": "999:999", "ulimits": UNKNOWN_STRING_VALUE}, []),
+        ({"user": UNKNOWN_STRING_VALUE, "ulimits": _NPROC}, []),
+        (
+            {"user": "999:999"},
+            [f"the container declares no task limit (no `ulimits` entry named nproc); {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "999:999", "ulimits": [{"name": "nofile", "soft": 1024, "hard": 4096}]},
+            [f"the container declares no task limit (no `ulimits` entry named nproc); {_TASKS_ACCEPTED}"],
+        ),
+        # -1 is Docker's "unlimited"; a soft limit above the hard one is no limit the kernel keeps.
+        (
+            {"user": "999:999", "ulimits": [{"name": "nproc", "soft": -1, "hard": -1}]},
+            [f"the nproc limit (soft -1, hard -1) bounds nothing; {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "999:999", "ulimits": [{"name": "nproc", "soft": 256, "hard": 128}]},
+            [f"the nproc limit (soft 256, hard 128) bounds nothing; {_TASKS_ACCEPTED}"],
+        ),
+        # The kernel never applies RLIMIT_NPROC to root.
+        (
+            {"ulimits": _NPROC},
+            [
+                "the container runs as root (no `user` (the image's default, root in the official images)), which "
+                f"the nproc limit does not bind; {_TASKS_ACCEPTED}"
+            ],
+        ),
+        (
+            {"user": "root", "ulimits": _NPROC},
+            [f"the container runs as root (`user` 'root'), which the nproc limit does not bind; {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "0:999", "ulimits": _NPROC},
+            [f"the container runs as root (`user` '0:999'), which the nproc limit does not bind; {_TASKS_ACCEPTED}"],
+        ),
+    ],
+)
+def test_container_task_limit(changes: dict[str, Any], messages: list[str]) -> None:
+    # One-shot task containers too: a job can fork as well as a service.
+    for props in (_postgres(**changes), {**_postgres(**changes), "attach": True, "mustRun": False}):
+        assert _check_resource("container-task-limit", CONTAINER, props) == messages
+    assert _check_resource("container-task-limit", REMOTE_IMAGE, {"name": "postgres:17.11"}) == []
+
+
 @pytest.mark.parametrize(
     ("type_token", "props", "expected"),
     [
@@ -1222,6 +1277,8 @@ def _behind_a_proxy(declared: list[Declared]) -> None:
         "ports": [{"internal": 443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"}],
         "healthcheck": {"tests": ["CMD", "caddy", "version"]},
         "restart": "unless-stopped",
+        "user": "10002:10002",
+        "ulimits": [{"name": "nproc", "soft": 1024, "hard": 1024}],
     }
     proxy.outputs, proxy.property_dependencies = {}, {}
     declared.append(proxy)
@@ -1297,6 +1354,14 @@ def _proxy_base_by_tag(declared: list[Declared]) -> None:
 
 def _container_by_tag(declared: list[Declared]) -> None:
     _one(declared, CONTAINER, "postgres-container").inputs["image"] = "postgres:17.11"
+
+
+def _server_without_task_limit(declared: list[Declared]) -> None:
+    del _one(declared, CONTAINER, "server-container").inputs["ulimits"]
+
+
+def _job_as_root(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "db-bootstrap-container").inputs["user"] = "0:0"
 
 
 def _password_in_env(declared: list[Declared]) -> None:
@@ -1420,6 +1485,9 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("postgres-port-published", "dev", _add_postgres_port, {"postgres-not-published"}),
     ("no-healthcheck", "staging", _drop_healthcheck, {"container-healthcheck"}),
     ("no-restart-policy", "prod", _drop_restart, {"container-restart-policy"}),
+    # Issue 19, finding 12a: a container whose tasks are not limited, or limited where the limit binds nothing.
+    ("server-without-task-limit", "staging", _server_without_task_limit, {"container-task-limit"}),
+    ("bootstrap-job-as-root", "dev", _job_as_root, {"container-task-limit"}),
     ("postgres-latest", "dev", _postgres_latest, {"image-pinned"}),
     ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned", "shared-stack-image-digests"}),
     # Issue 19: a shared stack's images by tag alone, each input the rule reads.
