@@ -12,6 +12,7 @@ import pulumi_docker as docker
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
 from components.settings import BackupSettings
+from components.task_limits import MLFLOW_TASKS
 from components.workload import (
     DATABASE,
     FRONT,
@@ -124,6 +125,7 @@ class BackupService(pulumi.ComponentResource):
             role=_ROLE,
             image=args["image"],
             user=f"{BACKUP_UID}:{BACKUP_UID}",
+            max_tasks=MLFLOW_TASKS,
             entrypoint=[SCRIPT_PATH],
             command=["schedule"],
             environment=[f"MLFLOW_BACKUP_CONFIG={CONFIG_PATH}", "TMPDIR=/tmp"],

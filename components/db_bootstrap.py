@@ -26,6 +26,7 @@ import pulumi_docker as docker
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import BOOTSTRAP_SCRIPT, DB_PASSWORD_FILE, MLFLOW_USER
 from components.postgres_facts import SOCKET_DIR, SUPERUSER
+from components.task_limits import MLFLOW_TASKS
 from components.workload import Mount, Workload, secret_file
 
 # Python, psycopg and nothing else: a fraction of what the server needs.
@@ -70,6 +71,7 @@ def _workload(args: DatabaseBootstrapArgs) -> Workload:
         role="database-bootstrap",
         image=args["image"],
         user=MLFLOW_USER,
+        max_tasks=MLFLOW_TASKS,
         entrypoint=["python", BOOTSTRAP_SCRIPT],
         environment=[
             f"POSTGRES_SOCKET_DIR={SOCKET_DIR}",

@@ -11,6 +11,7 @@ import pulumi_docker as docker
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
 from components.settings import GcSettings
+from components.task_limits import MLFLOW_TASKS
 from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
 
 MEMORY_MB = 512
@@ -86,6 +87,7 @@ def _workload(args: GarbageCollectorArgs) -> Workload:
         role="gc",
         image=args["image"],
         user=MLFLOW_USER,
+        max_tasks=MLFLOW_TASKS,
         entrypoint=[GC_COMMAND],
         command=["loop"],
         environment=environment,

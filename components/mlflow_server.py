@@ -26,6 +26,7 @@ from components.mlflow_facts import (
 )
 from components.secrets import generated_password
 from components.settings import ServerSettings, host_header, is_ip_address
+from components.task_limits import MLFLOW_TASKS
 from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
 _ROLE = "tracking-server"
@@ -243,6 +244,7 @@ class MlflowServer(pulumi.ComponentResource):
             role=_ROLE,
             image=args["image"],
             user=MLFLOW_USER,
+            max_tasks=MLFLOW_TASKS,
             command=self.command,
             environment=envs,
             files=files,

@@ -29,6 +29,7 @@ from components.postgres_facts import (
 )
 from components.secrets import generated_password
 from components.settings import DatabaseSettings
+from components.task_limits import POSTGRES_TASKS
 from components.workload import DATABASE, Attachment, File, HealthCheck, Mount, Workload, secret_file
 
 # A scratch volume of its own: Docker refuses uploads into a read-only root, and one at
@@ -147,6 +148,7 @@ class PostgresDatabase(pulumi.ComponentResource):
             # Started as postgres itself, the official entrypoint needs no root and no
             # capabilities (it only chowns when started as root).
             user=POSTGRES_USER,
+            max_tasks=POSTGRES_TASKS,
             # Checks the data directory's major version, then runs the image's own entrypoint.
             entrypoint=[_ENTRYPOINT],
             command=server_command(args["database"].memory_mb, args["client_connections"]),

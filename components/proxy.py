@@ -23,6 +23,7 @@ import pulumi_docker as docker
 from components.context import StackContext
 from components.internal_ca import InternalCa
 from components.settings import TlsSettings, is_ip_address, public_url
+from components.task_limits import PROXY_TASKS
 from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Workload, config_file, secret_file
 
 # Relative to the project directory, like the MLflow image's context.
@@ -278,6 +279,7 @@ class TlsProxy(pulumi.ComponentResource):
             role=_ROLE,
             image=self.image.repo_digest,
             user=f"{PROXY_UID}:{PROXY_UID}",
+            max_tasks=PROXY_TASKS,
             entrypoint=ENTRYPOINT,
             command=[START],
             # Not secret, and read by the proxy's user; root-owned so it cannot rewrite it.

@@ -22,6 +22,8 @@ from components.workload import FRONT, NETWORK_ORDER, RESTART_ALWAYS, SECRETS_DI
 LOG_DRIVER = "json-file"
 # Blocks setuid binaries and file capabilities from raising privileges.
 NO_NEW_PRIVILEGES = "no-new-privileges:true"
+# The ulimit that bounds a workload's processes and threads.
+TASK_LIMIT = "nproc"
 # A one-shot job runs once per change; the engine must not start it again.
 _RESTART_NEVER = "no"
 _LabelArgs = TypeVar("_LabelArgs", docker.ContainerLabelArgs, docker.VolumeLabelArgs, docker.NetworkLabelArgs)
@@ -217,6 +219,9 @@ class StandaloneTarget:
             shm_size=workload.shm_size_mb,
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=[NO_NEW_PRIVILEGES],
+            # pulumi-docker has no pids limit; RLIMIT_NPROC, soft and hard alike so the
+            # workload cannot raise it (components/task_limits.py says what it counts).
+            ulimits=[docker.ContainerUlimitArgs(name=TASK_LIMIT, soft=workload.max_tasks, hard=workload.max_tasks)],
             memory=workload.memory_mb,
             # Equal to the limit: no swap on top, so a leak is killed instead of thrashing the host.
             memory_swap=workload.memory_mb,

@@ -113,6 +113,8 @@ class Workload:
     """uid:gid it runs as; owner of its secret files."""
     memory_mb: pulumi.Input[int]
     """Memory limit; no swap on top."""
+    max_tasks: int
+    """Processes and threads its uid may run (RLIMIT_NPROC, counted per uid: components/task_limits.py)."""
     entrypoint: Sequence[str] | None = None
     command: pulumi.Input[Sequence[str]] | None = None
     environment: Sequence[pulumi.Input[str]] = ()

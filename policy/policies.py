@@ -17,7 +17,14 @@ from typing import Final
 
 from pulumi_policy import Policy
 
-from .rules_containers import container_healthcheck, container_restart_policy, image_pinned, postgres_not_published
+from .rules_containers import (
+    container_healthcheck,
+    container_restart_policy,
+    container_task_limit,
+    image_pinned,
+    postgres_not_published,
+    shared_stack_image_digests,
+)
 from .rules_networks import postgres_internal_networks
 from .rules_secrets import container_env_no_secret_values, container_env_secret_names
 from .rules_server import mlflow_behind_proxy, mlflow_public_needs_auth, protected_stack_mlflow_auth, shared_stack_tls
@@ -29,7 +36,9 @@ POLICIES: Final[list[Policy]] = [
     postgres_internal_networks,
     container_healthcheck,
     container_restart_policy,
+    container_task_limit,
     image_pinned,
+    shared_stack_image_digests,
     container_env_secret_names,
     container_env_no_secret_values,
     protected_stack_volumes,

@@ -45,6 +45,14 @@ LOG_OPTS: dict[str, dict[str, str]] = {
 STARTUP_TIMEOUT = {"dev": 300, "staging": 300, "prod": 300, UNIT: 90}
 # protectData: the shared stacks keep their volumes on a destroy or a replacement.
 PROTECTED = {"dev": False, "staging": True, "prod": True, UNIT: False}
+# postgresImage, baseImage and proxyImage: Pulumi.yaml's tags in dev; the shared stacks pin the same
+# releases by digest (Pulumi.staging.yaml, Pulumi.prod.yaml; policy shared-stack-image-digests).
+_POSTGRES_PIN = "postgres:17.11@sha256:f4c66b820c6f974249089d3d16d86a3698eae11e8746eb6644b2271031e91232"
+_BASE_PIN = "python:3.12-slim-bookworm@sha256:0f5b26b9518d002b6173fd61daad821fa340635ebfec5bba471013f9ca114579"
+_PROXY_PIN = "caddy:2.11.7@sha256:f2a1290d0463aad60660d4ec134943f183ee2a5f6c3eb7bf32dd984f2f020772"
+POSTGRES_REFERENCE = {"dev": "postgres:17.11", "staging": _POSTGRES_PIN, "prod": _POSTGRES_PIN}
+BASE_REFERENCE = {"dev": "python:3.12-slim-bookworm", "staging": _BASE_PIN, "prod": _BASE_PIN}
+PROXY_REFERENCE = {"dev": "caddy:2.11.7", "staging": _PROXY_PIN, "prod": _PROXY_PIN}
 # The password a component built alone connects with (unit_endpoint).
 UNIT_PASSWORD = "p" * 32
 
@@ -68,11 +76,15 @@ def labels(stack: str, role: str) -> list[dict[str, str]]:
     ]
 
 
-def hardened(stack: str, role: str, memory_mb: int) -> dict[str, Any]:
-    """The inputs the target gives every container: hardening, limits, log rotation, labels."""
+def hardened(stack: str, role: str, memory_mb: int, tasks: int) -> dict[str, Any]:
+    """The inputs the target gives every container: hardening, limits, log rotation, labels.
+
+    `tasks`: its uid's task limit (components/task_limits.py), soft and hard alike.
+    """
     return {
         "capabilities": {"drops": ["ALL"]},
         "securityOpts": ["no-new-privileges:true"],
+        "ulimits": [{"name": "nproc", "soft": tasks, "hard": tasks}],
         "memory": memory_mb,
         "memorySwap": memory_mb,
         "logDriver": "json-file",

@@ -18,6 +18,7 @@ from tests.expected import (
     DB_PASSWORD,
     PLATFORM_DATABASE,
     POSTGRES_IMAGE,
+    POSTGRES_REFERENCE,
     STACKS,
     UNIT,
     UNIT_DATABASE,
@@ -68,7 +69,7 @@ def _config(
     admin: str = "",
     interval: int = 86400,
     keep: int = 7,
-    image: str = "postgres:17.6",
+    image: str = "postgres:17.11",
     mlflow_version: str = "3.17.2",
     network: str | None = None,
     artifacts_volume: str | None = None,
@@ -104,7 +105,7 @@ def container(
     pgpass: object = PgpassOf(PLATFORM_DATABASE, DB_PASSWORD),
 ) -> dict[str, Any]:
     return {
-        **hardened(stack, "backup", 512),
+        **hardened(stack, "backup", 512, 4096),
         **service(stack),
         # A dump in flight finishes its current step.
         **stopped_with("SIGTERM", 60),
@@ -218,7 +219,8 @@ def test_the_backups_of_every_stack(stack: str) -> None:
     backup = containers(found.mocks)[docker_name(stack, "backup")]
     # The admin whose password a restore keeps: only where basic auth is on.
     admin = "" if stack == "dev" else "admin"
-    assert backup.inputs == resolve(container(stack, config=_config(stack, admin=admin)), found.mocks)
+    config = _config(stack, admin=admin, image=POSTGRES_REFERENCE[stack])
+    assert backup.inputs == resolve(container(stack, config=config), found.mocks)
     assert volumes_of(found.mocks, "mlflow-backups-volume") == {
         "mlflow-backups-volume": declared_volume(stack, "backups", "backup")
     }

@@ -43,7 +43,7 @@ def container(
 ) -> dict[str, Any]:
     """The bootstrap job of `stack`."""
     return {
-        **hardened(stack, "database-bootstrap", 256),
+        **hardened(stack, "database-bootstrap", 256, 4096),
         "labels": [
             *labels(stack, "database-bootstrap"),
             # A replaced Postgres container (new image, restored volume) replaces the bootstrap.

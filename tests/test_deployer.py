@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import pulumi
 import pytest
 from cryptography import x509
@@ -28,10 +29,10 @@ from hypothesis import strategies as st
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD
 from tests.harness import EngineMocks, is_secret, run_program
-from tools.local_deploy import lifecycle
+from tools.local_deploy import lifecycle, prepare
 from tools.local_deploy import state as local_state
 from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
-from tools.local_deploy.container_config import duration_ns, network_attachments, upload_archive
+from tools.local_deploy.container_config import container_config, duration_ns, network_attachments, upload_archive
 from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.docker_realise import realise_network
 from tools.local_deploy.inputs import COMPONENT_PREFIX, check_inputs
@@ -622,3 +623,65 @@ def test_one_failed_removal_does_not_stop_the_others(stack_state: Path, monkeypa
     # went with the volumes.
     state = local_state.load_state("staging")
     assert (state["random"], state["networks"]) == ({}, ["staging-net", "staging-net-db"])
+
+
+# --- The official images, where a registry answers (LOCAL_DEPLOY_STANDINS=0) -----------------
+
+POSTGRES_PIN = "postgres:17.11@sha256:f4c66b820c6f974249089d3d16d86a3698eae11e8746eb6644b2271031e91232"
+CADDY_PIN = "caddy:2.11.7@sha256:f2a1290d0463aad60660d4ec134943f183ee2a5f6c3eb7bf32dd984f2f020772"
+PYTHON_PIN = "python:3.12-slim-bookworm@sha256:0f5b26b9518d002b6173fd61daad821fa340635ebfec5bba471013f9ca114579"
+
+
+def test_prepare_pulls_every_committed_stacks_images_once_tags_and_digest_pins() -> None:
+    # dev runs Pulumi.yaml's tags; staging and prod the same releases pinned by digest.
+    assert prepare.official_images() == [
+        "postgres:17.11",
+        "python:3.12-slim-bookworm",
+        "caddy:2.11.7",
+        POSTGRES_PIN,
+        PYTHON_PIN,
+        CADDY_PIN,
+    ]
+
+
+class _Images:
+    """The Docker SDK's image collection, as far as prepare uses it: found by the exact reference."""
+
+    def __init__(self, present: set[str]) -> None:
+        self.present, self.pulled = present, list[str]()
+
+    def get(self, reference: str) -> object:
+        if reference not in self.present:
+            raise docker.errors.ImageNotFound(reference)
+        return object()
+
+    def pull(self, reference: str) -> object:
+        self.pulled.append(reference)
+        self.present.add(reference)
+        return object()
+
+
+def test_a_digest_pinned_reference_is_pulled_whole_unless_present() -> None:
+    images = _Images({"postgres:17.11"})
+    client = type("Client", (), {"images": images})()
+    prepare.ensure_official_images(client, ["postgres:17.11", POSTGRES_PIN, CADDY_PIN])
+    # The Docker SDK splits `name:tag@sha256:...` itself and the engine pulls it by digest.
+    assert images.pulled == [POSTGRES_PIN, CADDY_PIN]
+
+
+# --- Task limits ----------------------------------------------------------------------------
+
+
+def test_ulimits_become_the_docker_sdks(local_deployer: LocalDeployer) -> None:
+    inputs = {"image": "img", "ulimits": [{"name": "nproc", "soft": 2304.0, "hard": 2304.0}]}
+    config = container_config(local_deployer, _args(CONTAINER, "c", inputs), inputs)
+    assert config["ulimits"] == [docker.types.Ulimit(name="nproc", soft=2304, hard=2304)]
+    check_inputs(CONTAINER, "c", inputs)
+
+
+def test_an_incomplete_ulimit_is_refused_not_read_as_unlimited(local_deployer: LocalDeployer) -> None:
+    inputs = {"image": "img", "ulimits": [{"name": "nproc", "soft": 64}]}
+    with pytest.raises(UnsupportedInputError, match=r"lacks hard"):
+        container_config(local_deployer, _args(CONTAINER, "c", inputs), inputs)
+    with pytest.raises(UnsupportedInputError, match=r"'ulimits\[0\]\.pids'"):
+        check_inputs(CONTAINER, "c", {"ulimits": [{"name": "nproc", "soft": 1, "hard": 1, "pids": 1}]})

@@ -204,6 +204,33 @@ def test_containers_are_hardened(staging: e2e.Deployed, docker_client: docker.Do
     assert "Read-only file system" in write.output.decode(), write.output
 
 
+# The task limit of each container's uid by its role (components/task_limits.py; tests/test_task_limits.py
+# pins the declared values), as the engine applied it and as the container's first process has it.
+TASK_LIMITS = {
+    "database": 2304,
+    "tracking-server": 4096,
+    "gc": 4096,
+    "backup": 4096,
+    "database-bootstrap": 4096,
+    "proxy": 1024,
+}
+
+
+def test_every_container_runs_under_its_task_limit(staging: e2e.Deployed, docker_client: docker.DockerClient) -> None:
+    labels = [f"com.pulumi.stack={staging.stack}", "org.mlflow-platform.local-deploy=true"]
+    checked = []
+    for container in docker_client.containers.list(all=True, filters={"label": labels}):
+        role = container.labels["org.mlflow-platform.role"]
+        limit = TASK_LIMITS[role]
+        assert container.attrs["HostConfig"]["Ulimits"] == [{"Name": "nproc", "Hard": limit, "Soft": limit}], role
+        if container.status == "running":
+            limits = container.exec_run(["sh", "-c", "grep '^Max processes' /proc/1/limits"])
+            assert limits.exit_code == 0, (role, limits.output)
+            assert limits.output.decode().split()[2:5] == [str(limit), str(limit), "processes"], (role, limits.output)
+            checked.append(role)
+    assert sorted(checked) == ["backup", "database", "gc", "proxy", "tracking-server"]
+
+
 # --- networks --------------------------------------------------------------------------------
 
 # Run in another container's network namespace: does each host:port given answer?

@@ -61,7 +61,7 @@ def container(
     stack: str, *, envs: list[str] = STACK_ENVS, image: object = MLFLOW_IMAGE, password: object = DB_PASSWORD
 ) -> dict[str, Any]:
     return {
-        **hardened(stack, "gc", 512),
+        **hardened(stack, "gc", 512, 4096),
         # Not waited for: a gc that fails must not block a deployment; it shows as unhealthy.
         **service(stack, wait=False),
         **stopped_with("SIGTERM", 30),

@@ -9,7 +9,17 @@ import pytest
 
 from components.mlflow_image import MlflowImage
 from tests.conftest import IMAGE
-from tests.expected import MLFLOW_IMAGE, STACKS, UNIT_SERVER, built, children, registered_outputs, resolve, unit_context
+from tests.expected import (
+    BASE_REFERENCE,
+    MLFLOW_IMAGE,
+    STACKS,
+    UNIT_SERVER,
+    built,
+    children,
+    registered_outputs,
+    resolve,
+    unit_context,
+)
 from tests.harness import declaration
 
 
@@ -50,5 +60,5 @@ def test_the_image_alone(use_wheelhouse: bool, flag: str) -> None:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_image_of_every_stack(stack: str) -> None:
-    image = _image(f"mlflow-platform/mlflow:3.17.2-{stack}", "python:3.12-slim-bookworm", "3.17.2", "")
+    image = _image(f"mlflow-platform/mlflow:3.17.2-{stack}", BASE_REFERENCE[stack], "3.17.2", "")
     assert declaration(stack).mocks.one(IMAGE, "image-image").inputs == image

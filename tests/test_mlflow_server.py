@@ -138,7 +138,7 @@ def container(
         # Postgres is on the internal network alone; the front one keeps the proxy's way in.
         networks["networksAdvanced"].append({"name": f"{network_name(stack)}-db", "aliases": [alias]})
     return {
-        **hardened(stack, "tracking-server", memory_mb),
+        **hardened(stack, "tracking-server", memory_mb, 4096),
         **service(stack),
         # uvicorn finishes the requests in flight; long enough for an artifact upload.
         **stopped_with("SIGTERM", 60),

@@ -213,7 +213,7 @@ def test_pack_project_file_and_requirements_match_the_repository() -> None:
 
 
 def test_image_pin_problem() -> None:
-    pinned = ["postgres:17.6", "registry.example.com:5000/team/postgres:17.6", f"postgres@{IMAGE_ID}", IMAGE_ID]
+    pinned = ["postgres:17.11", "registry.example.com:5000/team/postgres:17.11", f"postgres@{IMAGE_ID}", IMAGE_ID]
     for reference in pinned:
         assert rules_containers.image_pin_problem(reference) is None, reference
     assert "latest" in (rules_containers.image_pin_problem("postgres:latest") or "")
@@ -273,7 +273,7 @@ def test_public_bindings_name_every_way_in_and_only_those() -> None:
         (_postgres(publishAllPorts=True), 1),
         (_postgres(publishAllPorts=False), 0),
         # Recognised by its image when the program's labels are missing.
-        ({"image": "postgres:17.6", "ports": [{"internal": 6543.0, "external": 6543.0}]}, 1),
+        ({"image": "postgres:17.11", "ports": [{"internal": 6543.0, "external": 6543.0}]}, 1),
         (_postgres(ports=[UNKNOWN_STRING_VALUE]), 1),
     ],
 )
@@ -292,7 +292,7 @@ _PUBLISHED = [{"internal": 6543.0, "external": 6543.0}]
         ({"image": "example/db:1", "labels": [{"label": "org.mlflow-platform.role", "value": "server"}]}, False),
         ({"image": "example/db:1", "envs": ["PGDATA=/var/lib/pg"]}, True),
         ({"image": "example/db:1", "envs": ["pgdata=/var/lib/pg"]}, False),
-        ({"image": "registry.example.com:5000/library/postgres:17.6"}, True),
+        ({"image": "registry.example.com:5000/library/postgres:17.11"}, True),
         ({"image": "registry.example.com/gis/postgis:17-3.5@sha256:" + "a" * 64}, True),
         ({"image": "registry.example.com/library/mariadb:11"}, False),
         # No sign known: an image not known during preview says nothing either.
@@ -369,16 +369,71 @@ def test_container_restart_policy(restart: str | None, shown: str | None) -> Non
     assert _check_resource("container-restart-policy", CONTAINER, props) == expected
 
 
+_TASKS_ACCEPTED = "accepted: `ulimits` [{name: nproc, soft: N, hard: N}] with 0 < soft <= hard, run as a non-root user."
+_NPROC = [{"name": "nproc", "soft": 2048.0, "hard": 2048.0}]
+
+
+@pytest.mark.parametrize(
+    ("changes", "messages"),
+    [
+        ({"user": "999:999", "ulimits": _NPROC}, []),
+        ({"user": "999", "ulimits": [{"name": "nofile", "soft": 1024, "hard": 4096}, *_NPROC]}, []),
+        ({"user": "999:999", "ulimits": [{"name": "nproc", "soft": 64, "hard": 128}]}, []),
+        # Not known during preview: judged once known.
+        ({"user": "999:999", "ulimits": UNKNOWN_STRING_VALUE}, []),
+        ({"user": UNKNOWN_STRING_VALUE, "ulimits": _NPROC}, []),
+        (
+            {"user": "999:999"},
+            [f"the container declares no task limit (no `ulimits` entry named nproc); {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "999:999", "ulimits": [{"name": "nofile", "soft": 1024, "hard": 4096}]},
+            [f"the container declares no task limit (no `ulimits` entry named nproc); {_TASKS_ACCEPTED}"],
+        ),
+        # -1 is Docker's "unlimited"; a soft limit above the hard one is no limit the kernel keeps.
+        (
+            {"user": "999:999", "ulimits": [{"name": "nproc", "soft": -1, "hard": -1}]},
+            [f"the nproc limit (soft -1, hard -1) bounds nothing; {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "999:999", "ulimits": [{"name": "nproc", "soft": 256, "hard": 128}]},
+            [f"the nproc limit (soft 256, hard 128) bounds nothing; {_TASKS_ACCEPTED}"],
+        ),
+        # The kernel never applies RLIMIT_NPROC to root.
+        (
+            {"ulimits": _NPROC},
+            [
+                "the container runs as root (no `user` (the image's default, root in the official images)), which "
+                f"the nproc limit does not bind; {_TASKS_ACCEPTED}"
+            ],
+        ),
+        (
+            {"user": "root", "ulimits": _NPROC},
+            [f"the container runs as root (`user` 'root'), which the nproc limit does not bind; {_TASKS_ACCEPTED}"],
+        ),
+        (
+            {"user": "0:999", "ulimits": _NPROC},
+            [f"the container runs as root (`user` '0:999'), which the nproc limit does not bind; {_TASKS_ACCEPTED}"],
+        ),
+    ],
+)
+def test_container_task_limit(changes: dict[str, Any], messages: list[str]) -> None:
+    # One-shot task containers too: a job can fork as well as a service.
+    for props in (_postgres(**changes), {**_postgres(**changes), "attach": True, "mustRun": False}):
+        assert _check_resource("container-task-limit", CONTAINER, props) == messages
+    assert _check_resource("container-task-limit", REMOTE_IMAGE, {"name": "postgres:17.11"}) == []
+
+
 @pytest.mark.parametrize(
     ("type_token", "props", "expected"),
     [
         (CONTAINER, _postgres(), 0),
-        (CONTAINER, _postgres(image="postgres:17.6"), 0),
+        (CONTAINER, _postgres(image="postgres:17.11"), 0),
         # The image ID comes from an image still to be pulled: that image's own name is checked.
         (CONTAINER, _postgres(image=UNKNOWN_STRING_VALUE), 0),
         (CONTAINER, _postgres(image="postgres:latest"), 1),
         (CONTAINER, _postgres(image="postgres"), 1),
-        (REMOTE_IMAGE, {"name": "postgres:17.6", "keepLocally": True}, 0),
+        (REMOTE_IMAGE, {"name": "postgres:17.11", "keepLocally": True}, 0),
         (REMOTE_IMAGE, {"name": "postgres:latest"}, 1),
         (REMOTE_IMAGE, {"name": "mirror.example.com:5000/postgres"}, 1),
         (
@@ -424,6 +479,94 @@ _PIN = "pin a version tag or an @sha256 digest."
 )
 def test_image_pinned_names_the_input_in_full(type_token: str, props: dict[str, Any], message: str) -> None:
     assert _check_resource("image-pinned", type_token, props) == [message]
+
+
+POSTGRES_DIGEST = "sha256:" + "f4" * 32
+_DIGEST_ACCEPTED = (
+    "is not pinned by digest: the tag can be moved to other contents. Accepted: a reference with its digest, "
+    "'name:tag@sha256:<64 hex digits>' such as 'postgres:17.11@sha256:...', or an image ID (every stack is shared "
+    "unless the policy pack config sets environmentKind: dev (policy/config/<stack>.json))."
+)
+
+
+def test_is_digest_pinned() -> None:
+    pinned = [IMAGE_ID, f"postgres@{IMAGE_ID}", f"postgres:17.11@{POSTGRES_DIGEST}", f" mirror:5000/pg:17@{IMAGE_ID} "]
+    assert [reference for reference in pinned if not rules_containers.is_digest_pinned(reference)] == []
+    by_tag = ["postgres:17.11", "postgres", "postgres@sha256:abc", f"postgres:17.11@sha256:{'F4' * 32}", ""]
+    assert [reference for reference in by_tag if rules_containers.is_digest_pinned(reference)] == []
+
+
+@pytest.mark.parametrize(
+    ("type_token", "props", "messages"),
+    [
+        (CONTAINER, _postgres(image=IMAGE_ID), []),
+        (CONTAINER, _postgres(image=f"postgres:17.11@{POSTGRES_DIGEST}"), []),
+        # Still to be pulled: the image resource's own reference is judged instead.
+        (CONTAINER, _postgres(image=UNKNOWN_STRING_VALUE), []),
+        (
+            CONTAINER,
+            _postgres(image="postgres:17.11"),
+            [f"`image` = 'postgres:17.11' in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+        (REMOTE_IMAGE, {"name": f"postgres:17.11@{POSTGRES_DIGEST}", "keepLocally": True}, []),
+        (
+            REMOTE_IMAGE,
+            {"name": "postgres:17.11", "keepLocally": True},
+            [f"`name` = 'postgres:17.11' (config key postgresImage) in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+        # A built image's own name is local (never pushed); its base images are what is pulled.
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/proxy:prod", "build": {"args": {"CADDY_IMAGE": f"caddy:2.11.7@{IMAGE_ID}"}}},
+            [],
+        ),
+        (
+            IMAGE,
+            {"imageName": "mlflow-platform/proxy:prod", "build": {"args": {"CADDY_IMAGE": "caddy:2.11.7"}}},
+            [
+                "`build.args.CADDY_IMAGE` = 'caddy:2.11.7' (config key proxyImage) in the shared stack 'prod' "
+                f"{_DIGEST_ACCEPTED}"
+            ],
+        ),
+        (
+            IMAGE,
+            {
+                "imageName": "mlflow-platform/mlflow:3.17.2-prod",
+                "build": {"args": {"BASE_IMAGE": "python:3.12-slim-bookworm", "MLFLOW_VERSION": "3.17.2"}},
+            },
+            [
+                "`build.args.BASE_IMAGE` = 'python:3.12-slim-bookworm' (config key baseImage) in the shared stack "
+                f"'prod' {_DIGEST_ACCEPTED}"
+            ],
+        ),
+        # An image build argument the program does not pass still names no key it does not know.
+        (
+            IMAGE,
+            {"imageName": "x:1", "build": {"args": {"OTHER_IMAGE": "alpine:3.20"}}},
+            [f"`build.args.OTHER_IMAGE` = 'alpine:3.20' in the shared stack 'prod' {_DIGEST_ACCEPTED}"],
+        ),
+    ],
+)
+def test_shared_stack_image_digests_in_full(type_token: str, props: dict[str, Any], messages: list[str]) -> None:
+    assert _check_resource("shared-stack-image-digests", type_token, props, stack="prod") == messages
+
+
+@pytest.mark.parametrize(
+    ("stack", "config", "passes"),
+    [
+        ("dev", DEV_KIND, True),
+        # Only the explicit kind exempts a stack, never its name.
+        ("dev", {}, False),
+        ("dev", {"environmentKind": "shared"}, False),
+        ("staging", {}, False),
+        ("production", {}, False),
+    ],
+)
+def test_a_tag_is_accepted_only_in_a_dev_stack(stack: str, config: dict[str, Any], passes: bool) -> None:
+    messages = _check_resource(
+        "shared-stack-image-digests", REMOTE_IMAGE, {"name": "postgres:17.11"}, stack=stack, config=config
+    )
+    assert (messages == []) is passes, messages
 
 
 @pytest.mark.parametrize(
@@ -764,7 +907,7 @@ def test_the_server_is_recognised_by_each_link_to_its_image_alone() -> None:
     )
     assert [urn for urn, _ in _check_stack(rule, [image, by_name])] == [by_name.urn]
     # A pulled image, or one built without a context, is not the server's, whatever the container runs.
-    remote = _stack_resource(REMOTE_IMAGE, "postgres-image", {"name": "postgres:17.6", "repoDigest": IMAGE_ID})
+    remote = _stack_resource(REMOTE_IMAGE, "postgres-image", {"name": "postgres:17.11", "repoDigest": IMAGE_ID})
     assert _check_stack(rule, [remote, _server_from_image(remote, stack="prod")]) == []
     no_context = _stack_resource(IMAGE, "other", {"imageName": "team/other:1", "build": {}, "repoDigest": IMAGE_ID})
     assert _check_stack(rule, [no_context, _server_from_image(no_context, stack="prod")]) == []
@@ -1134,6 +1277,8 @@ def _behind_a_proxy(declared: list[Declared]) -> None:
         "ports": [{"internal": 443, "external": 443, "ip": "0.0.0.0", "protocol": "tcp"}],
         "healthcheck": {"tests": ["CMD", "caddy", "version"]},
         "restart": "unless-stopped",
+        "user": "10002:10002",
+        "ulimits": [{"name": "nproc", "soft": 1024, "hard": 1024}],
     }
     proxy.outputs, proxy.property_dependencies = {}, {}
     declared.append(proxy)
@@ -1195,6 +1340,28 @@ def _postgres_latest(declared: list[Declared]) -> None:
 
 def _untagged_base_image(declared: list[Declared]) -> None:
     _one(declared, IMAGE, "image-image").inputs["build"]["args"]["BASE_IMAGE"] = "python"
+
+
+def _postgres_by_tag(declared: list[Declared]) -> None:
+    image = _one(declared, REMOTE_IMAGE, "postgres-image")
+    image.inputs["name"] = image.inputs["name"].split("@", 1)[0]
+
+
+def _proxy_base_by_tag(declared: list[Declared]) -> None:
+    build_args = _one(declared, IMAGE, "proxy-image").inputs["build"]["args"]
+    build_args["CADDY_IMAGE"] = build_args["CADDY_IMAGE"].split("@", 1)[0]
+
+
+def _container_by_tag(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "postgres-container").inputs["image"] = "postgres:17.11"
+
+
+def _server_without_task_limit(declared: list[Declared]) -> None:
+    del _one(declared, CONTAINER, "server-container").inputs["ulimits"]
+
+
+def _job_as_root(declared: list[Declared]) -> None:
+    _one(declared, CONTAINER, "db-bootstrap-container").inputs["user"] = "0:0"
 
 
 def _password_in_env(declared: list[Declared]) -> None:
@@ -1318,8 +1485,15 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("postgres-port-published", "dev", _add_postgres_port, {"postgres-not-published"}),
     ("no-healthcheck", "staging", _drop_healthcheck, {"container-healthcheck"}),
     ("no-restart-policy", "prod", _drop_restart, {"container-restart-policy"}),
+    # Issue 19, finding 12a: a container whose tasks are not limited, or limited where the limit binds nothing.
+    ("server-without-task-limit", "staging", _server_without_task_limit, {"container-task-limit"}),
+    ("bootstrap-job-as-root", "dev", _job_as_root, {"container-task-limit"}),
     ("postgres-latest", "dev", _postgres_latest, {"image-pinned"}),
-    ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned"}),
+    ("untagged-base-image", "staging", _untagged_base_image, {"image-pinned", "shared-stack-image-digests"}),
+    # Issue 19: a shared stack's images by tag alone, each input the rule reads.
+    ("staging-postgres-by-tag", "staging", _postgres_by_tag, {"shared-stack-image-digests"}),
+    ("prod-proxy-base-by-tag", "prod", _proxy_base_by_tag, {"shared-stack-image-digests"}),
+    ("prod-container-by-tag", "prod", _container_by_tag, {"shared-stack-image-digests"}),
     ("password-in-env", "prod", _password_in_env, {"container-env-secret-names", "container-env-no-secret-values"}),
     ("password-in-database-url", "dev", _password_in_database_url, {"container-env-no-secret-values"}),
     ("password-in-env-marked-secret", "prod", _password_in_env_marked_secret, {"container-env-no-secret-values"}),
@@ -1341,7 +1515,12 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
             f"stack-named-{name}",
             "dev",
             _renamed(name),
-            {"protected-stack-volumes", "protected-stack-mlflow-auth", "shared-stack-tls"},
+            {
+                "protected-stack-volumes",
+                "protected-stack-mlflow-auth",
+                "shared-stack-tls",
+                "shared-stack-image-digests",
+            },
         )
         for name in ("production", "prod-eu", "Prod")
     ],

@@ -12,6 +12,7 @@ from components.settings import DatabaseSettings
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.expected import (
     POSTGRES_IMAGE,
+    POSTGRES_REFERENCE,
     STACKS,
     UNIT,
     SecretOf,
@@ -61,11 +62,11 @@ def container(
         "maintenance_work_mem=64MB",
     ),
     alias: str = "postgres",
-    image_reference: str = "postgres:17.6",
+    image_reference: str = "postgres:17.11",
 ) -> dict[str, Any]:
     """The Postgres container of `stack`, with Pulumi.yaml's settings unless told otherwise."""
     return {
-        **hardened(stack, "database", memory_mb),
+        **hardened(stack, "database", memory_mb, 2304),
         **service(stack),
         # Postgres's fast shutdown, with time for the checkpoint of a busy cluster.
         **stopped_with("SIGINT", 120),
@@ -182,10 +183,11 @@ def test_the_database_alone(protect: bool) -> None:
 def test_the_database_of_every_stack(stack: str) -> None:
     mocks = declaration(stack).mocks
     postgres = containers(mocks)[docker_name(stack, "postgres")]
-    assert postgres.inputs == resolve(container(stack, **STACK_CONTAINERS.get(stack, {})), mocks)
+    expected = container(stack, image_reference=POSTGRES_REFERENCE[stack], **STACK_CONTAINERS.get(stack, {}))
+    assert postgres.inputs == resolve(expected, mocks)
     passwords = passwords_of(mocks)
     assert {name: passwords[name] for name in PASSWORDS} == {name: strong_password(32) for name in PASSWORDS}
-    assert mocks.one(REMOTE_IMAGE).inputs == {"name": "postgres:17.6", "keepLocally": True}
+    assert mocks.one(REMOTE_IMAGE).inputs == {"name": POSTGRES_REFERENCE[stack], "keepLocally": True}
     assert volumes_of(mocks, *_volumes(stack)) == _volumes(stack)
 
 

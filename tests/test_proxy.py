@@ -15,6 +15,7 @@ from tests.expected import (
     ACME_ROOT,
     CONFIGURATIONS,
     PROVIDED,
+    PROXY_REFERENCE,
     UNIT,
     ImageOf,
     Placeholder,
@@ -115,7 +116,7 @@ def container(
     if site.tls_mode == "acme":
         ports.append({"internal": 8080, "external": http_port, "ip": bind, "protocol": "tcp"})
     return {
-        **hardened(stack, "proxy", memory_mb),
+        **hardened(stack, "proxy", memory_mb, 1024),
         **service(stack),
         # Caddy stops accepting and lets requests in flight finish (its grace period is 50 s).
         **stopped_with("SIGTERM", 60),
@@ -181,7 +182,7 @@ def test_the_proxy_is_the_only_way_in(stack: str, mode: str) -> None:
     assert proxy.inputs == resolve(container(stack, _stack_site(stack, mode)), mocks)
     # Modes whose uploads carry a key: the engine then stores the whole uploads input as a secret.
     assert proxy.secret_inputs() == ({"uploads"} if mode != "acme" else set())
-    assert mocks.one(IMAGE, "proxy-image").inputs == _image(f"mlflow-platform/proxy:{stack}", "caddy:2.11.4")
+    assert mocks.one(IMAGE, "proxy-image").inputs == _image(f"mlflow-platform/proxy:{stack}", PROXY_REFERENCE[stack])
     # The proxy's volume (ACME accounts, certificates) is protected with the data.
     assert volumes_of(mocks, "mlflow-proxy-data") == {
         "mlflow-proxy-data": declared_volume(stack, "proxy-data", "proxy")

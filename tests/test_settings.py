@@ -487,14 +487,14 @@ FULL_MESSAGES: list[tuple[str, dict[str, Any], str]] = [
         "dev",
         {"postgresImage": "postgres:latest"},
         "config key 'postgresImage' has the value 'postgres:latest'; accepted: an image "
-        "reference such as 'registry.example.com/postgres:17.6', pinned to a tag other than "
+        "reference such as 'registry.example.com/postgres:17.11', pinned to a tag other than "
         "'latest' or to an @sha256 digest",
     ),
     (
         "dev",
         {"baseImage": "python"},
         "config key 'baseImage' has the value 'python'; accepted: an image reference such as "
-        "'registry.example.com/postgres:17.6', pinned to a tag other than 'latest' or to an "
+        "'registry.example.com/postgres:17.11', pinned to a tag other than 'latest' or to an "
         "@sha256 digest",
     ),
     (

@@ -67,6 +67,7 @@ EVERYTHING = Workload(
     image="sha256:" + "c" * 64,
     user="1234:5678",
     memory_mb=300,
+    max_tasks=96,
     entrypoint=["/usr/local/bin/web"],
     command=["serve", "--port", "8000"],
     environment=["WEB_PORT=8000", "WEB_MODE=strict"],
@@ -121,6 +122,7 @@ EVERYTHING_INPUTS: dict[str, Any] = {
     "shmSize": 64,
     "capabilities": {"drops": ["ALL"]},
     "securityOpts": ["no-new-privileges:true"],
+    "ulimits": [{"name": "nproc", "soft": 96, "hard": 96}],
     "memory": 300,
     "memorySwap": 300,
     "logDriver": "json-file",
@@ -128,13 +130,16 @@ EVERYTHING_INPUTS: dict[str, Any] = {
     "labels": [*_labels("web"), {"label": "org.example.extra", "value": "x"}],
     "networksAdvanced": [{"name": "mlflow-platform-unit", "aliases": ["web", "www"]}],
 }
-# The least a workload says: a name, a role, an image, a user and a memory limit.
-MINIMAL = Workload(name="mlflow-platform-unit-web", role="web", image="img", user="1234:5678", memory_mb=300)
+# The least a workload says: a name, a role, an image, a user, a memory limit and a task limit.
+MINIMAL = Workload(
+    name="mlflow-platform-unit-web", role="web", image="img", user="1234:5678", memory_mb=300, max_tasks=96
+)
 
 
 def _minimal_inputs(**changes: Any) -> dict[str, Any]:
     inputs = {
         **{key: EVERYTHING_INPUTS[key] for key in ("name", "user", "capabilities", "securityOpts", "memory")},
+        "ulimits": EVERYTHING_INPUTS["ulimits"],
         **{key: EVERYTHING_INPUTS[key] for key in ("memorySwap", "logDriver", "logOpts", "readOnly")},
         "image": "img",
         "labels": _labels("web"),
@@ -410,8 +415,8 @@ def test_every_container_and_volume_of_every_stack_gets_what_the_target_applies(
     for name, container in found.items():
         inputs = container.inputs
         # The stack's labels come first; a workload's own (the bootstrap's) follow.
-        applied = {key: inputs[key] for key in hardened(stack, "", 0)} | {"labels": inputs["labels"][:3]}
-        assert applied == hardened(stack, _role(container), inputs["memory"]), name
+        applied = {key: inputs[key] for key in hardened(stack, "", 0, 0)} | {"labels": inputs["labels"][:3]}
+        assert applied == hardened(stack, _role(container), inputs["memory"], inputs["ulimits"][0]["soft"]), name
         assert inputs["volumes"][-1] == SECRETS_VOLUME, name
         assert container.delete_before_replace is True, name
         uid = str(inputs["user"]).split(":")[0]

@@ -61,7 +61,7 @@ _EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 GC_AGE = re.compile(r"^(?=.)([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
 IMAGE_ACCEPTED = (
-    "accepted: an image reference such as 'registry.example.com/postgres:17.6', "
+    "accepted: an image reference such as 'registry.example.com/postgres:17.11', "
     "pinned to a tag other than 'latest' or to an @sha256 digest"
 )
 DATABASE_ACCEPTED = (

@@ -15,6 +15,7 @@ import docker.types
 import pulumi
 
 from tools.local_deploy.common import UnsupportedInputError
+from tools.local_deploy.inputs import whole
 from tools.local_deploy.session import Session
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -70,6 +71,15 @@ def upload_archive(upload: Mapping[str, Any]) -> tuple[str, bytes]:
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
         archive.addfile(info, io.BytesIO(data))
     return str(path.parent), buffer.getvalue()
+
+
+def _ulimit(item: Mapping[str, Any]) -> docker.types.Ulimit:
+    """One `ulimits` entry. pulumi-docker requires name, soft and hard; a missing one is refused here
+    rather than read as Docker's -1, which means no limit at all."""
+    missing = [key for key in ("name", "soft", "hard") if item.get(key) is None]
+    if missing:
+        raise UnsupportedInputError(f"ulimit {dict(item)!r} lacks {', '.join(missing)}")
+    return docker.types.Ulimit(name=str(item["name"]), soft=whole(item, "soft", 0), hard=whole(item, "hard", 0))
 
 
 def network_attachments(resource: str, inputs: Mapping[str, Any]) -> list[tuple[str, list[str] | None]]:
@@ -153,6 +163,9 @@ def container_config(session: Session, args: pulumi.runtime.MockResourceArgs, in
         config["cap_drop"] = list(capabilities["drops"])
     if inputs.get("securityOpts"):
         config["security_opt"] = list(inputs["securityOpts"])
+    if inputs.get("ulimits"):
+        # Docker sets them (HostConfig.Ulimits) on the container's first process, which its children inherit.
+        config["ulimits"] = [_ulimit(item) for item in inputs["ulimits"]]
     if inputs.get("memory"):
         config["mem_limit"] = _mib(inputs["memory"])
     if inputs.get("memorySwap"):

@@ -42,7 +42,7 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     IMAGE: frozenset({"build", "imageName", "skipPush", "buildOnPreview"}),
     CONTAINER: frozenset({"image", "name", "command", "entrypoints", "envs", "user", "labels", "restart"})
     | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
-    | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts"}
+    | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts", "ulimits"}
     | {"healthcheck", "wait", "waitTimeout"}
     | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach"},
     TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
@@ -68,6 +68,7 @@ HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
     ),
     (CONTAINER, "healthcheck"): frozenset({"tests", "interval", "timeout", "retries", "startPeriod"}),
     (CONTAINER, "capabilities"): frozenset({"adds", "drops"}),
+    (CONTAINER, "ulimits"): frozenset({"name", "soft", "hard"}),
     (TLS_SELF_SIGNED_CERT, "subject"): frozenset({"commonName", "organization"}),
     (TLS_CERT_REQUEST, "subject"): frozenset({"commonName", "organization"}),
 }

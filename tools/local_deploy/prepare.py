@@ -543,6 +543,19 @@ def _connect() -> docker.DockerClient:
     return client
 
 
+# The config keys of the images a stack pulls or builds on.
+IMAGE_KEYS = ("postgresImage", "baseImage", "proxyImage")
+
+
+def official_images() -> list[str]:
+    """Every image the committed stacks run, each once: Pulumi.yaml's tags and the shared stacks'
+    `name:tag@sha256:` pins, which differ from them (the engine pulls the latter by digest)."""
+    from tools.stack_config import STACKS, stack_config
+
+    references = [str(stack_config(stack)[key]) for stack in STACKS for key in IMAGE_KEYS]
+    return list(dict.fromkeys(references))
+
+
 def ensure_official_images(client: docker.DockerClient, references: Sequence[str]) -> None:
     """With registry access (LOCAL_DEPLOY_STANDINS=0): the stack's own images, pulled once."""
     for reference in references:
@@ -563,7 +576,7 @@ def prepare(
     mlflow_versions: Sequence[str], *, client: docker.DockerClient | None = None, standins: bool = True
 ) -> None:
     """Makes the stand-in images and the wheelhouse for `mlflow_versions` available locally;
-    with `standins=False`, pulls the stack's own images (Pulumi.yaml's defaults) instead.
+    with `standins=False`, pulls the committed stacks' own images (`official_images`) instead.
 
     Raises PrepareError, naming the step and the command that fixes it, when anything fails.
     """
@@ -574,11 +587,8 @@ def prepare(
     if client is None:
         client = _connect()
     if not standins:
-        from tools.stack_config import stack_config
-
-        defaults = stack_config("dev")
         with _step("prepare (total)"):
-            ensure_official_images(client, [str(defaults["postgresImage"]), str(defaults["baseImage"])])
+            ensure_official_images(client, official_images())
         return
     with _step("prepare (total)"):
         ensure_debian_base(client)
