@@ -8,9 +8,10 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
+from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
-from components.settings import GcSettings
+from components.settings import ArtifactSettings, GcSettings
 from components.task_limits import MLFLOW_TASKS
 from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
 
@@ -41,7 +42,9 @@ class GarbageCollectorArgs(TypedDict):
     image: pulumi.Input[str]
     """The MLflow image, by ID: the same MLflow as the server."""
     artifacts_volume_name: pulumi.Input[str]
-    """The artifacts volume, mounted read-write: gc deletes purged runs' artifacts."""
+    """The artifacts volume, mounted read-write: gc deletes purged runs' artifacts (not mounted with a bucket)."""
+    artifacts: ArtifactSettings
+    """Where the artifacts are: with a bucket, gc deletes purged runs' objects there, with the server's credentials."""
     database: DatabaseEndpoint
     """The tracking database and the role gc connects as."""
     mlflow_version: str
@@ -72,9 +75,18 @@ class GarbageCollector(pulumi.ComponentResource):
 
 
 def _workload(args: GarbageCollectorArgs) -> Workload:
+    artifacts = args["artifacts"]
+    files = [secret_file(DB_PASSWORD_FILE, args["database"].password)]
+    if artifacts.in_bucket:
+        store = artifact_store.environment(artifacts)
+        files += artifact_store.files(artifacts)
+        mounts = []
+    else:
+        store = [f"ARTIFACTS_DIR={ARTIFACTS_DIR}"]
+        mounts = [Mount(ARTIFACTS_DIR, args["artifacts_volume_name"])]
     environment = [
         *database_environment(args["database"]),
-        f"ARTIFACTS_DIR={ARTIFACTS_DIR}",
+        *store,
         f"GC_OLDER_THAN={args['gc'].older_than}",
         f"GC_INTERVAL_SECONDS={args['gc'].interval_seconds}",
         "HOME=/tmp",
@@ -91,8 +103,8 @@ def _workload(args: GarbageCollectorArgs) -> Workload:
         entrypoint=[GC_COMMAND],
         command=["loop"],
         environment=environment,
-        files=[secret_file(DB_PASSWORD_FILE, args["database"].password)],
-        mounts=[Mount(ARTIFACTS_DIR, args["artifacts_volume_name"])],
+        files=files,
+        mounts=mounts,
         # Postgres on the internal network; the front one keeps a way out (an object store).
         networks=[Attachment(FRONT), Attachment(DATABASE)],
         # The image's own check probes the server's port, which this workload has not.

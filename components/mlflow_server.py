@@ -11,6 +11,7 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
+from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import (
     ADMIN_PASSWORD_FILE,
@@ -25,7 +26,7 @@ from components.mlflow_facts import (
     database_environment,
 )
 from components.secrets import generated_password
-from components.settings import ServerSettings, host_header, is_ip_address
+from components.settings import ArtifactSettings, ServerSettings, host_header, is_ip_address
 from components.task_limits import MLFLOW_TASKS
 from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
@@ -74,6 +75,8 @@ class MlflowServerArgs(TypedDict):
     """The tracking database and the role the server connects as."""
     server: ServerSettings
     """Where clients reach it, who may, how many workers in how much memory, what it serves."""
+    artifacts: ArtifactSettings
+    """Where the proxied artifacts are kept: the artifacts volume, or a bucket."""
     alias: str
     """Host name other containers on the network use for the server."""
     host_port: int
@@ -164,7 +167,7 @@ class MlflowServer(pulumi.ComponentResource):
         super().__init__("mlflow-platform:server:MlflowServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        stack, database, server = args["stack"], args["database"], args["server"]
+        stack, database, server, artifacts = args["stack"], args["database"], args["server"], args["artifacts"]
         self.artifacts_volume = stack.target.volume(self, f"{name}-artifacts", stack.name("artifacts"), _ROLE)
 
         envs = [
@@ -194,6 +197,9 @@ class MlflowServer(pulumi.ComponentResource):
             tmpfs[METRICS_DIR] = _METRICS_TMPFS
             envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
         files = [secret_file(DB_PASSWORD_FILE, database.password)]
+        if artifacts.in_bucket:
+            envs += artifact_store.environment(artifacts)
+            files += artifact_store.files(artifacts)
         self.admin_password = None
         self.flask_secret_key = None
         if server.auth_enabled:
@@ -226,9 +232,10 @@ class MlflowServer(pulumi.ComponentResource):
             "--port", str(SERVER_PORT),
             "--workers", str(server.workers),
             # Clients upload and download artifacts through the server, which
-            # stores them in the volume: no client needs a path on this host.
+            # stores them in the volume or the bucket: no client needs a path on
+            # this host or the store's credentials.
             "--serve-artifacts",
-            "--artifacts-destination", ARTIFACTS_DIR,
+            "--artifacts-destination", artifacts.destination if artifacts.in_bucket else ARTIFACTS_DIR,
             "--allowed-hosts", ",".join(hosts),
             "--cors-allowed-origins", ",".join(allowed_origins(args["public_origin"], server.cors_allowed_origins)),
         ]  # fmt: skip
@@ -248,7 +255,9 @@ class MlflowServer(pulumi.ComponentResource):
             command=self.command,
             environment=envs,
             files=files,
-            mounts=[Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
+            # With a bucket the volume stays declared (backups keep what it held, and switching
+            # back finds it) but is not mounted: the server has no local place to write artifacts.
+            mounts=[] if artifacts.in_bucket else [Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
             ports=[Port(SERVER_PORT, args["host_port"], server.bind_address)] if args["publish"] else [],
             network_aliases=[args["alias"]],
             health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"),

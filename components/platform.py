@@ -97,6 +97,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "image": self.image.repo_digest,
                 "database": endpoint,
                 "server": settings.server,
+                "artifacts": settings.artifacts,
                 "alias": MLFLOW_ALIAS,
                 # The port clients send in Host; behind the proxy MLflow publishes nothing.
                 "host_port": settings.public_port,
@@ -133,6 +134,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "stack": stack,
                 "image": self.image.repo_digest,
                 "artifacts_volume_name": artifacts,
+                "artifacts": settings.artifacts,
                 "database": endpoint,
                 "mlflow_version": settings.server.mlflow_version,
                 "gc": settings.gc,

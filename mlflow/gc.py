@@ -10,8 +10,10 @@ The database password comes from POSTGRES_PASSWORD_FILE and stays in this proces
 the URI reaches `mlflow gc` through `main(args=...)`, not a child's command line.
 
 The server proxies artifacts (`mlflow-artifacts:/` URIs), which `mlflow gc` would
-delete through the server's HTTP API, with credentials. This container mounts the
-artifacts volume instead, so those URIs are resolved to the same files on disk.
+delete through the server's HTTP API, with credentials. This container reaches the
+artifacts where the server keeps them instead: the artifacts volume, mounted here, or
+the bucket (MLFLOW_ARTIFACTS_DESTINATION, with the server's key pair as a file), so
+those URIs are resolved to the same files or objects.
 """
 
 from __future__ import annotations
@@ -47,6 +49,30 @@ def backend_store_uri() -> str:
     return f"postgresql+psycopg://{user}:{quote(password, safe='')}@{host}:{port}/{database}"
 
 
+def _run_relative(uri: str) -> str:
+    """The path of a `mlflow-artifacts:/<path>` URI, refused when it could leave the run's own place."""
+    path = urlsplit(uri).path.strip("/")
+    if not path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"artifact URI {uri!r} points outside the run's own directory")
+    return path
+
+
+def bucket_artifact_repository(destination: str) -> Any:
+    """`get_artifact_repository`, with `mlflow-artifacts:/<path>` read as `<destination>/<path>` (s3://bucket/prefix).
+
+    The repository reaches the bucket as the server does: the endpoint, region and addressing
+    style from the environment, the key pair from AWS_SHARED_CREDENTIALS_FILE.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    def resolve(uri: str, *args: Any, **kwargs: Any) -> Any:
+        if not uri.startswith("mlflow-artifacts:"):
+            return get_artifact_repository(uri, *args, **kwargs)
+        return get_artifact_repository(f"{destination.rstrip('/')}/{_run_relative(uri)}", *args, **kwargs)
+
+    return resolve
+
+
 def local_artifact_repository(artifacts_dir: str) -> Any:
     """`get_artifact_repository`, with `mlflow-artifacts:/<path>` read as `<artifacts_dir>/<path>`."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -71,7 +97,13 @@ def gc_once() -> None:
     uri = backend_store_uri()
     older_than = os.environ["GC_OLDER_THAN"]
     # The gc command looks the function up in its own module when it runs.
-    mlflow.cli.get_artifact_repository = local_artifact_repository(os.environ["ARTIFACTS_DIR"])  # type: ignore[attr-defined]
+    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION")
+    resolve = (
+        bucket_artifact_repository(destination)
+        if destination
+        else local_artifact_repository(os.environ["ARTIFACTS_DIR"])
+    )
+    mlflow.cli.get_artifact_repository = resolve  # type: ignore[attr-defined]
     _log(f"purging runs and experiments deleted more than {older_than} ago")
     mlflow.cli.cli.main(
         args=["gc", "--backend-store-uri", uri, "--tracking-uri", uri, "--older-than", older_than],

@@ -1,6 +1,9 @@
 """Readies the databases before `mlflow server` starts.
 
 Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
+- with artifacts in a bucket (MLFLOW_ARTIFACTS_DESTINATION s3://...), first checks that the
+  store answers, the bucket exists and the credentials are accepted, and otherwise stops
+  the start with one line naming the config key, before anything is written;
 - upgrades an existing tracking schema (`mlflow db upgrade`), so redeploying with a
   newer `mlflowVersion` never leaves the server refusing to start; when a migration
   is pending and MLFLOW_PRE_UPGRADE_BACKUP is true, it first has the stack's backup
@@ -233,11 +236,87 @@ def _write_auth_config(path: str, database_uri: str, admin_password: str) -> Non
         config.write(handle)
 
 
+# How long the start-up check waits for the store: long enough for a slow link, short
+# enough that a wrong endpoint ends the start in seconds rather than after the health check's wait.
+_STORE_TIMEOUT_SECONDS = 10
+
+
+class ArtifactStoreError(SystemExit):
+    """The bucket cannot be used: one line naming the config key and what is wrong."""
+
+
+def _check_artifact_store(destination: str) -> None:
+    """Before anything is written: the bucket exists and the credentials may list the prefix.
+
+    Left to MLflow, a wrong endpoint, bucket or key surfaces only at the first artifact
+    upload, as a 500 to a client, after runs were already recorded in the database.
+    """
+    import boto3
+    import botocore.config
+    import botocore.exceptions
+
+    bucket, _, prefix = destination.removeprefix("s3://").partition("/")
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+    where = endpoint or "AWS S3"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        config=botocore.config.Config(
+            # MLflow's own client settings (mlflow/store/artifact/s3_artifact_repo.py).
+            signature_version="s3v4",
+            s3={"addressing_style": os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")},
+            connect_timeout=_STORE_TIMEOUT_SECONDS,
+            read_timeout=_STORE_TIMEOUT_SECONDS,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    )
+    try:
+        client.head_bucket(Bucket=bucket)
+        client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
+    except botocore.exceptions.SSLError as error:
+        raise ArtifactStoreError(
+            f"prepare_db: config key 'artifactEndpoint' is {where!r}, whose TLS certificate is not trusted "
+            f"({type(error).__name__}); give its CA in artifactCaCertificate"
+        ) from None
+    except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError) as error:
+        raise ArtifactStoreError(
+            f"prepare_db: config key 'artifactEndpoint' is {where!r}, which does not answer "
+            f"({type(error).__name__}); check the URL and that this container has a route to it"
+        ) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise ArtifactStoreError(
+            "prepare_db: config keys 'artifactAccessKeyId' and 'artifactSecretAccessKey' are empty and no "
+            "other credentials (an instance role) were found; set both"
+        ) from None
+    except botocore.exceptions.ClientError as error:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = error.response.get("Error", {}).get("Code", "")
+        if status == 404 or code in ("404", "NoSuchBucket"):
+            raise ArtifactStoreError(
+                f"prepare_db: config key 'artifactBucket' is {bucket!r}, which does not exist at {where}; "
+                "create it first (the stack never creates or deletes buckets)"
+            ) from None
+        if status in (401, 403) or code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            raise ArtifactStoreError(
+                f"prepare_db: config keys 'artifactAccessKeyId' and 'artifactSecretAccessKey': {where} refused them "
+                f"for bucket {bucket!r} (HTTP {status} {code}); check the key pair and the bucket policy "
+                "(ListBucket, GetObject, PutObject, DeleteObject on the prefix)"
+            ) from None
+        raise ArtifactStoreError(
+            f"prepare_db: config key 'artifactBucket' is {bucket!r}: {where} answered HTTP {status} {code}"
+        ) from None
+    print(f"prepare_db: artifact store {destination} at {where} is reachable", file=sys.stderr)
+
+
 def _read_secret(variable: str) -> str:
     return Path(os.environ[variable]).read_text(encoding="utf-8").rstrip("\n")
 
 
 def main() -> None:
+    # First: a store that cannot be used stops the start before the database is touched.
+    destination = os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "")
+    if destination.startswith("s3://"):
+        _check_artifact_store(destination)
     uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
     if os.environ.get("PGPASSFILE") and os.environ.get("POSTGRES_PASSWORD_FILE"):
         _write_password_file(os.environ["PGPASSFILE"], uri, os.environ["POSTGRES_PASSWORD_FILE"])

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pulumi
 
 from components.context import DatabaseEndpoint, LogRotation, StackContext
-from components.settings import ServerSettings
+from components.settings import ArtifactSettings, ServerSettings
 from tests.certs import self_signed
 from tests.conftest import CONTAINER, IMAGE, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
 from tests.harness import EngineMocks, Registration, install
@@ -285,6 +285,54 @@ UNIT_SERVER = ServerSettings(
     metrics_enabled=False,
     telemetry_enabled=False,
 )
+
+
+# The artifacts volume (Pulumi.yaml's default), and a bucket with every store setting set.
+VOLUME_ARTIFACTS = ArtifactSettings(
+    store="volume",
+    bucket="",
+    prefix="",
+    endpoint="",
+    region="",
+    path_style=False,
+    access_key_id="",
+    secret_access_key="",
+    ca_certificate="",
+)
+STORE_CA = self_signed(["s3.example.internal"], ca=True)
+STORE_SECRET_KEY = "s" * 40
+BUCKET_ARTIFACTS = ArtifactSettings(
+    store="s3",
+    bucket="ml-artifacts",
+    prefix="teams/unit",
+    endpoint="https://s3.example.internal:9000",
+    region="eu-central-1",
+    path_style=True,
+    access_key_id="AKIAUNITTEST",
+    secret_access_key=STORE_SECRET_KEY,
+    ca_certificate=STORE_CA.certificate,
+)
+# What the server and gc get for BUCKET_ARTIFACTS: where the store is, never a key.
+BUCKET_ENVIRONMENT = [
+    "MLFLOW_ARTIFACTS_DESTINATION=s3://ml-artifacts/teams/unit",
+    "MLFLOW_S3_ENDPOINT_URL=https://s3.example.internal:9000",
+    "AWS_DEFAULT_REGION=eu-central-1",
+    "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE=path",
+    "AWS_SHARED_CREDENTIALS_FILE=/run/secrets/artifact-store-credentials",
+    "AWS_CA_BUNDLE=/run/secrets/artifact-store-ca.pem",
+]
+
+
+def bucket_uploads(uid: str) -> list[dict[str, Any]]:
+    """The key pair as the workload's secret file, the store's CA as a public one."""
+    return [
+        secret_upload(
+            "/run/secrets/artifact-store-credentials",
+            f"[default]\naws_access_key_id = AKIAUNITTEST\naws_secret_access_key = {STORE_SECRET_KEY}\n",
+            uid,
+        ),
+        config_upload("/run/secrets/artifact-store-ca.pem", STORE_CA.certificate),
+    ]
 
 
 def built(build: Callable[[], T]) -> tuple[EngineMocks, T]:

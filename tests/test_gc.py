@@ -10,9 +10,11 @@ import pulumi_docker as docker
 import pytest
 
 from components.gc import GarbageCollector, gc_warning
-from components.settings import GcSettings
+from components.settings import ArtifactSettings, GcSettings
 from tests.conftest import CONTAINER
 from tests.expected import (
+    BUCKET_ARTIFACTS,
+    BUCKET_ENVIRONMENT,
     DB_PASSWORD,
     MLFLOW_IMAGE,
     PLATFORM_DATABASE,
@@ -20,7 +22,9 @@ from tests.expected import (
     UNIT,
     UNIT_DATABASE,
     UNIT_PASSWORD,
+    VOLUME_ARTIFACTS,
     Database,
+    bucket_uploads,
     built,
     children,
     containers,
@@ -36,15 +40,21 @@ from tests.expected import (
     unit_context,
     unit_endpoint,
 )
-from tests.harness import declaration, run_program
+from tests.harness import EngineMocks, declaration, run_program
 
 NO_TELEMETRY = "MLFLOW_DISABLE_TELEMETRY=true"
 
 
-def _envs(database: Database, older_than: str, interval_seconds: int, *extra: str) -> list[str]:
+def _envs(
+    database: Database,
+    older_than: str,
+    interval_seconds: int,
+    *extra: str,
+    store: tuple[str, ...] = ("ARTIFACTS_DIR=/mlflow/artifacts",),
+) -> list[str]:
     return [
         *database.environment(),
-        "ARTIFACTS_DIR=/mlflow/artifacts",
+        *store,
         f"GC_OLDER_THAN={older_than}",
         f"GC_INTERVAL_SECONDS={interval_seconds}",
         "HOME=/tmp",
@@ -58,8 +68,20 @@ STACK_ENVS = _envs(PLATFORM_DATABASE, "30d", 86400, NO_TELEMETRY)
 
 
 def container(
-    stack: str, *, envs: list[str] = STACK_ENVS, image: object = MLFLOW_IMAGE, password: object = DB_PASSWORD
+    stack: str,
+    *,
+    envs: list[str] = STACK_ENVS,
+    image: object = MLFLOW_IMAGE,
+    password: object = DB_PASSWORD,
+    bucket: bool = False,
 ) -> dict[str, Any]:
+    uploads = [secret_upload("/run/secrets/postgres-password", password, "10001")]
+    # Read-write, unlike the backups' mount: gc deletes purged runs' artifacts.
+    volumes: list[dict[str, Any]] = [mount(stack, "artifacts", "/mlflow/artifacts"), {"containerPath": "/run/secrets"}]
+    if bucket:
+        # With a bucket it deletes them there, with the server's key pair as a file, and mounts no volume.
+        uploads += bucket_uploads("10001")
+        volumes = [{"containerPath": "/run/secrets"}]
     return {
         **hardened(stack, "gc", 512, 4096),
         # Not waited for: a gc that fails must not block a deployment; it shows as unhealthy.
@@ -74,9 +96,8 @@ def container(
         "entrypoints": ["/usr/local/bin/mlflow-gc"],
         "command": ["loop"],
         "envs": envs,
-        "uploads": [secret_upload("/run/secrets/postgres-password", password, "10001")],
-        # Read-write, unlike the backups' mount: gc deletes purged runs' artifacts.
-        "volumes": [mount(stack, "artifacts", "/mlflow/artifacts"), {"containerPath": "/run/secrets"}],
+        "uploads": uploads,
+        "volumes": volumes,
         "readOnly": True,
         "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=64m"},
         # Its own check: the image's probes the server's port, which this container has not.
@@ -92,6 +113,23 @@ def container(
 
 @pytest.mark.parametrize(("telemetry", "extra"), [(False, [NO_TELEMETRY]), (True, [])])
 def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
+    mocks = _gc_alone(telemetry, VOLUME_ARTIFACTS)
+    gc = mocks.one(CONTAINER, "gc-container")
+    envs = _envs(UNIT_DATABASE, "7d", 7200, *extra)
+    assert gc.inputs == resolve(container(UNIT, envs=envs, image="sha256:" + "a" * 64, password=UNIT_PASSWORD), mocks)
+    assert gc.secret_inputs() == {"uploads"}
+
+
+def test_with_a_bucket_gc_deletes_there_with_the_key_pair_as_a_file() -> None:
+    mocks = _gc_alone(False, BUCKET_ARTIFACTS)
+    gc = mocks.one(CONTAINER, "gc-container")
+    envs = _envs(UNIT_DATABASE, "7d", 7200, NO_TELEMETRY, store=tuple(BUCKET_ENVIRONMENT))
+    expected = container(UNIT, envs=envs, image="sha256:" + "a" * 64, password=UNIT_PASSWORD, bucket=True)
+    assert gc.inputs == resolve(expected, mocks)
+    assert gc.secret_inputs() == {"uploads"}
+
+
+def _gc_alone(telemetry: bool, artifacts: ArtifactSettings) -> EngineMocks:
     def build() -> GarbageCollector:
         server = docker.Container("mlflow-server-container", image="mlflow")
         return GarbageCollector(
@@ -100,6 +138,7 @@ def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
                 "stack": dataclasses.replace(unit_context(), database_network=f"{network_name(UNIT)}-db"),
                 "image": "sha256:" + "a" * 64,
                 "artifacts_volume_name": "mlflow-platform-unit-artifacts",
+                "artifacts": artifacts,
                 "database": unit_endpoint(),
                 "mlflow_version": "3.18.1",
                 "gc": GcSettings(older_than="7d", interval_hours=2),
@@ -111,12 +150,10 @@ def test_the_gc_alone(telemetry: bool, extra: list[str]) -> None:
     mocks, _ = built(build)
     assert children(mocks, "mlflow-gc") == {"mlflow-gc-container": CONTAINER}
     gc = mocks.one(CONTAINER, "gc-container")
-    envs = _envs(UNIT_DATABASE, "7d", 7200, *extra)
-    assert gc.inputs == resolve(container(UNIT, envs=envs, image="sha256:" + "a" * 64, password=UNIT_PASSWORD), mocks)
-    assert gc.secret_inputs() == {"uploads"}
     # After the server, which creates and upgrades the schema.
     assert gc.dependencies == [mocks.one(CONTAINER, "server-container").urn]
     assert registered_outputs(mocks, "mlflow-gc") == {"container_name": "mlflow-platform-unit-gc"}
+    return mocks
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pulumi_docker as docker
@@ -19,17 +20,22 @@ from components.mlflow_server import (
 from components.settings import ServerSettings
 from tests.conftest import CONTAINER, RANDOM_PASSWORD, VOLUME
 from tests.expected import (
+    BUCKET_ARTIFACTS,
+    BUCKET_ENVIRONMENT,
     DB_PASSWORD,
     MLFLOW_IMAGE,
     PLATFORM_DATABASE,
     STACKS,
     STARTUP_TIMEOUT,
+    STORE_SECRET_KEY,
     UNIT,
     UNIT_DATABASE,
     UNIT_PASSWORD,
     UNIT_SERVER,
+    VOLUME_ARTIFACTS,
     Database,
     SecretOf,
+    bucket_uploads,
     built,
     children,
     containers,
@@ -64,14 +70,14 @@ METRICS_ENV = ["PROMETHEUS_MULTIPROC_DIR=/run/mlflow-metrics"]
 NO_TELEMETRY = ["MLFLOW_DISABLE_TELEMETRY=true"]
 
 
-def _command(workers: int, hosts: str, origins: str, *flags: str) -> list[str]:
+def _command(workers: int, hosts: str, origins: str, *flags: str, destination: str = "/mlflow/artifacts") -> list[str]:
     return [
         "--host", "0.0.0.0",
         "--port", "5000",
         "--workers", str(workers),
         # Artifacts through the server, into its volume: no client needs a path on this host.
         "--serve-artifacts",
-        "--artifacts-destination", "/mlflow/artifacts",
+        "--artifacts-destination", destination,
         "--allowed-hosts", hosts,
         # The stack's own origin first: the web UI sends it on every write.
         "--cors-allowed-origins", origins,
@@ -132,6 +138,7 @@ def container(
     image: object = MLFLOW_IMAGE,
     alias: str = "mlflow",
     database_network: bool = False,
+    artifacts_volume: bool = True,
 ) -> dict[str, Any]:
     networks = on_network(stack, alias)
     if database_network:
@@ -153,7 +160,10 @@ def container(
         "ports": ports,
         "readOnly": True,
         "tmpfs": tmpfs,
-        "volumes": [mount(stack, "artifacts", "/mlflow/artifacts"), {"containerPath": "/run/secrets"}],
+        "volumes": [
+            *([mount(stack, "artifacts", "/mlflow/artifacts")] if artifacts_volume else []),
+            {"containerPath": "/run/secrets"},
+        ],
         # The image has no curl; /health needs neither a Host nor a password.
         "healthcheck": {
             "tests": [
@@ -232,6 +242,7 @@ def _args(**changes: Any) -> MlflowServerArgs:
         "image": IMAGE_ID,
         "database": unit_endpoint(),
         "server": server,
+        "artifacts": VOLUME_ARTIFACTS,
         "alias": "tracking",
         "host_port": 5000,
         "public_origin": "http://localhost:5000",
@@ -537,3 +548,46 @@ def test_allowed_hosts_lists_every_name_clients_use(public: str, bind: str, extr
 )
 def test_database_connections_cover_every_worker_engine(workers: int, auth: bool, expected: int) -> None:
     assert database_connections(workers, auth) == expected
+
+
+def test_with_a_bucket_the_server_proxies_to_it_with_its_key_in_a_file_and_no_artifacts_mount() -> None:
+    mocks, server = built(lambda: MlflowServer("mlflow-server", _args(artifacts=BUCKET_ARTIFACTS)))
+    # The volume stays declared (backups and a switch back find it); the server does not mount it.
+    assert children(mocks, "mlflow-server") == {"mlflow-server-artifacts": VOLUME, "mlflow-server-container": CONTAINER}
+    registration = mocks.one(CONTAINER, "server-container")
+    assert registration.inputs == container(
+        UNIT,
+        memory_mb=1024,
+        command=_command(
+            3,
+            "localhost,localhost:5000,tracking,tracking:5000,127.0.0.1,127.0.0.1:5000",
+            "http://localhost:5000",
+            destination="s3://ml-artifacts/teams/unit",
+        ),
+        envs=_envs(UNIT_DATABASE, *NO_TELEMETRY, *BUCKET_ENVIRONMENT),
+        uploads=[*_uploads(UNIT_PASSWORD), *bucket_uploads("10001")],
+        ports=_published("127.0.0.1", 5000),
+        image=IMAGE_ID,
+        alias="tracking",
+        artifacts_volume=False,
+    )
+    assert server.command == registration.inputs["command"]
+    # The key pair travels as a secret; no environment entry, argument or label holds it.
+    assert registration.secret_inputs() == {"uploads"}
+    visible = json.dumps({k: v for k, v in registration.inputs.items() if k != "uploads"})
+    assert STORE_SECRET_KEY not in visible
+
+
+def test_an_instance_role_uploads_no_credentials_file() -> None:
+    role = dataclasses.replace(BUCKET_ARTIFACTS, access_key_id="", secret_access_key="", ca_certificate="")
+    mocks, _ = built(lambda: MlflowServer("mlflow-server", _args(artifacts=role)))
+    registration = mocks.one(CONTAINER, "server-container")
+    assert registration.inputs["uploads"] == _uploads(UNIT_PASSWORD)
+    assert registration.inputs["envs"] == _envs(
+        UNIT_DATABASE,
+        *NO_TELEMETRY,
+        "MLFLOW_ARTIFACTS_DESTINATION=s3://ml-artifacts/teams/unit",
+        "MLFLOW_S3_ENDPOINT_URL=https://s3.example.internal:9000",
+        "AWS_DEFAULT_REGION=eu-central-1",
+        "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE=path",
+    )

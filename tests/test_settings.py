@@ -22,6 +22,7 @@ _OTHER_HOST = self_signed(["other.example.com"])
 _EXPIRED = self_signed(["mlflow.example.com"], valid_from=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC), days=30)
 _PROVIDED = {"tlsMode": "provided", "publicHost": "mlflow.example.com"}
 _ACME = {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops@example.com"}
+_S3 = {"artifactStore": "s3", "artifactBucket": "ml-artifacts"}
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
@@ -170,6 +171,60 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("prod", {"authCacheTtlSeconds": -1}, "authCacheTtlSeconds", "-1", "an integer from 0 to 300"),
     ("prod", {"authCacheTtlSeconds": 301}, "authCacheTtlSeconds", "301", "an integer from 0 to 300"),
     ("prod", {"authCacheTtlSeconds": "1m"}, "authCacheTtlSeconds", "'1m'", "an integer from 0 to 300"),
+    ("dev", {"artifactStore": "gcs"}, "artifactStore", "'gcs'", "'volume' (the stack's artifacts volume) or 's3'"),
+    ("dev", {"artifactStore": "s3"}, "artifactBucket", "''", "artifactStore s3 needs it"),
+    ("dev", {**_S3, "artifactBucket": "My_Bucket"}, "artifactBucket", "'My_Bucket'", "an S3 bucket name"),
+    ("dev", {**_S3, "artifactBucket": "ab"}, "artifactBucket", "'ab'", "3 to 63 lower-case"),
+    ("dev", {**_S3, "artifactBucket": "a..b"}, "artifactBucket", "'a..b'", "an S3 bucket name"),
+    ("dev", {**_S3, "artifactBucket": "10.0.0.1"}, "artifactBucket", "'10.0.0.1'", "an S3 bucket name"),
+    ("dev", {"artifactBucket": "artifacts"}, "artifactBucket", "'artifacts'", "artifactStore is 'volume'"),
+    ("dev", {**_S3, "artifactPrefix": "a//b"}, "artifactPrefix", "'a//b'", "no empty, '.' or '..' segment"),
+    ("dev", {**_S3, "artifactPrefix": "a/../b"}, "artifactPrefix", "'a/../b'", "no empty, '.' or '..' segment"),
+    ("dev", {**_S3, "artifactPrefix": "a b"}, "artifactPrefix", "'a b'", "key segments separated by '/'"),
+    ("dev", {"artifactPrefix": "team"}, "artifactPrefix", "'team'", "artifactStore is 'volume'"),
+    ("dev", {**_S3, "artifactEndpoint": "s3.example.com"}, "artifactEndpoint", "'s3.example.com'", "http://"),
+    (
+        "dev",
+        {**_S3, "artifactEndpoint": "https://s3.example.com/bucket"},
+        "artifactEndpoint",
+        "'https://s3.example.com/bucket'",
+        "no path, query or user info",
+    ),
+    (
+        "dev",
+        {**_S3, "artifactEndpoint": "https://key:secret@s3.example.com"},
+        "artifactEndpoint",
+        "'https://key:secret@s3.example.com'",
+        "no path, query or user info",
+    ),
+    ("dev", {**_S3, "artifactEndpoint": "http://s3:99999"}, "artifactEndpoint", "'http://s3:99999'", "optional port"),
+    ("dev", {**_S3, "artifactRegion": "EU West"}, "artifactRegion", "'EU West'", "a region name such as 'us-east-1'"),
+    ("dev", {**_S3, "artifactPathStyle": "yes"}, "artifactPathStyle", "'yes'", "true or false"),
+    ("dev", {"artifactPathStyle": True}, "artifactPathStyle", "True", "artifactStore is 'volume'"),
+    ("dev", {**_S3, "artifactAccessKeyId": "AKIA1"}, "artifactSecretAccessKey", "''", "both artifactAccessKeyId"),
+    ("dev", {**_S3, "artifactSecretAccessKey": "x" * 40}, "artifactAccessKeyId", "''", "or neither"),
+    ("dev", {"artifactAccessKeyId": "AKIA1"}, "artifactAccessKeyId", "'AKIA1'", "artifactStore is 'volume'"),
+    (
+        "dev",
+        {"artifactSecretAccessKey": "x" * 40},
+        "artifactSecretAccessKey",
+        "'<hidden>'",
+        "artifactStore is 'volume'",
+    ),
+    (
+        "dev",
+        {**_S3, "artifactEndpoint": "https://s3.example.com", "artifactCaCertificate": "junk"},
+        "artifactCaCertificate",
+        "'<PEM>'",
+        "accepted: PEM certificates",
+    ),
+    (
+        "dev",
+        {**_S3, "artifactEndpoint": "http://s3.example.com", "artifactCaCertificate": _GOOD.certificate},
+        "artifactCaCertificate",
+        "'<PEM>'",
+        "only to verify an https:// artifactEndpoint",
+    ),
 ]
 
 
@@ -263,6 +318,49 @@ def test_host_port_range(port: int) -> None:
     else:
         with pytest.raises(SettingsError, match=f"'hostPort' has the value {port};"):
             load_settings()
+
+
+def test_a_store_secret_key_set_in_the_clear_is_refused_in_one_line_without_showing_it() -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    overrides = {**_S3, "artifactAccessKeyId": "AKIAEXAMPLE", "artifactSecretAccessKey": secret}
+    install(EngineMocks(), "dev", overrides, secret_keys=())
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "config key 'artifactSecretAccessKey' has the value '<hidden>'; accepted: a secret value "
+        "(`pulumi config set --secret artifactSecretAccessKey ...`)"
+    )
+
+
+def test_a_bucket_with_every_setting_reads_back_normalised() -> None:
+    overrides = {
+        **_S3,
+        "artifactPrefix": "/teams/prod/",
+        "artifactEndpoint": "https://s3.example.com:9000/",
+        "artifactRegion": "eu-central-1",
+        "artifactPathStyle": True,
+        "artifactAccessKeyId": "AKIAEXAMPLE",
+        "artifactSecretAccessKey": "x" * 40,
+        "artifactCaCertificate": _GOOD.certificate,
+    }
+    install(EngineMocks(), "dev", overrides)
+    artifacts = load_settings().artifacts
+    assert (artifacts.store, artifacts.bucket, artifacts.prefix, artifacts.endpoint, artifacts.region) == (
+        "s3",
+        "ml-artifacts",
+        "teams/prod",
+        "https://s3.example.com:9000",
+        "eu-central-1",
+    )
+    assert (artifacts.path_style, artifacts.access_key_id, artifacts.secret_access_key) == (
+        True,
+        "AKIAEXAMPLE",
+        "x" * 40,
+    )
+    assert artifacts.destination == "s3://ml-artifacts/teams/prod"
+    assert "x" * 40 not in repr(artifacts)
+    install(EngineMocks(), "dev", _S3)
+    assert load_settings().artifacts.destination == "s3://ml-artifacts"
 
 
 def test_a_private_key_set_in_the_clear_is_refused_without_showing_it() -> None:

@@ -7,7 +7,7 @@ value and what is accepted, before the program declares any resource.
 
 - reader.py: reading one raw key, and `SettingsError`;
 - grammar.py: what each value may look like, and how hosts and the public URL are written;
-- model.py: `StackSettings` and its groups (database, server, tls, backups, gc);
+- model.py: `StackSettings` and its groups (database, server, artifacts, tls, backups, gc);
 - rules.py: rules that span keys;
 - load.py: `load_settings`, group by group.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 from components.settings.grammar import OLDEST_MLFLOW, host_header, is_ip_address, public_url
 from components.settings.load import load_settings
 from components.settings.model import (
+    ArtifactSettings,
     BackupSettings,
     DatabaseSettings,
     GcSettings,
@@ -28,6 +29,7 @@ from components.settings.reader import SettingsError
 
 __all__ = [
     "OLDEST_MLFLOW",
+    "ArtifactSettings",
     "BackupSettings",
     "DatabaseSettings",
     "GcSettings",

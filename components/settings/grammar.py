@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
 from components.postgres_facts import SUPERUSER
@@ -19,6 +20,7 @@ from components.postgres_facts import SUPERUSER
 # so `production`, `prod-eu` or `Prod` get no way around the rules. policy/policies.py agrees.
 ENVIRONMENT_KINDS = ("dev", "shared")
 TLS_MODES = ("off", "internal", "acme", "provided")
+ARTIFACT_STORES = ("volume", "s3")
 
 # Docker's reference grammar (distribution/reference), anchored: optional registry
 # host[:port], lower-case path components, then a tag and/or a digest.
@@ -57,6 +59,15 @@ _POSTGRES_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 DOCKER_SIZE = re.compile(r"^[1-9][0-9]*[kmg]$")
 # Enough to reject a typo; the ACME CA is the judge of a real address.
 _EMAIL = re.compile(r"^[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
+# S3's bucket naming rules (the strictest of the S3-compatible stores): 3-63 lower-case
+# letters, digits, dots and hyphens, starting and ending with a letter or digit; no
+# IP-address form, no '..' (a dot-separated label cannot be empty).
+_BUCKET = re.compile(r"^(?!\d+\.\d+\.\d+\.\d+$)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Key-name characters S3 documents as safe, as '/'-separated segments: no empty, '.' or '..'
+# segment, so the prefix names one place and `s3://bucket/prefix` cannot be read two ways.
+_PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9!_.*'()-]+$")
+# AWS region names (us-east-1, eu-central-2) and the free-form names other stores use (garage).
+_REGION = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 # `mlflow gc --older-than`: days, hours, minutes, seconds, each optional, in that order.
 GC_AGE = re.compile(r"^(?=.)([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$")
 
@@ -83,6 +94,56 @@ def mlflow_accepted(releases: tuple[str, ...]) -> str:
         f"another release, {'.'.join(map(str, OLDEST_MLFLOW))} or newer (the oldest with --allowed-hosts, "
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION, graceful SIGTERM handling and the basic-auth "
         "cache (authCacheTtlSeconds)), once locked with `make lock-image MLFLOW_VERSION=<release>`"
+    )
+
+
+BUCKET_ACCEPTED = (
+    "accepted: an S3 bucket name (3 to 63 lower-case letters, digits, dots and hyphens, "
+    "starting and ending with a letter or digit)"
+)
+PREFIX_ACCEPTED = (
+    "accepted: empty, or key segments separated by '/' (letters, digits and !_.*'()-; "
+    "no empty, '.' or '..' segment), at most 512 characters"
+)
+REGION_ACCEPTED = "accepted: empty, or a region name such as 'us-east-1' (lower-case letters, digits, hyphens)"
+ENDPOINT_ACCEPTED = (
+    "accepted: empty (AWS S3), or the store's URL, http:// or https:// with a host and an optional port "
+    "(no path, query or user info), such as 'https://s3.example.internal:9000'"
+)
+
+
+def is_bucket(value: str) -> bool:
+    return _BUCKET.match(value) is not None
+
+
+def is_artifact_prefix(value: str) -> bool:
+    return value == "" or (
+        len(value) <= 512 and all(_PREFIX_SEGMENT.match(part) and part not in (".", "..") for part in value.split("/"))
+    )
+
+
+def is_region(value: str) -> bool:
+    return value == "" or _REGION.match(value) is not None
+
+
+def is_store_endpoint(value: str) -> bool:
+    """Empty, or scheme://host[:port] and nothing else: MLflow and boto3 append the bucket and key."""
+    if value == "":
+        return True
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and parts.hostname is not None
+        and is_host_name(parts.hostname)
+        and parts.username is None
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and (port is None or 1 <= port <= 65535)
     )
 
 

@@ -8,26 +8,35 @@ from components.context import LogRotation
 from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
 from components.settings import model
 from components.settings.grammar import (
+    ARTIFACT_STORES,
+    BUCKET_ACCEPTED,
     DATABASE_ACCEPTED,
     DOCKER_SIZE,
+    ENDPOINT_ACCEPTED,
     ENVIRONMENT_KINDS,
     GC_AGE,
     IMAGE_ACCEPTED,
+    PREFIX_ACCEPTED,
+    REGION_ACCEPTED,
     ROLE_ACCEPTED,
     TLS_MODES,
     is_allowed_host,
     is_application_role,
+    is_artifact_prefix,
+    is_bucket,
     is_host_name,
     is_ip_address,
     is_origin,
     is_pinned_image,
+    is_region,
+    is_store_endpoint,
     is_tracking_database,
     locked_mlflow_releases,
     matches,
     mlflow_accepted,
     normalise_allowed_host,
 )
-from components.settings.reader import ConfigReader
+from components.settings.reader import ConfigReader, SettingsError
 from components.settings.rules import check_rules
 
 MIN_SECRET_LENGTH = 24
@@ -42,6 +51,7 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         project=pulumi.get_project(),
         database=_database(read),
         server=_server(read),
+        artifacts=_artifacts(read),
         protect_data=read.boolean("protectData"),
         log_rotation=LogRotation(
             max_size=read.string(
@@ -126,6 +136,37 @@ def _server(read: ConfigReader) -> model.ServerSettings:
         auth_cache_ttl_seconds=read.integer("authCacheTtlSeconds", 0, 300),
         metrics_enabled=read.boolean("metricsEnabled"),
         telemetry_enabled=read.boolean("telemetryEnabled"),
+    )
+
+
+def _artifacts(read: ConfigReader) -> model.ArtifactSettings:
+    bucket = read.optional("artifactBucket")
+    if bucket and not is_bucket(bucket):
+        raise SettingsError("artifactBucket", bucket, BUCKET_ACCEPTED)
+    # A leading or trailing '/' is a common way of writing the same prefix: both are dropped.
+    prefix = read.optional("artifactPrefix").strip("/")
+    if not is_artifact_prefix(prefix):
+        raise SettingsError("artifactPrefix", prefix, PREFIX_ACCEPTED)
+    endpoint = read.optional("artifactEndpoint").rstrip("/")
+    if not is_store_endpoint(endpoint):
+        raise SettingsError("artifactEndpoint", endpoint, ENDPOINT_ACCEPTED)
+    region = read.optional("artifactRegion")
+    if not is_region(region):
+        raise SettingsError("artifactRegion", region, REGION_ACCEPTED)
+    return model.ArtifactSettings(
+        store=read.string(
+            "artifactStore",
+            lambda value: value in ARTIFACT_STORES,
+            "accepted: 'volume' (the stack's artifacts volume) or 's3' (an S3-compatible bucket, artifactBucket)",
+        ),
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=endpoint,
+        region=region,
+        path_style=read.boolean("artifactPathStyle"),
+        access_key_id=read.optional("artifactAccessKeyId"),
+        secret_access_key=read.secret("artifactSecretAccessKey"),
+        ca_certificate=read.optional("artifactCaCertificate"),
     )
 
 

@@ -70,6 +70,32 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
+class ArtifactSettings:
+    """Where the server keeps the artifacts it proxies: the stack's volume, or an S3-compatible bucket."""
+
+    store: str
+    bucket: str
+    prefix: str
+    endpoint: str
+    region: str
+    path_style: bool
+    access_key_id: str
+    # Secret: kept out of repr, so no error message or debug print can show it.
+    secret_access_key: str = field(repr=False)
+    ca_certificate: str
+
+    @property
+    def in_bucket(self) -> bool:
+        """Artifacts live in the bucket; the artifacts volume is not mounted into the server."""
+        return self.store == "s3"
+
+    @property
+    def destination(self) -> str:
+        """`mlflow server --artifacts-destination` with `s3`: the bucket, under the prefix when one is set."""
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+
+@dataclass(frozen=True)
 class BackupSettings:
     """How often the database and artifacts are backed up, and how many backups are kept."""
 
@@ -109,6 +135,7 @@ class StackSettings:
     secrets_rotation: str
     database: DatabaseSettings
     server: ServerSettings
+    artifacts: ArtifactSettings
     tls: TlsSettings
     backups: BackupSettings
     gc: GcSettings

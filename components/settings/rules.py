@@ -16,6 +16,7 @@ from components.settings.reader import SettingsError
 def check_rules(settings: StackSettings) -> None:
     """Raises SettingsError on the first rule the settings break, in this order."""
     _check_combinations(settings)
+    _check_artifacts(settings)
     _check_tls(settings)
 
 
@@ -61,6 +62,55 @@ def _check_combinations(settings: StackSettings) -> None:
             )
     if settings.proxied and tls.https_port == tls.http_port:
         raise SettingsError("httpPort", tls.http_port, f"accepted: a port other than httpsPort ({tls.https_port})")
+
+
+def _check_artifacts(settings: StackSettings) -> None:
+    """What `artifactStore: s3` needs, and no store setting left where it would be ignored."""
+    artifacts = settings.artifacts
+    store_keys: list[tuple[str, object]] = [
+        ("artifactBucket", artifacts.bucket),
+        ("artifactPrefix", artifacts.prefix),
+        ("artifactEndpoint", artifacts.endpoint),
+        ("artifactRegion", artifacts.region),
+        ("artifactPathStyle", artifacts.path_style),
+        ("artifactAccessKeyId", artifacts.access_key_id),
+        ("artifactSecretAccessKey", "<hidden>" if artifacts.secret_access_key else ""),
+        ("artifactCaCertificate", "<PEM>" if artifacts.ca_certificate else ""),
+    ]
+    if not artifacts.in_bucket:
+        # Set but ignored, the operator would believe the artifacts are in a bucket.
+        for key, value in store_keys:
+            if value:
+                raise SettingsError(
+                    key,
+                    value,
+                    f"artifactStore is '{artifacts.store}', which does not use it: accepted: "
+                    "empty (false), or artifactStore 's3'",
+                )
+        return
+    if not artifacts.bucket:
+        raise SettingsError("artifactBucket", "", "artifactStore s3 needs it: accepted: the name of an existing bucket")
+    # Both empty: the store's default credential chain (an instance role); one alone is a mistake.
+    if bool(artifacts.access_key_id) != bool(artifacts.secret_access_key):
+        missing = "artifactSecretAccessKey" if artifacts.access_key_id else "artifactAccessKeyId"
+        raise SettingsError(
+            missing,
+            "",
+            "the other half of the key pair is set: accepted: both artifactAccessKeyId and "
+            "artifactSecretAccessKey (secret), or neither (an instance role)",
+        )
+    if artifacts.ca_certificate:
+        if urlsplit(artifacts.endpoint).scheme != "https":
+            raise SettingsError(
+                "artifactCaCertificate",
+                "<PEM>",
+                f"it is used only to verify an https:// artifactEndpoint (artifactEndpoint is "
+                f"{artifacts.endpoint!r}): accepted: empty, or an https:// endpoint",
+            )
+        try:
+            parse_certificates(artifacts.ca_certificate)
+        except CertificateError as error:
+            raise SettingsError("artifactCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
 
 
 def _check_tls(settings: StackSettings) -> None:

@@ -1,0 +1,52 @@
+"""How the server and gc reach an S3 artifact store: plain settings in the environment, the key pair as a file.
+
+The environment is readable by anyone who can `docker inspect` the container and by every
+process of it (/proc/<pid>/environ), so it carries only where the store is. The key pair
+goes into an AWS shared-credentials file, uploaded 0400 under /run/secrets, which boto3
+reads through AWS_SHARED_CREDENTIALS_FILE: no process has it in its environment.
+"""
+
+from __future__ import annotations
+
+import pulumi
+
+from components.settings import ArtifactSettings
+from components.workload import SECRETS_DIR, File, config_file, secret_file
+
+CREDENTIALS_FILE = f"{SECRETS_DIR}/artifact-store-credentials"
+CA_FILE = f"{SECRETS_DIR}/artifact-store-ca.pem"
+
+
+def environment(artifacts: ArtifactSettings) -> list[str]:
+    """Where the bucket is, for `mlflow server`, prepare_db.py's start-up check and gc.py; never a key."""
+    envs = [f"MLFLOW_ARTIFACTS_DESTINATION={artifacts.destination}"]
+    if artifacts.endpoint:
+        envs.append(f"MLFLOW_S3_ENDPOINT_URL={artifacts.endpoint}")
+    if artifacts.region:
+        envs.append(f"AWS_DEFAULT_REGION={artifacts.region}")
+    if artifacts.path_style:
+        # Not an AWS config file's `s3 = addressing_style = path`: MLflow builds its boto3
+        # client with its own Config(s3={"addressing_style": ...}), which overrides the
+        # file, from this variable (mlflow/store/artifact/s3_artifact_repo.py, _get_s3_client).
+        envs.append("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE=path")
+    if artifacts.access_key_id:
+        envs.append(f"AWS_SHARED_CREDENTIALS_FILE={CREDENTIALS_FILE}")
+    if artifacts.ca_certificate:
+        # boto3 verifies against this bundle when MLflow passes verify=None (its default).
+        envs.append(f"AWS_CA_BUNDLE={CA_FILE}")
+    return envs
+
+
+def files(artifacts: ArtifactSettings) -> list[File]:
+    """The key pair as a secret file (none with an instance role), the store's CA as a public one."""
+    uploaded: list[File] = []
+    if artifacts.access_key_id:
+        credentials = pulumi.Output.secret(artifacts.secret_access_key).apply(
+            lambda secret: (
+                f"[default]\naws_access_key_id = {artifacts.access_key_id}\naws_secret_access_key = {secret}\n"
+            )
+        )
+        uploaded.append(secret_file(CREDENTIALS_FILE, credentials))
+    if artifacts.ca_certificate:
+        uploaded.append(config_file(CA_FILE, artifacts.ca_certificate))
+    return uploaded

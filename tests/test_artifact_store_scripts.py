@@ -1,0 +1,150 @@
+"""The bucket from inside the image: prepare_db.py's start-up check and gc.py's deletions, against moto's S3.
+
+The end-to-end test (tests/test_e2e_artifact_bucket.py) runs the same code against a real
+S3 server (SeaweedFS); here each refusal is tried on its own, in milliseconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import socket
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from tools.stack_config import PROJECT_DIR
+
+BUCKET = "ml-artifacts"
+
+
+def _load(name: str, file: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "mlflow" / file)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare_db = _load("mlflow.prepare_db", "prepare_db.py")
+gc = _load("mlflow_gc_script", "gc.py")
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """moto's S3 with one bucket; credentials only in this process's environment."""
+    for variable in ("MLFLOW_S3_ENDPOINT_URL", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CA_BUNDLE", "AWS_PROFILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        client = boto3.client("s3")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def test_a_reachable_bucket_passes_and_says_so(store: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    prepare_db._check_artifact_store(f"s3://{BUCKET}/teams/prod")
+    assert capsys.readouterr().err == f"prepare_db: artifact store s3://{BUCKET}/teams/prod at AWS S3 is reachable\n"
+
+
+def test_a_missing_bucket_names_artifact_bucket(store: Any) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        prepare_db._check_artifact_store("s3://no-such-bucket/prefix")
+    assert str(stopped.value) == (
+        "prepare_db: config key 'artifactBucket' is 'no-such-bucket', which does not exist at AWS S3; "
+        "create it first (the stack never creates or deletes buckets)"
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_an_endpoint_that_does_not_answer_names_artifact_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with pytest.raises(SystemExit) as stopped:
+        prepare_db._check_artifact_store(f"s3://{BUCKET}")
+    assert str(stopped.value) == (
+        f"prepare_db: config key 'artifactEndpoint' is '{endpoint}', which does not answer "
+        "(EndpointConnectionError); check the URL and that this container has a route to it"
+    )
+
+
+def test_refused_credentials_name_both_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moto accepts any key; the store's answer to a wrong one (403 on HEAD, no body) is stubbed.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    real_client = boto3.client
+
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        client = real_client(*args, **kwargs)
+        stubber = Stubber(client)
+        stubber.add_client_error("head_bucket", service_error_code="403", http_status_code=403)
+        stubber.activate()
+        return client
+
+    monkeypatch.setattr(boto3, "client", refusing)
+    with pytest.raises(SystemExit) as stopped:
+        prepare_db._check_artifact_store(f"s3://{BUCKET}/p")
+    assert str(stopped.value) == (
+        "prepare_db: config keys 'artifactAccessKeyId' and 'artifactSecretAccessKey': AWS S3 refused them for "
+        f"bucket '{BUCKET}' (HTTP 403 403); check the key pair and the bucket policy "
+        "(ListBucket, GetObject, PutObject, DeleteObject on the prefix)"
+    )
+
+
+def test_the_check_runs_before_the_database_is_touched(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ARTIFACTS_DESTINATION", "s3://no-such-bucket")
+    # Unset: the first database step would raise KeyError, not the store's one line.
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    with pytest.raises(SystemExit, match="config key 'artifactBucket' is 'no-such-bucket'"):
+        prepare_db.main()
+
+
+def _put(store: Any, key: str, body: bytes) -> str:
+    store.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return hashlib.sha256(body).hexdigest()
+
+
+def test_gc_deletes_a_purged_runs_objects_under_the_prefix_and_nothing_else(store: Any) -> None:
+    _put(store, "teams/prod/1/deadrun/artifacts/model/weights.bin", b"w" * 1024)
+    _put(store, "teams/prod/1/deadrun/artifacts/metrics.json", b"{}")
+    kept = {
+        "teams/prod/1/liverun/artifacts/model/weights.bin": _put(
+            store, "teams/prod/1/liverun/artifacts/model/weights.bin", b"l" * 1024
+        ),
+        # Another stack's run of the same id, beside this stack's prefix.
+        "teams/dev/1/deadrun/artifacts/x": _put(store, "teams/dev/1/deadrun/artifacts/x", b"x"),
+    }
+    resolve = gc.bucket_artifact_repository(f"s3://{BUCKET}/teams/prod")
+    resolve("mlflow-artifacts:/1/deadrun/artifacts").delete_artifacts()
+    left = store.list_objects_v2(Bucket=BUCKET)["Contents"]
+    assert {
+        item["Key"]: hashlib.sha256(store.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()).hexdigest()
+        for item in left
+    } == kept
+
+
+@pytest.mark.parametrize("uri", ["mlflow-artifacts:/", "mlflow-artifacts:/1/../../teams", "mlflow-artifacts:/1//x"])
+def test_gc_refuses_a_uri_that_leaves_the_runs_own_place(uri: str) -> None:
+    with pytest.raises(ValueError, match="points outside the run's own directory"):
+        gc.bucket_artifact_repository(f"s3://{BUCKET}/teams/prod")(uri)
+
+
+def test_gc_leaves_other_schemes_to_mlflow(store: Any) -> None:
+    repository = gc.bucket_artifact_repository(f"s3://{BUCKET}/teams/prod")(f"s3://{BUCKET}/elsewhere")
+    assert repository.artifact_uri == f"s3://{BUCKET}/elsewhere"
