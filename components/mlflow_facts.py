@@ -18,6 +18,9 @@ MLFLOW_UID = "10001"
 MLFLOW_USER = f"{MLFLOW_UID}:{MLFLOW_UID}"
 SERVER_PORT = 5000
 ARTIFACTS_DIR = "/mlflow/artifacts"
+# With a bucket: where the entrypoint points TMPDIR once the secrets are written, so the
+# server spools proxied artifacts on a scratch volume, not in memory (mlflow/entrypoint.sh).
+SPOOL_DIR = "/mlflow/spool"
 ADMIN_USERNAME = "admin"
 # The basic-auth app's database is the tracking database's name plus this (prepare_db.py).
 AUTH_DATABASE_SUFFIX = "_auth"

@@ -23,6 +23,7 @@ from components.mlflow_facts import (
     MLFLOW_UID,
     MLFLOW_USER,
     SERVER_PORT,
+    SPOOL_DIR,
     database_environment,
 )
 from components.secrets import generated_password
@@ -198,7 +199,7 @@ class MlflowServer(pulumi.ComponentResource):
             envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
         files = [secret_file(DB_PASSWORD_FILE, database.password)]
         if artifacts.in_bucket:
-            envs += artifact_store.environment(artifacts)
+            envs += [*artifact_store.environment(artifacts), f"MLFLOW_SPOOL_DIR={SPOOL_DIR}"]
             files += artifact_store.files(artifacts)
         self.admin_password = None
         self.flask_secret_key = None
@@ -256,8 +257,9 @@ class MlflowServer(pulumi.ComponentResource):
             environment=envs,
             files=files,
             # With a bucket the volume stays declared (backups keep what it held, and switching
-            # back finds it) but is not mounted: the server has no local place to write artifacts.
-            mounts=[] if artifacts.in_bucket else [Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
+            # back finds it) but is not mounted: the server has no local place to keep artifacts,
+            # only a scratch volume, gone with the container, for those in transit.
+            mounts=[Mount(SPOOL_DIR)] if artifacts.in_bucket else [Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
             ports=[Port(SERVER_PORT, args["host_port"], server.bind_address)] if args["publish"] else [],
             network_aliases=[args["alias"]],
             health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"),

@@ -51,6 +51,15 @@ fi
 # `mlflowVersion`), and writes the auth config when enabled.
 python /opt/mlflow-entrypoint/prepare_db.py
 
+# With artifacts in a bucket MLflow spools each proxied upload and download whole in a
+# temporary directory (its S3 repository takes no stream): there, on a disk volume, not
+# on the /tmp tmpfs, which counts against the memory limit. Switched only now, so the
+# password and auth files prepare_db.py wrote stay on the tmpfs.
+if [ -n "${MLFLOW_SPOOL_DIR:-}" ]; then
+  TMPDIR=$MLFLOW_SPOOL_DIR
+  export TMPDIR
+fi
+
 # prometheus_client's multiprocess files must not outlive the workers that wrote them.
 # After a crash the restarted container still has the old ones, and its new workers
 # failed on them in a restart loop: each start gets a fresh directory of its own.

@@ -127,6 +127,16 @@ def test_the_store_uri_is_exported_to_prepare_db_and_the_server_without_the_pass
     assert not {key for key in server["env"] if key.startswith("MLFLOW_AUTH") or key.startswith("MLFLOW_FLASK")}
 
 
+def test_with_a_spool_the_server_alone_spools_there_and_the_secret_files_stay_on_the_tmpfs(stubs: Path) -> None:
+    spool = stubs / "spool"
+    run = _run(stubs, {**_base_env(stubs), "MLFLOW_SPOOL_DIR": str(spool)})
+    assert run.returncode == 0, run.stderr
+    [prepare] = run.calls("python")
+    [server] = run.calls("mlflow")
+    assert (prepare["env"]["TMPDIR"], server["env"]["TMPDIR"]) == (str(stubs), str(spool))
+    assert server["env"]["PGPASSFILE"] == f"{stubs}/pgpass"
+
+
 def test_the_user_is_percent_encoded(stubs: Path) -> None:
     env = {
         **_base_env(stubs),

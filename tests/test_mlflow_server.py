@@ -161,7 +161,7 @@ def container(
         "readOnly": True,
         "tmpfs": tmpfs,
         "volumes": [
-            *([mount(stack, "artifacts", "/mlflow/artifacts")] if artifacts_volume else []),
+            mount(stack, "artifacts", "/mlflow/artifacts") if artifacts_volume else {"containerPath": "/mlflow/spool"},
             {"containerPath": "/run/secrets"},
         ],
         # The image has no curl; /health needs neither a Host nor a password.
@@ -564,7 +564,7 @@ def test_with_a_bucket_the_server_proxies_to_it_with_its_key_in_a_file_and_no_ar
             "http://localhost:5000",
             destination="s3://ml-artifacts/teams/unit",
         ),
-        envs=_envs(UNIT_DATABASE, *NO_TELEMETRY, *BUCKET_ENVIRONMENT),
+        envs=_envs(UNIT_DATABASE, *NO_TELEMETRY, *BUCKET_ENVIRONMENT, "MLFLOW_SPOOL_DIR=/mlflow/spool"),
         uploads=[*_uploads(UNIT_PASSWORD), *bucket_uploads("10001")],
         ports=_published("127.0.0.1", 5000),
         image=IMAGE_ID,
@@ -590,4 +590,5 @@ def test_an_instance_role_uploads_no_credentials_file() -> None:
         "MLFLOW_S3_ENDPOINT_URL=https://s3.example.internal:9000",
         "AWS_DEFAULT_REGION=eu-central-1",
         "MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE=path",
+        "MLFLOW_SPOOL_DIR=/mlflow/spool",
     )
