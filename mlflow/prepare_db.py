@@ -246,10 +246,13 @@ class ArtifactStoreError(SystemExit):
 
 
 def _check_artifact_store(destination: str) -> None:
-    """Before anything is written: the bucket exists and the credentials may list the prefix.
+    """Before anything is written: the store answers, the bucket exists, the key pair may list the prefix.
 
     Left to MLflow, a wrong endpoint, bucket or key surfaces only at the first artifact
     upload, as a 500 to a client, after runs were already recorded in the database.
+    ListObjectsV2 rather than HeadBucket: a HEAD answer has no body, so a refusal is a bare
+    403 whether the key is unknown, its secret wrong or the bucket closed to it; a listing's
+    error code tells them apart (and MLflow needs the listing anyway).
     """
     import boto3
     import botocore.config
@@ -258,7 +261,8 @@ def _check_artifact_store(destination: str) -> None:
     bucket, _, prefix = destination.removeprefix("s3://").partition("/")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
     where = endpoint or "AWS S3"
-    client = boto3.client(
+    session = boto3.Session()
+    client = session.client(
         "s3",
         endpoint_url=endpoint,
         config=botocore.config.Config(
@@ -271,7 +275,6 @@ def _check_artifact_store(destination: str) -> None:
         ),
     )
     try:
-        client.head_bucket(Bucket=bucket)
         client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
     except botocore.exceptions.SSLError as error:
         raise ArtifactStoreError(
@@ -291,21 +294,34 @@ def _check_artifact_store(destination: str) -> None:
     except botocore.exceptions.ClientError as error:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         code = error.response.get("Error", {}).get("Code", "")
-        if status == 404 or code in ("404", "NoSuchBucket"):
-            raise ArtifactStoreError(
-                f"prepare_db: config key 'artifactBucket' is {bucket!r}, which does not exist at {where}; "
-                "create it first (the stack never creates or deletes buckets)"
-            ) from None
-        if status in (401, 403) or code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            raise ArtifactStoreError(
-                f"prepare_db: config keys 'artifactAccessKeyId' and 'artifactSecretAccessKey': {where} refused them "
-                f"for bucket {bucket!r} (HTTP {status} {code}); check the key pair and the bucket policy "
-                "(ListBucket, GetObject, PutObject, DeleteObject on the prefix)"
-            ) from None
-        raise ArtifactStoreError(
-            f"prepare_db: config key 'artifactBucket' is {bucket!r}: {where} answered HTTP {status} {code}"
-        ) from None
+        credentials = session.get_credentials()
+        # The key id is no secret (it names the key); the secret key is never shown.
+        key_id = credentials.access_key if credentials is not None else ""
+        raise ArtifactStoreError(_refusal(code, status, bucket, where, key_id)) from None
     print(f"prepare_db: artifact store {destination} at {where} is reachable", file=sys.stderr)
+
+
+def _refusal(code: str, status: object, bucket: str, where: str, key_id: str) -> str:
+    """The one line for a store's refusal: the config key to change and why."""
+    if code == "NoSuchBucket" or status == 404:
+        return (
+            f"prepare_db: config key 'artifactBucket' is {bucket!r}, which does not exist at {where}; "
+            "create it first (the stack never creates or deletes buckets)"
+        )
+    if code == "InvalidAccessKeyId":
+        return f"prepare_db: config key 'artifactAccessKeyId' is {key_id!r}, which {where} does not know"
+    if code == "SignatureDoesNotMatch":
+        return (
+            f"prepare_db: config key 'artifactSecretAccessKey' is not the secret of artifactAccessKeyId "
+            f"{key_id!r} ({where} refused the signature)"
+        )
+    if code == "AccessDenied" or status == 403:
+        return (
+            f"prepare_db: config key 'artifactBucket' is {bucket!r}, which {where} does not let "
+            f"artifactAccessKeyId {key_id!r} list (the bucket is missing, or its policy does not grant "
+            "ListBucket, GetObject, PutObject and DeleteObject on the prefix)"
+        )
+    return f"prepare_db: config key 'artifactBucket' is {bucket!r}: {where} answered HTTP {status} {code}"
 
 
 def _read_secret(variable: str) -> str:

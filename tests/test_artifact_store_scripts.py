@@ -83,28 +83,46 @@ def test_an_endpoint_that_does_not_answer_names_artifact_endpoint(monkeypatch: p
     )
 
 
-def test_refused_credentials_name_both_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    # moto accepts any key; the store's answer to a wrong one (403 on HEAD, no body) is stubbed.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "wrong")
+@pytest.mark.parametrize(
+    ("code", "status", "message"),
+    [
+        ("InvalidAccessKeyId", 403, "config key 'artifactAccessKeyId' is 'AKIAWRONG', which AWS S3 does not know"),
+        (
+            "SignatureDoesNotMatch",
+            403,
+            "config key 'artifactSecretAccessKey' is not the secret of artifactAccessKeyId 'AKIAWRONG' "
+            "(AWS S3 refused the signature)",
+        ),
+        (
+            "AccessDenied",
+            403,
+            f"config key 'artifactBucket' is '{BUCKET}', which AWS S3 does not let artifactAccessKeyId 'AKIAWRONG' "
+            "list (the bucket is missing, or its policy does not grant ListBucket, GetObject, PutObject and "
+            "DeleteObject on the prefix)",
+        ),
+        ("SlowDown", 503, f"config key 'artifactBucket' is '{BUCKET}': AWS S3 answered HTTP 503 SlowDown"),
+    ],
+)
+def test_each_refusal_names_the_key_to_change(
+    monkeypatch: pytest.MonkeyPatch, code: str, status: int, message: str
+) -> None:
+    # moto accepts any key; each answer of a real store (SeaweedFS's, checked) is stubbed.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONG")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    real_client = boto3.client
+    real_client = boto3.Session.client
 
-    def refusing(*args: Any, **kwargs: Any) -> Any:
-        client = real_client(*args, **kwargs)
+    def refusing(self: Any, *args: Any, **kwargs: Any) -> Any:
+        client = real_client(self, *args, **kwargs)
         stubber = Stubber(client)
-        stubber.add_client_error("head_bucket", service_error_code="403", http_status_code=403)
+        stubber.add_client_error("list_objects_v2", service_error_code=code, http_status_code=status)
         stubber.activate()
         return client
 
-    monkeypatch.setattr(boto3, "client", refusing)
+    monkeypatch.setattr(boto3.Session, "client", refusing)
     with pytest.raises(SystemExit) as stopped:
         prepare_db._check_artifact_store(f"s3://{BUCKET}/p")
-    assert str(stopped.value) == (
-        "prepare_db: config keys 'artifactAccessKeyId' and 'artifactSecretAccessKey': AWS S3 refused them for "
-        f"bucket '{BUCKET}' (HTTP 403 403); check the key pair and the bucket policy "
-        "(ListBucket, GetObject, PutObject, DeleteObject on the prefix)"
-    )
+    assert str(stopped.value) == f"prepare_db: {message}"
 
 
 def test_the_check_runs_before_the_database_is_touched(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:

