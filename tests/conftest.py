@@ -68,3 +68,12 @@ def docker_client() -> Iterator[Any]:
             pytest.exit(str(error), returncode=1)
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_store(docker_client: Any) -> Iterator[Any]:
+    """A real S3 server (SeaweedFS) outside every stack, with a bucket and a key pair scoped to it."""
+    from tests.s3_store import running_store  # lazy: boto3 and the engine only for end-to-end tests
+
+    with running_store(docker_client) as store:
+        yield store

@@ -1,0 +1,172 @@
+"""A real S3 server for the end-to-end tests: SeaweedFS (`weed mini`) beside the stacks, never in one.
+
+Production stacks point `artifactEndpoint` at a store their operators run; the tests run
+one the same way: its own container on its own network, published on the Docker host's
+bridge address, which every stack container on the front network reaches (the route a
+real store's address would take) and this process reaches too, so presigned URLs the
+server hands out work from both. Two identities: an admin that makes the bucket, and the
+key pair a stack gets, scoped to that one bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import ipaddress
+import json
+import secrets
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import docker
+import docker.errors
+
+from tools.local_deploy.prepare import SEAWEEDFS_IMAGE
+
+CONTAINER_NAME = "mlflow-platform-test-s3"
+NETWORK_NAME = "mlflow-platform-test-s3"
+_S3_PORT = 8333
+_CONFIG_PATH = "/etc/seaweedfs/s3.json"
+_READY_SECONDS = 90
+
+
+@dataclass(frozen=True)
+class S3Store:
+    endpoint: str
+    """http://<Docker host's bridge address>:<port>: the same URL from a stack's containers and from here."""
+    bucket: str
+    access_key_id: str
+    """The stack's key pair: read, write, list and tag on `bucket` alone."""
+    secret_access_key: str = field(repr=False)
+    admin_key: tuple[str, str] = field(repr=False)
+
+    def client(self, *, admin: bool = False) -> Any:
+        key, secret = self.admin_key if admin else (self.access_key_id, self.secret_access_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=botocore.config.Config(s3={"addressing_style": "path"}),
+        )
+
+    def objects(self, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix`, read back with the admin key: key -> content."""
+        client = self.client(admin=True)
+        found: dict[str, bytes] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+        return found
+
+
+def _host_bridge_address(client: docker.DockerClient) -> str:
+    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return str(ipam.get("Gateway") or ipaddress.ip_network(ipam["Subnet"])[1])
+
+
+def _identities(bucket: str, admin: tuple[str, str], stack_key: tuple[str, str]) -> bytes:
+    """SeaweedFS's static S3 identities (`-s3.config`); `Action:bucket` scopes an action to one bucket."""
+    scoped = [f"{action}:{bucket}" for action in ("Read", "Write", "List", "Tagging")]
+    return json.dumps(
+        {
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [{"accessKey": admin[0], "secretKey": admin[1]}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                },
+                {
+                    "name": "mlflow-stack",
+                    "credentials": [{"accessKey": stack_key[0], "secretKey": stack_key[1]}],
+                    "actions": scoped,
+                },
+            ]
+        }
+    ).encode()
+
+
+def _tar(path: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(path.lstrip("/"))
+        info.size, info.mode = len(content), 0o444
+        archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def _remove(client: docker.DockerClient) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        client.containers.get(CONTAINER_NAME).remove(force=True, v=True)
+    with contextlib.suppress(docker.errors.NotFound):
+        client.networks.get(NETWORK_NAME).remove()
+
+
+def _key(length: int) -> str:
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+@contextlib.contextmanager
+def running_store(client: docker.DockerClient, bucket: str = "mlflow-artifacts") -> Iterator[S3Store]:
+    """Starts SeaweedFS with a bucket and a key pair scoped to it; removes container, data and network after."""
+    try:
+        client.images.get(SEAWEEDFS_IMAGE)
+    except docker.errors.ImageNotFound:
+        raise RuntimeError(
+            f"{SEAWEEDFS_IMAGE} is not on this engine: run `venv/bin/python -m tools.local_deploy prepare`"
+        ) from None
+    _remove(client)  # a run killed before its teardown
+    admin = (_key(20), secrets.token_urlsafe(30))
+    stack_key = (_key(20), secrets.token_urlsafe(30))
+    host = _host_bridge_address(client)
+    try:
+        client.networks.create(NETWORK_NAME, driver="bridge")
+        container = client.containers.create(
+            SEAWEEDFS_IMAGE,
+            [
+                "mini",
+                "-dir=/data",
+                f"-s3.config={_CONFIG_PATH}",
+                f"-s3.port={_S3_PORT}",
+                # No bucket appears by itself: a missing one must stay missing.
+                "-s3.autoCreateBucket=false",
+                "-master.telemetry=false",
+                "-webdav=false",
+                "-admin.ui=false",
+            ],
+            name=CONTAINER_NAME,
+            network=NETWORK_NAME,
+            ports={f"{_S3_PORT}/tcp": (host, None)},
+            labels={"org.mlflow-platform.test": "s3-store"},
+        )
+        container.put_archive("/", _tar(_CONFIG_PATH, _identities(bucket, admin, stack_key)))
+        container.start()
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"][f"{_S3_PORT}/tcp"][0]["HostPort"]
+        store = S3Store(f"http://{host}:{port}", bucket, stack_key[0], stack_key[1], admin)
+        _create_bucket(store, container)
+        yield store
+    finally:
+        _remove(client)
+
+
+def _create_bucket(store: S3Store, container: Any) -> None:
+    deadline = time.monotonic() + _READY_SECONDS
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            store.client(admin=True).create_bucket(Bucket=store.bucket)
+            return
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            last = f"{type(error).__name__}: {error}"
+            time.sleep(1)
+    logs = container.logs(tail=30).decode(errors="replace")
+    raise AssertionError(f"SeaweedFS at {store.endpoint} made no bucket within {_READY_SECONDS}s: {last}\n{logs}")
