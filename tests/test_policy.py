@@ -1568,3 +1568,18 @@ def test_a_broken_stack_is_caught_by_its_rule(
 def test_every_policy_has_a_broken_variant() -> None:
     caught = set().union(*(expected for *_, expected in BROKEN_VARIANTS))
     assert caught == set(BY_NAME)
+
+
+def test_a_shared_stack_with_its_artifacts_in_a_bucket_passes_every_policy() -> None:
+    bucket = {
+        "artifactStore": "s3",
+        "artifactBucket": "ml-artifacts",
+        "artifactEndpoint": "https://s3.example.internal",
+        "artifactAccessKeyId": "AKIAEXAMPLE",
+        "artifactSecretAccessKey": "s" * 40,
+    }
+    declared = _declared(harness.declaration("prod", bucket).mocks)
+    server = _one(declared, CONTAINER, "server-container")
+    # The rules judged a server whose key pair is an upload, not a volume-backed one.
+    assert "AWS_SHARED_CREDENTIALS_FILE=/run/secrets/artifact-store-credentials" in server.inputs["envs"]
+    assert _evaluate(declared) == {}

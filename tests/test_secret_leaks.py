@@ -55,3 +55,36 @@ def test_no_secret_leaves_its_secret_files(stack: str, mode: str) -> None:
     for name, value in found.values.items():
         if any(secret in str(value) for secret in secrets.values()):
             assert name in found.secret_outputs, f"stack output {name} carries a secret in the clear"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_the_store_secret_key_reaches_only_the_server_and_gc_as_their_0400_file(stack: str) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    overrides = {
+        "artifactStore": "s3",
+        "artifactBucket": "ml-artifacts",
+        "artifactAccessKeyId": "AKIAEXAMPLE",
+        "artifactSecretAccessKey": secret,
+    }
+    found = declaration(stack, overrides)
+    holders: dict[str, list[dict[str, str]]] = {}
+    for container in found.mocks.of_type(CONTAINER):
+        inputs = container.inputs
+        assert secret not in json.dumps({key: inputs.get(key) for key in OPEN_INPUTS}), container.name
+        holding = [u for u in inputs["uploads"] if secret in str(u["content"])]
+        if holding:
+            holders[str(inputs["name"])] = [
+                {k: u[k] for k in ("file", "owner", "group", "permissions")} for u in holding
+            ]
+            assert container.secret_inputs() == {"uploads"}, container.name
+    credentials = {
+        "file": "/run/secrets/artifact-store-credentials",
+        "owner": "10001",
+        "group": "10001",
+        "permissions": "0400",
+    }
+    assert holders == {
+        f"mlflow-platform-{stack}-mlflow": [credentials],
+        f"mlflow-platform-{stack}-gc": [credentials],
+    }
+    assert not any(secret in str(value) for value in found.values.values())
