@@ -18,6 +18,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -124,6 +125,18 @@ def test_a_run_logged_through_the_front_door_is_in_the_bucket_under_the_prefix(
     assert len(client.get_metric_history(run_id, "loss")) == 50
     # Recorded as before: clients see the server's proxy URI, never the bucket.
     assert run.info.artifact_uri == f"mlflow-artifacts:/{experiment_id}/{run_id}/artifacts"
+    # The listing the web UI's artifact browser shows, and the file it opens, both read from the bucket.
+    listed = {(a.path, a.is_dir, a.file_size) for a in client.list_artifacts(run_id, "model")}
+    assert listed == {(name, False, size) for name, size in ARTIFACT_FILES.items() if name.startswith("model/")}
+    admin = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+    opened = requests.get(
+        f"{bucket_stack.tracking_uri}/get-artifact",
+        params={"path": "model/config.json", "run_uuid": run_id},
+        auth=admin,
+        timeout=30,
+    )
+    assert opened.status_code == 200, opened.text[:200]
+    assert _sha256(opened.content) == hashes["model/config.json"]
     downloaded = Path(client.download_artifacts(run_id, "model/weights.bin", str(tmp_path)))
     assert _sha256(downloaded.read_bytes()) == hashes["model/weights.bin"]
     # An S3 multipart object's ETag ends in -<parts>: 12 MiB in MLflow's 10 MiB parts.
