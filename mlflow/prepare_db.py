@@ -254,9 +254,18 @@ def _check_artifact_store(destination: str) -> None:
     403 whether the key is unknown, its secret wrong or the bucket closed to it; a listing's
     error code tells them apart (and MLflow needs the listing anyway).
     """
-    import boto3
-    import botocore.config
-    import botocore.exceptions
+    try:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+    except ImportError:
+        import mlflow
+
+        version = mlflow.__version__
+        raise ArtifactStoreError(
+            f"prepare_db: config key 'artifactStore' is 's3', but this image (MLflow {version}) has no boto3: "
+            f"its lock predates the S3 store; run 'make lock-image MLFLOW_VERSION={version}' and deploy again"
+        ) from None
 
     bucket, _, prefix = destination.removeprefix("s3://").partition("/")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import socket
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -166,3 +167,19 @@ def test_gc_refuses_a_uri_that_leaves_the_runs_own_place(uri: str) -> None:
 def test_gc_leaves_other_schemes_to_mlflow(store: Any) -> None:
     repository = gc.bucket_artifact_repository(f"s3://{BUCKET}/teams/prod")(f"s3://{BUCKET}/elsewhere")
     assert repository.artifact_uri == f"s3://{BUCKET}/elsewhere"
+
+
+def test_an_image_without_boto3_names_artifact_store_and_the_lock_to_regenerate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import mlflow
+
+    # None in sys.modules makes the import fail, as in an image locked before boto3 was added.
+    monkeypatch.setitem(sys.modules, "boto3", None)
+    with pytest.raises(SystemExit) as stopped:
+        prepare_db._check_artifact_store(f"s3://{BUCKET}")
+    assert str(stopped.value) == (
+        f"prepare_db: config key 'artifactStore' is 's3', but this image (MLflow {mlflow.__version__}) has no "
+        f"boto3: its lock predates the S3 store; run 'make lock-image MLFLOW_VERSION={mlflow.__version__}' "
+        "and deploy again"
+    )
