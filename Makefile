@@ -116,5 +116,7 @@ mutation: $(BIN)/.installed
 test: lint unit e2e
 
 # Deploys its own bench-* stacks (own names and host ports) one after another; results in .build/bench/.
+# Prepares first, as `e2e` does: the image builds from the wheelhouse, which must follow the locks.
 bench: $(BIN)/.installed
+	@$(BIN)/python -m tools.local_deploy prepare
 	$(BIN)/python -m bench $(ARGS)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tools.local_deploy.lifecycle import standin_config, standins_enabled
 from tools.stack_config import project_file, stack_config
 
 # Far from 5000 (dev), 5001 (the staging end-to-end test) and 80/443.
@@ -60,7 +61,14 @@ def deploy_overrides(config: BenchConfig, index: int) -> dict[str, object]:
     defaults = {key: declaration.get("default") for key, declaration in declared.items()}
     # Only what the stack file changes: Pulumi.yaml's defaults stay defaults, so the
     # local deployer's stand-in images (its own overrides) still apply underneath.
-    values = {key: value for key, value in stack_config(config.base_stack).items() if value != defaults.get(key)}
+    # The images a shared stack pins by digest are the registry's, which this engine may not
+    # reach: with stand-ins, theirs replace them, as the end-to-end tests' do.
+    replaced = set(standin_config()) if standins_enabled() else set()
+    values = {
+        key: value
+        for key, value in stack_config(config.base_stack).items()
+        if value != defaults.get(key) and key not in replaced
+    }
     values.update(
         {
             "publicHost": "localhost",

@@ -106,3 +106,12 @@ def test_the_stacks_own_ca_is_used_even_when_the_environment_names_another(monke
     settings = session.merge_environment_settings("https://localhost:5732/health", {}, None, None, None)
     assert settings["verify"] == "/tmp/bench/ca.pem"
     assert settings["proxies"] == {}
+
+
+def test_with_stand_ins_the_bench_runs_them_not_the_stack_files_pinned_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_DEPLOY_STANDINS", "1")
+    prod = deploy_overrides(CONFIGS[-1], len(CONFIGS) - 1)
+    assert "@sha256:" in str(stack_config("prod")["postgresImage"])
+    assert not {"postgresImage", "proxyImage", "baseImage"} & set(prod)
+    monkeypatch.setenv("LOCAL_DEPLOY_STANDINS", "0")
+    assert deploy_overrides(CONFIGS[-1], len(CONFIGS) - 1)["postgresImage"] == stack_config("prod")["postgresImage"]
