@@ -23,6 +23,7 @@ _EXPIRED = self_signed(["mlflow.example.com"], valid_from=datetime.datetime(2020
 _PROVIDED = {"tlsMode": "provided", "publicHost": "mlflow.example.com"}
 _ACME = {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops@example.com"}
 _S3 = {"artifactStore": "s3", "artifactBucket": "ml-artifacts"}
+_OFFSITE = {"backupBucket": "ml-backups"}
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
@@ -225,6 +226,26 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
         "'<PEM>'",
         "only to verify an https:// artifactEndpoint",
     ),
+    # The backup bucket's keys: the same grammar, and none of them without backupBucket.
+    ("prod", {"backupBucket": "Backups"}, "backupBucket", "'Backups'", "an S3 bucket name"),
+    ("prod", {"backupPrefix": "team"}, "backupPrefix", "'team'", "backupBucket is empty (no off-host copy)"),
+    ("prod", {**_OFFSITE, "backupPrefix": "a/./b"}, "backupPrefix", "'a/./b'", "no empty, '.' or '..' segment"),
+    ("prod", {**_OFFSITE, "backupEndpoint": "ftp://s3"}, "backupEndpoint", "'ftp://s3'", "http://"),
+    ("prod", {"backupEndpoint": "https://s3.example.com"}, "backupEndpoint", "'https://s3.example.com'", "a backupBucket"),
+    ("prod", {**_OFFSITE, "backupRegion": "Mars"}, "backupRegion", "'Mars'", "a region name"),
+    ("prod", {**_OFFSITE, "backupPathStyle": "1"}, "backupPathStyle", "'1'", "true or false"),
+    ("prod", {"backupPathStyle": True}, "backupPathStyle", "True", "backupBucket is empty"),
+    ("prod", {**_OFFSITE, "backupAccessKeyId": "AKIA2"}, "backupSecretAccessKey", "''", "both backupAccessKeyId"),
+    ("prod", {**_OFFSITE, "backupSecretAccessKey": "y" * 40}, "backupAccessKeyId", "''", "or neither"),
+    ("prod", {"backupSecretAccessKey": "y" * 40}, "backupSecretAccessKey", "'<hidden>'", "backupBucket is empty"),
+    (
+        "prod",
+        {**_OFFSITE, "backupEndpoint": "http://s3.example.com", "backupCaCertificate": _GOOD.certificate},
+        "backupCaCertificate",
+        "'<PEM>'",
+        "only to verify an https:// backupEndpoint",
+    ),
+    ("prod", {"backupCaCertificate": "junk"}, "backupCaCertificate", "'<PEM>'", "backupBucket is empty"),
 ]
 
 
@@ -361,6 +382,36 @@ def test_a_bucket_with_every_setting_reads_back_normalised() -> None:
     assert "x" * 40 not in repr(artifacts)
     install(EngineMocks(), "dev", _S3)
     assert load_settings().artifacts.destination == "s3://ml-artifacts"
+
+
+def test_a_backup_bucket_reads_back_normalised_and_its_secret_must_be_a_secret() -> None:
+    overrides = {
+        **_OFFSITE,
+        "backupPrefix": "/prod/",
+        "backupEndpoint": "https://backup.example.com/",
+        "backupRegion": "eu-west-1",
+        "backupPathStyle": True,
+        "backupAccessKeyId": "AKIABACKUP",
+        "backupSecretAccessKey": "y" * 40,
+    }
+    install(EngineMocks(), "prod", overrides)
+    backups = load_settings().backups
+    assert backups.copied_offsite
+    offsite = backups.offsite
+    assert (offsite.bucket, offsite.prefix, offsite.endpoint, offsite.region, offsite.path_style) == (
+        "ml-backups",
+        "prod",
+        "https://backup.example.com",
+        "eu-west-1",
+        True,
+    )
+    assert (offsite.access_key_id, offsite.secret_access_key) == ("AKIABACKUP", "y" * 40)
+    assert "y" * 40 not in repr(backups)
+    install(EngineMocks(), "prod", {})
+    assert not load_settings().backups.copied_offsite
+    install(EngineMocks(), "prod", overrides, secret_keys=())
+    with pytest.raises(SettingsError, match=r"^config key 'backupSecretAccessKey' has the value '<hidden>'; "):
+        load_settings()
 
 
 def test_a_private_key_set_in_the_clear_is_refused_without_showing_it() -> None:

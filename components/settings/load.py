@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pulumi
 
 from components.context import LogRotation
@@ -69,11 +71,7 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
             lambda value: value in ENVIRONMENT_KINDS,
             "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
         ),
-        backups=model.BackupSettings(
-            interval_hours=read.integer("backupIntervalHours", 1, 720),
-            interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
-            keep=read.integer("backupKeep", 1, 1000),
-        ),
+        backups=_backups(read),
         gc=model.GcSettings(
             older_than=read.string(
                 "gcOlderThan",
@@ -139,34 +137,51 @@ def _server(read: ConfigReader) -> model.ServerSettings:
     )
 
 
-def _artifacts(read: ConfigReader) -> model.ArtifactSettings:
-    bucket = read.optional("artifactBucket")
+def _bucket(read: ConfigReader, group: str) -> model.BucketLocation:
+    """The eight `<group>Bucket` ... `<group>CaCertificate` keys of one bucket, each checked on its own."""
+    bucket = read.optional(f"{group}Bucket")
     if bucket and not is_bucket(bucket):
-        raise SettingsError("artifactBucket", bucket, BUCKET_ACCEPTED)
+        raise SettingsError(f"{group}Bucket", bucket, BUCKET_ACCEPTED)
     # A leading or trailing '/' is a common way of writing the same prefix: both are dropped.
-    prefix = read.optional("artifactPrefix").strip("/")
+    prefix = read.optional(f"{group}Prefix").strip("/")
     if not is_artifact_prefix(prefix):
-        raise SettingsError("artifactPrefix", prefix, PREFIX_ACCEPTED)
-    endpoint = read.optional("artifactEndpoint").rstrip("/")
+        raise SettingsError(f"{group}Prefix", prefix, PREFIX_ACCEPTED)
+    endpoint = read.optional(f"{group}Endpoint").rstrip("/")
     if not is_store_endpoint(endpoint):
-        raise SettingsError("artifactEndpoint", endpoint, ENDPOINT_ACCEPTED)
-    region = read.optional("artifactRegion")
+        raise SettingsError(f"{group}Endpoint", endpoint, ENDPOINT_ACCEPTED)
+    region = read.optional(f"{group}Region")
     if not is_region(region):
-        raise SettingsError("artifactRegion", region, REGION_ACCEPTED)
+        raise SettingsError(f"{group}Region", region, REGION_ACCEPTED)
+    return model.BucketLocation(
+        bucket=bucket,
+        prefix=prefix,
+        endpoint=endpoint,
+        region=region,
+        path_style=read.boolean(f"{group}PathStyle"),
+        access_key_id=read.optional(f"{group}AccessKeyId"),
+        secret_access_key=read.secret(f"{group}SecretAccessKey"),
+        ca_certificate=read.optional(f"{group}CaCertificate"),
+    )
+
+
+def _artifacts(read: ConfigReader) -> model.ArtifactSettings:
+    location = dataclasses.asdict(_bucket(read, "artifact"))
     return model.ArtifactSettings(
         store=read.string(
             "artifactStore",
             lambda value: value in ARTIFACT_STORES,
             "accepted: 'volume' (the stack's artifacts volume) or 's3' (an S3-compatible bucket, artifactBucket)",
         ),
-        bucket=bucket,
-        prefix=prefix,
-        endpoint=endpoint,
-        region=region,
-        path_style=read.boolean("artifactPathStyle"),
-        access_key_id=read.optional("artifactAccessKeyId"),
-        secret_access_key=read.secret("artifactSecretAccessKey"),
-        ca_certificate=read.optional("artifactCaCertificate"),
+        **location,
+    )
+
+
+def _backups(read: ConfigReader) -> model.BackupSettings:
+    return model.BackupSettings(
+        interval_hours=read.integer("backupIntervalHours", 1, 720),
+        interval_minutes=read.integer("backupIntervalMinutes", 0, 59),
+        keep=read.integer("backupKeep", 1, 1000),
+        offsite=_bucket(read, "backup"),
     )
 
 

@@ -70,10 +70,9 @@ class TlsSettings:
 
 
 @dataclass(frozen=True)
-class ArtifactSettings:
-    """Where the server keeps the artifacts it proxies: the stack's volume, or an S3-compatible bucket."""
+class BucketLocation:
+    """An S3-compatible bucket and how to reach it: the `<group>Bucket`, `<group>Prefix`, ... keys of one group."""
 
-    store: str
     bucket: str
     prefix: str
     endpoint: str
@@ -83,6 +82,16 @@ class ArtifactSettings:
     # Secret: kept out of repr, so no error message or debug print can show it.
     secret_access_key: str = field(repr=False)
     ca_certificate: str
+
+
+NO_BUCKET = BucketLocation("", "", "", "", False, "", "", "")
+
+
+@dataclass(frozen=True)
+class ArtifactSettings(BucketLocation):
+    """Where the server keeps the artifacts it proxies: the stack's volume, or an S3-compatible bucket."""
+
+    store: str
 
     @property
     def in_bucket(self) -> bool:
@@ -97,11 +106,17 @@ class ArtifactSettings:
 
 @dataclass(frozen=True)
 class BackupSettings:
-    """How often the database and artifacts are backed up, and how many backups are kept."""
+    """How often the database and artifacts are backed up, how many backups are kept, and the off-host copy."""
 
     interval_hours: int
     interval_minutes: int
     keep: int
+    offsite: BucketLocation = NO_BUCKET
+    """The backup bucket every backup is also copied to (backupBucket); no bucket keeps them on this host only."""
+
+    @property
+    def copied_offsite(self) -> bool:
+        return bool(self.offsite.bucket)
 
     @property
     def interval_seconds(self) -> int:

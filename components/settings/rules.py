@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from components.certificates import CertificateError, check_key_pair, parse_certificates
 from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
 from components.settings.grammar import is_email, is_ip_address
-from components.settings.model import StackSettings
+from components.settings.model import BucketLocation, StackSettings
 from components.settings.reader import SettingsError
 
 
@@ -17,6 +17,7 @@ def check_rules(settings: StackSettings) -> None:
     """Raises SettingsError on the first rule the settings break, in this order."""
     _check_combinations(settings)
     _check_artifacts(settings)
+    _check_backups(settings)
     _check_tls(settings)
 
 
@@ -67,50 +68,64 @@ def _check_combinations(settings: StackSettings) -> None:
 def _check_artifacts(settings: StackSettings) -> None:
     """What `artifactStore: s3` needs, and no store setting left where it would be ignored."""
     artifacts = settings.artifacts
-    store_keys: list[tuple[str, object]] = [
-        ("artifactBucket", artifacts.bucket),
-        ("artifactPrefix", artifacts.prefix),
-        ("artifactEndpoint", artifacts.endpoint),
-        ("artifactRegion", artifacts.region),
-        ("artifactPathStyle", artifacts.path_style),
-        ("artifactAccessKeyId", artifacts.access_key_id),
-        ("artifactSecretAccessKey", "<hidden>" if artifacts.secret_access_key else ""),
-        ("artifactCaCertificate", "<PEM>" if artifacts.ca_certificate else ""),
-    ]
     if not artifacts.in_bucket:
         # Set but ignored, the operator would believe the artifacts are in a bucket.
-        for key, value in store_keys:
-            if value:
-                raise SettingsError(
-                    key,
-                    value,
-                    f"artifactStore is '{artifacts.store}', which does not use it: accepted: "
-                    "empty (false), or artifactStore 's3'",
-                )
+        _refuse_unused("artifact", artifacts, f"artifactStore is '{artifacts.store}', which", "artifactStore 's3'")
         return
     if not artifacts.bucket:
         raise SettingsError("artifactBucket", "", "artifactStore s3 needs it: accepted: the name of an existing bucket")
+    _check_bucket("artifact", artifacts)
+
+
+def _check_backups(settings: StackSettings) -> None:
+    """The off-host copy's keys: all of them need backupBucket."""
+    offsite = settings.backups.offsite
+    if not settings.backups.copied_offsite:
+        # Set but ignored, the operator would believe the backups leave the host.
+        _refuse_unused("backup", offsite, "backupBucket is empty (no off-host copy), which", "a backupBucket")
+        return
+    _check_bucket("backup", offsite)
+
+
+def _refuse_unused(group: str, location: BucketLocation, why: str, instead: str) -> None:
+    keys: list[tuple[str, object]] = [
+        (f"{group}Bucket", location.bucket),
+        (f"{group}Prefix", location.prefix),
+        (f"{group}Endpoint", location.endpoint),
+        (f"{group}Region", location.region),
+        (f"{group}PathStyle", location.path_style),
+        (f"{group}AccessKeyId", location.access_key_id),
+        (f"{group}SecretAccessKey", "<hidden>" if location.secret_access_key else ""),
+        (f"{group}CaCertificate", "<PEM>" if location.ca_certificate else ""),
+    ]
+    for key, value in keys:
+        if value:
+            raise SettingsError(key, value, f"{why} does not use it: accepted: empty (false), or {instead}")
+
+
+def _check_bucket(group: str, location: BucketLocation) -> None:
+    """A bucket's key pair is whole or absent, and its CA certificate verifies an https:// endpoint."""
     # Both empty: the store's default credential chain (an instance role); one alone is a mistake.
-    if bool(artifacts.access_key_id) != bool(artifacts.secret_access_key):
-        missing = "artifactSecretAccessKey" if artifacts.access_key_id else "artifactAccessKeyId"
+    if bool(location.access_key_id) != bool(location.secret_access_key):
+        missing = f"{group}SecretAccessKey" if location.access_key_id else f"{group}AccessKeyId"
         raise SettingsError(
             missing,
             "",
-            "the other half of the key pair is set: accepted: both artifactAccessKeyId and "
-            "artifactSecretAccessKey (secret), or neither (an instance role)",
+            f"the other half of the key pair is set: accepted: both {group}AccessKeyId and "
+            f"{group}SecretAccessKey (secret), or neither (an instance role)",
         )
-    if artifacts.ca_certificate:
-        if urlsplit(artifacts.endpoint).scheme != "https":
+    if location.ca_certificate:
+        if urlsplit(location.endpoint).scheme != "https":
             raise SettingsError(
-                "artifactCaCertificate",
+                f"{group}CaCertificate",
                 "<PEM>",
-                f"it is used only to verify an https:// artifactEndpoint (artifactEndpoint is "
-                f"{artifacts.endpoint!r}): accepted: empty, or an https:// endpoint",
+                f"it is used only to verify an https:// {group}Endpoint ({group}Endpoint is "
+                f"{location.endpoint!r}): accepted: empty, or an https:// endpoint",
             )
         try:
-            parse_certificates(artifacts.ca_certificate)
+            parse_certificates(location.ca_certificate)
         except CertificateError as error:
-            raise SettingsError("artifactCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+            raise SettingsError(f"{group}CaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
 
 
 def _check_tls(settings: StackSettings) -> None:
