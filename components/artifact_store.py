@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pulumi
 
-from components.settings import ArtifactSettings
+from components.settings import ArtifactSettings, BucketLocation
 from components.workload import SECRETS_DIR, File, config_file, secret_file
 
 CREDENTIALS_FILE = f"{SECRETS_DIR}/artifact-store-credentials"
@@ -39,14 +39,19 @@ def environment(artifacts: ArtifactSettings) -> list[str]:
 
 def files(artifacts: ArtifactSettings) -> list[File]:
     """The key pair as a secret file (none with an instance role), the store's CA as a public one."""
+    return bucket_files(artifacts, CREDENTIALS_FILE, CA_FILE)
+
+
+def bucket_files(location: BucketLocation, credentials_path: str, ca_path: str) -> list[File]:
+    """A bucket's key pair as an AWS shared-credentials file (0400, secret) and its store's CA (public)."""
     uploaded: list[File] = []
-    if artifacts.access_key_id:
-        credentials = pulumi.Output.secret(artifacts.secret_access_key).apply(
+    if location.access_key_id:
+        credentials = pulumi.Output.secret(location.secret_access_key).apply(
             lambda secret: (
-                f"[default]\naws_access_key_id = {artifacts.access_key_id}\naws_secret_access_key = {secret}\n"
+                f"[default]\naws_access_key_id = {location.access_key_id}\naws_secret_access_key = {secret}\n"
             )
         )
-        uploaded.append(secret_file(CREDENTIALS_FILE, credentials))
-    if artifacts.ca_certificate:
-        uploaded.append(config_file(CA_FILE, artifacts.ca_certificate))
+        uploaded.append(secret_file(credentials_path, credentials))
+    if location.ca_certificate:
+        uploaded.append(config_file(ca_path, location.ca_certificate))
     return uploaded

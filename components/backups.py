@@ -1,4 +1,5 @@
-"""The backup container: scheduled dumps of both databases plus the artifacts, and their restore."""
+"""The backup container: scheduled dumps of both databases plus the artifacts, and their restore;
+with a backup bucket, the backup-offsite container that copies every backup off the host."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import TypedDict
 import pulumi
 import pulumi_docker as docker
 
+from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
-from components.settings import BackupSettings
+from components.settings import BackupSettings, BucketLocation
 from components.task_limits import MLFLOW_TASKS
 from components.workload import (
     DATABASE,
@@ -47,6 +49,13 @@ STOP_TIMEOUT_SECONDS = 60
 _TMPFS = {"/tmp": "rw,noexec,nosuid,nodev,size=256m"}  # noqa: S108 - a private tmpfs, not a shared /tmp
 _NAME = "backup"
 _ROLE = "backup"
+# The off-host copier: mlflow/backup/offsite.py, uploaded into the MLflow image (which has boto3).
+OFFSITE_SCRIPT_SOURCE = SCRIPT_SOURCE.parent / "offsite.py"
+OFFSITE_SCRIPT_PATH = "/opt/mlflow-offsite/mlflow-offsite"
+OFFSITE_CREDENTIALS_FILE = f"{SECRETS_DIR}/backup-store-credentials"
+OFFSITE_CA_FILE = f"{SECRETS_DIR}/backup-store-ca.pem"
+OFFSITE_MEMORY_MB = 384  # one 64 MiB part in flight, plus Python and boto3
+_OFFSITE_NAME = "backup-offsite"
 
 
 class BackupServiceArgs(TypedDict):
@@ -56,6 +65,10 @@ class BackupServiceArgs(TypedDict):
     """The database's image, by ID: the same Postgres major as the server."""
     image_reference: str
     """The same image by reference, for the restore command printed to operators."""
+    mlflow_image: pulumi.Input[str]
+    """The MLflow image, by ID: the backup-offsite container's (it has boto3; the Postgres image has no S3 client)."""
+    artifacts_in_bucket: bool
+    """The artifacts are in a bucket (artifactStore s3): backups hold the databases only."""
     artifacts_volume_name: pulumi.Input[str]
     """The artifacts volume, mounted read-only."""
     database: DatabaseEndpoint
@@ -94,6 +107,9 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
         "NETWORK_NAME": network_name,
         "ARTIFACTS_VOLUME": artifacts_volume_name,
         "IMAGE": args["image_reference"],
+        "ARTIFACTS_IN_BUCKET": "1" if args["artifacts_in_bucket"] else "0",
+        "OFFSITE": "1" if args["backups"].copied_offsite else "0",
+        "OFFSITE_CONTAINER": args["stack"].name(_OFFSITE_NAME),
     }
     return "".join(f"{key}='{value}'\n" for key, value in values.items())
 
@@ -103,6 +119,7 @@ class BackupService(pulumi.ComponentResource):
 
     volume: docker.Volume
     container: docker.Container
+    offsite: docker.Container | None
 
     def __init__(self, name: str, args: BackupServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:backups:BackupService", name, None, opts)
@@ -111,6 +128,11 @@ class BackupService(pulumi.ComponentResource):
         self.container = stack.target.service(
             self, f"{name}-container", self._workload(args), depends_on=args["start_after"]
         )
+        self.offsite = None
+        if args["backups"].copied_offsite:
+            self.offsite = stack.target.service(
+                self, f"{name}-offsite", self._offsite_workload(args), depends_on=[self.container]
+            )
         self.register_outputs({"container_name": self.container.name, "volume_name": self.volume.name})
 
     def _workload(self, args: BackupServiceArgs) -> Workload:
@@ -159,3 +181,52 @@ class BackupService(pulumi.ComponentResource):
             stop_signal="SIGTERM",
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
         )
+
+    def _offsite_workload(self, args: BackupServiceArgs) -> Workload:
+        """Copies each new backup to the backup bucket and brings one back for `--from offsite`.
+
+        The same uid as the backup container (both read and write the backups volume); no network
+        to Postgres, only the front one, the way out to the store; the bucket's key pair as a file.
+        """
+        offsite = args["backups"].offsite
+        return Workload(
+            name=args["stack"].name(_OFFSITE_NAME),
+            role=_OFFSITE_NAME,
+            image=args["mlflow_image"],
+            user=f"{BACKUP_UID}:{BACKUP_UID}",
+            max_tasks=MLFLOW_TASKS,
+            entrypoint=[OFFSITE_SCRIPT_PATH],
+            command=["serve"],
+            environment=[*offsite_environment(offsite), f"BACKUP_DIR={BACKUP_DIR}", "HOME=/tmp", "TMPDIR=/tmp"],
+            files=[
+                config_file(OFFSITE_SCRIPT_PATH, OFFSITE_SCRIPT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
+                *artifact_store.bucket_files(offsite, OFFSITE_CREDENTIALS_FILE, OFFSITE_CA_FILE),
+            ],
+            mounts=[Mount(BACKUP_DIR, self.volume.name), Mount(str(Path(OFFSITE_SCRIPT_PATH).parent))],
+            networks=[Attachment(FRONT)],
+            # Healthy once the start-up check passed and a pass copied every backup: a bucket it
+            # cannot use stops `pulumi up` here, before any backup is said to be off the host.
+            health=HealthCheck(
+                test=["CMD", OFFSITE_SCRIPT_PATH, "health"], interval="5s", timeout="10s", retries=3, start_period="2m"
+            ),
+            tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=16m"},  # noqa: S108 - a private tmpfs
+            memory_mb=OFFSITE_MEMORY_MB,
+            stop_signal="SIGTERM",
+            stop_grace_seconds=STOP_TIMEOUT_SECONDS,
+        )
+
+
+def offsite_environment(offsite: BucketLocation) -> list[str]:
+    """Where the backup bucket is, for mlflow-offsite; never a key (those are in the credentials file)."""
+    envs = [f"OFFSITE_BUCKET={offsite.bucket}", f"OFFSITE_PREFIX={offsite.prefix}"]
+    if offsite.endpoint:
+        envs.append(f"OFFSITE_ENDPOINT={offsite.endpoint}")
+    if offsite.region:
+        envs.append(f"AWS_DEFAULT_REGION={offsite.region}")
+    if offsite.path_style:
+        envs.append("OFFSITE_PATH_STYLE=true")
+    if offsite.access_key_id:
+        envs.append(f"AWS_SHARED_CREDENTIALS_FILE={OFFSITE_CREDENTIALS_FILE}")
+    if offsite.ca_certificate:
+        envs.append(f"AWS_CA_BUNDLE={OFFSITE_CA_FILE}")
+    return envs

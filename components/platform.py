@@ -119,6 +119,8 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "stack": stack,
                 "image": self.database.image.image_id,
                 "image_reference": settings.database.image,
+                "mlflow_image": self.image.repo_digest,
+                "artifacts_in_bucket": settings.artifacts.in_bucket,
                 "artifacts_volume_name": artifacts,
                 "database": endpoint,
                 "admin_username": ADMIN_USERNAME if settings.server.auth_enabled else "",

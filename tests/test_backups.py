@@ -12,7 +12,7 @@ import pytest
 
 from components.backups import BackupService, BackupServiceArgs, backup_config
 from components.context import StackContext
-from components.settings import BackupSettings
+from components.settings import BackupSettings, BucketLocation
 from tests.conftest import CONTAINER, VOLUME
 from tests.expected import (
     DB_PASSWORD,
@@ -73,6 +73,8 @@ def _config(
     mlflow_version: str = "3.17.2",
     network: str | None = None,
     artifacts_volume: str | None = None,
+    artifacts_in_bucket: bool = False,
+    offsite: bool = False,
 ) -> str:
     """The script's settings: Pulumi.yaml's daily schedule, seven kept, unless told otherwise."""
     return (
@@ -94,6 +96,9 @@ def _config(
         f"NETWORK_NAME='{network or network_name(stack) + '-db'}'\n"
         f"ARTIFACTS_VOLUME='{artifacts_volume or docker_name(stack, 'artifacts')}'\n"
         f"IMAGE='{image}'\n"
+        f"ARTIFACTS_IN_BUCKET='{int(artifacts_in_bucket)}'\n"
+        f"OFFSITE='{int(offsite)}'\n"
+        f"OFFSITE_CONTAINER='{docker_name(stack, 'backup-offsite')}'\n"
     )
 
 
@@ -155,6 +160,8 @@ def _args(**changes: Any) -> BackupServiceArgs:
         "stack": _unit_stack(),
         "image": "sha256:" + "b" * 64,
         "image_reference": "postgres:16.4",
+        "mlflow_image": "sha256:" + "c" * 64,
+        "artifacts_in_bucket": False,
         "artifacts_volume_name": "mlflow-platform-unit-artifacts",
         "database": unit_endpoint(),
         "admin_username": "root-admin",
@@ -196,6 +203,87 @@ def test_the_backups_alone(protect: bool) -> None:
         "container_name": "mlflow-platform-unit-backup",
         "volume_name": "mlflow-platform-unit-backups",
     }
+
+
+OFFSITE_SECRET = "s" * 40
+OFFSITE = BucketLocation(
+    bucket="ml-backups",
+    prefix="prod",
+    endpoint="https://backup.example.com",
+    region="eu-west-1",
+    path_style=True,
+    access_key_id="AKIABACKUP",
+    secret_access_key=OFFSITE_SECRET,
+    ca_certificate="-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+)
+
+
+def test_with_a_backup_bucket_an_offsite_container_copies_the_backups_with_the_key_pair_as_a_file() -> None:
+    backups = BackupSettings(interval_hours=1, interval_minutes=0, keep=2, offsite=OFFSITE)
+
+    def build() -> BackupService:
+        return BackupService("mlflow-backups", _args(backups=backups))
+
+    mocks, _ = built(build)
+    assert children(mocks, "mlflow-backups") == {
+        "mlflow-backups-volume": VOLUME,
+        "mlflow-backups-container": CONTAINER,
+        "mlflow-backups-offsite": CONTAINER,
+    }
+    script = "/opt/mlflow-offsite/mlflow-offsite"
+    credentials = f"[default]\naws_access_key_id = AKIABACKUP\naws_secret_access_key = {OFFSITE_SECRET}\n"
+    expected = {
+        **hardened(UNIT, "backup-offsite", 384, 4096),
+        **service(UNIT),
+        **stopped_with("SIGTERM", 60),
+        # The way out to the store only: no network that reaches Postgres.
+        "networksAdvanced": [{"name": network_name(UNIT)}],
+        "name": docker_name(UNIT, "backup-offsite"),
+        # The MLflow image (boto3), as the backup container's uid: both write the backups volume.
+        "image": "sha256:" + "c" * 64,
+        "user": "10001:10001",
+        "entrypoints": [script],
+        "command": ["serve"],
+        # Where the bucket is; never a key.
+        "envs": [
+            "OFFSITE_BUCKET=ml-backups",
+            "OFFSITE_PREFIX=prod",
+            "OFFSITE_ENDPOINT=https://backup.example.com",
+            "AWS_DEFAULT_REGION=eu-west-1",
+            "OFFSITE_PATH_STYLE=true",
+            "AWS_SHARED_CREDENTIALS_FILE=/run/secrets/backup-store-credentials",
+            "AWS_CA_BUNDLE=/run/secrets/backup-store-ca.pem",
+            "BACKUP_DIR=/var/lib/postgresql/data",
+            "HOME=/tmp",
+            "TMPDIR=/tmp",
+        ],
+        "uploads": [
+            config_upload(script, SourceOf("mlflow/backup/offsite.py"), "0755"),
+            secret_upload("/run/secrets/backup-store-credentials", credentials, "10001"),
+            config_upload("/run/secrets/backup-store-ca.pem", OFFSITE.ca_certificate),
+        ],
+        "volumes": [
+            mount(UNIT, "backups", "/var/lib/postgresql/data"),
+            {"containerPath": "/opt/mlflow-offsite"},
+            {"containerPath": "/run/secrets"},
+        ],
+        "readOnly": True,
+        "tmpfs": {"/tmp": "rw,noexec,nosuid,nodev,size=16m"},
+        # Healthy once the bucket passed the start-up check and a pass copied every backup.
+        "healthcheck": {
+            "tests": ["CMD", script, "health"],
+            "interval": "5s",
+            "timeout": "10s",
+            "retries": 3,
+            "startPeriod": "2m",
+        },
+    }
+    found = mocks.one(CONTAINER, "backups-offsite")
+    assert found.inputs == resolve(expected, mocks)
+    assert found.secret_inputs() == {"uploads"}
+    # The backup container learns where to ask for `--from offsite`.
+    backup_conf = mocks.one(CONTAINER, "backups-container").inputs["uploads"][1]["content"]
+    assert "OFFSITE='1'\nOFFSITE_CONTAINER='mlflow-platform-unit-backup-offsite'\n" in backup_conf
 
 
 def test_the_backup_config_without_auth() -> None:

@@ -19,6 +19,7 @@ from components.settings.load import load_settings
 from components.settings.model import (
     ArtifactSettings,
     BackupSettings,
+    BucketLocation,
     DatabaseSettings,
     GcSettings,
     ServerSettings,
@@ -31,6 +32,7 @@ __all__ = [
     "OLDEST_MLFLOW",
     "ArtifactSettings",
     "BackupSettings",
+    "BucketLocation",
     "DatabaseSettings",
     "GcSettings",
     "ServerSettings",
