@@ -55,6 +55,7 @@ lock: $(BIN)/.installed
 	$(LOCK) requirements-dev.in --output-file=requirements-dev.txt
 	$(LOCK) requirements.in --constraint=requirements-dev.txt --output-file=requirements.txt
 	$(LOCK) policy/requirements.in --constraint=requirements-dev.txt --output-file=policy/requirements.txt
+	$(LOCK) tools/standins/seaweedfs/requirements.in --output-file=tools/standins/seaweedfs/requirements.txt
 
 # The lock's input is mlflow/requirements.txt with the release filled in (uv does not expand
 # ${MLFLOW_VERSION}), committed next to it as mlflow/locks/<version>.in: the lock's header then

@@ -685,3 +685,14 @@ def test_an_incomplete_ulimit_is_refused_not_read_as_unlimited(local_deployer: L
         container_config(local_deployer, _args(CONTAINER, "c", inputs), inputs)
     with pytest.raises(UnsupportedInputError, match=r"'ulimits\[0\]\.pids'"):
         check_inputs(CONTAINER, "c", {"ulimits": [{"name": "nproc", "soft": 1, "hard": 1, "pids": 1}]})
+
+
+def test_with_a_registry_prepare_still_builds_the_test_store_on_prods_pinned_base(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SeaweedFS is the end-to-end tests' store, not a stand-in: hosted runners need it too."""
+    calls: list[tuple[str, object]] = []
+    monkeypatch.setattr(prepare, "ensure_official_images", lambda _client, refs: calls.append(("pull", refs)))
+    monkeypatch.setattr(prepare, "ensure_seaweedfs", lambda _client, base: calls.append(("seaweedfs", base)))
+    prepare.prepare(["3.17.2"], client=object(), standins=False)
+    assert calls == [("pull", prepare.official_images()), ("seaweedfs", PYTHON_PIN)]

