@@ -4,8 +4,10 @@ Production stacks point `artifactEndpoint` at a store their operators run; the t
 one the same way: its own container on its own network, published on the Docker host's
 bridge address, which every stack container on the front network reaches (the route a
 real store's address would take) and this process reaches too, so presigned URLs the
-server hands out work from both. Two identities: an admin that makes the bucket, and the
-key pair a stack gets, scoped to that one bucket.
+server hands out work from both. Three identities: an admin that makes the buckets, the
+key pair a stack gets for its artifacts, scoped to that one bucket, and the key pair for its
+off-host backups, scoped to a second bucket made with Object Lock (COMPLIANCE, one day), in which
+it can add and read objects but delete no version the backups wrote.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ NETWORK_NAME = "mlflow-platform-test-s3"
 _S3_PORT = 8333
 _CONFIG_PATH = "/etc/seaweedfs/s3.json"
 _READY_SECONDS = 90
+BACKUP_BUCKET = "mlflow-backups"
+# A version written to the backup bucket cannot be deleted before this, not even by the admin;
+# the store (its data inside its container) is removed after the tests.
+BACKUP_RETENTION_DAYS = 1
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,14 @@ class S3Store:
     """The stack's key pair: read, write, list and tag on `bucket` alone."""
     secret_access_key: str = field(repr=False)
     admin_key: tuple[str, str] = field(repr=False)
+    backup_key: tuple[str, str] = field(repr=False)
+    """The off-host backups' key pair: read, write, list on BACKUP_BUCKET, and read its Object Lock settings."""
+    backup_bucket: str = BACKUP_BUCKET
 
-    def client(self, *, admin: bool = False) -> Any:
+    def client(self, *, admin: bool = False, backup: bool = False) -> Any:
         key, secret = self.admin_key if admin else (self.access_key_id, self.secret_access_key)
+        if backup:
+            key, secret = self.backup_key
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
@@ -58,12 +69,17 @@ class S3Store:
         )
 
     def objects(self, prefix: str) -> dict[str, bytes]:
-        """Every object under `prefix`, read back with the admin key: key -> content."""
+        """Every object under `prefix` in the artifact bucket, read back with the admin key: key -> content."""
+        return self.objects_in(self.bucket, prefix)
+
+    def objects_in(self, bucket: str, prefix: str, *, bodies: bool = True) -> dict[str, bytes]:
+        """The current objects under `prefix` in `bucket`, read with the admin key: key -> content (b"" if not read)."""
         client = self.client(admin=True)
         found: dict[str, bytes] = {}
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
-                found[item["Key"]] = client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
+                key = item["Key"]
+                found[key] = client.get_object(Bucket=bucket, Key=key)["Body"].read() if bodies else b""
         return found
 
 
@@ -72,9 +88,10 @@ def _host_bridge_address(client: docker.DockerClient) -> str:
     return str(ipam.get("Gateway") or ipaddress.ip_network(ipam["Subnet"])[1])
 
 
-def _identities(bucket: str, admin: tuple[str, str], stack_key: tuple[str, str]) -> bytes:
+def _identities(bucket: str, admin: tuple[str, str], stack_key: tuple[str, str], backup_key: tuple[str, str]) -> bytes:
     """SeaweedFS's static S3 identities (`-s3.config`); `Action:bucket` scopes an action to one bucket."""
     scoped = [f"{action}:{bucket}" for action in ("Read", "Write", "List", "Tagging")]
+    backups = [f"{action}:{BACKUP_BUCKET}" for action in ("Read", "Write", "List", "GetBucketObjectLockConfiguration")]
     return json.dumps(
         {
             "identities": [
@@ -87,6 +104,11 @@ def _identities(bucket: str, admin: tuple[str, str], stack_key: tuple[str, str])
                     "name": "mlflow-stack",
                     "credentials": [{"accessKey": stack_key[0], "secretKey": stack_key[1]}],
                     "actions": scoped,
+                },
+                {
+                    "name": "mlflow-stack-backups",
+                    "credentials": [{"accessKey": backup_key[0], "secretKey": backup_key[1]}],
+                    "actions": backups,
                 },
             ]
         }
@@ -126,6 +148,7 @@ def running_store(client: docker.DockerClient, bucket: str = "mlflow-artifacts")
     _remove(client)  # a run killed before its teardown
     admin = (_key(20), secrets.token_urlsafe(30))
     stack_key = (_key(20), secrets.token_urlsafe(30))
+    backup_key = (_key(20), secrets.token_urlsafe(30))
     host = _host_bridge_address(client)
     try:
         client.networks.create(NETWORK_NAME, driver="bridge")
@@ -147,12 +170,13 @@ def running_store(client: docker.DockerClient, bucket: str = "mlflow-artifacts")
             ports={f"{_S3_PORT}/tcp": (host, None)},
             labels={"org.mlflow-platform.test": "s3-store"},
         )
-        container.put_archive("/", _tar(_CONFIG_PATH, _identities(bucket, admin, stack_key)))
+        container.put_archive("/", _tar(_CONFIG_PATH, _identities(bucket, admin, stack_key, backup_key)))
         container.start()
         container.reload()
         port = container.attrs["NetworkSettings"]["Ports"][f"{_S3_PORT}/tcp"][0]["HostPort"]
-        store = S3Store(f"http://{host}:{port}", bucket, stack_key[0], stack_key[1], admin)
+        store = S3Store(f"http://{host}:{port}", bucket, stack_key[0], stack_key[1], admin, backup_key)
         _create_bucket(store, container)
+        _create_backup_bucket(store)
         yield store
     finally:
         _remove(client)
@@ -170,3 +194,16 @@ def _create_bucket(store: S3Store, container: Any) -> None:
             time.sleep(1)
     logs = container.logs(tail=30).decode(errors="replace")
     raise AssertionError(f"SeaweedFS at {store.endpoint} made no bucket within {_READY_SECONDS}s: {last}\n{logs}")
+
+
+def _create_backup_bucket(store: S3Store) -> None:
+    """Versioned, with Object Lock and a COMPLIANCE default retention: what README's write-once setup makes."""
+    admin = store.client(admin=True)
+    admin.create_bucket(Bucket=store.backup_bucket, ObjectLockEnabledForBucket=True)
+    admin.put_object_lock_configuration(
+        Bucket=store.backup_bucket,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "COMPLIANCE", "Days": BACKUP_RETENTION_DAYS}},
+        },
+    )

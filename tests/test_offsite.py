@@ -87,7 +87,10 @@ def _backup(backup_dir: Path, backup_id: str, files: dict[str, bytes], *, holds_
         "holds_data": holds_data,
         "files": listed,
     }
-    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    # As write_manifest prints it: one line per file, which json.dumps(indent=2) would not give back.
+    entries = ",\n".join(f"    {json.dumps(entry)}" for entry in listed)
+    head = "".join(f'  "{key}": "{value}",\n' for key, value in manifest.items() if key != "files")
+    (directory / "manifest.json").write_text(f'{{\n{head}  "files": [\n{entries}\n  ]\n}}\n')
     return directory
 
 
@@ -153,6 +156,9 @@ def test_a_backup_goes_up_manifest_last_and_comes_back_checked(s3: Any, bucket: 
     fetched = tmp_path / ".offsite" / "fetched" / "20261205T030000Z"
     assert (fetched / "artifacts.tar.gz").read_bytes() == big
     assert (fetched / "tracking.dump").read_bytes() == b"dump"
+    # The manifest byte for byte: mlflow-backup reads its lines with sed, so no re-encoding.
+    written = (tmp_path / "20261205T030000Z" / "manifest.json").read_bytes()
+    assert (fetched / "manifest.json").read_bytes() == written
 
 
 def test_a_local_copy_that_no_longer_matches_its_manifest_is_not_shipped(s3: Any, bucket: Any, tmp_path: Path) -> None:

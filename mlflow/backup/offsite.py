@@ -187,8 +187,9 @@ def _refusal(code: str, status: object, bucket: Bucket, key_id: str) -> str:
     if code == "AccessDenied" or status == 403:
         return (
             f"mlflow-offsite: config key 'backupBucket' is {bucket.name!r}, which {bucket.where} does not let "
-            f"backupAccessKeyId {key_id!r} list or read the Object Lock configuration of (grant ListBucket, "
-            "GetBucketObjectLockConfiguration, GetObject, GetObjectVersion and PutObject: README's write-once policy)"
+            f"backupAccessKeyId {key_id!r} list or read the Object Lock settings of (the bucket is missing, or its "
+            "policy does not grant ListBucket, GetBucketObjectLockConfiguration, GetObject, GetObjectVersion and "
+            "PutObject: README's write-once policy)"
         )
     return f"mlflow-offsite: config key 'backupBucket' is {bucket.name!r}: {bucket.where} answered HTTP {status} {code}"
 
@@ -225,14 +226,19 @@ def _read(bucket: Bucket, client: Any, key: str, version: str) -> bytes:
 
 
 def read_manifest(bucket: Bucket, client: Any, backup_id: str) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads(_manifest_bytes(bucket, client, backup_id))
+    return manifest
+
+
+def _manifest_bytes(bucket: Bucket, client: Any, backup_id: str) -> bytes:
+    """The manifest as mlflow-backup wrote it (its shell reads it line by line: the bytes, not a re-encoding)."""
     key = bucket.key(backup_id, "manifest.json")
     versions = first_versions(bucket, client, key)
     if key not in versions:
         raise OffsiteError(
             f"no backup {backup_id} in s3://{bucket.name}/{bucket.root} (see: mlflow-backup list --from offsite)"
         )
-    manifest: dict[str, Any] = json.loads(_read(bucket, client, key, versions[key]))
-    return manifest
+    return _read(bucket, client, key, versions[key])
 
 
 def resolve(bucket: Bucket, client: Any, wanted: str) -> str:
@@ -265,7 +271,8 @@ def listing(bucket: Bucket, client: Any) -> list[str]:
 def fetch(bucket: Bucket, client: Any, wanted: str, backup_dir: Path) -> str:
     """Brings one backup into backup_dir/.offsite/fetched/<id>; every file must match the manifest's sha256."""
     backup_id = resolve(bucket, client, wanted)
-    manifest = read_manifest(bucket, client, backup_id)
+    written = _manifest_bytes(bucket, client, backup_id)
+    manifest = json.loads(written)
     fetched = backup_dir / ".offsite" / "fetched"
     # One fetched copy at a time: the previous one (a whole backup) is not kept on disk.
     shutil.rmtree(fetched, ignore_errors=True)
@@ -283,7 +290,7 @@ def fetch(bucket: Bucket, client: Any, wanted: str, backup_dir: Path) -> str:
         actual = _sha256(partial / name)
         if actual != entry["sha256"]:
             raise OffsiteError(f"backup {backup_id}: {name} has sha256 {actual}, the manifest says {entry['sha256']}")
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (partial / "manifest.json").write_bytes(written)
     partial.rename(fetched / backup_id)
     _log(f"fetched backup {backup_id}: {len(manifest['files'])} files, each matching the manifest's sha256")
     return backup_id
@@ -446,6 +453,8 @@ def health() -> int:
 
 
 def main(argv: list[str]) -> int:
+    # Backups hold every user's password hash: what this writes is the backup uid's alone.
+    os.umask(0o077)
     command, arguments = (argv[0], argv[1:]) if argv else ("", [])
     if command == "health":
         return health()
