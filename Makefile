@@ -7,12 +7,13 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install renovate-tools deploy destroy test lint unit e2e lock lock-image bench mutation
+.PHONY: help install renovate-tools deploy destroy move-artifacts test lint unit e2e lock lock-image bench mutation
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
 	@echo "make test                 every check: ruff, mypy, hadolint, shellcheck, workflow schema, zizmor, renovate config, unit and end-to-end tests"
 	@echo "make destroy [STACK=dev]  pulumi destroy (protected volumes in shared stacks are kept)"
+	@echo "make move-artifacts STEP=copy|finish STACK=prod   move a stack's artifacts from its volume to its bucket, verified, then switch it"
 	@echo "make renovate-tools       install renovate-config-validator (npm ci of tools/renovate), which make lint runs"
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
@@ -42,6 +43,12 @@ deploy: $(BIN)/.installed policy/venv/.installed
 
 destroy: $(BIN)/.installed policy/venv/.installed
 	scripts/deploy.sh destroy $(STACK)
+
+# scripts/move-artifacts.sh: `copy` while the server serves (repeatable), then `finish` (stop, final
+# pass, verification, artifactStore s3, deploy). README "Moving a stack's artifacts to a bucket".
+move-artifacts: $(BIN)/.installed policy/venv/.installed
+	@test -n "$(STEP)" || { echo "usage: make move-artifacts STEP=copy|finish STACK=prod" >&2; exit 2; }
+	scripts/move-artifacts.sh $(STEP) $(STACK)
 
 # uv resolves for every platform and Python >= 3.11 (--universal) and records the hash of every
 # file of each pin. The dev lock comes first; the program's and the pack's follow its versions, so

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy.engine import make_url
@@ -241,6 +242,30 @@ def _write_auth_config(path: str, database_uri: str, admin_password: str) -> Non
 _STORE_TIMEOUT_SECONDS = 10
 
 
+def store_location() -> str:
+    """The store as messages name it: the endpoint, or AWS S3 when there is none."""
+    return os.environ.get("MLFLOW_S3_ENDPOINT_URL") or "AWS S3"
+
+
+def store_client(session: Any, *, timeout: int, attempts: int) -> Any:
+    """An S3 client that reaches the bucket as `mlflow server` does: the endpoint and addressing
+    style from the environment, the key pair from AWS_SHARED_CREDENTIALS_FILE (boto3's chain)."""
+    import botocore.config
+
+    return session.client(
+        "s3",
+        endpoint_url=os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None,
+        config=botocore.config.Config(
+            # MLflow's own client settings (mlflow/store/artifact/s3_artifact_repo.py).
+            signature_version="s3v4",
+            s3={"addressing_style": os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"max_attempts": attempts, "mode": "standard"},
+        ),
+    )
+
+
 class ArtifactStoreError(SystemExit):
     """The bucket cannot be used: one line naming the config key and what is wrong."""
 
@@ -256,7 +281,6 @@ def _check_artifact_store(destination: str) -> None:
     """
     try:
         import boto3
-        import botocore.config
         import botocore.exceptions
     except ImportError:
         import mlflow
@@ -268,21 +292,9 @@ def _check_artifact_store(destination: str) -> None:
         ) from None
 
     bucket, _, prefix = destination.removeprefix("s3://").partition("/")
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
-    where = endpoint or "AWS S3"
+    where = store_location()
     session = boto3.Session()
-    client = session.client(
-        "s3",
-        endpoint_url=endpoint,
-        config=botocore.config.Config(
-            # MLflow's own client settings (mlflow/store/artifact/s3_artifact_repo.py).
-            signature_version="s3v4",
-            s3={"addressing_style": os.environ.get("MLFLOW_BOTO_CLIENT_ADDRESSING_STYLE", "auto")},
-            connect_timeout=_STORE_TIMEOUT_SECONDS,
-            read_timeout=_STORE_TIMEOUT_SECONDS,
-            retries={"max_attempts": 2, "mode": "standard"},
-        ),
-    )
+    client = store_client(session, timeout=_STORE_TIMEOUT_SECONDS, attempts=2)
     try:
         client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/" if prefix else "", MaxKeys=1)
     except botocore.exceptions.SSLError as error:

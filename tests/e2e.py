@@ -149,6 +149,21 @@ def wait_for_health_status(container: Container, status: str = "healthy", timeou
     raise AssertionError(f"{container.name} not {status} within {timeout}s: {container.attrs['State']}")
 
 
+def log_random_artifacts(
+    client: MlflowClient, run_id: str, directory: Path, files: Mapping[str, int]
+) -> dict[str, str]:
+    """Writes `files` (relative path -> size) of random bytes under `directory` and logs them as
+    the run's artifacts in one directory upload; returns relative path -> sha256."""
+    hashes: dict[str, str] = {}
+    for name, size in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(size))
+        hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    client.log_artifacts(run_id, str(directory))
+    return hashes
+
+
 def report(message: str) -> None:
     """Figures for the CI log (pytest runs the end-to-end tests with -s)."""
     print(f"\n[e2e] {message}", flush=True)

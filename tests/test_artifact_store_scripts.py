@@ -24,11 +24,15 @@ from tools.stack_config import PROJECT_DIR
 BUCKET = "ml-artifacts"
 
 
-def _load(name: str, file: str) -> ModuleType:
+def _load(name: str, file: str, *, register: bool = False) -> ModuleType:
+    """A script of the image as a module; `register` puts it in sys.modules under `name`, as the
+    image's own `import <name>` (and a dataclass's annotations) find it."""
     spec = importlib.util.spec_from_file_location(name, PROJECT_DIR / "mlflow" / file)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    if register:
+        sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

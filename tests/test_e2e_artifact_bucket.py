@@ -87,13 +87,7 @@ def _log_run(client: MlflowClient, experiment_id: str, directory: Path) -> tuple
         params=[Param("optimizer", "adam"), Param("learning_rate", "0.01")],
         metrics=[Metric("loss", 1 / (step + 1), 1_700_000_000_000 + step, step) for step in range(50)],
     )
-    hashes: dict[str, str] = {}
-    for name, size in ARTIFACT_FILES.items():
-        path = directory / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(os.urandom(size))
-        hashes[name] = _sha256(path.read_bytes())
-    client.log_artifacts(run_id, str(directory))
+    hashes = e2e.log_random_artifacts(client, run_id, directory, ARTIFACT_FILES)
     client.set_terminated(run_id)
     return run_id, hashes
 
