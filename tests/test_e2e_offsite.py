@@ -317,9 +317,15 @@ def test_a_lost_host_comes_back_from_the_config_and_the_backup_bucket(
     docker_client: docker.DockerClient,
     tmp_path: Path,
 ) -> None:
-    backup_id = _scheduled_backup_after(_backup_container(stack, docker_client), logged["logged_at"])
-    while _manifest_version(s3_store, backup_id) is None:
+    backup = _backup_container(stack, docker_client)
+    _scheduled_backup_after(backup, logged["logged_at"])
+    # Every local backup in the bucket first; `latest` is then the newest of them that holds data.
+    newest = _list(backup)[0][0]
+    while _manifest_version(s3_store, newest) is None:
         time.sleep(1)
+    code, stdout, stderr = _exec(backup, "mlflow-backup", "list", "--from", "offsite")
+    assert code == 0, stderr
+    backup_id = next(line.split()[0] for line in stdout.splitlines() if not line.endswith("(empty)"))
     # The host is gone: every container, every volume, and the deployment's state.
     deployer.down(STACK, purge=True)
     assert docker_client.volumes.list(filters={"name": f"mlflow-platform-{STACK}-"}) == []
@@ -335,9 +341,10 @@ def test_a_lost_host_comes_back_from_the_config_and_the_backup_bucket(
     restore_seconds = time.monotonic() - restore_started
     assert stdout.strip().splitlines()[-1] == f"restored {backup_id}", (stdout, stderr)
     admin = _admin(recovered)
-    serving = e2e.wait_until_serving(recovered.tracking_uri, auth=admin)
-    total = time.monotonic() - started
+    # The new stack's new root CA (state lost: new certificates) and new admin password.
     with e2e.trusting(recovered, tmp_path, auth=admin):
+        serving = e2e.wait_until_serving(recovered.tracking_uri, auth=admin)
+        total = time.monotonic() - started
         e2e.verify_seed(MlflowClient(recovered.tracking_uri), logged["seed"], tmp_path / "download")
         base = recovered.tracking_uri
         alice = logged["alice"]
