@@ -19,23 +19,21 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
-import docker.errors
 
 from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
 from bench.load import LoadGenerator, LoadResult, Sample, Target
+from bench.memory import peak_memory
 from tools.stack_config import PROJECT_DIR, stack_config
 
 DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
-_MIB = 1024 * 1024
 
 
 def machine() -> dict[str, Any]:
@@ -55,34 +53,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
-
-
-def _memory_mib(container: Any) -> float:
-    """What `docker stats` shows: usage minus the inactive page cache."""
-    stats = container.stats(stream=False, one_shot=True)["memory_stats"]
-    inactive = stats.get("stats", {}).get("inactive_file", 0)
-    return float(stats.get("usage", 0) - inactive) / _MIB
-
-
-@contextmanager
-def peak_memory(container: Any) -> Iterator[dict[str, float]]:
-    """Samples the container's memory every second while the block runs; yields the peak so far."""
-    peak = {"mib": 0.0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with suppress(docker.errors.DockerException, KeyError):
-                peak["mib"] = max(peak["mib"], _memory_mib(container))
-            stop.wait(1)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def target_for(outputs: dict[str, Any], workdir: Path) -> Target:
