@@ -67,18 +67,7 @@ BIG_ARTIFACT_MIB = 1024
 def bucket_stack(
     docker_client: docker.DockerClient, s3_store: S3Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[e2e.Deployed]:
-    overrides = {
-        **OVERRIDES,
-        "artifactStore": "s3",
-        "artifactBucket": s3_store.bucket,
-        "artifactPrefix": PREFIX,
-        "artifactEndpoint": s3_store.endpoint,
-        "artifactRegion": "us-east-1",
-        "artifactPathStyle": True,
-        "artifactAccessKeyId": s3_store.access_key_id,
-        "artifactSecretAccessKey": s3_store.secret_access_key,
-    }
-    with e2e.stack(STACK, overrides) as deployed:
+    with e2e.stack(STACK, {**OVERRIDES, **s3_store.stack_settings(PREFIX)}) as deployed:
         e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (artifacts in s3://{s3_store.bucket}/{PREFIX})")
         admin = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
         with e2e.trusting(deployed, tmp_path_factory.mktemp("trust"), auth=admin):
