@@ -19,23 +19,31 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
-import docker.errors
 
-from bench.configs import CONFIG_NAMES, CONFIGS, BenchConfig, check_targets, deploy_overrides
+from bench import transfer
+from bench.configs import (
+    CONFIG_NAMES,
+    CONFIGS,
+    TRANSFER_CONFIG,
+    TRANSFER_INDEX,
+    BenchConfig,
+    check_targets,
+    check_transfer,
+    deploy_overrides,
+)
 from bench.load import LoadGenerator, LoadResult, Sample, Target
+from bench.memory import peak_memory
 from tools.stack_config import PROJECT_DIR, stack_config
 
 DEFAULT_OUTPUT = PROJECT_DIR / ".build" / "bench" / "results.json"
-_MIB = 1024 * 1024
 
 
 def machine() -> dict[str, Any]:
@@ -55,34 +63,6 @@ def machine() -> dict[str, Any]:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
-
-
-def _memory_mib(container: Any) -> float:
-    """What `docker stats` shows: usage minus the inactive page cache."""
-    stats = container.stats(stream=False, one_shot=True)["memory_stats"]
-    inactive = stats.get("stats", {}).get("inactive_file", 0)
-    return float(stats.get("usage", 0) - inactive) / _MIB
-
-
-@contextmanager
-def peak_memory(container: Any) -> Iterator[dict[str, float]]:
-    """Samples the container's memory every second while the block runs; yields the peak so far."""
-    peak = {"mib": 0.0}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            with suppress(docker.errors.DockerException, KeyError):
-                peak["mib"] = max(peak["mib"], _memory_mib(container))
-            stop.wait(1)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 def target_for(outputs: dict[str, Any], workdir: Path) -> Target:
@@ -185,6 +165,31 @@ def measure_all(stacks: list[Deployed], args: argparse.Namespace, load: LoadGene
             )
 
 
+def measure_transfer(
+    args: argparse.Namespace, client: docker.DockerClient, resources: ExitStack, workdir: Path
+) -> dict[str, float]:
+    """The production path with its artifacts in a bucket, against a direct transfer to that bucket.
+
+    The store is the end-to-end tests' SeaweedFS (tests/s3_store.py), started beside the
+    stack as an operator's own store would be, and removed after it.
+    """
+    from tests.s3_store import running_store
+    from tools.local_deploy import deployer
+
+    store = resources.enter_context(running_store(client))
+    config = TRANSFER_CONFIG
+    deployer.down(config.stack)
+    resources.callback(deployer.down, config.stack)
+    outputs = deployer.up(config.stack, {**deploy_overrides(config, TRANSFER_INDEX), **store.stack_settings("bench")})
+    stack_dir = workdir / config.stack
+    stack_dir.mkdir()
+    server = client.containers.get(str(outputs["mlflow_container_name"]))
+    result = transfer.measure(
+        target_for(outputs, stack_dir), store, server, stack_dir / "transfer", args.transfer_mib, args.transfer_rounds
+    )
+    return result.as_dict()
+
+
 def row(stack: Deployed, client: docker.DockerClient, batch_size: int) -> dict[str, Any]:
     warm = Sample.combine(stack.samples).summary(batch_size)
     image = client.images.get(str(stack.outputs["mlflow_image_name"]))
@@ -247,10 +252,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="seconds measured right after `up` returns, no warm-up (default 10)")  # fmt: skip
     parser.add_argument("--configs", nargs="+", choices=CONFIG_NAMES, default=list(CONFIG_NAMES),
                         help="configurations to run, in this order (default: all)")  # fmt: skip
+    parser.add_argument(
+        "--transfer-mib",
+        type=int,
+        default=256,
+        help="MiB of the artifact sent through the production path and directly to the store (default 256; 0: none)",
+    )
+    parser.add_argument("--transfer-rounds", type=int, default=3,
+                        help="turns of each transfer, production path and direct alternating (default 3)")  # fmt: skip
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
-    if args.clients < 1 or args.rounds < 1 or args.duration <= 0:
-        parser.error("--clients, --rounds and --duration must be positive")
+    if args.clients < 1 or args.rounds < 1 or args.duration <= 0 or args.transfer_rounds < 1:
+        parser.error("--clients, --rounds, --duration and --transfer-rounds must be positive")
+    if args.transfer_mib < 0:
+        parser.error("--transfer-mib must be 0 (no transfer) or more")
     if not 1 <= args.batch_size <= 1000:
         parser.error("--batch-size must be from 1 to 1000 (MLflow's limit per log-batch request)")
     return args
@@ -274,7 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         measure_all(stacks, args, load)
         rows = [row(stack, client, args.batch_size) for stack in stacks]
-    checks = check_targets({row["config"]: row for row in rows})
+        measured = None
+        if args.transfer_mib:
+            print(f"bench: {TRANSFER_CONFIG.name}: {TRANSFER_CONFIG.description}", file=sys.stderr, flush=True)
+            try:
+                measured = measure_transfer(args, client, resources, workdir)
+            except deployer.DeployError as error:
+                print(f"bench: {TRANSFER_CONFIG.name}: deployment failed: {error}", file=sys.stderr)
+                return 1
+    checks = check_targets({row["config"]: row for row in rows}) + (check_transfer(measured) if measured else [])
     spec = machine()
     given = list(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {
@@ -290,6 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "command": " ".join(["make bench", *([f"ARGS='{' '.join(given)}'"] if given else [])]),
         "configs": rows,
+        "transfer": measured,
         "targets": [check.__dict__ for check in checks],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +325,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"in {args.rounds} turns of {args.duration / args.rounds:g} s\n"
     )
     print(table(rows))
+    if measured:
+        print(f"\n{transfer.line(measured)}")
     print()
     for check in checks:
         print(check.line())

@@ -53,6 +53,14 @@ CONFIGS = (
     BenchConfig("prod", "the production path: the prod stack, basic auth on", "prod"),
 )
 CONFIG_NAMES = tuple(config.name for config in CONFIGS)
+# Transfers only (no metrics load): the production path with its artifacts in a bucket of the bench's
+# own SeaweedFS (the store's keys are added when it runs); its ports follow the configurations'.
+TRANSFER_CONFIG = BenchConfig(
+    "prod-s3", "the production path, artifacts in a bucket: one large artifact up and down", "prod"
+)
+TRANSFER_INDEX = len(CONFIGS)
+# The production path's MB/s against a direct boto3 transfer of the same bytes to the same store.
+TRANSFER_RATIO_TARGET = 0.5
 
 
 def deploy_overrides(config: BenchConfig, index: int) -> dict[str, object]:
@@ -97,6 +105,11 @@ class TargetCheck:
         return f"{'PASS' if self.passed else 'FAIL'}  {self.name}: {self.measured:.2f} (target {self.limit})"
 
 
+def _ratio(name: str, numerator: float, denominator: float, minimum: float) -> TargetCheck:
+    value = numerator / denominator if denominator else 0.0
+    return TargetCheck(name, value, minimum, value >= minimum)
+
+
 def check_targets(results: Mapping[str, Mapping[str, float]]) -> list[TargetCheck]:
     """The issue's targets, as ratios within one run; a configuration not measured is skipped.
 
@@ -106,8 +119,7 @@ def check_targets(results: Mapping[str, Mapping[str, float]]) -> list[TargetChec
     checks: list[TargetCheck] = []
 
     def ratio(name: str, numerator: float, denominator: float, minimum: float) -> None:
-        value = numerator / denominator if denominator else 0.0
-        checks.append(TargetCheck(name, value, minimum, value >= minimum))
+        checks.append(_ratio(name, numerator, denominator, minimum))
 
     prod, reference = results.get("prod"), results.get("prod-noauth")
     if prod is not None and reference is not None:
@@ -125,3 +137,20 @@ def check_targets(results: Mapping[str, Mapping[str, float]]) -> list[TargetChec
         ratio(f"{name}: first 10 s after up / warm, metrics/s", measured["first_window_metrics_per_second"],
               measured["metrics_per_second"], 0.8)  # fmt: skip
     return checks
+
+
+def check_transfer(transfer: Mapping[str, float]) -> list[TargetCheck]:
+    """The production path's upload and download MB/s against the direct boto3 transfer's, in one run.
+
+    `transfer` holds `production_up_mb_per_second`, `production_down_mb_per_second`,
+    `direct_up_mb_per_second` and `direct_down_mb_per_second`.
+    """
+    return [
+        _ratio(
+            f"production path / direct boto3 to the same store, {direction} MB/s",
+            transfer[f"production_{direction}_mb_per_second"],
+            transfer[f"direct_{direction}_mb_per_second"],
+            TRANSFER_RATIO_TARGET,
+        )
+        for direction in ("up", "down")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator, Mapping
@@ -167,6 +168,36 @@ def log_random_artifacts(
 def report(message: str) -> None:
     """Figures for the CI log (pytest runs the end-to-end tests with -s)."""
     print(f"\n[e2e] {message}", flush=True)
+
+
+def big_artifact_round_trip(client: MlflowClient, run_id: str, directory: Path, mib: int) -> tuple[float, float]:
+    """Logs `mib` MiB of random bytes as one artifact and downloads it: (seconds up, seconds down).
+
+    Asserts the download's size and sha256 equal what was written, then removes the directory
+    (pytest keeps the temporary directories of the last runs: not 2 GiB each).
+    """
+    artifact = directory / "checkpoint.bin"
+    written = hashlib.sha256()
+    try:
+        with artifact.open("wb") as handle:
+            for _ in range(mib):
+                chunk = os.urandom(1024 * 1024)
+                written.update(chunk)
+                handle.write(chunk)
+        started = time.monotonic()
+        client.log_artifact(run_id, str(artifact))
+        uploaded = time.monotonic() - started
+        started = time.monotonic()
+        local = Path(client.download_artifacts(run_id, artifact.name, str(directory / "down")))
+        downloaded = time.monotonic() - started
+        read = hashlib.sha256()
+        with local.open("rb") as handle:
+            while chunk := handle.read(1024 * 1024):
+                read.update(chunk)
+        assert (local.stat().st_size, read.hexdigest()) == (mib * 1024 * 1024, written.hexdigest())
+        return uploaded, downloaded
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- A realistic data set, written and read back through the MLflow client ------------------

@@ -68,6 +68,19 @@ class S3Store:
             config=botocore.config.Config(s3={"addressing_style": "path"}),
         )
 
+    def stack_settings(self, prefix: str) -> dict[str, object]:
+        """The config keys that put a stack's artifacts in this bucket under `prefix`, with the scoped key pair."""
+        return {
+            "artifactStore": "s3",
+            "artifactBucket": self.bucket,
+            "artifactPrefix": prefix,
+            "artifactEndpoint": self.endpoint,
+            "artifactRegion": "us-east-1",
+            "artifactPathStyle": True,
+            "artifactAccessKeyId": self.access_key_id,
+            "artifactSecretAccessKey": self.secret_access_key,
+        }
+
     def objects(self, prefix: str) -> dict[str, bytes]:
         """Every object under `prefix` in the artifact bucket, read back with the admin key: key -> content."""
         return self.objects_in(self.bucket, prefix)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.configs import CONFIGS, check_targets, deploy_overrides
+from bench.configs import CONFIGS, TRANSFER_CONFIG, TRANSFER_INDEX, check_targets, check_transfer, deploy_overrides
 from bench.load import Target, _session, summarize
+from bench.transfer import TransferResult, _client_environment, line
 from tools.stack_config import project_file, stack_config
 
 
@@ -26,7 +27,14 @@ def test_summary_of_no_answer_is_zero() -> None:
 
 def test_bench_stacks_have_their_own_names_and_ports() -> None:
     overrides = [deploy_overrides(config, index) for index, config in enumerate(CONFIGS)]
-    assert [config.stack for config in CONFIGS] == ["bench-chapter", "bench-dev", "bench-prod-noauth", "bench-prod"]
+    overrides.append(deploy_overrides(TRANSFER_CONFIG, TRANSFER_INDEX))
+    assert [config.stack for config in (*CONFIGS, TRANSFER_CONFIG)] == [
+        "bench-chapter",
+        "bench-dev",
+        "bench-prod-noauth",
+        "bench-prod",
+        "bench-prod-s3",
+    ]
     ports = [value for item in overrides for key, value in item.items() if key.endswith("Port")]
     assert len(ports) == len(set(ports))
     assert 5000 not in ports
@@ -115,3 +123,61 @@ def test_with_stand_ins_the_bench_runs_them_not_the_stack_files_pinned_images(mo
     assert not {"postgresImage", "proxyImage", "baseImage"} & set(prod)
     monkeypatch.setenv("LOCAL_DEPLOY_STANDINS", "0")
     assert deploy_overrides(CONFIGS[-1], len(CONFIGS) - 1)["postgresImage"] == stack_config("prod")["postgresImage"]
+
+
+def test_the_transfer_stack_is_the_production_path() -> None:
+    transfer = deploy_overrides(TRANSFER_CONFIG, TRANSFER_INDEX)
+    assert transfer == deploy_overrides(CONFIGS[-1], TRANSFER_INDEX)
+    settings = stack_config("bench-prod-s3", transfer)
+    assert (settings["tlsMode"], settings["authEnabled"], settings["workers"], transfer["httpsPort"]) == (
+        "internal",
+        True,
+        4,
+        5752,
+    )
+
+
+def _transfer(up: float, down: float, direct_up: float = 100.0, direct_down: float = 200.0) -> dict[str, float]:
+    return {
+        "production_up_mb_per_second": up,
+        "production_down_mb_per_second": down,
+        "direct_up_mb_per_second": direct_up,
+        "direct_down_mb_per_second": direct_down,
+    }
+
+
+def test_transfer_targets_are_half_of_direct_each_way() -> None:
+    checks = check_transfer(_transfer(up=50.0, down=99.0))
+    assert [(check.name, round(check.measured, 3), check.limit, check.passed) for check in checks] == [
+        ("production path / direct boto3 to the same store, up MB/s", 0.5, 0.5, True),
+        ("production path / direct boto3 to the same store, down MB/s", 0.495, 0.5, False),
+    ]
+    assert [check.passed for check in check_transfer(_transfer(up=49.0, down=100.0))] == [False, True]
+    # A direct transfer that measured nothing fails the target rather than dividing by zero.
+    assert [check.passed for check in check_transfer(_transfer(50.0, 100.0, direct_up=0.0))] == [False, True]
+
+
+def test_transfer_rates_are_megabytes_per_second_over_every_round() -> None:
+    result = TransferResult(256, 3, 8.0, 4.0, 2.0, 1.0, 700.4)
+    assert result.as_dict() == {
+        "mib": 256,
+        "rounds": 3,
+        "production_up_mb_per_second": 100.7,
+        "production_down_mb_per_second": 201.3,
+        "direct_up_mb_per_second": 402.7,
+        "direct_down_mb_per_second": 805.3,
+        "server_memory_peak_mib": 700,
+    }
+    assert line(result.as_dict()) == (
+        "artifact transfer, 256 MiB x 3: production path up 100.7 MB/s, down 201.3 MB/s; "
+        "direct boto3 up 402.7 MB/s, down 805.3 MB/s; server memory peak 700 MiB"
+    )
+
+
+def test_the_transfer_client_logs_in_and_trusts_the_stacks_ca() -> None:
+    assert _client_environment(Target("https://localhost:5752", ("admin", "pw"), "/tmp/bench/ca.pem")) == {
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": "pw",
+        "MLFLOW_TRACKING_SERVER_CERT_PATH": "/tmp/bench/ca.pem",
+    }
+    assert _client_environment(Target("http://127.0.0.1:5720", None, True)) == {}

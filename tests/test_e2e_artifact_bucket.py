@@ -1,10 +1,12 @@
 """End to end: a prod-shaped stack (auth, HTTPS front door) whose artifacts live in a real S3 bucket.
 
 The bucket is SeaweedFS's (tests/s3_store.py), outside the stack, as an operator's own store
-would be; the stack gets a key pair scoped to that bucket, as a secret. A run logged through
-the front door lands in the bucket under the prefix byte for byte; the server keeps none of it
-and no store credential is in anything `docker inspect` or /proc shows; gc deletes a deleted
-run's objects and no others. Tests run in file order on one stack.
+would be; the stack gets a key pair scoped to that bucket, as a secret. A realistic run (params,
+metrics, a 25 MiB directory) logged through the front door lands in the bucket under the prefix
+byte for byte, and a model version of it downloads through the registry; the server keeps none
+of it and no store credential is in anything `docker inspect` or /proc shows; gc deletes a
+deleted run's objects and no others; 1 GiB goes up in parts and comes down with the server's
+memory under its limit. Tests run in file order on one stack.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import docker
+import mlflow.artifacts
 import pytest
 import requests
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from bench.memory import cgroup_peak_mib, peak_memory
 from tests import e2e, secret_scan
 from tests.s3_store import S3Store
 
@@ -40,35 +44,30 @@ OVERRIDES: dict[str, object] = {
     # gc purges what was deleted a second ago, so the test need not wait days.
     "gcOlderThan": "1s",
 }
-# A directory of artifacts: a few MB, in subdirectories, as a model's files would be.
+# A directory of artifacts: 25 MiB in subdirectories, as a model's files and its evaluation would be.
 ARTIFACT_FILES = {
-    "model/weights.bin": 3 * 1024 * 1024,
+    "model/weights.bin": 7 * 1024 * 1024,
     "model/config.json": 2048,
-    "eval/predictions.csv": 1024 * 1024,
+    "model/tokenizer/vocab.txt": 1024 * 1024,
     # Above the client's multipart threshold, lowered below for the test (500 MB by default): it goes
     # up in two parts the client PUTs to URLs the server presigns, not through the server.
     "model/checkpoint.bin": 12 * 1024 * 1024,
+    "eval/predictions.csv": 2 * 1024 * 1024,
+    "eval/plots/roc.png": 256 * 1024,
+    "data/sample.parquet": 2816 * 1024,
 }
 MULTIPART_FILE = "model/checkpoint.bin"
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
+MODEL_NAME = "bucket-model"
+# Above the client's default multipart threshold: up in parts straight to the bucket, down through the server.
+BIG_ARTIFACT_MIB = 1024
 
 
 @pytest.fixture(scope="module")
 def bucket_stack(
     docker_client: docker.DockerClient, s3_store: S3Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[e2e.Deployed]:
-    overrides = {
-        **OVERRIDES,
-        "artifactStore": "s3",
-        "artifactBucket": s3_store.bucket,
-        "artifactPrefix": PREFIX,
-        "artifactEndpoint": s3_store.endpoint,
-        "artifactRegion": "us-east-1",
-        "artifactPathStyle": True,
-        "artifactAccessKeyId": s3_store.access_key_id,
-        "artifactSecretAccessKey": s3_store.secret_access_key,
-    }
-    with e2e.stack(STACK, overrides) as deployed:
+    with e2e.stack(STACK, {**OVERRIDES, **s3_store.stack_settings(PREFIX)}) as deployed:
         e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (artifacts in s3://{s3_store.bucket}/{PREFIX})")
         admin = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
         with e2e.trusting(deployed, tmp_path_factory.mktemp("trust"), auth=admin):
@@ -102,9 +101,14 @@ def _run_objects(store: S3Store, experiment_id: str, run_id: str) -> dict[str, s
 def live_run(bucket_stack: e2e.Deployed, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, str]]:
     client = MlflowClient(bucket_stack.tracking_uri)
     experiment_id = client.create_experiment("bucket-e2e")
+    started = time.monotonic()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE", str(MULTIPART_THRESHOLD))
         run_id, hashes = _log_run(client, experiment_id, tmp_path_factory.mktemp("live"))
+    e2e.report(
+        f"realistic run logged through the front door in {time.monotonic() - started:.1f}s: 2 params, 50 metric "
+        f"steps, {len(ARTIFACT_FILES)} files ({sum(ARTIFACT_FILES.values()) / 2**20:.1f} MiB) in one directory"
+    )
     return experiment_id, run_id, hashes
 
 
@@ -121,7 +125,12 @@ def test_a_run_logged_through_the_front_door_is_in_the_bucket_under_the_prefix(
     assert run.info.artifact_uri == f"mlflow-artifacts:/{experiment_id}/{run_id}/artifacts"
     # The listing the web UI's artifact browser shows, and the file it opens, both read from the bucket.
     listed = {(a.path, a.is_dir, a.file_size) for a in client.list_artifacts(run_id, "model")}
-    assert listed == {(name, False, size) for name, size in ARTIFACT_FILES.items() if name.startswith("model/")}
+    assert listed == {
+        ("model/weights.bin", False, 7 * 1024 * 1024),
+        ("model/config.json", False, 2048),
+        ("model/checkpoint.bin", False, 12 * 1024 * 1024),
+        ("model/tokenizer", True, None),
+    }
     admin = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
     opened = requests.get(
         f"{bucket_stack.tracking_uri}/get-artifact",
@@ -140,6 +149,42 @@ def test_a_run_logged_through_the_front_door_is_in_the_bucket_under_the_prefix(
     e2e.report(
         f"{len(hashes)} artifacts ({sum(ARTIFACT_FILES.values()) / 2**20:.1f} MiB) in "
         f"s3://{s3_store.bucket}/{PREFIX}/{experiment_id}/{run_id}/artifacts/ with matching sha256"
+    )
+
+
+def test_a_model_version_of_the_run_reads_back_and_downloads_through_the_front_door(
+    bucket_stack: e2e.Deployed,
+    live_run: tuple[str, str, dict[str, str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, run_id, hashes = live_run
+    client = MlflowClient(bucket_stack.tracking_uri)
+    client.create_registered_model(MODEL_NAME, description="the bucket run's model")
+    created = client.create_model_version(MODEL_NAME, f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias(MODEL_NAME, "champion", created.version)
+    version = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    assert (version.name, version.version, version.run_id, version.status) == (MODEL_NAME, "1", run_id, "READY")
+    assert client.get_registered_model(MODEL_NAME).description == "the bucket run's model"
+    # The version points at the run's files (no copy): the bucket's objects, fetched through the front door.
+    source = f"runs:/{run_id}/model"
+    assert (version.source, client.get_model_version_download_uri(MODEL_NAME, "1")) == (source, source)
+    # A models:/ URI resolves through the registry, which is where the tracking URI points (as a user sets it);
+    # download_artifacts(tracking_uri=...) would leave the registry at the default, a local SQLite file.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", bucket_stack.tracking_uri)
+    started = time.monotonic()
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}@champion", dst_path=str(tmp_path)))
+    seconds = time.monotonic() - started
+    downloaded = {
+        path.relative_to(local).as_posix(): _sha256(path.read_bytes()) for path in local.rglob("*") if path.is_file()
+    }
+    assert downloaded == {
+        name.removeprefix("model/"): digest for name, digest in hashes.items() if name.startswith("model/")
+    }
+    e2e.report(
+        f"model version {MODEL_NAME}@champion (v{version.version}): its {len(downloaded)} files "
+        f"({sum(size for name, size in ARTIFACT_FILES.items() if name.startswith('model/')) / 2**20:.1f} MiB) "
+        f"downloaded in {seconds:.1f}s with matching sha256"
     )
 
 
@@ -271,3 +316,38 @@ def test_the_start_up_check_refuses_a_store_it_cannot_use_in_one_line(
     assert len(output) == 1, output
     assert output[0].startswith(f"prepare_db: {expected}"), output
     e2e.report(f"refused: {output[0]}")
+
+
+def test_a_1_gib_artifact_goes_up_in_parts_to_the_bucket_and_down_under_the_servers_memory_limit(
+    bucket_stack: e2e.Deployed, s3_store: S3Store, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """With the client's default threshold: up in parts to URLs the server presigns, down through the server."""
+    client = MlflowClient(bucket_stack.tracking_uri)
+    experiment_id = client.create_experiment("bucket-big-artifact")
+    run_id = client.create_run(experiment_id).info.run_id
+    server = bucket_stack.container(docker_client, "mlflow")
+    limit_mib = server.attrs["HostConfig"]["Memory"] / 2**20
+    restarts = server.attrs["RestartCount"]
+    key = f"{PREFIX}/{experiment_id}/{run_id}/artifacts/checkpoint.bin"
+    try:
+        with peak_memory(server, interval=0.25) as peak:
+            uploaded, downloaded = e2e.big_artifact_round_trip(client, run_id, tmp_path, BIG_ARTIFACT_MIB)
+        stored = s3_store.client(admin=True).head_object(Bucket=s3_store.bucket, Key=key)
+    finally:
+        # 1 GiB less on the store's disk for the rest of the session.
+        s3_store.client(admin=True).delete_object(Bucket=s3_store.bucket, Key=key)
+    server.reload()
+    cgroup_peak = cgroup_peak_mib(server)
+    e2e.report(
+        f"{BIG_ARTIFACT_MIB} MiB through the front door, artifacts in the bucket: up {uploaded:.1f}s, "
+        f"down {downloaded:.1f}s; server memory peak {peak['mib']:.0f} MiB (docker stats, sampled every 0.25 s), "
+        f"cgroup peak since start {cgroup_peak or 0:.0f} MiB (page cache included), limit {limit_mib:.0f} MiB"
+    )
+    # In MLflow's 10 MiB parts (ETag -<parts>): the bytes went to the store, not through the server.
+    assert (stored["ContentLength"], stored["ETag"].strip('"').rsplit("-", 1)[-1]) == (BIG_ARTIFACT_MIB * 2**20, "103")
+    assert (server.attrs["State"]["Status"], server.attrs["State"]["OOMKilled"], server.attrs["RestartCount"]) == (
+        "running",
+        False,
+        restarts,
+    )
+    assert 0 < peak["mib"] < limit_mib
