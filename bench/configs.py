@@ -143,9 +143,9 @@ def check_transfer(transfer: Mapping[str, float]) -> list[TargetCheck]:
     """The production path's upload and download MB/s against the direct boto3 transfer's, in one run.
 
     `transfer` holds `production_up_mb_per_second`, `production_down_mb_per_second`,
-    `direct_up_mb_per_second` and `direct_down_mb_per_second`.
+    `production_multipart_up_mb_per_second`, `direct_up_mb_per_second` and `direct_down_mb_per_second`.
     """
-    return [
+    checks = [
         _ratio(
             f"production path / direct boto3 to the same store, {direction} MB/s",
             transfer[f"production_{direction}_mb_per_second"],
@@ -154,3 +154,12 @@ def check_transfer(transfer: Mapping[str, float]) -> list[TargetCheck]:
         )
         for direction in ("up", "down")
     ]
+    checks.append(
+        _ratio(
+            "production path in parts (multipart) / direct boto3 to the same store, up MB/s",
+            transfer["production_multipart_up_mb_per_second"],
+            transfer["direct_up_mb_per_second"],
+            TRANSFER_RATIO_TARGET,
+        )
+    )
+    return checks

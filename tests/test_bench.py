@@ -137,8 +137,11 @@ def test_the_transfer_stack_is_the_production_path() -> None:
     )
 
 
-def _transfer(up: float, down: float, direct_up: float = 100.0, direct_down: float = 200.0) -> dict[str, float]:
+def _transfer(
+    up: float, down: float, direct_up: float = 100.0, direct_down: float = 200.0, parts: float = 90.0
+) -> dict[str, float]:
     return {
+        "production_multipart_up_mb_per_second": parts,
         "production_up_mb_per_second": up,
         "production_down_mb_per_second": down,
         "direct_up_mb_per_second": direct_up,
@@ -151,25 +154,28 @@ def test_transfer_targets_are_half_of_direct_each_way() -> None:
     assert [(check.name, round(check.measured, 3), check.limit, check.passed) for check in checks] == [
         ("production path / direct boto3 to the same store, up MB/s", 0.5, 0.5, True),
         ("production path / direct boto3 to the same store, down MB/s", 0.495, 0.5, False),
+        ("production path in parts (multipart) / direct boto3 to the same store, up MB/s", 0.9, 0.5, True),
     ]
-    assert [check.passed for check in check_transfer(_transfer(up=49.0, down=100.0))] == [False, True]
+    assert [check.passed for check in check_transfer(_transfer(up=49.0, down=100.0))] == [False, True, True]
+    assert [check.passed for check in check_transfer(_transfer(50.0, 100.0, parts=49.9))] == [True, True, False]
     # A direct transfer that measured nothing fails the target rather than dividing by zero.
-    assert [check.passed for check in check_transfer(_transfer(50.0, 100.0, direct_up=0.0))] == [False, True]
+    assert [check.passed for check in check_transfer(_transfer(50.0, 100.0, direct_up=0.0))] == [False, True, False]
 
 
 def test_transfer_rates_are_megabytes_per_second_over_every_round() -> None:
-    result = TransferResult(256, 3, 8.0, 4.0, 2.0, 1.0, 700.4)
+    result = TransferResult(256, 3, 8.0, 4.0, 2.0, 1.0, 700.4, 3.0)
     assert result.as_dict() == {
         "mib": 256,
         "rounds": 3,
         "production_up_mb_per_second": 100.7,
         "production_down_mb_per_second": 201.3,
+        "production_multipart_up_mb_per_second": 268.4,
         "direct_up_mb_per_second": 402.7,
         "direct_down_mb_per_second": 805.3,
         "server_memory_peak_mib": 700,
     }
     assert line(result.as_dict()) == (
-        "artifact transfer, 256 MiB x 3: production path up 100.7 MB/s, down 201.3 MB/s; "
+        "artifact transfer, 256 MiB x 3: production path up 100.7 MB/s, down 201.3 MB/s, up in parts 268.4 MB/s; "
         "direct boto3 up 402.7 MB/s, down 805.3 MB/s; server memory peak 700 MiB"
     )
 
