@@ -231,10 +231,27 @@ def test_the_server_holds_no_artifact_and_no_store_credential(
     )
     logs = b"".join(c.logs() for c in stack_containers)
     assert not any(value.encode() in logs for value in credentials)
+    # Nor the image: its settings and history, and every byte of its layers (`docker save`).
+    image = docker_client.images.get(str(bucket_stack.outputs["mlflow_image_name"]))
+    assert not any(value in json.dumps([image.attrs, image.history()]) for value in credentials)
+    assert not _stream_holds(image.save(), {value.encode() for value in credentials})
     e2e.report(
-        f"store key pair absent from docker inspect, logs, {processes} processes and {scan.files} volume files of "
+        f"store key pair absent from docker inspect, logs, the image's layers, {processes} processes and "
+        f"{scan.files} volume files of "
         f"{len(stack_containers)} containers; only in {sorted(scan.secret_files)}"
     )
+
+
+def _stream_holds(chunks: Iterator[bytes], needles: set[bytes]) -> bool:
+    """Whether any needle occurs in the stream, across chunk boundaries too."""
+    overlap = max(len(needle) for needle in needles) - 1
+    tail = b""
+    for chunk in chunks:
+        window = tail + chunk
+        if any(needle in window for needle in needles):
+            return True
+        tail = window[-overlap:]
+    return False
 
 
 def test_gc_deletes_a_deleted_runs_objects_and_keeps_a_live_runs(
