@@ -280,3 +280,19 @@ def test_from_offsite_without_a_backup_bucket_says_which_key_to_set(tmp_path: Pa
     )
     assert result.returncode == 1
     assert "error: no off-host copies: config key backupBucket is empty" in result.stderr
+
+
+def test_a_key_is_written_once_a_rerun_with_the_same_bytes_adds_no_version_and_other_bytes_are_refused(
+    s3: Any, bucket: Any, tmp_path: Path
+) -> None:
+    """A pass cut off before its manifest is run again: If-None-Match keeps the store from taking a second copy."""
+    path = tmp_path / "tracking.dump"
+    path.write_bytes(b"dump")
+    key = "stacks/prod/20261205T030000Z/tracking.dump"
+    offsite._put_once(bucket, s3, key, path)
+    offsite._put_once(bucket, s3, key, path)
+    assert len(s3.list_object_versions(Bucket=BUCKET, Prefix=key)["Versions"]) == 1
+    path.write_bytes(b"other bytes")
+    with pytest.raises(offsite.OffsiteError, match="is already in the bucket with sha256"):
+        offsite._put_once(bucket, s3, key, path)
+    assert len(s3.list_object_versions(Bucket=BUCKET, Prefix=key)["Versions"]) == 1
