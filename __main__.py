@@ -4,10 +4,12 @@ import pulumi
 
 from components.platform import MlflowPlatform
 from components.settings import load_settings
+from components.settings.rules import require_buildable
 
 # Validated before anything is declared: a bad value stops here with the key,
 # the value and what is accepted.
 settings = load_settings()
+require_buildable(settings)
 platform = MlflowPlatform("mlflow", {"settings": settings})
 
 pulumi.export("tracking_uri", platform.tracking_uri)

@@ -252,6 +252,17 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
         "only to verify an https:// backupEndpoint",
     ),
     ("prod", {"backupCaCertificate": "junk"}, "backupCaCertificate", "'<PEM>'", "backupBucket is empty"),
+    # Where the stack runs (issue 21).
+    ("dev", {"engine": "kubernetes"}, "engine", "'kubernetes'", "'standalone' (containers on one Docker host)"),
+    ("dev", {"mlflowReplicas": 2}, "mlflowReplicas", "2", "engine standalone runs one server container"),
+    ("dev", {"engine": "swarm", "mlflowReplicas": 3}, "artifactStore", "'volume'", "needs artifacts no single node"),
+    ("dev", {"postgresNodeLabel": "postgres"}, "postgresNodeLabel", "'postgres'", "a node label as key=value"),
+    ("dev", {"imageRegistry": "https://r.example"}, "imageRegistry", "'https://r.example'", "(no scheme)"),
+    ("dev", {"engine": "swarm", "imageRegistryUsername": "ci"}, "imageRegistryPassword", "''", "both, or neither"),
+    ("dev", {"engine": "swarm"}, "engine", "'swarm'", "the swarm target is not built yet"),
+    ("dev", {"engine": "swarm", "imageRegistryPassword": "p" * 30}, "imageRegistryUsername", "''", "or neither"),
+    ("dev", {"engine": "swarm", "imageRegistryCaCertificate": "junk"}, "imageRegistryCaCertificate", "'<PEM>'", "PEM"),
+    ("dev", {"imageRegistry": "registry.local:5000"}, "imageRegistry", "'registry.local:5000'", "builds on the host"),
 ]
 
 
@@ -535,6 +546,7 @@ INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
     "backupIntervalMinutes": (0, 59),
     "backupKeep": (1, 1000),
     "gcIntervalHours": (1, 720),
+    "mlflowReplicas": (1, 16),
 }
 _FIELD = {  # config key -> dotted path of its StackSettings attribute
     "postgresPasswordLength": "database.password_length",
@@ -554,10 +566,16 @@ _FIELD = {  # config key -> dotted path of its StackSettings attribute
     "backupIntervalMinutes": "backups.interval_minutes",
     "backupKeep": "backups.keep",
     "gcIntervalHours": "gc.interval_hours",
+    "mlflowReplicas": "cluster.mlflow_replicas",
 }
 # Bounds are checked on dev; where another key must make room for a bound (32 workers need the
 # memory for 32 workers), it is given here.
-_ROOM_FOR: dict[str, dict[str, object]] = {"workers": {"mlflowMemoryMb": 1_048_576}, "mlflowMemoryMb": {"workers": 1}}
+_ROOM_FOR: dict[str, dict[str, object]] = {
+    "workers": {"mlflowMemoryMb": 1_048_576},
+    "mlflowMemoryMb": {"workers": 1},
+    # Replicas need the swarm engine and artifacts in a bucket.
+    "mlflowReplicas": {"engine": "swarm", "artifactStore": "s3", "artifactBucket": "ml-artifacts"},
+}
 
 
 def test_the_bounds_table_covers_every_integer_key() -> None:

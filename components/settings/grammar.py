@@ -21,6 +21,12 @@ from components.postgres_facts import SUPERUSER
 ENVIRONMENT_KINDS = ("dev", "shared")
 TLS_MODES = ("off", "internal", "acme", "provided")
 ARTIFACT_STORES = ("volume", "s3")
+# standalone: containers on one Docker host; swarm: services on a swarm manager (issue 21).
+ENGINES = ("standalone", "swarm")
+NODE_LABEL_ACCEPTED = "accepted: a node label as key=value, such as 'mlflow-platform.postgres=true'"
+REGISTRY_ACCEPTED = (
+    "accepted: empty, or a registry as host[:port][/path] (no scheme), such as 'registry.example.com:5000/mlflow'"
+)
 
 # Docker's reference grammar (distribution/reference), anchored: optional registry
 # host[:port], lower-case path components, then a tag and/or a digest.
@@ -110,6 +116,18 @@ ENDPOINT_ACCEPTED = (
     "accepted: empty (AWS S3), or the store's URL, http:// or https:// with a host and an optional port "
     "(no path, query or user info), such as 'https://s3.example.internal:9000'"
 )
+
+
+_NODE_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?=[A-Za-z0-9._-]+$")
+_REGISTRY = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]+([._/-][a-z0-9]+)*)?$")
+
+
+def is_node_label(value: str) -> bool:
+    return _NODE_LABEL.match(value) is not None
+
+
+def is_registry(value: str) -> bool:
+    return value == "" or _REGISTRY.match(value) is not None
 
 
 def is_bucket(value: str) -> bool:

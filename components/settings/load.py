@@ -15,11 +15,14 @@ from components.settings.grammar import (
     DATABASE_ACCEPTED,
     DOCKER_SIZE,
     ENDPOINT_ACCEPTED,
+    ENGINES,
     ENVIRONMENT_KINDS,
     GC_AGE,
     IMAGE_ACCEPTED,
+    NODE_LABEL_ACCEPTED,
     PREFIX_ACCEPTED,
     REGION_ACCEPTED,
+    REGISTRY_ACCEPTED,
     ROLE_ACCEPTED,
     TLS_MODES,
     is_allowed_host,
@@ -28,9 +31,11 @@ from components.settings.grammar import (
     is_bucket,
     is_host_name,
     is_ip_address,
+    is_node_label,
     is_origin,
     is_pinned_image,
     is_region,
+    is_registry,
     is_store_endpoint,
     is_tracking_database,
     locked_mlflow_releases,
@@ -72,6 +77,7 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
             "accepted: 'shared' (the default: auth and volume protection required) or 'dev' (a personal stack)",
         ),
         backups=_backups(read),
+        cluster=_cluster(read),
         gc=model.GcSettings(
             older_than=read.string(
                 "gcOlderThan",
@@ -173,6 +179,23 @@ def _artifacts(read: ConfigReader) -> model.ArtifactSettings:
             "accepted: 'volume' (the stack's artifacts volume) or 's3' (an S3-compatible bucket, artifactBucket)",
         ),
         **location,
+    )
+
+
+def _cluster(read: ConfigReader) -> model.ClusterSettings:
+    return model.ClusterSettings(
+        engine=read.string(
+            "engine",
+            lambda value: value in ENGINES,
+            "accepted: 'standalone' (containers on one Docker host) or 'swarm' (services on a swarm manager)",
+        ),
+        # More than a few replicas on a small cluster only adds database connections.
+        mlflow_replicas=read.integer("mlflowReplicas", 1, 16),
+        postgres_node_label=read.string("postgresNodeLabel", is_node_label, NODE_LABEL_ACCEPTED),
+        image_registry=read.string("imageRegistry", is_registry, REGISTRY_ACCEPTED),
+        image_registry_username=read.optional("imageRegistryUsername"),
+        image_registry_password=read.secret("imageRegistryPassword"),
+        image_registry_ca_certificate=read.optional("imageRegistryCaCertificate"),
     )
 
 

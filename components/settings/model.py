@@ -84,6 +84,27 @@ class BucketLocation:
     ca_certificate: str
 
 
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where the stack runs: containers on one host, or services on a swarm (issue 21)."""
+
+    engine: str
+    mlflow_replicas: int
+    postgres_node_label: str
+    image_registry: str
+    image_registry_username: str
+    # Secret: kept out of repr, so no error message or debug print can show it.
+    image_registry_password: str = field(repr=False)
+    image_registry_ca_certificate: str
+
+    @property
+    def swarm(self) -> bool:
+        return self.engine == "swarm"
+
+
+STANDALONE = ClusterSettings("standalone", 1, "mlflow-platform.postgres=true", "", "", "", "")
+
+
 NO_BUCKET = BucketLocation("", "", "", "", False, "", "", "")
 
 
@@ -155,6 +176,7 @@ class StackSettings:
     backups: BackupSettings
     gc: GcSettings
     log_rotation: LogRotation
+    cluster: ClusterSettings = STANDALONE
 
     @property
     def shared(self) -> bool:

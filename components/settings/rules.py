@@ -18,6 +18,7 @@ def check_rules(settings: StackSettings) -> None:
     _check_combinations(settings)
     _check_artifacts(settings)
     _check_backups(settings)
+    _check_cluster(settings)
     _check_tls(settings)
 
 
@@ -85,6 +86,53 @@ def _check_backups(settings: StackSettings) -> None:
         _refuse_unused("backup", offsite, "backupBucket is empty (no off-host copy), which", "a backupBucket")
         return
     _check_bucket("backup", offsite)
+
+
+def _check_cluster(settings: StackSettings) -> None:
+    """What each engine can run."""
+    cluster = settings.cluster
+    if not cluster.swarm:
+        registry: list[tuple[str, object]] = [
+            ("imageRegistry", cluster.image_registry),
+            ("imageRegistryUsername", cluster.image_registry_username),
+            ("imageRegistryPassword", "<hidden>" if cluster.image_registry_password else ""),
+            ("imageRegistryCaCertificate", "<PEM>" if cluster.image_registry_ca_certificate else ""),
+        ]
+        for key, value in registry:
+            # Set but ignored, the operator would believe the images go through that registry.
+            if value:
+                raise SettingsError(
+                    key, value, "engine is 'standalone', which builds on the host: accepted: empty, or engine swarm"
+                )
+        if cluster.mlflow_replicas != 1:
+            raise SettingsError(
+                "mlflowReplicas",
+                cluster.mlflow_replicas,
+                "engine standalone runs one server container: accepted: 1, or engine swarm",
+            )
+        return
+    if cluster.mlflow_replicas > 1 and not settings.artifacts.in_bucket:
+        # Each replica may run on another node: none of them may keep artifacts on its own disk.
+        raise SettingsError(
+            "artifactStore",
+            settings.artifacts.store,
+            f"engine swarm with mlflowReplicas {cluster.mlflow_replicas} needs artifacts no single node holds: "
+            "accepted: s3 (artifactBucket), or mlflowReplicas 1",
+        )
+    if bool(cluster.image_registry_username) != bool(cluster.image_registry_password):
+        missing = "imageRegistryPassword" if cluster.image_registry_username else "imageRegistryUsername"
+        raise SettingsError(missing, "", "the other half of the login is set: accepted: both, or neither")
+    if cluster.image_registry_ca_certificate:
+        try:
+            parse_certificates(cluster.image_registry_ca_certificate)
+        except CertificateError as error:
+            raise SettingsError("imageRegistryCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+
+
+def require_buildable(settings: StackSettings) -> None:
+    """What the settings accept but this program cannot build yet: refused before any resource."""
+    if settings.cluster.swarm:
+        raise SettingsError("engine", "swarm", "the swarm target is not built yet (issue 21): accepted: standalone")
 
 
 def _refuse_unused(group: str, location: BucketLocation, why: str, instead: str) -> None:
