@@ -18,22 +18,29 @@ so what stays holds no secret.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TypedDict
 
 import pulumi
-import pulumi_docker as docker
 
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import BOOTSTRAP_SCRIPT, DB_PASSWORD_FILE, MLFLOW_USER
 from components.postgres_facts import SOCKET_DIR, SUPERUSER
+from components.target import Runner
 from components.task_limits import MLFLOW_TASKS
-from components.workload import Mount, Workload, secret_file
+from components.workload import HealthCheck, Mount, Workload, secret_file
 
 # Python, psycopg and nothing else: a fraction of what the server needs.
 _MEMORY_MB = 256
 # Marks which Postgres container the bootstrap ran against: a replaced Postgres
 # container (new image, restored volume) replaces the bootstrap too.
 POSTGRES_CONTAINER_LABEL = "org.mlflow-platform.bootstrapped-container"
+# On a target without one-shot jobs (swarm) the bootstrap stays up once done; this file,
+# on its private tmpfs, tells its health check (and so `pulumi up`) that it is done.
+READY_FILE = "/tmp/bootstrap-done"  # noqa: S108 - on the task's private tmpfs
+_READY_HEALTH = HealthCheck(
+    test=["CMD", "test", "-e", READY_FILE], interval="5s", timeout="5s", retries=3, start_period="2m"
+)
 
 
 class DatabaseBootstrapArgs(TypedDict):
@@ -43,8 +50,8 @@ class DatabaseBootstrapArgs(TypedDict):
     """The MLflow image (it carries bootstrap_db.py, Python and psycopg)."""
     socket_volume_name: pulumi.Input[str]
     """Volume holding Postgres's local socket."""
-    postgres_container: docker.Container
-    """The health-gated Postgres container the bootstrap runs against."""
+    postgres_container: Runner
+    """The health-gated Postgres container (or service) the bootstrap runs against."""
     database: DatabaseEndpoint
     """MLflow's role, its password and the two databases it owns."""
 
@@ -52,13 +59,17 @@ class DatabaseBootstrapArgs(TypedDict):
 class DatabaseBootstrap(pulumi.ComponentResource):
     """Runs bootstrap_db.py once per change and fails the deployment if it fails."""
 
-    container: docker.Container
-    succeeded: pulumi.Output[docker.Container]
+    container: Runner
+    succeeded: pulumi.Output[Runner]
 
     def __init__(self, name: str, args: DatabaseBootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:database:DatabaseBootstrap", name, None, opts)
         postgres = args["postgres_container"]
-        job = args["stack"].target.job(self, f"{name}-container", _workload(args), depends_on=[postgres])
+        target = args["stack"].target
+        workload = _workload(args)
+        if not target.runs_jobs_once:
+            workload = _staying_up(workload)
+        job = target.job(self, f"{name}-container", workload, depends_on=[postgres])
         self.container = job.container
         self.succeeded = job.succeeded
         self.register_outputs({"container_name": self.container.name})
@@ -88,4 +99,20 @@ def _workload(args: DatabaseBootstrapArgs) -> Workload:
         networks=[],
         memory_mb=_MEMORY_MB,
         extra_labels={POSTGRES_CONTAINER_LABEL: args["postgres_container"].id},
+    )
+
+
+def _staying_up(workload: Workload) -> Workload:
+    """The bootstrap as a service that stays up once done (a swarm has no one-shot workload).
+
+    It keeps its secret file (a swarm secret: read-only, in memory, gone with the task) and is
+    healthy once done, which `pulumi up` waits for before MLflow starts.
+    """
+    return dataclasses.replace(
+        workload,
+        command=["--then-wait", READY_FILE],
+        tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=1m"},  # noqa: S108 - a private tmpfs
+        health=_READY_HEALTH,
+        stop_signal="SIGTERM",
+        stop_grace_seconds=10,
     )

@@ -16,7 +16,7 @@ from components.mlflow_image import MlflowImage
 from components.mlflow_server import MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
-from components.proxy import TlsProxy
+from components.proxy import TlsProxy, TlsProxyArgs
 from components.settings import StackSettings
 from components.workload import DATABASE, FRONT
 
@@ -107,6 +107,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "secrets_rotation": settings.secrets_rotation,
                 "start_after": database_ready,
                 "pre_upgrade_backup": True,
+                "replicas": settings.cluster.replicas,
             },
             opts=child,
         )
@@ -117,7 +118,7 @@ class MlflowPlatform(pulumi.ComponentResource):
             f"{name}-backups",
             {
                 "stack": stack,
-                "image": self.database.image.image_id,
+                "image": self.database.image_reference,
                 "image_reference": settings.database.image,
                 "mlflow_image": self.image.repo_digest,
                 "artifacts_in_bucket": settings.artifacts.in_bucket,
@@ -158,16 +159,17 @@ class MlflowPlatform(pulumi.ComponentResource):
 
     def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
         """The only published workload: HTTPS in front of the server, which then publishes nothing."""
-        return TlsProxy(
-            f"{name}-proxy",
-            {
-                "stack": stack,
-                "tls": settings.tls,
-                "public_host": settings.server.public_host,
-                "bind_address": settings.server.bind_address,
-                "upstream": f"{MLFLOW_ALIAS}:{SERVER_PORT}",
-                "ca_resource_name": f"{name}-ca",
-                "start_after": [self.server.container],
-            },
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        args: TlsProxyArgs = {
+            "stack": stack,
+            "tls": settings.tls,
+            "public_host": settings.server.public_host,
+            "bind_address": settings.server.bind_address,
+            "upstream": f"{MLFLOW_ALIAS}:{SERVER_PORT}",
+            "ca_resource_name": f"{name}-ca",
+            "start_after": [self.server.container],
+        }
+        if stack.swarm:
+            # Each healthy task an upstream of its own, rather than the service's virtual IP,
+            # so that Caddy's retries move a request to another task.
+            args["upstream_tasks"] = f"tasks.{self.server.workload_name}"
+        return TlsProxy(f"{name}-proxy", args, opts=pulumi.ResourceOptions(parent=self))

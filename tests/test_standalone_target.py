@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from components.standalone import Job
+from components.target import Job
 from components.workload import (
     DATABASE,
     FRONT,

@@ -104,20 +104,35 @@ def _check_cluster(settings: StackSettings) -> None:
                 raise SettingsError(
                     key, value, "engine is 'standalone', which builds on the host: accepted: empty, or engine swarm"
                 )
-        if cluster.mlflow_replicas != 1:
+        if cluster.replicas != 1:
             raise SettingsError(
                 "mlflowReplicas",
                 cluster.mlflow_replicas,
-                "engine standalone runs one server container: accepted: 1, or engine swarm",
+                "engine standalone runs one server container: accepted: 0 (default) or 1, or engine swarm",
             )
         return
-    if cluster.mlflow_replicas > 1 and not settings.artifacts.in_bucket:
+    if cluster.replicas > 1 and not settings.artifacts.in_bucket:
         # Each replica may run on another node: none of them may keep artifacts on its own disk.
+        unset = "" if cluster.mlflow_replicas else " (the swarm default)"
         raise SettingsError(
             "artifactStore",
             settings.artifacts.store,
-            f"engine swarm with mlflowReplicas {cluster.mlflow_replicas} needs artifacts no single node holds: "
+            f"engine swarm with mlflowReplicas {cluster.replicas}{unset} needs artifacts no single node holds: "
             "accepted: s3 (artifactBucket), or mlflowReplicas 1",
+        )
+    if not settings.proxied:
+        # A swarm publishes through its routing mesh, on every interface of every node.
+        raise SettingsError(
+            "tlsMode",
+            settings.tls.mode,
+            "engine swarm publishes on every interface of every node, so only the TLS front door may publish: "
+            "accepted: internal, acme, provided",
+        )
+    if not ipaddress.ip_address(settings.server.bind_address).is_unspecified:
+        raise SettingsError(
+            "bindAddress",
+            settings.server.bind_address,
+            "engine swarm publishes through the routing mesh, which has no bind address: accepted: 0.0.0.0 or ::",
         )
     if bool(cluster.image_registry_username) != bool(cluster.image_registry_password):
         missing = "imageRegistryPassword" if cluster.image_registry_username else "imageRegistryUsername"
@@ -127,12 +142,6 @@ def _check_cluster(settings: StackSettings) -> None:
             parse_certificates(cluster.image_registry_ca_certificate)
         except CertificateError as error:
             raise SettingsError("imageRegistryCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
-
-
-def require_buildable(settings: StackSettings) -> None:
-    """What the settings accept but this program cannot build yet: refused before any resource."""
-    if settings.cluster.swarm:
-        raise SettingsError("engine", "swarm", "the swarm target is not built yet (issue 21): accepted: standalone")
 
 
 def _refuse_unused(group: str, location: BucketLocation, why: str, instead: str) -> None:
