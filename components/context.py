@@ -57,6 +57,10 @@ class StackContext:
     """The front network's name (the stack network, with a route out); set once it is declared."""
     database_network: pulumi.Input[str] = ""
     """The database network's name (internal: no route out); set once it is declared."""
+    network_id: pulumi.Input[str] = ""
+    """The front network's ID: a service names its networks by ID (swarm stores IDs, whatever it was given)."""
+    database_network_id: pulumi.Input[str] = ""
+    """The database network's ID."""
     joins: tuple[StackNetworkRole, ...] = (FRONT,)
     """The networks a workload of this stack joins when its description names none (`Workload.networks`)."""
     engine: str = STANDALONE
@@ -72,6 +76,11 @@ class StackContext:
         if name == "":
             raise ValueError(f"the stack's {network} network is not declared (StackContext has no name for it)")
         return name
+
+    def network_target(self, network: StackNetworkRole) -> pulumi.Input[str]:
+        """The ID of one of the stack's networks; its name where the ID is not set."""
+        found = {FRONT: self.network_id, DATABASE: self.database_network_id}[network]
+        return found if found != "" else self.network_name(network)
 
     @property
     def prefix(self) -> str:

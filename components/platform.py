@@ -52,7 +52,13 @@ class MlflowPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         stack = settings.context()
         self.network = StackNetwork(f"{name}-network", {"stack": stack}, opts=child)
-        stack = dataclasses.replace(stack, network=self.network.name, database_network=self.network.database_name)
+        stack = dataclasses.replace(
+            stack,
+            network=self.network.name,
+            database_network=self.network.database_name,
+            network_id=self.network.network_id,
+            database_network_id=self.network.database_network_id,
+        )
         # MLflow reaches Postgres (on the internal network alone) and the proxy reaches MLflow (on the front one).
         server_stack = dataclasses.replace(stack, joins=(FRONT, DATABASE))
 

@@ -372,7 +372,8 @@ class SwarmTarget:
             raise ValueError(f"workload {workload.name} publishes ports but is not on the stack's front network")
         return [
             docker.ServiceTaskSpecNetworksAdvancedArgs(
-                name=self.context.network_name(network),
+                # `name` is deprecated in pulumi-docker: Docker takes a name or an ID, stores the ID.
+                id=self.context.network_target(network),
                 aliases=list(aliases) if (aliases := by_network[network].aliases) is not None else None,
             )
             for network in NETWORK_ORDER
