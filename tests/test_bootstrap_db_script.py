@@ -170,7 +170,7 @@ def test_then_wait_keeps_the_read_only_secret_marks_itself_done_and_stops_on_sig
         deadline = time.monotonic() + 60
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert ready.exists(), process.stderr.read() if process.poll() is not None else "no ready file in 60 s"
+        assert ready.exists(), process.communicate()[1] if process.poll() is not None else "no ready file in 60 s"
         # Still running (idle), the role in force, and the swarm secret untouched (it cannot be written).
         assert process.poll() is None
         assert _login_error(cluster, "mlflow", ROLE_PASSWORD) is None

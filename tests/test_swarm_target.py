@@ -164,7 +164,8 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_set
     config = mocks.one(SERVICE_CONFIG, "owner-service-etc-web-web-conf")
     assert config.inputs == {"data": base64.b64encode(b"port = 8000\n").decode(), "labels": _labels("web")}
     # A service declares no container and no volume.
-    assert mocks.of_type(CONTAINER) == [] and mocks.of_type(VOLUME) == []
+    assert mocks.of_type(CONTAINER) == []
+    assert mocks.of_type(VOLUME) == []
 
 
 @pytest.mark.parametrize(
@@ -216,7 +217,7 @@ def test_a_workload_without_networks_joins_the_internal_one_not_the_default_brid
 
 
 def test_a_job_is_a_service_that_says_when_it_is_done() -> None:
-    health = HealthCheck(["CMD", "test", "-e", "/tmp/done"], "5s", "5s", 3, "2m")  # noqa: S108
+    health = HealthCheck(["CMD", "test", "-e", "/tmp/done"], "5s", "5s", 3, "2m")
     found: list[Any] = []
 
     def build() -> pulumi.ComponentResource:
@@ -267,7 +268,7 @@ def test_networks_are_attachable_overlays_and_volumes_are_left_to_the_nodes() ->
 
 
 def test_with_a_registry_built_images_are_pushed_with_its_login() -> None:
-    registry = ImageRegistry(server="registry.example:5000/ml", username="ci", password="registry-pass")  # noqa: S106
+    registry = ImageRegistry(server="registry.example:5000/ml", username="ci", password="registry-pass")
 
     def build() -> pulumi.ComponentResource:
         owner = pulumi.ComponentResource(OWNER, "owner")
@@ -339,7 +340,8 @@ def test_a_swarm_stack_declares_services_secrets_and_configs_and_no_container_or
     mocks = found.mocks
     services = _services(mocks)
     assert set(services) == {"postgres", "db-bootstrap", "mlflow", "backup", "gc", "proxy"}
-    assert mocks.of_type(CONTAINER) == [] and mocks.of_type(VOLUME) == []
+    assert mocks.of_type(CONTAINER) == []
+    assert mocks.of_type(VOLUME) == []
     replicas = {name: s.inputs["mode"]["replicated"]["replicas"] for name, s in services.items()}
     assert replicas == {"postgres": 1, "db-bootstrap": 1, "mlflow": 3, "backup": 1, "gc": 1, "proxy": 1}
     # Only the front door publishes.
@@ -405,7 +407,8 @@ def test_no_secret_value_reaches_a_service_and_every_secret_file_is_a_0400_swarm
             assert (secret["fileMode"], secret["fileUid"], secret["fileGid"]) == (0o400, uid, uid), service.name
             assert secret["fileName"].startswith("/run/secrets/")
     secrets = mocks.of_type(SECRET)
-    assert secrets and all(secret.secret_inputs() == {"data"} for secret in secrets)
+    assert secrets
+    assert all(secret.secret_inputs() == {"data"} for secret in secrets)
     # The database password is in each of its four readers' own swarm secret, and nowhere in the clear.
     password = mocks.one(RANDOM_PASSWORD, "mlflow-postgres-password").outputs["result"]
     holding = sorted(s.name for s in secrets if password in base64.b64decode(s.inputs["data"]).decode())
