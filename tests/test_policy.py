@@ -37,13 +37,12 @@ from policy import identify, readers, rules_containers
 from policy.policies import POLICIES
 from tests import harness
 from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IMAGE, VOLUME
-
-SERVICE = "docker:index/service:Service"
-SWARM_SECRET = "docker:index/secret:Secret"  # noqa: S105 - a type token
-SERVICE_CONFIG = "docker:index/serviceConfig:ServiceConfig"
 from tools.stack_config import PROJECT_DIR, STACKS, stack_config
 
 POLICY_DIR = PROJECT_DIR / "policy"
+SERVICE = "docker:index/service:Service"
+SWARM_SECRET = "docker:index/secret:Secret"
+SERVICE_CONFIG = "docker:index/serviceConfig:ServiceConfig"
 # What `make deploy` and the workflows pass as `--policy-pack-config` for a stack, when the file exists.
 PACK_CONFIG_DIR = POLICY_DIR / "config"
 DEV_KIND = {"environmentKind": "dev"}
