@@ -45,7 +45,7 @@ class ServiceSpec:
     name: str
     labels: dict[str, str]
     task_template: docker.types.TaskTemplate
-    mode: docker.types.ServiceMode
+    replicas: int
     update_config: docker.types.UpdateConfig | None
     rollback_config: docker.types.RollbackConfig | None
     endpoint_spec: docker.types.EndpointSpec | None
@@ -56,7 +56,7 @@ class ServiceSpec:
             "task_template": self.task_template,
             "name": self.name,
             "labels": self.labels,
-            "mode": self.mode,
+            "mode": docker.types.ServiceMode("replicated", replicas=self.replicas),
             "update_config": self.update_config,
             "rollback_config": self.rollback_config,
             "endpoint_spec": self.endpoint_spec,
@@ -81,6 +81,9 @@ def _update_config(config: Mapping[str, Any], kind: type[docker.types.UpdateConf
 
 def _file_reference(item: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The file part of a secret or config reference; pulumi-docker takes uid and gid as strings."""
+    if not item.get(f"{kind}Name"):
+        # The schema says optional, but swarm refuses the service ("malformed config reference").
+        raise UnsupportedInputError(f"a {kind} reference without {kind}Name (swarm requires it): {dict(item)!r}")
     if not item.get("fileName"):
         # The provider requires it; without it Docker would use the secret's name under /run/secrets.
         raise UnsupportedInputError(f"a {kind} reference without fileName: {dict(item)!r}")
@@ -129,17 +132,17 @@ def _container_spec(spec: Mapping[str, Any], stack_labels: Mapping[str, str]) ->
         )
     secrets = [
         docker.types.SecretReference(
-            secret_id=str(item["secretId"]),
-            secret_name=str(item.get("secretName") or ""),
             **_file_reference(item, "secret"),
+            secret_id=str(item["secretId"]),
+            secret_name=str(item["secretName"]),
         )
         for item in spec.get("secrets") or []
     ]
     configs = [
         docker.types.ConfigReference(
-            config_id=str(item["configId"]),
-            config_name=str(item.get("configName") or ""),
             **_file_reference(item, "config"),
+            config_id=str(item["configId"]),
+            config_name=str(item["configName"]),
         )
         for item in spec.get("configs") or []
     ]
@@ -236,7 +239,8 @@ def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Map
     the service, its containers and the named volumes its tasks create, so `down` finds them all."""
     replicated = (inputs.get("mode") or {}).get("replicated") or {}
     converge = None
-    if inputs.get("convergeConfig"):
+    # A convergeConfig block without keys still asks for the wait, with the provider's defaults.
+    if inputs.get("convergeConfig") is not None:
         config = inputs["convergeConfig"]
         converge = Converge(
             delay_s=_seconds(config.get("delay") or _DEFAULT_CONVERGE_DELAY),
@@ -247,7 +251,7 @@ def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Map
         labels={**label_map(inputs.get("labels")), **stack_labels},
         task_template=_task_template(inputs.get("taskSpec") or {}, stack_labels),
         # The provider's default: one replica.
-        mode=docker.types.ServiceMode("replicated", replicas=whole(replicated, "replicas", 1)),
+        replicas=whole(replicated, "replicas", 1),
         update_config=_update_config(inputs["updateConfig"], docker.types.UpdateConfig)
         if inputs.get("updateConfig")
         else None,

@@ -156,7 +156,7 @@ def wait_converged(session: Session, resource: str, spec: ServiceSpec, converge:
     api = session.client.api
     started = time.monotonic()
     deadline = started + converge.timeout_s
-    replicas = int(spec.mode["Replicated"]["Replicas"])
+    replicas = spec.replicas
     while True:
         session.check_aborted(resource)
         service = api.inspect_service(spec.name)
