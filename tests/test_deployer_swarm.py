@@ -421,6 +421,15 @@ def test_a_service_is_created_updated_in_place_and_destroyed(
     configs = {item.name for item in docker_client.configs.list(filters=_FILTERS)}
     assert (names, configs) == ({second["name"]}, {config["name"]})
 
+    # An update whose tasks never get healthy: swarm rolls back, and the deployment fails naming the service.
+    broken = _service_inputs(second_id, second["name"], (config_id, config["name"]), "3")
+    broken["taskSpec"]["containerSpec"]["healthcheck"]["tests"] = ["CMD", "cat", "/run/app/missing"]
+    with pytest.raises(DeployError, match=rf"^'web': the update of service {_STACK}-web failed \(rollback_completed\)"):
+        _make(LocalDeployer(_PROJECT, _STACK), SERVICE, "web", broken)
+    assert {
+        c.exec_run(["printenv", "GENERATION"]).output for c in _task_containers(docker_client, f"{_STACK}-web")
+    } == {b"2\n"}
+
     destroy(_PROJECT, _STACK, purge=True)
     assert docker_client.services.list(filters=_FILTERS) == []
     assert docker_client.secrets.list(filters=_FILTERS) + docker_client.configs.list(filters=_FILTERS) == []
@@ -428,3 +437,74 @@ def test_a_service_is_created_updated_in_place_and_destroyed(
     assert docker_client.volumes.list(filters=_FILTERS) == []
     assert docker_client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.id={service_id}"}) == []
     assert time.monotonic() - started < 60
+
+
+class _FakeApi:
+    """The low-level API `wait_converged` polls: one service, its tasks, its update status."""
+
+    def __init__(self, tasks: list[dict[str, Any]], update_status: dict[str, Any] | None) -> None:
+        self.task_list, self.update_status = tasks, update_status
+
+    def inspect_service(self, name: str) -> dict[str, Any]:
+        service: dict[str, Any] = {"Spec": {"TaskTemplate": {"v": 2}}, "PreviousSpec": {"TaskTemplate": {"v": 1}}}
+        if self.update_status is not None:
+            service["UpdateStatus"] = self.update_status
+        return service
+
+    def tasks(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        return self.task_list
+
+
+def _task(state: str, desired: str = "running", err: str = "", at: str = "2026-01-01T00:00:01Z") -> dict[str, Any]:
+    return {"DesiredState": desired, "Status": {"State": state, "Err": err, "Timestamp": at, "Message": state}}
+
+
+def _wait(local_deployer: LocalDeployer, api: _FakeApi, *, update: bool) -> None:
+    local_deployer._local.client = type("Client", (), {"api": api})()
+    spec = service_spec({"name": "p-s-web", "mode": {"replicated": {"replicas": 2}}, **_MINIMAL}, "web", {})
+    swarm.wait_converged(local_deployer, "web", spec, Converge(delay_s=0.01, timeout_s=0.05), update=update)
+
+
+_MINIMAL: dict[str, Any] = {"taskSpec": {"containerSpec": {"image": "x"}}}
+
+
+@pytest.fixture
+def local_deployer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalDeployer:
+    monkeypatch.setattr(local_state, "STATE_DIR", tmp_path / "local-deploy")
+    return LocalDeployer("mlflow-platform", "unit")
+
+
+def test_a_service_converges_when_its_replicas_run(local_deployer: LocalDeployer) -> None:
+    tasks = [_task("running"), _task("running"), _task("shutdown", desired="shutdown")]
+    _wait(local_deployer, _FakeApi(tasks, None), update=False)
+    # An update that changed the tasks also waits for swarm's rolling update to complete.
+    _wait(local_deployer, _FakeApi(tasks, {"State": "completed"}), update=True)
+
+
+def test_a_service_that_does_not_converge_fails_with_the_last_task_error(local_deployer: LocalDeployer) -> None:
+    tasks = [
+        _task("failed", err="task: non-zero exit (1)", at="2026-01-01T00:00:02Z"),
+        _task("failed", err="starting container failed: no such image", at="2026-01-01T00:00:05Z"),
+        _task("starting"),
+        _task("running"),
+    ]
+    with pytest.raises(DeployError) as raised:
+        _wait(local_deployer, _FakeApi(tasks, None), update=False)
+    assert str(raised.value) == (
+        "'web': service p-s-web did not converge within 0s (update: none); "
+        "last task error: failed: starting container failed: no such image"
+    )
+    # Replicas running but the rolling update still going: not converged either.
+    with pytest.raises(DeployError, match=r"did not converge within 0s \(update: updating\)"):
+        _wait(local_deployer, _FakeApi([_task("running"), _task("running")], {"State": "updating"}), update=True)
+
+
+@pytest.mark.parametrize("state", ["rollback_completed", "paused", "rollback_paused"])
+def test_a_rolled_back_or_paused_update_fails_naming_the_service(local_deployer: LocalDeployer, state: str) -> None:
+    status = {"State": state, "Message": "update rolled back due to failure or early termination of task x"}
+    api = _FakeApi([_task("running"), _task("running")], status)
+    with pytest.raises(DeployError) as raised:
+        _wait(local_deployer, api, update=True)
+    message = str(raised.value)
+    assert message.startswith(f"'web': the update of service p-s-web failed ({state}): update rolled back")
+    assert "\n" not in message
