@@ -113,8 +113,10 @@ unit: $(BIN)/.installed
 # LOCAL_DEPLOY_STANDINS=0 pulls the official images: idempotent, seconds when they are
 # there. A missing prerequisite (engine, debootstrap, registry) stops here with one line
 # naming the command that fixes it, instead of as one error per end-to-end test.
+# swarm-init (idempotent): the swarm tests need a single-node swarm; plain containers run as before in swarm mode.
 e2e: $(BIN)/.installed
 	@$(BIN)/python -m tools.local_deploy prepare
+	@$(BIN)/python -m tools.local_deploy swarm-init
 	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
 
 # Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".
