@@ -499,6 +499,17 @@ def test_a_service_that_does_not_converge_fails_with_the_last_task_error(local_d
         _wait(local_deployer, _FakeApi([_task("running"), _task("running")], {"State": "updating"}), update=True)
 
 
+def test_a_changed_service_that_swarm_does_not_roll_out_converges_after_a_grace(
+    local_deployer: LocalDeployer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = [_task("running"), _task("running")]
+    # Within the grace period, no UpdateStatus may still mean a rolling update about to start.
+    with pytest.raises(DeployError, match=r"did not converge within 0s \(update: none\)"):
+        _wait(local_deployer, _FakeApi(running, None), update=True)
+    monkeypatch.setattr(swarm, "_NO_ROLLOUT_GRACE_S", 0.0)
+    _wait(local_deployer, _FakeApi(running, None), update=True)
+
+
 @pytest.mark.parametrize("state", ["rollback_completed", "paused", "rollback_paused"])
 def test_a_rolled_back_or_paused_update_fails_naming_the_service(local_deployer: LocalDeployer, state: str) -> None:
     status = {"State": state, "Message": "update rolled back due to failure or early termination of task x"}

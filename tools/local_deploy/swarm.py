@@ -32,6 +32,10 @@ _ADVERTISE_ADDR = "127.0.0.1"
 _TASKS_GONE_TIMEOUT = 90
 # Swarm's update states after which nothing more happens without a new update.
 _UPDATE_FAILED = {"rollback_completed", "paused", "rollback_paused"}
+# Swarm starts a rolling update (UpdateStatus "updating") within milliseconds of a change to
+# the tasks; a change it does not roll out (placement only, when the node still fits) never
+# sets UpdateStatus. Tasks that have run as declared this long after the update mean that.
+_NO_ROLLOUT_GRACE_S = 5.0
 
 
 def auto_name(resource: str) -> str:
@@ -124,6 +128,12 @@ def realise_service(
                 raise
     else:
         service_id = str(current["ID"])
+        found = current["Spec"].get("Labels") or {}
+        if any(found.get(key) != value for key, value in stack_labels(session).items()):
+            # Someone else's service of that name (another stack, a real `pulumi up`): never updated.
+            raise DeployError(
+                f"'{args.name}': a service named {spec.name} exists that this stack's `up` did not make; remove it"
+            )
         api.update_service(service_id, version=current["Version"]["Index"], **spec.api_arguments())
         session.record("services", spec.name)
         session.event("updated service", spec.name)
@@ -173,6 +183,8 @@ def wait_converged(session: Session, resource: str, spec: ServiceSpec, converge:
         # changes the replicas or labels does not, and the engine resets UpdateStatus on every update.
         rolling = update and previous.get("TaskTemplate") != service["Spec"].get("TaskTemplate")
         rolled = not rolling or state == "completed"
+        if rolling and state is None and time.monotonic() - started >= _NO_ROLLOUT_GRACE_S:
+            rolled = True
         if rolled and _converged(tasks, replicas):
             session.event(f"converged after {time.monotonic() - started:.1f}s:", spec.name)
             return
