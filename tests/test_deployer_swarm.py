@@ -48,7 +48,8 @@ FULL_INPUTS: dict[str, Any] = {
     },
     "rollbackConfig": {"parallelism": 2.0, "order": "stop-first"},
     "endpointSpec": {
-        "ports": [{"targetPort": 443.0, "publishedPort": 8443.0, "protocol": "tcp", "publishMode": "host"}]
+        "mode": "dnsrr",
+        "ports": [{"targetPort": 443.0, "publishedPort": 8443.0, "protocol": "tcp", "publishMode": "host"}],
     },
     "taskSpec": {
         "containerSpec": {
@@ -139,7 +140,8 @@ def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
         "Order": "stop-first",
     }
     assert spec.endpoint_spec == {
-        "Ports": [{"Protocol": "tcp", "TargetPort": 443, "PublishMode": "host", "PublishedPort": 8443}]
+        "Mode": "dnsrr",
+        "Ports": [{"Protocol": "tcp", "TargetPort": 443, "PublishMode": "host", "PublishedPort": 8443}],
     }
     assert _sent(spec.task_template) == {
         "ContainerSpec": {
@@ -233,7 +235,6 @@ def test_a_minimal_service_gets_the_providers_defaults_and_no_wait() -> None:
     [
         ("mode.global", {"mode": {"global": True}}),
         ("auth", {"auth": {"serverAddress": "r.example"}}),
-        ("endpointSpec.mode", {"endpointSpec": {"mode": "dnsrr"}}),
         ("endpointSpec.ports[0].name", {"endpointSpec": {"ports": [{"targetPort": 1, "name": "web"}]}}),
         ("taskSpec.forceUpdate", {"taskSpec": {"forceUpdate": 1}}),
         ("taskSpec.containerSpec.privileges", {"taskSpec": {"containerSpec": {"privileges": {"seLinuxContext": {}}}}}),
@@ -271,6 +272,7 @@ def test_an_unimplemented_service_input_is_refused_with_its_path(path: str, inpu
         ),
         ({"taskSpec": {"containerSpec": {"image": "x"}, "placement": {"prefs": ["node.id"]}}}, "spread="),
         ({"taskSpec": {}}, "without taskSpec.containerSpec"),
+        ({"taskSpec": {"containerSpec": {"image": "x"}}, "endpointSpec": {"mode": "ingress"}}, "vip or dnsrr"),
     ],
 )
 def test_service_inputs_the_engine_would_misread_are_refused(inputs: dict[str, Any], message: str) -> None:

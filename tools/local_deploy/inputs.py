@@ -99,7 +99,7 @@ SERVICE_TREE: InputTree = {
     "convergeConfig": {"delay": None, "timeout": None},
     "updateConfig": _UPDATE,
     "rollbackConfig": _UPDATE,
-    "endpointSpec": {"ports": dict.fromkeys(("targetPort", "publishedPort", "protocol", "publishMode"))},
+    "endpointSpec": {"mode": None, "ports": dict.fromkeys(("targetPort", "publishedPort", "protocol", "publishMode"))},
     "taskSpec": {
         "containerSpec": {
             **dict.fromkeys(("image", "commands", "args", "env", "user", "readOnly", "capDrops", "capAdds")),

@@ -231,7 +231,10 @@ def _endpoint_spec(endpoint: Mapping[str, Any]) -> docker.types.EndpointSpec | N
         }
         for port in endpoint.get("ports") or []
     ]
-    return docker.types.EndpointSpec(ports=ports) if ports else None
+    mode = endpoint.get("mode") or None
+    if mode not in (None, "vip", "dnsrr"):
+        raise UnsupportedInputError(f"endpointSpec.mode {mode!r} (vip or dnsrr)")
+    return docker.types.EndpointSpec(mode=mode, ports=ports or None) if ports or mode else None
 
 
 def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Mapping[str, str]) -> ServiceSpec:
