@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     up_parser.add_argument("--postgres-node-label", default=None, metavar="KEY=VALUE",
                            help="label put on one worker (default: Pulumi.yaml's postgresNodeLabel)")  # fmt: skip
     up_parser.add_argument("--push", action="append", default=None, metavar="IMAGE",
-                           help="local image to push to the registry (repeatable; default: the stacks' stand-ins)")  # fmt: skip
+                           help="local image to push (repeatable; default: the stacks' stand-ins)")  # fmt: skip
     commands.add_parser("down", help="remove the nodes, their volumes, the network, the registry and its trust")
     commands.add_parser("check", help="up, spread/placement/failover checks with timings, down (make cluster-check)")
     args = parser.parse_args(argv)

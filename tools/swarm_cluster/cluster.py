@@ -14,6 +14,7 @@ engine's trust in the registry's CA, and the state directory. Safe to run any ti
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -98,7 +99,8 @@ def _wait(what: str, probe: Callable[[], T | None], timeout: float, interval: fl
         if result is not None:
             return result
         time.sleep(interval)
-    raise spec.ClusterError(f"timed out after {timeout:.0f}s waiting for {what}" + (f": {last_error}" if last_error else ""))
+    reason = f": {last_error}" if last_error else ""
+    raise spec.ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{reason}")
 
 
 def _leftovers(client: docker.DockerClient) -> list[str]:
@@ -144,7 +146,7 @@ def _engine_up(state_dir: Path, client: docker.DockerClient, index: int) -> dock
 
 def _registry_answers(registry: str, ca_certificate: str) -> bool | None:
     context = ssl.create_default_context(cadata=ca_certificate)
-    with urllib.request.urlopen(f"https://{registry}/v2/", context=context, timeout=5) as response:  # noqa: S310 - https
+    with urllib.request.urlopen(f"https://{registry}/v2/", context=context, timeout=5) as response:
         return True if response.status == 200 else None
 
 
@@ -180,15 +182,17 @@ def up(
     log: Callable[[str], None] = print,
 ) -> Cluster:
     """Brings the cluster up (see the module's docstring); `down` on any failure."""
+    # Bad arguments are refused before the engine is asked anything.
+    label = postgres_node_label or str(stack_config("dev")["postgresNodeLabel"])
+    label_key, label_value = spec.parse_node_label(label)
+    addresses = spec.addresses(subnet)
+    spec.socket_path(state_dir, spec.NODE_COUNT)
     client = client or connect()
     leftovers = _leftovers(client)
     if leftovers:
         raise spec.ClusterError(
             f"a cluster is already there ({', '.join(leftovers)}); run `python -m tools.swarm_cluster down` first"
         )
-    label = postgres_node_label or str(stack_config("dev")["postgresNodeLabel"])
-    label_key, label_value = spec.parse_node_label(label)
-    addresses = spec.addresses(subnet)
     with contextlib.ExitStack() as on_failure:
         on_failure.callback(down, client=client, state_dir=state_dir, log=log)
         cluster = _up(client, state_dir, addresses, label, (label_key, label_value), push, log)
@@ -243,15 +247,12 @@ def _up(
     step(f"registry {registry}")
     client.containers.run(
         **spec.registry_container(image=prepare.STANDIN_REGISTRY_IMAGE, tls_dir=state_dir / "registry-tls"),
-        networking_config={
-            spec.NETWORK_NAME: client.api.create_endpoint_config(ipv4_address=addresses.registry_ip)
-        },
+        networking_config={spec.NETWORK_NAME: client.api.create_endpoint_config(ipv4_address=addresses.registry_ip)},
     )
 
     bounding = spec.bounding_set(Path("/proc/self/status").read_text())
     for index in range(1, spec.NODE_COUNT + 1):
         (state_dir / spec.node_name(index)).mkdir(mode=0o750)
-        spec.socket_path(state_dir, index)  # refuses a path too long before the node starts
         client.containers.run(
             **spec.node_container(
                 index,
@@ -312,7 +313,10 @@ def _up(
 
 
 def down(
-    *, client: docker.DockerClient | None = None, state_dir: Path = DEFAULT_STATE_DIR, log: Callable[[str], None] = print
+    *,
+    client: docker.DockerClient | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    log: Callable[[str], None] = print,
 ) -> None:
     """Removes everything `up` made, whatever state it is in; raises after trying everything if anything stays."""
     client = client or connect()
@@ -330,15 +334,15 @@ def down(
 
     # The nodes' engines, their containers and mounts die with the node containers' namespaces.
     for container in client.containers.list(all=True, filters=filters):
-        attempt(f"container {container.name}", lambda c=container: c.remove(force=True, v=True))
+        attempt(f"container {container.name}", functools.partial(container.remove, force=True, v=True))
     for volume in client.volumes.list(filters=filters):
-        attempt(f"volume {volume.name}", lambda v=volume: v.remove(force=True))
+        attempt(f"volume {volume.name}", functools.partial(volume.remove, force=True))
     for network in client.networks.list(filters=filters):
         attempt(f"network {network.name}", network.remove)
     for marker in HOST_CERTS_DIR.glob(f"*/{_OWNER_MARKER}"):
-        attempt(f"host trust {marker.parent}", lambda d=marker.parent: shutil.rmtree(d))
+        attempt(f"host trust {marker.parent}", functools.partial(shutil.rmtree, marker.parent))
     if state_dir.exists():
-        attempt(f"state {state_dir}", lambda: shutil.rmtree(state_dir))
+        attempt(f"state {state_dir}", functools.partial(shutil.rmtree, state_dir))
     left = _leftovers(client)
     if failures or left:
         raise spec.ClusterError("down left things behind: " + "; ".join([*failures, *left]))
