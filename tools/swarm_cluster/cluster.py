@@ -288,8 +288,14 @@ def _up(
     step(f"node label {label} on {postgres_node}")
 
     host_trust = HOST_CERTS_DIR / registry
-    _write(host_trust / "ca.crt", tls.ca_certificate, 0o644)
-    _write(host_trust / _OWNER_MARKER, f"{state_dir}\n", 0o644)
+    try:
+        _write(host_trust / "ca.crt", tls.ca_certificate, 0o644)
+        _write(host_trust / _OWNER_MARKER, f"{state_dir}\n", 0o644)
+    except PermissionError as error:
+        raise spec.ClusterError(
+            f"cannot write {host_trust / 'ca.crt'} ({error.strerror}): the host engine pushes to the registry "
+            "only if it trusts the registry's CA there; run as root (sudo)"
+        ) from error
     _wait(f"the registry at https://{registry}/v2/", lambda: _registry_answers(registry, tls.ca_certificate), 30)
     images = {}
     for image in push:
