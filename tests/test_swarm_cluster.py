@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +235,33 @@ def test_up_refuses_bad_arguments_before_asking_the_engine(
     assert capsys.readouterr().err == "swarm-cluster: up failed: a node label is key=value, got 'postgres'\n"
     assert main(["--state-dir", str(tmp_path), "up", "--subnet", "10.0.0.0/33"]) == 1
     assert "swarm-cluster: up failed: subnet '10.0.0.0/33' is not an IPv4 network" in capsys.readouterr().err
+
+
+def test_up_prints_shell_lines_then_json_and_nothing_else(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    made = cluster.Cluster(
+        docker_host="unix:///state/mlflow-cluster-node-1/docker.sock",
+        registry="172.29.231.2:5000",
+        ca_certificate_file="/state/ca.crt",
+        nodes=["mlflow-cluster-node-1", "mlflow-cluster-node-2", "mlflow-cluster-node-3"],
+        manager="mlflow-cluster-node-1",
+        postgres_node="mlflow-cluster-node-2",
+        postgres_node_label="mlflow-platform.postgres=true",
+        images={},
+    )
+
+    def fake_up(**_: Any) -> cluster.Cluster:
+        print("prepare: mlflow-platform-standin/dind:20.10-bookworm is present")  # as prepare does, on stdout
+        return made
+
+    monkeypatch.setattr(cluster, "up", fake_up)
+    assert main(["up"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[:3] == [
+        "DOCKER_HOST=unix:///state/mlflow-cluster-node-1/docker.sock",
+        "IMAGE_REGISTRY=172.29.231.2:5000",
+        "IMAGE_REGISTRY_CA_FILE=/state/ca.crt",
+    ]
+    assert cluster.Cluster(**json.loads(lines[3])) == made
+    assert len(lines) == 4
+    assert err == "prepare: mlflow-platform-standin/dind:20.10-bookworm is present\n"

@@ -7,6 +7,7 @@ syntax, for `eval`), then the whole cluster description as one JSON object on th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -39,13 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             ensure_cluster_images()
         elif args.command == "up":
-            made = cluster.up(
-                state_dir=args.state_dir,
-                subnet=args.subnet,
-                postgres_node_label=args.postgres_node_label,
-                push=cluster.DEFAULT_PUSH if args.push is None else args.push,
-                log=lambda line: print(line, file=sys.stderr, flush=True),
-            )
+            # stdout is for the lines a shell evaluates: prepare's progress goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                made = cluster.up(
+                    state_dir=args.state_dir,
+                    subnet=args.subnet,
+                    postgres_node_label=args.postgres_node_label,
+                    push=cluster.DEFAULT_PUSH if args.push is None else args.push,
+                    log=lambda line: print(line, file=sys.stderr, flush=True),
+                )
             print(f"DOCKER_HOST={shlex.quote(made.docker_host)}")
             print(f"IMAGE_REGISTRY={shlex.quote(made.registry)}")
             print(f"IMAGE_REGISTRY_CA_FILE={shlex.quote(made.ca_certificate_file)}")
