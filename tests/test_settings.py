@@ -27,6 +27,12 @@ _OFFSITE = {"backupBucket": "ml-backups"}
 _DB_CA = self_signed(["Database CA"], ca=True).certificate
 _DB_URL = "postgresql://dbadmin:Admin0Password0123456789@db.example.internal:5432/postgres"
 _EXTERNAL = {"externalDatabaseUrl": _DB_URL, "externalDatabaseCaCertificate": _DB_CA}
+_URL_KEY, _CA_KEY, _HIDDEN = "externalDatabaseUrl", "externalDatabaseCaCertificate", "'<hidden>'"
+
+
+def _url(url: str) -> dict[str, str]:
+    return {**_EXTERNAL, _URL_KEY: url}
+
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
@@ -267,15 +273,15 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"engine": "swarm", "imageRegistryCaCertificate": "junk"}, "imageRegistryCaCertificate", "'<PEM>'", "PEM"),
     ("dev", {"imageRegistry": "registry.local:5000"}, "imageRegistry", "'registry.local:5000'", "builds on the host"),
     # An external database: the URL is a secret, so never shown; it needs its CA, and the CA needs it.
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "mysql://a:b@db/x"}, "externalDatabaseUrl", "'<hidden>'", "its scheme is 'mysql', not postgresql"),
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "postgresql://dbadmin@db/postgres"}, "externalDatabaseUrl", "'<hidden>'", "postgresql://user:password@host[:port]/database"),
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "postgresql://a:b@db/postgres?sslmode=require"}, "externalDatabaseUrl", "'<hidden>'", "optional sslmode=verify-full"),
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "postgresql://a:b@db/"}, "externalDatabaseUrl", "'<hidden>'", "host[:port]/database"),
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "postgresql://a:b@db/mlflow"}, "externalDatabaseUrl", "'<hidden>'", "its database 'mlflow' is one MLflow's role owns"),
-    ("dev", {**_EXTERNAL, "externalDatabaseUrl": "postgresql://mlflow:b@db/postgres"}, "postgresUser", "'mlflow'", "externalDatabaseUrl logs in as 'mlflow'"),
-    ("dev", {"externalDatabaseUrl": _DB_URL}, "externalDatabaseCaCertificate", "''", "externalDatabaseUrl needs it"),
-    ("dev", {**_EXTERNAL, "externalDatabaseCaCertificate": "not a certificate"}, "externalDatabaseCaCertificate", "'<PEM>'", "accepted: PEM certificates"),
-    ("dev", {"externalDatabaseCaCertificate": _DB_CA}, "externalDatabaseCaCertificate", "'<PEM>'", "externalDatabaseUrl is empty"),
+    ("dev", _url("mysql://a:b@db/x"), _URL_KEY, _HIDDEN, "its scheme is 'mysql', not postgresql"),
+    ("dev", _url("postgresql://dbadmin@db/postgres"), _URL_KEY, _HIDDEN, "postgresql://user:password@host"),
+    ("dev", _url("postgresql://a:b@db/postgres?sslmode=require"), _URL_KEY, _HIDDEN, "optional sslmode=verify-full"),
+    ("dev", _url("postgresql://a:b@db/"), _URL_KEY, _HIDDEN, "host[:port]/database"),
+    ("dev", _url("postgresql://a:b@db/mlflow"), _URL_KEY, _HIDDEN, "its database 'mlflow' is one MLflow's role owns"),
+    ("dev", _url("postgresql://mlflow:b@db/postgres"), "postgresUser", "'mlflow'", "logs in as 'mlflow'"),
+    ("dev", {_URL_KEY: _DB_URL}, _CA_KEY, "''", "externalDatabaseUrl needs it"),
+    ("dev", {**_EXTERNAL, _CA_KEY: "not a certificate"}, _CA_KEY, "'<PEM>'", "accepted: PEM certificates"),
+    ("dev", {_CA_KEY: _DB_CA}, _CA_KEY, "'<PEM>'", "externalDatabaseUrl is empty"),
 ]  # fmt: skip
 
 
