@@ -112,9 +112,15 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
         "OFFSITE": "1" if args["backups"].copied_offsite else "0",
         "OFFSITE_CONTAINER": args["stack"].name(_OFFSITE_NAME),
     }
-    # An external database: pg_dump, pg_restore and psql over TLS, verified against its CA.
-    values |= dict(variable.split("=", 1) for variable in database_tls_environment(database))
-    return "".join(f"{key}='{value}'\n" for key, value in values.items())
+    assignments = "".join(f"{key}='{value}'\n" for key, value in values.items())
+    tls = dict(variable.split("=", 1) for variable in database_tls_environment(database))
+    if tls:
+        # An external database: pg_dump, pg_restore and psql over TLS, verified against its CA.
+        # Exported here (the script exports only PGHOST..PGPASSFILE), so the one-off restore
+        # container, which sources the same file, verifies it too.
+        assignments += "".join(f"{key}='{value}'\n" for key, value in tls.items())
+        assignments += f"export {' '.join(tls)}\n"
+    return assignments
 
 
 class BackupService(pulumi.ComponentResource):

@@ -81,8 +81,9 @@ def test_every_database_client_verifies_the_server_against_the_ca(stack: str) ->
         assert uploads[CA_FILE] == config_upload(CA_FILE, CA), role
         if role == "backup":
             config = uploads["/etc/mlflow-backup/backup.conf"]["content"]
-            assert "PGSSLMODE='verify-full'\n" in config
-            assert f"PGSSLROOTCERT='{CA_FILE}'\n" in config
+            assert config.endswith(
+                f"PGSSLMODE='verify-full'\nPGSSLROOTCERT='{CA_FILE}'\nexport PGSSLMODE PGSSLROOTCERT\n"
+            )
             assert "PGHOST='db.example.internal'\nPGPORT='6432'\n" in config
             # The one-off restore container joins the front network (its route out), not the internal one.
             assert f"NETWORK_NAME='{network_name(stack)}'\n" in config
