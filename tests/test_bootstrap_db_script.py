@@ -211,11 +211,10 @@ def test_an_admin_that_is_no_superuser_sets_up_an_unprivileged_owner_over_tls(ma
             "JOIN pg_roles u ON u.oid = m.member WHERE 'mlflow' IN (g.rolname, u.rolname)"
         ).fetchall()
         assert memberships == [("mlflow", "dbadmin")]
-        owners = dict(
-            connection.execute(
-                "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'mlflow%%'"
-            ).fetchall()
-        )
+        rows = connection.execute(
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'mlflow%%'"
+        ).fetchall()
+        owners = {str(name): str(owner) for name, owner in rows}
         assert owners == {"mlflow": "mlflow", "mlflow_auth": "mlflow", "mlflow_tmp": "dbadmin"}
     # MLflow's role logs in over verified TLS with the declared password; the connection is encrypted.
     with psycopg.connect(

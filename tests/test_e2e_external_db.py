@@ -68,7 +68,10 @@ def deployed(managed: ManagedPostgres) -> Iterator[e2e.Deployed]:
 
 
 def _stack_containers(docker_client: docker.DockerClient) -> list[docker.models.containers.Container]:
-    return docker_client.containers.list(all=True, filters={"label": f"com.pulumi.stack={STACK}"})
+    found: list[docker.models.containers.Container] = docker_client.containers.list(
+        all=True, filters={"label": f"com.pulumi.stack={STACK}"}
+    )
+    return found
 
 
 def test_the_stack_serves_from_the_external_database_with_an_unprivileged_role(
@@ -99,8 +102,10 @@ def test_the_stack_serves_from_the_external_database_with_an_unprivileged_role(
             "WHERE a.usename = 'mlflow'"
         ).fetchone()
         assert sessions is not None
-        assert sessions[0] > 0
-        assert sessions[1] is True
+        count, encrypted = sessions
+        assert isinstance(count, int)
+        assert count > 0
+        assert encrypted is True
     with managed.superuser("mlflow") as tracking:
         assert tracking.execute("SELECT count(*) FROM runs").fetchone() == (1,)
         assert tracking.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'runs'").fetchone() == (
@@ -148,7 +153,8 @@ def _refused(managed: ManagedPostgres, docker_client: docker.DockerClient, host:
         e2e.deploy(STACK, _overrides(managed, host, ca))
     e2e.report(f"external database: refused in {time.monotonic() - started:.1f}s")
     job = docker_client.containers.get(f"mlflow-platform-{STACK}-db-bootstrap")
-    return job.logs().decode(errors="replace")
+    log: bytes = job.logs()
+    return log.decode(errors="replace")
 
 
 def test_a_wrong_ca_stops_start_up_in_one_line(
