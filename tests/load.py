@@ -88,8 +88,8 @@ class LoadResult:
     clients: int
     sent: int
     acknowledged: int
-    failed: list[str]  # client, write and the exception, after the client's retries
-    lost: list[str]  # acknowledged writes that did not read back
+    failed: list[tuple[int, Write, str]]  # client, write and the exception, after the client's retries
+    lost: list[tuple[int, Write]]  # client and acknowledged write that did not read back
     retries: int  # retries the clients' HTTP layer made (urllib3's log)
     longest_call: float
     latencies: list[float]
@@ -125,7 +125,7 @@ class _Client(threading.Thread):
         self.client = MlflowClient(load.tracking_uri)
         self.sent = 0
         self.acknowledged: list[Write] = []
-        self.failed: list[str] = []
+        self.failed: list[tuple[int, Write, str]] = []
         self.latencies: list[float] = []
 
     def _writes(self) -> Iterator[Write]:
@@ -155,7 +155,7 @@ class _Client(threading.Thread):
                 self._send(write)
                 self.acknowledged.append(write)
             except Exception as error:  # any exception after the retries is a failed write, counted
-                self.failed.append(f"client {self.index} {write}: {type(error).__name__}: {str(error)[:300]}")
+                self.failed.append((self.index, write, f"{type(error).__name__}: {str(error)[:300]}"))
             self.latencies.append(time.monotonic() - started)
             self.load.stopping.wait(self.load.pause)
 
@@ -253,7 +253,7 @@ class Load:
         """Reads every client's run back and returns the result; each acknowledged write not stored is lost."""
         assert self.stopping.is_set(), "verify() after the load stopped (leave its `with` block first)"
         reader = MlflowClient(self.tracking_uri)
-        lost: list[str] = []
+        lost: list[tuple[int, Write]] = []
         for thread in self._threads:
             run = reader.get_run(thread.run_id)
             metrics = {
@@ -266,7 +266,7 @@ class Load:
                 else:
                     found = stored[write.kind].get(write.key) == write.value
                 if not found:
-                    lost.append(f"client {thread.index}: {write}")
+                    lost.append((thread.index, write))
         return LoadResult(
             clients=self.clients,
             sent=sum(thread.sent for thread in self._threads),
