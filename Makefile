@@ -118,7 +118,7 @@ unit: $(BIN)/.installed
 e2e: $(BIN)/.installed
 	@$(BIN)/python -m tools.local_deploy prepare
 	@$(BIN)/python -m tools.local_deploy swarm-init
-	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
+	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s --durations=25
 
 # Not part of `make test` (it builds two more stand-ins and runs three nested engines): brings up the
 # local 3-node swarm (tools/swarm_cluster), checks spread, label placement and rescheduling after a
