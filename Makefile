@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install renovate-tools deploy destroy move-artifacts test lint unit e2e lock lock-image bench mutation
+.PHONY: help install renovate-tools deploy destroy move-artifacts test lint unit e2e lock lock-image bench mutation cluster-check
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
@@ -18,6 +18,7 @@ help:
 	@echo "make lock                 regenerate the hash-locked requirement files from the *.in files"
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
 	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
+	@echo "make cluster-check        a 3-node swarm on this engine (Docker-in-Docker nodes, a TLS registry): spread, placement, node loss, then removed"
 	@echo "make mutation             mutation testing (mutmut) of components/, mlflow/prepare_db.py and policy/ against the fast tests"
 
 # Every install is hash-locked (--require-hashes): requirements*.txt and policy/requirements.txt
@@ -113,9 +114,18 @@ unit: $(BIN)/.installed
 # LOCAL_DEPLOY_STANDINS=0 pulls the official images: idempotent, seconds when they are
 # there. A missing prerequisite (engine, debootstrap, registry) stops here with one line
 # naming the command that fixes it, instead of as one error per end-to-end test.
+# swarm-init (idempotent): the swarm tests need a single-node swarm; plain containers run as before in swarm mode.
 e2e: $(BIN)/.installed
 	@$(BIN)/python -m tools.local_deploy prepare
-	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s
+	@$(BIN)/python -m tools.local_deploy swarm-init
+	REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m docker -s --durations=25
+
+# Not part of `make test` (it builds two more stand-ins and runs three nested engines): brings up the
+# local 3-node swarm (tools/swarm_cluster), checks spread, label placement and rescheduling after a
+# node is stopped, prints the timings as JSON and removes everything. `python -m tools.swarm_cluster
+# up|down` keeps a cluster for a deploy (`up` prints DOCKER_HOST and the registry).
+cluster-check: $(BIN)/.installed
+	$(BIN)/python -m tools.swarm_cluster check
 
 # Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".
 mutation: $(BIN)/.installed

@@ -3,6 +3,7 @@
 import pulumi
 
 from components.platform import MlflowPlatform
+from components.postgres import PostgresDatabase
 from components.settings import load_settings
 
 # Validated before anything is declared: a bad value stops here with the key,
@@ -15,9 +16,7 @@ pulumi.export("tracking_uri", platform.tracking_uri)
 # `mlflow gc`). Secret: it carries the database password.
 pulumi.export("backend_store_uri", platform.backend_store_uri)
 pulumi.export("network_name", platform.network.name)
-pulumi.export("postgres_volume_name", platform.database.volume.name)
 pulumi.export("artifacts_volume_name", platform.server.artifacts_volume.name)
-pulumi.export("postgres_container_name", platform.database.container.name)
 pulumi.export("mlflow_container_name", platform.server.container.name)
 pulumi.export("mlflow_image_name", platform.image.image_name)
 pulumi.export("backup_container_name", platform.backups.container.name)
@@ -31,6 +30,10 @@ if settings.cluster.swarm:
     pulumi.export("mlflow_replicas", settings.cluster.replicas)
     pulumi.export("postgres_node_label", settings.cluster.postgres_node_label)
 pulumi.export("auth_enabled", settings.server.auth_enabled)
+if isinstance(platform.database, PostgresDatabase):
+    # None with externalDatabaseUrl: the database is outside the stack.
+    pulumi.export("postgres_volume_name", platform.database.volume.name)
+    pulumi.export("postgres_container_name", platform.database.container.name)
 if platform.proxy is not None:
     pulumi.export("tls_mode", settings.tls.mode)
     pulumi.export("proxy_container_name", platform.proxy.container.name)

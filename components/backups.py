@@ -11,7 +11,7 @@ import pulumi
 
 from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
-from components.mlflow_facts import ARTIFACTS_DIR, MLFLOW_UID
+from components.mlflow_facts import ARTIFACTS_DIR, DB_CA_FILE, MLFLOW_UID, database_tls_environment
 from components.settings import BackupSettings, BucketLocation
 from components.target import Runner, StackVolume
 from components.task_limits import MLFLOW_TASKS
@@ -86,7 +86,8 @@ class BackupServiceArgs(TypedDict):
 def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_name: str) -> str:
     """The script's settings, as shell assignments; every value is a checked identifier or number.
 
-    `network_name` is the database network, the one the one-off restore container joins to reach Postgres.
+    `network_name` is the network the one-off restore container joins to reach the database: the
+    internal one for Postgres in the stack, the front one (its route out) for an external database.
     """
     database = args["database"]
     values = {
@@ -111,7 +112,15 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
         "OFFSITE": "1" if args["backups"].copied_offsite else "0",
         "OFFSITE_CONTAINER": args["stack"].name(_OFFSITE_NAME),
     }
-    return "".join(f"{key}='{value}'\n" for key, value in values.items())
+    assignments = "".join(f"{key}='{value}'\n" for key, value in values.items())
+    tls = dict(variable.split("=", 1) for variable in database_tls_environment(database))
+    if tls:
+        # An external database: pg_dump, pg_restore and psql over TLS, verified against its CA.
+        # Exported here (the script exports only PGHOST..PGPASSFILE), so the one-off restore
+        # container, which sources the same file, verifies it too.
+        assignments += "".join(f"{key}='{value}'\n" for key, value in tls.items())
+        assignments += f"export {' '.join(tls)}\n"
+    return assignments
 
 
 class BackupService(pulumi.ComponentResource):
@@ -137,7 +146,8 @@ class BackupService(pulumi.ComponentResource):
 
     def _workload(self, args: BackupServiceArgs) -> Workload:
         stack, database = args["stack"], args["database"]
-        config = pulumi.Output.all(stack.network_name(DATABASE), args["artifacts_volume_name"]).apply(
+        network = stack.network_name(FRONT if database.external else DATABASE)
+        config = pulumi.Output.all(network, args["artifacts_volume_name"]).apply(
             lambda names: backup_config(args, names[0], names[1])
         )
         # libpq's password file: host:port:database:user:password.
@@ -155,6 +165,7 @@ class BackupService(pulumi.ComponentResource):
                 config_file(SCRIPT_PATH, SCRIPT_SOURCE.read_text(encoding="utf-8"), mode="0755"),
                 config_file(CONFIG_PATH, config),
                 secret_file(PGPASS_FILE, pgpass),
+                *([config_file(DB_CA_FILE, database.ca_certificate)] if database.external else []),
             ],
             mounts=[
                 Mount(BACKUP_DIR, self.volume.name),

@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 import pulumi
 
-from components.workload import DATABASE, FRONT, StackNetworkRole
+from components.workload import DATABASE, FRONT, SECRETS_DIR, StackNetworkRole
 
 if TYPE_CHECKING:
     from components.target import Target
@@ -116,6 +116,11 @@ class StackContext:
         return StandaloneTarget(self)
 
 
+# An external database's CA (public) in every container that connects to it: libpq
+# verifies the server against it (PGSSLROOTCERT, or sslrootcert in a URI).
+DATABASE_CA_FILE = f"{SECRETS_DIR}/database-ca.pem"
+
+
 @dataclass(frozen=True)
 class DatabaseEndpoint:
     """Where MLflow's database is and who connects: what the server, backups and gc need of it."""
@@ -128,6 +133,19 @@ class DatabaseEndpoint:
     """Secret."""
     auth_database: str
     """The basic-auth app's database, owned by the same role."""
+    ca_certificate: str = ""
+    """An external database's CA (PEM): every connection then verifies it (sslmode verify-full).
+    Empty: Postgres in the stack, on its internal network."""
+
+    @property
+    def external(self) -> bool:
+        """Outside the stack (externalDatabaseUrl), reached over the front network's route out."""
+        return bool(self.ca_certificate)
+
+    def _tls_query(self) -> str:
+        if not self.external:
+            return ""
+        return f"?sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
 
     def sqlalchemy_uri(self) -> pulumi.Output[str]:
         """The in-network URI of the tracking database, for maintenance jobs; secret (it holds the password)."""
@@ -138,5 +156,6 @@ class DatabaseEndpoint:
                 ":",
                 self.password.apply(lambda password: quote(password, safe="")),
                 f"@{self.host}:{self.port}/{self.database}",
+                self._tls_query(),
             )
         )

@@ -11,6 +11,11 @@ moves stacks made with MLflow connecting as the superuser to that layout. Its
 inputs hold the secret it applies, so it is replaced, and runs again, whenever
 that changes, as well as when the Postgres container is replaced.
 
+With an external database (externalDatabaseUrl) there is no socket: the job connects
+over TCP with the admin URL (a 0400 secret file it empties too), verifies the server
+with sslmode verify-full against the CA, and applies the same rules to MLflow's role
+and databases, as an admin that need not be a superuser (managed Postgres).
+
 The container stays (exited) for `pulumi up --refresh` to find, so it is not run
 again on every update; the job empties its secret file as soon as it has read it,
 so what stays holds no secret.
@@ -19,16 +24,24 @@ so what stays holds no secret.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import TypedDict
 
 import pulumi
 
 from components.context import DatabaseEndpoint, StackContext
-from components.mlflow_facts import BOOTSTRAP_SCRIPT, DB_PASSWORD_FILE, MLFLOW_USER
+from components.mlflow_facts import (
+    BOOTSTRAP_SCRIPT,
+    DB_ADMIN_URL_FILE,
+    DB_PASSWORD_FILE,
+    MLFLOW_USER,
+    database_files,
+    database_tls_environment,
+)
 from components.postgres_facts import SOCKET_DIR, SUPERUSER
 from components.target import Runner
 from components.task_limits import MLFLOW_TASKS
-from components.workload import HealthCheck, Mount, Workload, secret_file
+from components.workload import FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
 
 # Python, psycopg and nothing else: a fraction of what the server needs.
 _MEMORY_MB = 256
@@ -43,17 +56,33 @@ _READY_HEALTH = HealthCheck(
 )
 
 
+@dataclass(frozen=True)
+class SocketAdmin:
+    """Postgres in the stack: its superuser, over the local socket the container shares."""
+
+    socket_volume_name: pulumi.Input[str]
+    """Volume holding Postgres's local socket."""
+    postgres_container: Runner
+    """The health-gated Postgres container (or service) the bootstrap runs against."""
+
+
+@dataclass(frozen=True)
+class UrlAdmin:
+    """An external database: an admin role (CREATEROLE and CREATEDB; no superuser needed), over TLS."""
+
+    url: pulumi.Output[str]
+    """Secret: postgresql://user:password@host:port/database (externalDatabaseUrl)."""
+
+
 class DatabaseBootstrapArgs(TypedDict):
     stack: StackContext
     """The stack it belongs to."""
     image: pulumi.Input[str]
     """The MLflow image (it carries bootstrap_db.py, Python and psycopg)."""
-    socket_volume_name: pulumi.Input[str]
-    """Volume holding Postgres's local socket."""
-    postgres_container: Runner
-    """The health-gated Postgres container (or service) the bootstrap runs against."""
+    admin: SocketAdmin | UrlAdmin
+    """How the bootstrap connects with the power to make roles and databases."""
     database: DatabaseEndpoint
-    """MLflow's role, its password and the two databases it owns."""
+    """MLflow's role, its password and the two databases it owns (and an external one's CA)."""
 
 
 class DatabaseBootstrap(pulumi.ComponentResource):
@@ -64,18 +93,22 @@ class DatabaseBootstrap(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DatabaseBootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:database:DatabaseBootstrap", name, None, opts)
-        postgres = args["postgres_container"]
+        admin = args["admin"]
         target = args["stack"].target
         workload = _workload(args)
         if not target.runs_jobs_once:
             workload = _staying_up(workload)
-        job = target.job(self, f"{name}-container", workload, depends_on=[postgres])
+        after = [admin.postgres_container] if isinstance(admin, SocketAdmin) else []
+        job = target.job(self, f"{name}-container", workload, depends_on=after)
         self.container = job.container
         self.succeeded = job.succeeded
         self.register_outputs({"container_name": self.container.name})
 
 
 def _workload(args: DatabaseBootstrapArgs) -> Workload:
+    admin = args["admin"]
+    if isinstance(admin, UrlAdmin):
+        return _url_workload(args, admin)
     database = args["database"]
     return Workload(
         name=args["stack"].name("db-bootstrap"),
@@ -94,11 +127,39 @@ def _workload(args: DatabaseBootstrapArgs) -> Workload:
         ],
         files=[secret_file(DB_PASSWORD_FILE, database.password)],
         # Read-only is enough to connect to a socket.
-        mounts=[Mount(SOCKET_DIR, args["socket_volume_name"], read_only=True)],
+        mounts=[Mount(SOCKET_DIR, admin.socket_volume_name, read_only=True)],
         # The socket is its only way to Postgres; it needs no network at all.
         networks=[],
         memory_mb=_MEMORY_MB,
-        extra_labels={POSTGRES_CONTAINER_LABEL: args["postgres_container"].id},
+        extra_labels={POSTGRES_CONTAINER_LABEL: admin.postgres_container.id},
+    )
+
+
+def _url_workload(args: DatabaseBootstrapArgs, admin: UrlAdmin) -> Workload:
+    """The same job against an external database: the admin URL as a file, TLS verified against its CA.
+
+    A changed URL, CA or MLflow password changes the uploads, so the job is replaced and runs again.
+    """
+    database = args["database"]
+    return Workload(
+        name=args["stack"].name("db-bootstrap"),
+        role="database-bootstrap",
+        image=args["image"],
+        user=MLFLOW_USER,
+        max_tasks=MLFLOW_TASKS,
+        entrypoint=["python", BOOTSTRAP_SCRIPT],
+        environment=[
+            f"POSTGRES_ADMIN_URL_FILE={DB_ADMIN_URL_FILE}",
+            f"POSTGRES_USER={database.role}",
+            f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
+            f"POSTGRES_DB={database.database}",
+            f"POSTGRES_AUTH_DB={database.auth_database}",
+            *database_tls_environment(database),
+        ],
+        files=[secret_file(DB_ADMIN_URL_FILE, pulumi.Output.secret(admin.url)), *database_files(database)],
+        # The database is outside the stack: the front network has the route out.
+        networks=[Attachment(FRONT)],
+        memory_mb=_MEMORY_MB,
     )
 
 

@@ -9,11 +9,11 @@ import pulumi
 
 from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
-from components.mlflow_facts import ARTIFACTS_DIR, DB_PASSWORD_FILE, GC_COMMAND, MLFLOW_USER, database_environment
+from components.mlflow_facts import ARTIFACTS_DIR, GC_COMMAND, MLFLOW_USER, database_environment, database_files
 from components.settings import ArtifactSettings, GcSettings
 from components.target import Runner
 from components.task_limits import MLFLOW_TASKS
-from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
+from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload
 
 MEMORY_MB = 512
 # The loop exits on SIGTERM; a gc cut short is simply run again on the next schedule.
@@ -76,7 +76,7 @@ class GarbageCollector(pulumi.ComponentResource):
 
 def _workload(args: GarbageCollectorArgs) -> Workload:
     artifacts = args["artifacts"]
-    files = [secret_file(DB_PASSWORD_FILE, args["database"].password)]
+    files = database_files(args["database"])
     if artifacts.in_bucket:
         store = artifact_store.environment(artifacts)
         files += artifact_store.files(artifacts)

@@ -7,8 +7,8 @@ without importing each other.
 
 from __future__ import annotations
 
-from components.context import DatabaseEndpoint
-from components.workload import SECRETS_DIR
+from components.context import DATABASE_CA_FILE, DatabaseEndpoint
+from components.workload import SECRETS_DIR, File, config_file, secret_file
 
 # Relative to the project directory, where `pulumi up` runs: an absolute path
 # would differ per machine and show as a change in every teammate's preview.
@@ -24,10 +24,15 @@ SPOOL_DIR = "/mlflow/spool"
 ADMIN_USERNAME = "admin"
 # The basic-auth app's database is the tracking database's name plus this (prepare_db.py).
 AUTH_DATABASE_SUFFIX = "_auth"
+# `mlflow-backup verify`'s scratch database: the tracking database's name plus this (bootstrap_db.py).
+SCRATCH_DATABASE_SUFFIX = "_tmp"
 # Secret files the entrypoint, prepare_db.py, bootstrap_db.py and gc.py read.
 DB_PASSWORD_FILE = f"{SECRETS_DIR}/postgres-password"
 ADMIN_PASSWORD_FILE = f"{SECRETS_DIR}/admin-password"
 FLASK_SECRET_FILE = f"{SECRETS_DIR}/flask-secret-key"
+DB_CA_FILE = DATABASE_CA_FILE
+# The external database's admin URL (secret): only the bootstrap gets it.
+DB_ADMIN_URL_FILE = f"{SECRETS_DIR}/database-admin-url"
 # MLflow's basic auth, as the image registers it (mlflow/platform_auth.py): each worker
 # reads the Flask key from FLASK_SECRET_FILE, so no process has it in its environment.
 AUTH_APP_NAME = "platform-basic-auth"
@@ -52,4 +57,22 @@ def database_environment(database: DatabaseEndpoint) -> list[str]:
         f"POSTGRES_DB={database.database}",
         f"POSTGRES_USER={database.role}",
         f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
+        *database_tls_environment(database),
     ]
+
+
+def database_tls_environment(database: DatabaseEndpoint) -> list[str]:
+    """libpq's defaults for every connection a process opens (psycopg, SQLAlchemy, psql, pg_dump):
+    to an external database only over TLS, to the host its certificate names, signed by its CA.
+    verify-full, not require: require encrypts but would talk to whoever answers at that address."""
+    if not database.ca_certificate:
+        return []
+    return ["PGSSLMODE=verify-full", f"PGSSLROOTCERT={DB_CA_FILE}"]
+
+
+def database_files(database: DatabaseEndpoint) -> list[File]:
+    """The role's password (secret) and, for an external database, its CA (public)."""
+    files = [secret_file(DB_PASSWORD_FILE, database.password)]
+    if database.ca_certificate:
+        files.append(config_file(DB_CA_FILE, database.ca_certificate))
+    return files

@@ -17,7 +17,6 @@ from components.mlflow_facts import (
     ADMIN_USERNAME,
     ARTIFACTS_DIR,
     AUTH_APP_NAME,
-    DB_PASSWORD_FILE,
     FLASK_SECRET_FILE,
     MLFLOW_ENTRYPOINT,
     MLFLOW_UID,
@@ -25,6 +24,7 @@ from components.mlflow_facts import (
     SERVER_PORT,
     SPOOL_DIR,
     database_environment,
+    database_files,
 )
 from components.secrets import generated_password
 from components.settings import ArtifactSettings, ServerSettings, host_header, is_ip_address
@@ -202,7 +202,7 @@ class MlflowServer(pulumi.ComponentResource):
         if server.metrics_enabled:
             tmpfs[METRICS_DIR] = _METRICS_TMPFS
             envs.append(f"PROMETHEUS_MULTIPROC_DIR={METRICS_DIR}")
-        files = [secret_file(DB_PASSWORD_FILE, database.password)]
+        files = database_files(database)
         if artifacts.in_bucket:
             envs += [*artifact_store.environment(artifacts), f"MLFLOW_SPOOL_DIR={SPOOL_DIR}"]
             files += artifact_store.files(artifacts)

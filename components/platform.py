@@ -10,6 +10,7 @@ import pulumi
 from components.backups import BackupService
 from components.context import DatabaseEndpoint, StackContext
 from components.db_bootstrap import DatabaseBootstrap
+from components.external_database import ExternalDatabase
 from components.gc import GarbageCollector
 from components.mlflow_facts import ADMIN_USERNAME, SERVER_PORT
 from components.mlflow_image import MlflowImage
@@ -33,7 +34,7 @@ class MlflowPlatform(pulumi.ComponentResource):
     """An MLflow tracking server on Postgres, on networks of its own."""
 
     network: StackNetwork
-    database: PostgresDatabase
+    database: PostgresDatabase | ExternalDatabase
     bootstrap: DatabaseBootstrap
     image: MlflowImage
     server: MlflowServer
@@ -62,24 +63,15 @@ class MlflowPlatform(pulumi.ComponentResource):
         # MLflow reaches Postgres (on the internal network alone) and the proxy reaches MLflow (on the front one).
         server_stack = dataclasses.replace(stack, joins=(FRONT, DATABASE))
 
-        self.database = PostgresDatabase(
-            f"{name}-postgres",
-            {
-                "stack": stack,
-                "database": settings.database,
-                "alias": POSTGRES_ALIAS,
-                "secrets_rotation": settings.secrets_rotation,
-                "client_connections": database_connections(settings.server.workers, settings.server.auth_enabled),
-            },
-            opts=child,
-        )
+        self.database = self._database(name, settings, stack)
         endpoint = DatabaseEndpoint(
-            host=POSTGRES_ALIAS,
+            host=self.database.host,
             port=self.database.port,
             database=settings.database.name,
             role=settings.database.user,
             password=self.database.password.result,
             auth_database=settings.database.auth_name,
+            ca_certificate=self.database.ca_certificate,
         )
         self.image = MlflowImage(f"{name}-image", {"stack": stack, "server": settings.server}, opts=child)
         self.bootstrap = DatabaseBootstrap(
@@ -87,15 +79,16 @@ class MlflowPlatform(pulumi.ComponentResource):
             {
                 "stack": stack,
                 "image": self.image.repo_digest,
-                "socket_volume_name": self.database.socket_volume.name,
-                "postgres_container": self.database.container,
+                "admin": self.database.admin,
                 "database": endpoint,
             },
             opts=child,
         )
         # Nothing flows from Postgres or the bootstrap into these: they start once Postgres
         # is healthy and the bootstrap has put the secrets in force.
-        database_ready: list[pulumi.Input[pulumi.Resource]] = [self.database.container, self.bootstrap.succeeded]
+        database_ready: list[pulumi.Input[pulumi.Resource]] = [self.bootstrap.succeeded]
+        if self.database.container is not None:
+            database_ready.insert(0, self.database.container)
         self.server = MlflowServer(
             f"{name}-server",
             {
@@ -162,6 +155,32 @@ class MlflowPlatform(pulumi.ComponentResource):
         )
         self.admin_username = ADMIN_USERNAME if settings.server.auth_enabled else None
         self.register_outputs({"tracking_uri": self.tracking_uri, "backend_store_uri": self.backend_store_uri})
+
+    def _database(self, name: str, settings: StackSettings, stack: StackContext) -> PostgresDatabase | ExternalDatabase:
+        """Postgres in the stack, or none at all with an external database (externalDatabaseUrl)."""
+        child = pulumi.ResourceOptions(parent=self)
+        if settings.external_database.enabled:
+            return ExternalDatabase(
+                f"{name}-database",
+                {
+                    "stack": stack,
+                    "database": settings.database,
+                    "external": settings.external_database,
+                    "secrets_rotation": settings.secrets_rotation,
+                },
+                opts=child,
+            )
+        return PostgresDatabase(
+            f"{name}-postgres",
+            {
+                "stack": stack,
+                "database": settings.database,
+                "alias": POSTGRES_ALIAS,
+                "secrets_rotation": settings.secrets_rotation,
+                "client_connections": database_connections(settings.server.workers, settings.server.auth_enabled),
+            },
+            opts=child,
+        )
 
     def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
         """The only published workload: HTTPS in front of the server, which then publishes nothing."""

@@ -18,6 +18,7 @@ import pulumi_docker as docker
 import pulumi_random as random
 
 from components.context import StackContext
+from components.db_bootstrap import SocketAdmin
 from components.postgres_facts import (
     DATA_MOUNT,
     PGDATA,
@@ -108,7 +109,10 @@ class PostgresDatabase(pulumi.ComponentResource):
     socket_volume: StackVolume
     container: Runner
     alias: str
+    host: str
     port: int
+    admin: SocketAdmin
+    ca_certificate: str
 
     def __init__(self, name: str, args: PostgresDatabaseArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:database:PostgresDatabase", name, None, opts)
@@ -134,6 +138,11 @@ class PostgresDatabase(pulumi.ComponentResource):
         self.alias = args["alias"]
         self.port = POSTGRES_PORT
         self.container = target.service(self, f"{name}-container", self._workload(args))
+        # What the rest of the stack needs of a database, as ExternalDatabase has it too.
+        self.host = self.alias
+        self.admin = SocketAdmin(socket_volume_name=self.socket_volume.name, postgres_container=self.container)
+        # On the internal network only: no TLS (nothing but the stack's own containers reach it).
+        self.ca_certificate = ""
         self.register_outputs(
             {
                 "container_name": self.container.name,

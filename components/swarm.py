@@ -14,8 +14,15 @@ What a 20.10 swarm cannot apply, and pulumi-docker's Service cannot declare:
   has nothing to gain from; README "Swarm" and the policy pack say so.
 - ulimits and a pids limit: RLIMIT_NPROC is set by a shell around the workload's own
   entrypoint (`_with_task_limit`), which then execs it, so the limit holds for it as on one host.
-- a host address to publish on: the routing mesh publishes on every interface of every node
+- a host address to publish on: a published port is bound on every interface of the node
   (the settings refuse any bindAddress but 0.0.0.0 or :: with engine swarm).
+
+Swarm's virtual IPs and its ingress routing mesh need the kernel's IPVS, which not every
+host has (the CI machines' kernels do not: a VIP or an ingress port accepts nothing, and
+nothing logs why). So every service resolves by DNS round robin to its tasks' own
+addresses (`dnsrr`), and the front door publishes its ports in host mode on the node that
+runs it (the one labelled for Postgres, where its certificate volume lives): neither needs
+IPVS, and the proxy balances over MLflow's tasks itself.
 - a tmpfs owner or noexec: Docker mounts a service's tmpfs noexec, nosuid and nodev always;
   one the description wants owned by the workload's uid is made world-writable with the
   sticky bit instead (only the workload's own uid runs inside the task to write there).
@@ -44,6 +51,8 @@ RESTART_DELAY = "5s"
 UPDATE_PARALLELISM = 1
 START_FIRST = "start-first"
 STOP_FIRST = "stop-first"
+# DNS round robin over the tasks' own addresses instead of a virtual IP (see the module's docstring).
+ENDPOINT_MODE = "dnsrr"
 ROLLBACK = "rollback"
 PAUSE = "pause"
 # Monitored after each task update when the workload has no health check of its own.
@@ -219,7 +228,8 @@ class SwarmTarget:
         log = context.log_rotation
         # Only a health check can be waited for; without one, convergence means no more than "started".
         wait = workload.wait_healthy and health is not None
-        order = STOP_FIRST if workload.single_writer else START_FIRST
+        # A host-mode port is the node's: a second task on it could not bind it until the first stops.
+        order = STOP_FIRST if workload.single_writer or workload.ports else START_FIRST
         monitor = f"{_monitor_seconds(workload)}s"
         commands, args = _with_task_limit(workload)
         return docker.Service(
@@ -269,16 +279,18 @@ class SwarmTarget:
                 ),
             ),
             endpoint_spec=docker.ServiceEndpointSpecArgs(
+                # No virtual IP (IPVS): the service's name and aliases resolve to its tasks.
+                mode=ENDPOINT_MODE,
                 ports=[
-                    # The routing mesh: any node answers on the port and forwards to a healthy task.
+                    # On the node that runs the task; the routing mesh would need IPVS.
                     docker.ServiceEndpointSpecPortArgs(
-                        target_port=port.target, published_port=port.published, protocol="tcp", publish_mode="ingress"
+                        target_port=port.target, published_port=port.published, protocol="tcp", publish_mode="host"
                     )
                     for port in workload.ports
                 ]
-            )
-            if workload.ports
-            else None,
+                if workload.ports
+                else None,
+            ),
             update_config=docker.ServiceUpdateConfigArgs(
                 parallelism=UPDATE_PARALLELISM, order=order, failure_action=ROLLBACK, monitor=monitor
             ),

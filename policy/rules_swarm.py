@@ -107,9 +107,9 @@ def _validate_postgres_service(args: ResourceValidationArgs, report: ReportViola
         return
     ports = [port for _, port in _entries(_field(_field(args.props, "endpointSpec"), "ports"))]
     if ports:
-        # The routing mesh publishes on every interface of every node: there is no loopback-only here.
+        # A swarm service publishes on every interface of its node: there is no loopback-only here.
         report(
-            f"the Postgres service publishes {len(ports)} port(s) through the routing mesh, on every node; "
+            f"the Postgres service publishes {len(ports)} port(s) on every interface of its node; "
             "clients reach it on the stack's internal database network only.",
             None,
         )
@@ -117,7 +117,7 @@ def _validate_postgres_service(args: ResourceValidationArgs, report: ReportViola
 
 postgres_service_not_published = ResourceValidationPolicy(
     name="postgres-service-not-published",
-    description="The Postgres swarm service publishes no port: the routing mesh would open it on every node.",
+    description="The Postgres swarm service publishes no port: swarm would open it on every interface of its node.",
     validate=_validate_postgres_service,
     enforcement_level=EnforcementLevel.MANDATORY,
     severity=Severity.CRITICAL,

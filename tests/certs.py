@@ -56,12 +56,23 @@ def self_signed(
     return KeyPair(certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))
 
 
+def _alt_names(names: list[str]) -> list[x509.GeneralName]:
+    """DNS names, and IP addresses as IP entries (what a client checks an address against)."""
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    return alt
+
+
 def other_key() -> str:
     return _pem_key(ec.generate_private_key(ec.SECP256R1()))
 
 
 def issued_by(ca: KeyPair, names: list[str], days: int = 30) -> KeyPair:
-    """A server certificate for `names`, signed by `ca` (from `self_signed(..., ca=True)`)."""
+    """A server certificate for `names` (DNS names or IP addresses), signed by `ca` (`self_signed(..., ca=True)`)."""
     ca_certificate = x509.load_pem_x509_certificate(ca.certificate.encode())
     ca_key = serialization.load_pem_private_key(ca.key.encode(), password=None)
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
@@ -77,7 +88,7 @@ def issued_by(ca: KeyPair, names: list[str], days: int = 30) -> KeyPair:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_alt_names(names)), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     return KeyPair(certificate.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key))

@@ -24,7 +24,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.certs import self_signed
 from tests.postgres_server import PostgresUnavailableError, find_bindir
+from tests.tls_postgres import ADMIN_PASSWORD, ManagedPostgres, managed_postgres
 from tools.stack_config import PROJECT_DIR
 
 pytestmark = pytest.mark.postgres
@@ -181,3 +183,134 @@ def test_then_wait_keeps_the_read_only_secret_marks_itself_done_and_stops_on_sig
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- An external database: the admin URL over verify-full TLS, an admin that is no superuser ---
+
+
+@pytest.fixture(scope="module")
+def managed() -> Iterator[ManagedPostgres]:
+    try:
+        find_bindir()
+    except PostgresUnavailableError as error:
+        if os.environ.get("REQUIRE_POSTGRES") == "1" or os.environ.get("CI"):
+            pytest.fail(f"REQUIRE_POSTGRES=1 (or CI) but {error}")
+        pytest.skip(str(error))
+    # Issued for 127.0.0.1 only: "localhost" reaches the same server under a name it does not carry.
+    with managed_postgres(["127.0.0.1"], ["127.0.0.1"]) as server:
+        yield server
+
+
+def _bootstrap_with_url(
+    managed: ManagedPostgres, url: str, ca_pem: str, role: str = "mlflow"
+) -> tuple[subprocess.CompletedProcess[str], Path, Path]:
+    directory = Path(tempfile.mkdtemp(dir=managed.socket_dir))
+    files = {"postgres-password": ROLE_PASSWORD + "\n", "database-admin-url": url + "\n", "ca.pem": ca_pem}
+    for name, content in files.items():
+        (directory / name).write_text(content, encoding="utf-8")
+        (directory / name).chmod(0o444 if name == "ca.pem" else 0o400)
+    directory.chmod(0o555)
+    env = {
+        "PATH": os.environ["PATH"],
+        "POSTGRES_ADMIN_URL_FILE": str(directory / "database-admin-url"),
+        "POSTGRES_USER": role,
+        "POSTGRES_PASSWORD_FILE": str(directory / "postgres-password"),
+        "POSTGRES_DB": role,
+        "POSTGRES_AUTH_DB": f"{role}_auth",
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": str(directory / "ca.pem"),
+    }
+    result = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
+    return result, directory / "database-admin-url", directory / "postgres-password"
+
+
+def test_an_admin_that_is_no_superuser_sets_up_an_unprivileged_owner_over_tls(managed: ManagedPostgres) -> None:
+    with managed.superuser() as connection:
+        assert connection.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'dbadmin'"
+        ).fetchone() == (False, True, True)
+    result, url_file, password_file = _bootstrap_with_url(
+        managed, managed.admin_url("127.0.0.1"), managed.ca.certificate
+    )
+    assert result.returncode == 0, result.stderr
+    assert "admin 'dbadmin' keeps its own" in result.stderr
+    # Both secret files emptied; nothing of either secret on the job's output.
+    assert (url_file.read_bytes(), password_file.read_bytes()) == (b"", b"")
+    assert ADMIN_PASSWORD not in result.stderr + result.stdout
+    assert ROLE_PASSWORD not in result.stderr + result.stdout
+    with managed.superuser() as connection:
+        attributes = connection.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin "
+            "FROM pg_roles WHERE rolname = 'mlflow'"
+        ).fetchone()
+        assert attributes == (False, False, False, False, False, True)
+        # MLflow's role is a member of nothing (the admin is a member of it, to hand it ownership).
+        memberships = connection.execute(
+            "SELECT g.rolname, u.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid "
+            "JOIN pg_roles u ON u.oid = m.member WHERE 'mlflow' IN (g.rolname, u.rolname)"
+        ).fetchall()
+        assert memberships == [("mlflow", "dbadmin")]
+        rows = connection.execute(
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE 'mlflow%%'"
+        ).fetchall()
+        owners = {str(name): str(owner) for name, owner in rows}
+        assert owners == {"mlflow": "mlflow", "mlflow_auth": "mlflow", "mlflow_tmp": "dbadmin"}
+    # MLflow's role logs in over verified TLS with the declared password; the connection is encrypted.
+    with psycopg.connect(
+        host="127.0.0.1", port=managed.port, user="mlflow", password=ROLE_PASSWORD, dbname="mlflow",
+        sslmode="verify-full", sslrootcert=str(url_file.parent / "ca.pem"),
+    ) as mlflow:  # fmt: skip
+        assert mlflow.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+    # A second run (a new job: fresh files) changes nothing and succeeds: every statement is idempotent.
+    again, _, _ = _bootstrap_with_url(managed, managed.admin_url("127.0.0.1"), managed.ca.certificate)
+    assert again.returncode == 0, again.stderr
+
+
+def _last_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert lines, result
+    return lines[-1]
+
+
+def test_a_wrong_ca_stops_the_bootstrap_with_one_line_naming_the_setting(managed: ManagedPostgres) -> None:
+    other_ca = self_signed(["Some Other CA"], ca=True).certificate
+    result, _, _ = _bootstrap_with_url(managed, managed.admin_url("127.0.0.1"), other_ca, role="mlflow_wrong_ca")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = _last_line(result)
+    where = f"127.0.0.1:{managed.port}"
+    assert line.startswith(
+        f"bootstrap_db: externalDatabaseCaCertificate does not verify the certificate of the server at {where} ("
+    ), line
+    assert "certificate verify failed" in line
+    assert ADMIN_PASSWORD not in result.stderr
+    with managed.superuser() as connection:
+        assert connection.execute("SELECT 1 FROM pg_roles WHERE rolname = 'mlflow_wrong_ca'").fetchone() is None
+
+
+def test_a_host_name_the_certificate_does_not_carry_stops_the_bootstrap_in_one_line(managed: ManagedPostgres) -> None:
+    result, _, _ = _bootstrap_with_url(
+        managed, managed.admin_url("localhost"), managed.ca.certificate, role="mlflow_wrong_host"
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = _last_line(result)
+    assert line.startswith(
+        "bootstrap_db: externalDatabaseUrl names host 'localhost', which the certificate of the server at "
+        f"localhost:{managed.port} is not issued for ("
+    ), line
+    assert "does not match host name" in line
+    assert ADMIN_PASSWORD not in result.stderr
+
+
+def test_an_admin_without_createrole_stops_the_bootstrap_in_one_line(managed: ManagedPostgres) -> None:
+    with managed.superuser() as connection:
+        connection.execute("DROP ROLE IF EXISTS weak")
+        connection.execute(f"CREATE ROLE weak LOGIN CREATEDB PASSWORD '{ADMIN_PASSWORD}'")
+    url = managed.admin_url("127.0.0.1").replace("dbadmin:", "weak:")
+    result, _, _ = _bootstrap_with_url(managed, url, managed.ca.certificate, role="mlflow_weak")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    line = _last_line(result)
+    assert line.startswith("bootstrap_db: externalDatabaseUrl's admin role 'weak' could not set up MLflow's role"), line
+    assert line.endswith("it needs CREATEROLE and CREATEDB")

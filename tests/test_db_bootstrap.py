@@ -7,7 +7,7 @@ from typing import Any
 import pulumi_docker as docker
 import pytest
 
-from components.db_bootstrap import DatabaseBootstrap
+from components.db_bootstrap import DatabaseBootstrap, SocketAdmin
 from tests.conftest import CONTAINER
 from tests.expected import (
     DB_PASSWORD,
@@ -85,8 +85,7 @@ def test_the_bootstrap_alone() -> None:
             {
                 "stack": unit_context(),
                 "image": "sha256:" + "a" * 64,
-                "socket_volume_name": "mlflow-platform-unit-pgsocket",
-                "postgres_container": postgres,
+                "admin": SocketAdmin("mlflow-platform-unit-pgsocket", postgres),
                 "database": unit_endpoint(),
             },
         )

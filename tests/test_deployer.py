@@ -104,9 +104,9 @@ def test_unset_inputs_are_not_refused(unset: object) -> None:
 
 
 def test_an_unknown_resource_type_is_refused_naming_type_and_resource(local_deployer: LocalDeployer) -> None:
-    token = "docker:index/service:Service"
-    with pytest.raises(UnsupportedResourceError, match=r"'swarm-service'.*docker:index/service:Service"):
-        local_deployer.create(_args(token, "swarm-service", {"name": "s"}), {"name": "s"})
+    token = "docker:index/plugin:Plugin"
+    with pytest.raises(UnsupportedResourceError, match=r"'volume-plugin'.*docker:index/plugin:Plugin"):
+        local_deployer.create(_args(token, "volume-plugin", {"name": "s"}), {"name": "s"})
 
 
 def test_the_programs_own_components_create_nothing(local_deployer: LocalDeployer) -> None:
@@ -308,6 +308,9 @@ def test_only_protected_tls_state_survives_down_with_kept_volumes(
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             return []
+
+        def info(self) -> dict[str, Any]:  # not in swarm mode
+            return {}
 
     monkeypatch.setattr("docker.from_env", lambda **_: _NoEngine())
     local_state.save_state(
@@ -537,6 +540,9 @@ class _FakeEngine:
 
     def list(self, **_: Any) -> list[Any]:  # containers.list, images.list
         return []
+
+    def info(self) -> dict[str, Any]:  # not in swarm mode: no services, secrets or configs to remove
+        return {"Swarm": {"LocalNodeState": "inactive", "ControlAvailable": False}}
 
 
 class _FakeVolumes:

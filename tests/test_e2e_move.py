@@ -8,7 +8,7 @@ realises `up` with the local deployer, as every end-to-end test deploys. The sto
 
 A run is logged between the live pass (`copy`) and `finish`, and a client keeps logging a
 metric all through `finish` (server stopped, final pass, redeploy): both must be there after.
-Meanwhile the front door (the HTTPS proxy) answers 502, which the MLflow client retries.
+Meanwhile the front door (the HTTPS proxy) answers 502, which the MLflow client retries (tests/load.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from tests import e2e
+from tests import e2e, load
 from tests.s3_store import S3Store
 from tests.test_deploy_script import PIN
 from tools.stack_config import PROJECT_DIR
@@ -163,31 +163,6 @@ def _counts(totals: str) -> tuple[int, ...]:
     return tuple(int(count) for count in found.groups())
 
 
-class _Logger(threading.Thread):
-    """A client logging a metric every half second, as a training job would, through the default retries."""
-
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        super().__init__(daemon=True)
-        self.client, self.run_id = MlflowClient(tracking_uri), run_id
-        self.stopping = threading.Event()
-        self.steps: list[int] = []
-        self.errors: list[str] = []
-        self.longest_call = 0.0
-
-    def run(self) -> None:
-        step = 0
-        while not self.stopping.is_set():
-            started = time.monotonic()
-            try:
-                self.client.log_metric(self.run_id, "during_move", float(step), step=step)
-                self.steps.append(step)
-            except Exception as error:  # recorded: the test fails on any lost write
-                self.errors.append(f"step {step}: {type(error).__name__}: {error}")
-            self.longest_call = max(self.longest_call, time.monotonic() - started)
-            step += 1
-            time.sleep(0.5)
-
-
 class _Prober(threading.Thread):
     """What a client without retries sees at the front door: the status of /health every quarter second."""
 
@@ -224,17 +199,22 @@ def test_a_volume_stack_moves_to_the_bucket_and_every_artifact_keeps_resolving(
     runs[late_id] = late_hashes
     assert volume_stack.container(docker_client, "mlflow").status == "running"
 
-    training = client.create_run(experiment_id).info.run_id
-    logger = _Logger(volume_stack.tracking_uri, training)
+    # A client logging a metric every half second, as a training job would, through MLflow's default retries.
+    training = load.Load(
+        volume_stack.tracking_uri,
+        clients=1,
+        pause=0.5,
+        params_every=0,
+        retries=load.MLFLOW_DEFAULTS,
+        metric_key="during_move",
+    )
     prober = _Prober(volume_stack.tracking_uri)
-    logger.start()
-    prober.start()
-    time.sleep(2)
-    finish_seconds, final = _move("finish", env)
-    time.sleep(2)
-    logger.stopping.set()
-    prober.stopping.set()
-    logger.join(timeout=300)
+    with training:
+        prober.start()
+        time.sleep(2)
+        finish_seconds, final = _move("finish", env)
+        time.sleep(2)
+        prober.stopping.set()
     prober.join(timeout=30)
     # While the server was down the proxy answered 502. The local deployer's `up` replaces every
     # container, the proxy's too, which a real `pulumi up` leaves alone (its inputs do not change):
@@ -242,9 +222,8 @@ def test_a_volume_stack_moves_to_the_bucket_and_every_artifact_keeps_resolving(
     assert {"200", "502"} <= set(prober.seen) <= {"200", "502", "ConnectionError"}, prober.seen
     # The final pass uploaded only the late run's files and read every object back.
     assert _counts(final) == ((RUNS + 1) * files, files, RUNS * files, (RUNS + 1) * files), final
-    assert logger.errors == []
-    history = sorted(int(m.step) for m in client.get_metric_history(training, "during_move"))
-    assert history == logger.steps == list(range(len(logger.steps)))
+    logged = training.verify()
+    assert (logged.failed, logged.lost) == ([], [])
 
     # Every artifact of every run, the late one included, downloads through the server with its sha256...
     for run_id, hashes in runs.items():
@@ -287,6 +266,6 @@ def test_a_volume_stack_moves_to_the_bucket_and_every_artifact_keeps_resolving(
     e2e.report(
         f"move of {RUNS + 1} runs x {files} files ({(RUNS + 1) * mib:.1f} MiB): copy (live) {copy_seconds:.1f}s "
         f"[{copied}]; finish (stop, final pass, switch, healthy) {finish_seconds:.1f}s [{final}]; "
-        f"a client logging every 0.5s lost nothing ({len(logger.steps)} steps), longest call "
-        f"{logger.longest_call:.1f}s; /health at the front door meanwhile: {prober.seen}"
+        f"a client logging every 0.5s lost nothing ({logged.acknowledged} steps, {logged.retries} retried "
+        f"requests), longest call {logged.longest_call:.1f}s; /health at the front door meanwhile: {prober.seen}"
     )

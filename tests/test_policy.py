@@ -1664,7 +1664,7 @@ def test_a_published_postgres_service_is_refused() -> None:
         "endpointSpec": {"ports": [{"targetPort": 5432, "publishedPort": 5432}]},
     }
     assert _check_resource("postgres-service-not-published", SERVICE, postgres) == [
-        "the Postgres service publishes 1 port(s) through the routing mesh, on every node; "
+        "the Postgres service publishes 1 port(s) on every interface of its node; "
         "clients reach it on the stack's internal database network only."
     ]
     assert _check_resource("postgres-service-not-published", SERVICE, {**postgres, "endpointSpec": None}) == []

@@ -56,8 +56,10 @@ NPM_MANIFEST = "tools/renovate/package.json"
 # Dockerfiles with no pin Renovate could move, each with why.
 NOT_PINNED_DOCKERFILES = {
     "tools/standins/caddy/Dockerfile": "stand-in image built on a local Debian image (prepare), never pulled",
+    "tools/standins/dind/Dockerfile": "swarm cluster node built on a local Debian image, never pulled",
     "tools/standins/postgres/Dockerfile": "stand-in image built on a local Debian image (prepare), never pulled",
     "tools/standins/python/Dockerfile": "stand-in image built on a local Debian image (prepare), never pulled",
+    "tools/standins/registry/Dockerfile": "swarm cluster registry built on a local Debian image, never pulled",
     # The tests' S3 server: its one pin is the hash-locked wheel in requirements.txt beside it, moved by hand.
     "tools/standins/seaweedfs/Dockerfile": "test image built on a local Debian image (prepare), never pulled",
 }

@@ -24,6 +24,15 @@ _PROVIDED = {"tlsMode": "provided", "publicHost": "mlflow.example.com"}
 _ACME = {"tlsMode": "acme", "publicHost": "mlflow.example.com", "acmeEmail": "ops@example.com"}
 _S3 = {"artifactStore": "s3", "artifactBucket": "ml-artifacts"}
 _OFFSITE = {"backupBucket": "ml-backups"}
+_DB_CA = self_signed(["Database CA"], ca=True).certificate
+_DB_URL = "postgresql://dbadmin:Admin0Password0123456789@db.example.internal:5432/postgres"
+_EXTERNAL = {"externalDatabaseUrl": _DB_URL, "externalDatabaseCaCertificate": _DB_CA}
+_URL_KEY, _CA_KEY, _HIDDEN = "externalDatabaseUrl", "externalDatabaseCaCertificate", "'<hidden>'"
+
+
+def _url(url: str) -> dict[str, str]:
+    return {**_EXTERNAL, _URL_KEY: url}
+
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
 # Prod on one swarm server task: volume artifacts are still allowed.
@@ -265,17 +274,27 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"engine": "swarm"}, "artifactStore", "'volume'", "mlflowReplicas 2 (the swarm default) needs artifacts"),
     ("prod", {**_SWARM_ONE, "imageRegistryPassword": "p" * 30}, "imageRegistryUsername", "''", "or neither"),
     ("prod", {**_SWARM_ONE, "imageRegistryCaCertificate": "junk"}, "imageRegistryCaCertificate", "'<PEM>'", "PEM"),
-    # The routing mesh publishes on every interface of every node: only the front door, and no bind address.
+    # A swarm service publishes on every interface of its node: only the front door, and no bind address.
     ("dev", {"engine": "swarm", "mlflowReplicas": 1}, "tlsMode", "'off'", "only the TLS front door may publish"),
     (
         "prod",
         {**_SWARM_ONE, "bindAddress": "10.0.0.5"},
         "bindAddress",
         "'10.0.0.5'",
-        "the routing mesh, which has no bind address: accepted: 0.0.0.0 or ::",
+        "with no bind address: accepted: 0.0.0.0 or ::",
     ),
     ("dev", {"imageRegistry": "registry.local:5000"}, "imageRegistry", "'registry.local:5000'", "builds on the host"),
-]
+    # An external database: the URL is a secret, so never shown; it needs its CA, and the CA needs it.
+    ("dev", _url("mysql://a:b@db/x"), _URL_KEY, _HIDDEN, "its scheme is 'mysql', not postgresql"),
+    ("dev", _url("postgresql://dbadmin@db/postgres"), _URL_KEY, _HIDDEN, "postgresql://user:password@host"),
+    ("dev", _url("postgresql://a:b@db/postgres?sslmode=require"), _URL_KEY, _HIDDEN, "optional sslmode=verify-full"),
+    ("dev", _url("postgresql://a:b@db/"), _URL_KEY, _HIDDEN, "host[:port]/database"),
+    ("dev", _url("postgresql://a:b@db/mlflow"), _URL_KEY, _HIDDEN, "its database 'mlflow' is one MLflow's role owns"),
+    ("dev", _url("postgresql://mlflow:b@db/postgres"), "postgresUser", "'mlflow'", "logs in as 'mlflow'"),
+    ("dev", {_URL_KEY: _DB_URL}, _CA_KEY, "''", "externalDatabaseUrl needs it"),
+    ("dev", {**_EXTERNAL, _CA_KEY: "not a certificate"}, _CA_KEY, "'<PEM>'", "accepted: PEM certificates"),
+    ("dev", {_CA_KEY: _DB_CA}, _CA_KEY, "'<PEM>'", "externalDatabaseUrl is empty"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -380,6 +399,36 @@ def test_a_store_secret_key_set_in_the_clear_is_refused_in_one_line_without_show
         "config key 'artifactSecretAccessKey' has the value '<hidden>'; accepted: a secret value "
         "(`pulumi config set --secret artifactSecretAccessKey ...`)"
     )
+
+
+def test_an_external_database_url_set_in_the_clear_is_refused_without_showing_it() -> None:
+    install(EngineMocks(), "dev", _EXTERNAL, secret_keys=())
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value) == (
+        "config key 'externalDatabaseUrl' has the value '<hidden>'; accepted: a secret value "
+        "(`pulumi config set --secret externalDatabaseUrl ...`)"
+    )
+    assert "Admin0Password" not in repr(raised.value.value)
+
+
+def test_an_external_database_reads_back_without_its_password_in_repr() -> None:
+    install(
+        EngineMocks(),
+        "dev",
+        {**_EXTERNAL, "externalDatabaseUrl": _DB_URL.replace(":5432", "") + "?sslmode=verify-full"},
+    )
+    external = load_settings().external_database
+    assert external.enabled
+    assert external.location is not None
+    assert (external.location.user, external.location.host, external.location.port, external.location.database) == (
+        "dbadmin",
+        "db.example.internal",
+        5432,
+        "postgres",
+    )
+    assert external.ca_certificate == _DB_CA.strip()
+    assert "Admin0Password" not in repr(external)
 
 
 def test_a_bucket_with_every_setting_reads_back_normalised() -> None:

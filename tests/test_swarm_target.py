@@ -73,7 +73,8 @@ def test_the_context_picks_the_target_from_the_engine() -> None:
 def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_settings() -> None:
     mocks = _built_service(EVERYTHING)
     service = mocks.one(SERVICE, "owner-service")
-    update = {"parallelism": 1, "order": "start-first", "failureAction": "rollback", "monitor": "7s"}
+    # It publishes ports (host mode): the old task must free them before the new one binds them.
+    update = {"parallelism": 1, "order": "stop-first", "failureAction": "rollback", "monitor": "7s"}
     volume_options = {"labels": _labels("web")}
     assert service.inputs == {
         "name": "mlflow-platform-unit-web",
@@ -144,11 +145,13 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_set
             "restartPolicy": {"condition": "any", "delay": "5s"},
             "logDriver": {"name": "json-file", "options": {"max-size": "5m", "max-file": "2"}},
         },
+        # DNS round robin, ports on the task's node: neither needs the kernel's IPVS.
         "endpointSpec": {
+            "mode": "dnsrr",
             "ports": [
-                {"targetPort": 8000, "publishedPort": 18000, "protocol": "tcp", "publishMode": "ingress"},
-                {"targetPort": 8001, "publishedPort": 18001, "protocol": "tcp", "publishMode": "ingress"},
-            ]
+                {"targetPort": 8000, "publishedPort": 18000, "protocol": "tcp", "publishMode": "host"},
+                {"targetPort": 8001, "publishedPort": 18001, "protocol": "tcp", "publishMode": "host"},
+            ],
         },
         # Monitored for the start period and as many failed probes as make it unhealthy: 4 s + 3 x 1 s.
         "updateConfig": update,
@@ -199,7 +202,7 @@ def test_placement_update_order_and_the_wait(changes: dict[str, Any], expected: 
         assert service[key]["order"] == expected["order"]
         assert service[key]["monitor"] == expected["monitor"]
     assert service.get("convergeConfig") == expected["converge"]
-    assert "endpointSpec" not in service
+    assert service["endpointSpec"] == {"mode": "dnsrr"}
 
 
 def test_the_task_limit_wraps_the_images_own_entrypoint_or_refuses_without_one() -> None:
@@ -345,9 +348,11 @@ def test_a_swarm_stack_declares_services_secrets_and_configs_and_no_container_or
     replicas = {name: s.inputs["mode"]["replicated"]["replicas"] for name, s in services.items()}
     assert replicas == {"postgres": 1, "db-bootstrap": 1, "mlflow": 3, "backup": 1, "gc": 1, "proxy": 1}
     # Only the front door publishes.
-    assert {name for name, s in services.items() if "endpointSpec" in s.inputs} == {"proxy"}
+    assert {name for name, s in services.items() if "ports" in s.inputs["endpointSpec"]} == {"proxy"}
+    assert {s.inputs["endpointSpec"]["mode"] for s in services.values()} == {"dnsrr"}
     assert services["proxy"].inputs["endpointSpec"] == {
-        "ports": [{"targetPort": 8443, "publishedPort": 443, "protocol": "tcp", "publishMode": "ingress"}]
+        "mode": "dnsrr",
+        "ports": [{"targetPort": 8443, "publishedPort": 443, "protocol": "tcp", "publishMode": "host"}],
     }
     placement = {name: s.inputs["taskSpec"]["placement"] for name, s in services.items()}
     # Whatever mounts a named volume is on the data node; the server (artifacts in a bucket) and gc spread.
@@ -361,7 +366,8 @@ def test_a_swarm_stack_declares_services_secrets_and_configs_and_no_container_or
     }
     orders = {name: (s.inputs["updateConfig"], s.inputs["rollbackConfig"]) for name, s in services.items()}
     for name, (update, rollback) in orders.items():
-        order = "stop-first" if name in ("postgres", "backup") else "start-first"
+        # Postgres and backups write alone; the proxy's host-mode ports are its node's.
+        order = "stop-first" if name in ("postgres", "backup", "proxy") else "start-first"
         assert (update["order"], update["failureAction"], update["parallelism"]) == (order, "rollback", 1), name
         assert (rollback["order"], rollback["failureAction"]) == (order, "pause"), name
     # MLflow: 60 s start period and 6 probes of 10 s.

@@ -243,7 +243,13 @@ def _working_directory(path: str) -> Iterator[None]:
 
 # Keys the README says to set with `pulumi config set --secret`: the CLI hands them to
 # the program flagged as secret, and so do the tests.
-SECRET_CONFIG_KEYS = ("tlsPrivateKey", "artifactSecretAccessKey", "backupSecretAccessKey", "imageRegistryPassword")
+SECRET_CONFIG_KEYS = (
+    "tlsPrivateKey",
+    "artifactSecretAccessKey",
+    "backupSecretAccessKey",
+    "imageRegistryPassword",
+    "externalDatabaseUrl",
+)
 
 
 def install(

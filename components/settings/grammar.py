@@ -9,8 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
 from components.postgres_facts import SUPERUSER
@@ -116,6 +117,51 @@ ENDPOINT_ACCEPTED = (
     "accepted: empty (AWS S3), or the store's URL, http:// or https:// with a host and an optional port "
     "(no path, query or user info), such as 'https://s3.example.internal:9000'"
 )
+
+
+# libpq's URI schemes; the program adds sslmode and sslrootcert itself.
+EXTERNAL_DATABASE_SCHEMES = ("postgresql", "postgres")
+EXTERNAL_DATABASE_URL_ACCEPTED = (
+    "accepted: empty (Postgres in the stack), or an admin connection URL "
+    "postgresql://user:password@host[:port]/database (a host name or IPv4 address), set with --secret, "
+    "with no query but an optional sslmode=verify-full (the program always verifies the server "
+    "against externalDatabaseCaCertificate)"
+)
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """The parts of externalDatabaseUrl the program uses outside the bootstrap (never the password)."""
+
+    user: str
+    host: str
+    port: int
+    database: str
+
+
+def parse_database_url(value: str) -> DatabaseUrl | None:
+    """The parts of an admin URL, or None when it is not one this program accepts."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return None
+    user, host, database = unquote(parts.username or ""), parts.hostname or "", unquote(parts.path[1:])
+    if (
+        parts.scheme not in EXTERNAL_DATABASE_SCHEMES
+        or not user
+        or not parts.password
+        # Written into host:port URIs unbracketed (the entrypoint's, pgpass): no IPv6 literal.
+        or not is_host_name(host)
+        or ":" in host
+        or not database
+        or "/" in database
+        or parts.fragment
+        or parse_qsl(parts.query, keep_blank_values=True) not in ([], [("sslmode", "verify-full")])
+        or port == 0
+    ):
+        return None
+    return DatabaseUrl(user=user, host=host.lower(), port=port or 5432, database=database)
 
 
 _NODE_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?=[A-Za-z0-9._-]+$")

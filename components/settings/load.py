@@ -17,6 +17,8 @@ from components.settings.grammar import (
     ENDPOINT_ACCEPTED,
     ENGINES,
     ENVIRONMENT_KINDS,
+    EXTERNAL_DATABASE_SCHEMES,
+    EXTERNAL_DATABASE_URL_ACCEPTED,
     GC_AGE,
     IMAGE_ACCEPTED,
     NODE_LABEL_ACCEPTED,
@@ -42,6 +44,7 @@ from components.settings.grammar import (
     matches,
     mlflow_accepted,
     normalise_allowed_host,
+    parse_database_url,
 )
 from components.settings.reader import ConfigReader, SettingsError
 from components.settings.rules import check_rules
@@ -78,6 +81,7 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
         backups=_backups(read),
         cluster=_cluster(read),
+        external_database=_external_database(read),
         gc=model.GcSettings(
             older_than=read.string(
                 "gcOlderThan",
@@ -198,6 +202,25 @@ def _cluster(read: ConfigReader) -> model.ClusterSettings:
         image_registry_password=read.secret("imageRegistryPassword"),
         image_registry_ca_certificate=read.optional("imageRegistryCaCertificate"),
     )
+
+
+def _external_database(read: ConfigReader) -> model.ExternalDatabaseSettings:
+    url = read.secret("externalDatabaseUrl")
+    ca_certificate = read.optional("externalDatabaseCaCertificate")
+    if not url:
+        return model.ExternalDatabaseSettings("", ca_certificate, None)
+    location = parse_database_url(url)
+    if location is None:
+        # The value is a secret: only its scheme, which holds none, is shown.
+        scheme = url.partition("://")[0] if "://" in url else ""
+        if scheme not in EXTERNAL_DATABASE_SCHEMES:
+            raise SettingsError(
+                "externalDatabaseUrl",
+                "<hidden>",
+                f"its scheme is {scheme!r}, not postgresql: {EXTERNAL_DATABASE_URL_ACCEPTED}",
+            )
+        raise SettingsError("externalDatabaseUrl", "<hidden>", EXTERNAL_DATABASE_URL_ACCEPTED)
+    return model.ExternalDatabaseSettings(url, ca_certificate, location)
 
 
 def _backups(read: ConfigReader) -> model.BackupSettings:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from components.context import ImageRegistry, LogRotation, StackContext
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
-from components.settings.grammar import public_url
+from components.settings.grammar import DatabaseUrl, public_url
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,24 @@ class DatabaseSettings:
     def auth_name(self) -> str:
         """The basic-auth app's database, beside the tracking database."""
         return f"{self.name}{AUTH_DATABASE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class ExternalDatabaseSettings:
+    """A Postgres outside the stack (externalDatabaseUrl): no Postgres container, TLS verified against its CA."""
+
+    # Secret: kept out of repr, so no error message or debug print can show it.
+    url: str = field(repr=False)
+    ca_certificate: str
+    location: DatabaseUrl | None
+    """The URL's admin role, host, port and maintenance database; None without an external database."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.location is not None
+
+
+IN_STACK_DATABASE = ExternalDatabaseSettings("", "", None)
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,7 @@ class StackSettings:
     gc: GcSettings
     log_rotation: LogRotation
     cluster: ClusterSettings = STANDALONE
+    external_database: ExternalDatabaseSettings = IN_STACK_DATABASE
 
     @property
     def shared(self) -> bool:

@@ -7,7 +7,7 @@ import ipaddress
 from urllib.parse import urlsplit
 
 from components.certificates import CertificateError, check_key_pair, parse_certificates
-from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
+from components.mlflow_facts import BASE_MEMORY_MB, SCRATCH_DATABASE_SUFFIX, WORKER_MEMORY_MB
 from components.settings.grammar import is_email, is_ip_address
 from components.settings.model import BucketLocation, StackSettings
 from components.settings.reader import SettingsError
@@ -19,6 +19,7 @@ def check_rules(settings: StackSettings) -> None:
     _check_artifacts(settings)
     _check_backups(settings)
     _check_cluster(settings)
+    _check_external_database(settings)
     _check_tls(settings)
 
 
@@ -121,7 +122,7 @@ def _check_cluster(settings: StackSettings) -> None:
             "accepted: s3 (artifactBucket), or mlflowReplicas 1",
         )
     if not settings.proxied:
-        # A swarm publishes through its routing mesh, on every interface of every node.
+        # A swarm service publishes on every interface of the node that runs it (no bind address).
         raise SettingsError(
             "tlsMode",
             settings.tls.mode,
@@ -132,7 +133,8 @@ def _check_cluster(settings: StackSettings) -> None:
         raise SettingsError(
             "bindAddress",
             settings.server.bind_address,
-            "engine swarm publishes through the routing mesh, which has no bind address: accepted: 0.0.0.0 or ::",
+            "engine swarm publishes a service's ports on every interface of its node, "
+            "with no bind address: accepted: 0.0.0.0 or ::",
         )
     if bool(cluster.image_registry_username) != bool(cluster.image_registry_password):
         missing = "imageRegistryPassword" if cluster.image_registry_username else "imageRegistryUsername"
@@ -142,6 +144,52 @@ def _check_cluster(settings: StackSettings) -> None:
             parse_certificates(cluster.image_registry_ca_certificate)
         except CertificateError as error:
             raise SettingsError("imageRegistryCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+
+
+def _check_external_database(settings: StackSettings) -> None:
+    """What externalDatabaseUrl needs: its CA, and names that keep the admin and MLflow apart.
+
+    postgresImage stays in use (the backups' pg_dump and pg_restore: its major must be at
+    least the server's); postgresMemoryMb is the in-stack container's and has no effect
+    (not refused: Pulumi.yaml's default is indistinguishable from a value set on purpose).
+    """
+    external = settings.external_database
+    if external.location is None:
+        if external.ca_certificate:
+            raise SettingsError(
+                "externalDatabaseCaCertificate",
+                "<PEM>",
+                "externalDatabaseUrl is empty (Postgres in the stack), which does not use it: "
+                "accepted: empty, or an externalDatabaseUrl",
+            )
+        return
+    if not external.ca_certificate:
+        raise SettingsError(
+            "externalDatabaseCaCertificate",
+            "",
+            "externalDatabaseUrl needs it (connections use sslmode verify-full): "
+            "accepted: the PEM CA certificate(s) the database server's certificate chains to",
+        )
+    try:
+        parse_certificates(external.ca_certificate)
+    except CertificateError as error:
+        raise SettingsError("externalDatabaseCaCertificate", "<PEM>", f"accepted: PEM certificates; {error}") from None
+    database = settings.database
+    if external.location.user == database.user:
+        raise SettingsError(
+            "postgresUser",
+            database.user,
+            f"externalDatabaseUrl logs in as '{external.location.user}', the admin role that creates MLflow's "
+            "unprivileged one: accepted: another role name",
+        )
+    mlflow_databases = (database.name, database.auth_name, f"{database.name}{SCRATCH_DATABASE_SUFFIX}")
+    if external.location.database in mlflow_databases:
+        raise SettingsError(
+            "externalDatabaseUrl",
+            "<hidden>",
+            f"its database '{external.location.database}' is one MLflow's role owns: accepted: the admin's "
+            "maintenance database (such as postgres)",
+        )
 
 
 def _refuse_unused(group: str, location: BucketLocation, why: str, instead: str) -> None:

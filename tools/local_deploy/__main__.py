@@ -1,4 +1,4 @@
-"""`python -m tools.local_deploy prepare | up | down`: the program on the local Docker engine.
+"""`python -m tools.local_deploy prepare | up | down | swarm-init | swarm-leave`: the program on the local engine.
 
 Other tooling calls these commands by name; `up` prints the stack outputs as one
 JSON object on the last line of stdout (secrets revealed: local tests only).
@@ -38,6 +38,21 @@ def parse_set(pairs: Sequence[str]) -> dict[str, object]:
     return overrides
 
 
+def default_node_label() -> str:
+    """Pulumi.yaml's default `postgresNodeLabel`: the node the swarm stacks pin Postgres to."""
+    return str(stack_config("dev")["postgresNodeLabel"])
+
+
+def parse_node_labels(pairs: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"--node-label takes key=value, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.local_deploy", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the data volumes; forget the passwords, as pulumi destroy does",
     )
     keep.add_argument("--purge", action="store_true", help="also remove retainOnDelete volumes and the state file")
+    swarm_init_parser = commands.add_parser(
+        "swarm-init", help="put the engine in swarm mode (single node, idempotent) and label the node for Postgres"
+    )
+    swarm_init_parser.add_argument(
+        "--node-label", dest="node_labels", action="append", default=[], metavar="KEY=VALUE",
+        help="node label (repeatable; default: Pulumi.yaml's postgresNodeLabel)",
+    )  # fmt: skip
+    commands.add_parser("swarm-leave", help="leave swarm mode (every service on the engine goes)")
     args = parser.parse_args(argv)
 
     # Imported here: `--help` should not wait for the Pulumi SDK to load.
@@ -66,6 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tools.local_deploy.prepare import prepare
 
             prepare(mlflow_versions(), standins=deployer.standins_enabled())
+        elif args.command == "swarm-init":
+            from tools.local_deploy.swarm import swarm_init
+
+            swarm_init(parse_node_labels(args.node_labels or [default_node_label()]))
+        elif args.command == "swarm-leave":
+            from tools.local_deploy.swarm import swarm_leave
+
+            swarm_leave()
         elif args.command == "up":
             outputs = deployer.up(args.stack, parse_set(args.sets), standins=False if args.no_standins else None)
             print(json.dumps(outputs, sort_keys=True, default=str), flush=True)

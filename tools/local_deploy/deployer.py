@@ -4,12 +4,13 @@ The Pulumi CLI and its provider plugins cannot be installed here, so `LocalDeplo
 stands in for the `docker` and `random` providers: Pulumi's mocks call it once a
 resource's inputs are resolved (as the engine would call the provider), and it
 creates the resource for real with the Docker SDK. It is a test double, not an
-engine: no diffs, no updates. `up` replaces containers, reuses this stack's
+engine: no diffs. `up` replaces containers, updates swarm services in place, reuses this stack's
 network and volumes, and remembers generated passwords in a small state file (the
 part of Pulumi's state that must survive between runs).
 
 `LocalDeployer` dispatches each resource to its realiser: randoms.py, tls.py,
-docker_realise.py (networks, volumes, images), containers.py; inputs.py refuses
+docker_realise.py (networks, volumes, images), containers.py, swarm.py (services,
+secrets, configs; service_spec.py converts a service's inputs); inputs.py refuses
 what none of them implements. lifecycle.py holds `destroy` and the stand-ins,
 state.py the state file.
 """
@@ -39,6 +40,9 @@ from tools.local_deploy.inputs import (
     RANDOM_PASSWORD,
     RANDOM_STRING,
     REMOTE_IMAGE,
+    SECRET,
+    SERVICE,
+    SERVICE_CONFIG,
     TLS_CERT_REQUEST,
     TLS_LOCALLY_SIGNED_CERT,
     TLS_PRIVATE_KEY,
@@ -49,6 +53,7 @@ from tools.local_deploy.inputs import (
 from tools.local_deploy.lifecycle import destroy, require_standin_images, standin_config, standins_enabled
 from tools.local_deploy.randoms import realise_random
 from tools.local_deploy.session import Realise, Session
+from tools.local_deploy.swarm import collect_unused, realise_secret, realise_service, realise_service_config
 from tools.local_deploy.tls import realise_tls
 from tools.mocks import SECRET_CONFIG_KEYS, _working_directory, install
 from tools.stack_config import PROJECT_DIR, project_name
@@ -75,6 +80,9 @@ REALISERS: dict[str, Realise] = {
     REMOTE_IMAGE: realise_remote_image,
     IMAGE: realise_image,
     CONTAINER: realise_container,
+    SERVICE: realise_service,
+    SECRET: realise_secret,
+    SERVICE_CONFIG: realise_service_config,
     TLS_PRIVATE_KEY: realise_tls,
     TLS_SELF_SIGNED_CERT: realise_tls,
     TLS_CERT_REQUEST: realise_tls,
@@ -190,6 +198,7 @@ def up(
         if deployer.first_error is not None and deployer.first_error is not error:
             raise deployer.first_error from None
         raise
+    collect_unused(deployer)
     log(f"up: done in {time.monotonic() - deployer.started:.1f}s")
     return values
 

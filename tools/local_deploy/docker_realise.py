@@ -23,13 +23,18 @@ def realise_network(
     name = inputs.get("name") or args.name
     driver = inputs.get("driver") or "bridge"
     internal = bool(inputs.get("internal"))
+    attachable = bool(inputs.get("attachable"))
     labels = session.labels(inputs)
     existing = [network for network in session.client.networks.list(names=[name]) if network.name == name]
     if existing:
         # Left by an earlier `up` of this stack (its containers are replaced, the
         # network is not): reuse it when it is the same network, as the engine would.
         attrs = existing[0].attrs
-        same = attrs.get("Driver") == driver and bool(attrs.get("Internal")) == internal
+        same = (attrs.get("Driver"), bool(attrs.get("Internal")), bool(attrs.get("Attachable"))) == (
+            driver,
+            internal,
+            attachable,
+        )
         if not same or (attrs.get("Labels") or {}) != labels:
             raise DeployError(
                 f"'{args.name}': a different network named {name} already exists; "
@@ -38,12 +43,20 @@ def realise_network(
         network = existing[0]
         session.event("reused network", name)
     else:
+        # attachable: plain containers (`docker run --network`) may join an overlay network.
         network = session.client.networks.create(
-            name, driver=driver, internal=internal, labels=labels, check_duplicate=True
+            name, driver=driver, internal=internal, attachable=attachable, labels=labels, check_duplicate=True
         )
         session.event("created network", name)
     session.record("networks", name)
-    return str(network.id), {"name": name, "driver": driver, "internal": internal, "scope": "local"}
+    scope = "swarm" if driver == "overlay" else "local"
+    return str(network.id), {
+        "name": name,
+        "driver": driver,
+        "internal": internal,
+        "attachable": attachable,
+        "scope": scope,
+    }
 
 
 def realise_volume(

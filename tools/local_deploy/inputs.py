@@ -19,6 +19,9 @@ VOLUME = "docker:index/volume:Volume"
 REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 IMAGE = "docker:index/image:Image"
 CONTAINER = "docker:index/container:Container"
+SERVICE = "docker:index/service:Service"
+SECRET = "docker:index/secret:Secret"
+SERVICE_CONFIG = "docker:index/serviceConfig:ServiceConfig"
 TLS_PRIVATE_KEY = "tls:index/privateKey:PrivateKey"
 TLS_SELF_SIGNED_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 TLS_CERT_REQUEST = "tls:index/certRequest:CertRequest"
@@ -35,7 +38,7 @@ _RANDOM_INPUTS = frozenset(
 HANDLED_INPUTS: dict[str, frozenset[str]] = {
     RANDOM_PASSWORD: _RANDOM_INPUTS,
     RANDOM_STRING: _RANDOM_INPUTS,
-    NETWORK: frozenset({"name", "driver", "internal", "labels"}),
+    NETWORK: frozenset({"name", "driver", "internal", "attachable", "labels"}),
     VOLUME: frozenset({"name", "labels"}),
     REMOTE_IMAGE: frozenset({"name", "keepLocally"}),
     # buildOnPreview only matters to `pulumi preview`, which this never runs.
@@ -45,6 +48,11 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts", "ulimits"}
     | {"healthcheck", "wait", "waitTimeout"}
     | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach"},
+    SERVICE: frozenset(
+        {"name", "labels", "mode", "convergeConfig", "updateConfig", "rollbackConfig", "endpointSpec", "taskSpec"}
+    ),
+    SECRET: frozenset({"name", "data", "labels"}),
+    SERVICE_CONFIG: frozenset({"name", "data", "labels"}),
     TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
     TLS_SELF_SIGNED_CERT: frozenset({"privateKeyPem", "subject", "isCaCertificate", "maxPathLength"})
     | {"validityPeriodHours", "allowedUses", "setSubjectKeyId", "dnsNames", "ipAddresses"},
@@ -69,9 +77,71 @@ HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
     (CONTAINER, "healthcheck"): frozenset({"tests", "interval", "timeout", "retries", "startPeriod"}),
     (CONTAINER, "capabilities"): frozenset({"adds", "drops"}),
     (CONTAINER, "ulimits"): frozenset({"name", "soft", "hard"}),
+    (SECRET, "labels"): frozenset({"label", "value"}),
+    (SERVICE_CONFIG, "labels"): frozenset({"label", "value"}),
     (TLS_SELF_SIGNED_CERT, "subject"): frozenset({"commonName", "organization"}),
     (TLS_CERT_REQUEST, "subject"): frozenset({"commonName", "organization"}),
 }
+
+# A service's inputs nest several levels deep: each level maps a handled key to the keys
+# handled under it (objects, or lists of objects), or to None for a value taken whole
+# (a scalar, a list of strings, or a free-form map such as `env` or `logDriver.options`).
+InputTree = Mapping[str, "InputTree | None"]
+_LABELS: InputTree = {"label": None, "value": None}
+# pulumi-docker's update and rollback configs have the same shape.
+_UPDATE: InputTree = dict.fromkeys(("parallelism", "delay", "failureAction", "monitor", "maxFailureRatio", "order"))
+_FILE_REFERENCE: InputTree = dict.fromkeys(("fileName", "fileUid", "fileGid", "fileMode"))
+SERVICE_TREE: InputTree = {
+    "name": None,
+    "labels": _LABELS,
+    # No `global` mode: every service the program declares is replicated.
+    "mode": {"replicated": {"replicas": None}},
+    "convergeConfig": {"delay": None, "timeout": None},
+    "updateConfig": _UPDATE,
+    "rollbackConfig": _UPDATE,
+    "endpointSpec": {"mode": None, "ports": dict.fromkeys(("targetPort", "publishedPort", "protocol", "publishMode"))},
+    "taskSpec": {
+        "containerSpec": {
+            **dict.fromkeys(("image", "commands", "args", "env", "user", "readOnly", "capDrops", "capAdds")),
+            **dict.fromkeys(("stopSignal", "stopGracePeriod", "init", "hostname")),
+            "labels": _LABELS,
+            "mounts": {
+                **dict.fromkeys(("type", "source", "target", "readOnly")),
+                "volumeOptions": {"labels": _LABELS},
+                "tmpfsOptions": {"sizeBytes": None, "mode": None},
+            },
+            "secrets": {"secretId": None, "secretName": None, **_FILE_REFERENCE},
+            "configs": {"configId": None, "configName": None, **_FILE_REFERENCE},
+            "healthcheck": dict.fromkeys(("tests", "interval", "timeout", "retries", "startPeriod")),
+        },
+        "resources": {"limits": {"memoryBytes": None, "nanoCpus": None}},
+        "restartPolicy": dict.fromkeys(("condition", "delay", "maxAttempts", "window")),
+        "placement": dict.fromkeys(("constraints", "prefs", "maxReplicas")),
+        "logDriver": {"name": None, "options": None},
+        "networksAdvanceds": {"name": None, "aliases": None},
+    },
+}
+HANDLED_TREES: dict[str, InputTree] = {SERVICE: SERVICE_TREE}
+
+
+def _check_tree(type_token: str, name: str, where: str, value: object, tree: InputTree) -> None:
+    """Refuses any set key of `value` (an object or a list of objects) that `tree` does not handle."""
+    items = value if isinstance(value, list) else [value]
+    for index, item in enumerate(items):
+        at = f"{where}[{index}]" if isinstance(value, list) else where
+        if not isinstance(item, Mapping):
+            raise UnsupportedInputError(f"resource '{name}' ({type_token}): input '{at}' is not an object: {item!r}")
+        for key, sub_value in item.items():
+            if _is_unset(sub_value):
+                continue
+            if key not in tree:
+                raise UnsupportedInputError(
+                    f"resource '{name}' ({type_token}) sets the input '{at}.{key}', "
+                    "which the local deployer does not implement"
+                )
+            subtree = tree[key]
+            if subtree is not None:
+                _check_tree(type_token, name, f"{at}.{key}", sub_value, subtree)
 
 
 def _is_unset(value: object) -> bool:
@@ -91,6 +161,10 @@ def check_inputs(type_token: str, name: str, inputs: Mapping[str, Any]) -> None:
                 f"resource '{name}' ({type_token}) sets the input '{key}' = {value!r}, "
                 "which the local deployer does not implement"
             )
+        subtree = HANDLED_TREES.get(type_token, {}).get(key)
+        if subtree is not None and not _is_unset(value):
+            _check_tree(type_token, name, key, value, subtree)
+            continue
         nested = HANDLED_NESTED.get((type_token, key))
         if nested is None or _is_unset(value):
             continue

@@ -14,6 +14,7 @@ import docker.errors
 from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, log
 from tools.local_deploy.containers import grace_seconds, stop_container
 from tools.local_deploy.state import load_state, save_state, state_path
+from tools.local_deploy.swarm import destroy_swarm_objects
 
 # What `down --keep-volumes` keeps of the state file: the volume records. Not the
 # generated values: a destroy drops the random resources from Pulumi's state, so
@@ -28,9 +29,9 @@ def _remove_volume(client: docker.DockerClient, name: str) -> None:
 
 
 def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = False) -> None:
-    """Removes what `up` made for the stack: found by label (the stack's and this
-    deployer's marker), so any process can do it, and by the names the state file
-    recorded. A real `pulumi up` of the same stack on this engine is left alone.
+    """Removes what `up` made for the stack (swarm services, secrets and configs too):
+    found by label (the stack's and this deployer's marker), so any process can do it,
+    and by the names the state file recorded. A real `pulumi up` of the same stack on this engine is left alone.
 
     Kept: the volumes with `keep_volumes` (not the generated passwords: as in
     Pulumi, a destroy drops the random resources, so the next `up` generates new
@@ -60,6 +61,9 @@ def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = 
             failures.append(f"{what}: {error}")
             return
         log(f"removed {what}")
+
+    # Services first: their tasks' containers must be gone before the overlay networks can go.
+    destroy_swarm_objects(client, project, stack, attempt)
 
     containers = {c.name: c for c in client.containers.list(all=True, filters=filters)}
     for name in state.get("containers", []):

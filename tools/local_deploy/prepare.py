@@ -47,6 +47,10 @@ STANDIN_POSTGRES_IMAGE = "mlflow-platform-standin/postgres:15-bookworm"
 STANDIN_CADDY_IMAGE = "mlflow-platform-standin/caddy:2.6-bookworm"
 # Not a stand-in for a stack image: the S3 server the end-to-end tests start beside the stacks.
 SEAWEEDFS_IMAGE = "mlflow-platform-standin/seaweedfs:4.48"
+# Not stack images either: the nodes and the registry of the local swarm cluster
+# (tools/swarm_cluster.py), built only on request (`ensure_cluster_images`).
+STANDIN_DIND_IMAGE = "mlflow-platform-standin/dind:20.10-bookworm"
+STANDIN_REGISTRY_IMAGE = "mlflow-platform-standin/registry:2.8-bookworm"
 # Config overrides (short keys of Pulumi.yaml's config block) that point a stack at the stand-ins.
 STANDIN_CONFIG: dict[str, object] = {
     "baseImage": STANDIN_BASE_IMAGE,
@@ -442,6 +446,18 @@ def ensure_seaweedfs(client: docker.DockerClient, debian_image: str = STANDIN_DE
     with _step("seaweedfs build context"):
         context = _seaweedfs_build_context()
     ensure_built_standin(client, SEAWEEDFS_IMAGE, context, debian_image)
+
+
+def ensure_cluster_images(client: docker.DockerClient | None = None) -> None:
+    """The swarm cluster's node (Debian's docker.io) and registry (Debian's docker-registry) images.
+
+    Not part of `prepare`: only the multi-node check needs them, so ordinary CI does not build them.
+    """
+    if client is None:
+        client = _connect()
+    ensure_debian_base(client)
+    ensure_built_standin(client, STANDIN_DIND_IMAGE, STANDINS_DIR / "dind")
+    ensure_built_standin(client, STANDIN_REGISTRY_IMAGE, STANDINS_DIR / "registry")
 
 
 # --- Step 4: the wheelhouse -----------------------------------------------------------------

@@ -40,6 +40,8 @@ class Session(EngineMocks):
         self.started = time.monotonic()
         # (seconds since start, event, resource name): the order things happened in.
         self.events: list[tuple[float, str, str]] = []
+        # Swarm secrets and configs this `up` made or reused: the stack's others go once unused.
+        self.made_this_up: set[str] = set()
 
     @property
     def client(self) -> docker.DockerClient:

@@ -1,0 +1,185 @@
+"""End to end: a stack on a Postgres outside it, as on RDS or Cloud SQL.
+
+The stand-in is Debian's PostgreSQL on the Docker host (tests/tls_postgres.py): TLS only,
+its certificate issued by a test CA for the docker0 bridge's address, which is how the
+stack's containers reach the host, and an admin role with CREATEROLE and CREATEDB that
+is no superuser (RDS's rds_superuser). One stack serves a run; then two redeploys that
+only reach the database bootstrap (it fails, so nothing after it starts) check that a
+wrong CA and a host name the certificate does not carry stop start-up with one line
+naming the setting.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from tests import e2e
+from tests.certs import self_signed
+from tests.postgres_server import PostgresUnavailableError, find_bindir
+from tests.tls_postgres import ADMIN_PASSWORD, ManagedPostgres, managed_postgres
+
+pytestmark = pytest.mark.docker
+
+STACK = "extdb"
+# Unused by the other end-to-end tests (grep hostPort/httpsPort in tests/test_e2e_*.py).
+HOST_PORT = 5013
+# Where containers on any bridge network reach the Docker host: the default bridge's gateway.
+BRIDGE_GATEWAY = "172.17.0.1"
+
+
+@pytest.fixture(scope="module")
+def managed(docker_client: docker.DockerClient) -> Iterator[ManagedPostgres]:
+    try:
+        find_bindir()
+    except PostgresUnavailableError as error:
+        pytest.fail(str(error))
+    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    assert gateway == BRIDGE_GATEWAY
+    # Every address: the stack's own network's gateway (the wrong-host case) is only known once it
+    # exists. pg_hba takes TLS with a SCRAM password or nothing, on a random port, for a minute.
+    with managed_postgres(["*"], [BRIDGE_GATEWAY]) as server:
+        yield server
+
+
+def _overrides(managed: ManagedPostgres, host: str, ca: str) -> dict[str, object]:
+    return {
+        "hostPort": HOST_PORT,
+        "tlsMode": "off",
+        "environmentKind": "dev",
+        "externalDatabaseUrl": managed.admin_url(host),
+        "externalDatabaseCaCertificate": ca,
+    }
+
+
+@pytest.fixture(scope="module")
+def deployed(managed: ManagedPostgres) -> Iterator[e2e.Deployed]:
+    started = time.monotonic()
+    with e2e.stack(STACK, _overrides(managed, BRIDGE_GATEWAY, managed.ca.certificate)) as stack:
+        e2e.report(f"external database: deployed in {time.monotonic() - started:.1f}s")
+        yield stack
+
+
+def _stack_containers(docker_client: docker.DockerClient) -> list[docker.models.containers.Container]:
+    found: list[docker.models.containers.Container] = docker_client.containers.list(
+        all=True, filters={"label": f"com.pulumi.stack={STACK}"}
+    )
+    return found
+
+
+def test_the_stack_serves_from_the_external_database_with_an_unprivileged_role(
+    deployed: e2e.Deployed, managed: ManagedPostgres, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    e2e.wait_until_serving(deployed.tracking_uri, timeout=60)
+    client = MlflowClient(deployed.tracking_uri)
+    experiment = client.create_experiment("external-db")
+    run = client.create_run(experiment).info.run_id
+    client.log_batch(run, metrics=[Metric("loss", 0.25, 1, 0)], params=[Param("lr", "0.01")])
+    (tmp_path / "model.txt").write_text("weights", encoding="utf-8")
+    client.log_artifact(run, str(tmp_path / "model.txt"))
+    got = client.get_run(run).data
+    assert (got.params, got.metrics) == ({"lr": "0.01"}, {"loss": 0.25})
+    assert Path(client.download_artifacts(run, "model.txt", str(tmp_path / "down"))).read_text() == "weights"
+
+    with managed.superuser() as connection:
+        role = connection.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls FROM pg_roles "
+            "WHERE rolname = 'mlflow'"
+        ).fetchone()
+        assert role == (False, False, False, False, False)
+        assert connection.execute("SELECT count(*) FROM pg_auth_members m JOIN pg_roles u ON u.oid = m.member "
+                                  "WHERE u.rolname = 'mlflow'").fetchone() == (0,)  # fmt: skip
+        # The run is in the external database, owned by MLflow's role; its sessions are encrypted.
+        sessions = connection.execute(
+            "SELECT count(*), bool_and(s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
+            "WHERE a.usename = 'mlflow'"
+        ).fetchone()
+        assert sessions is not None
+        count, encrypted = sessions
+        assert isinstance(count, int)
+        assert count > 0
+        assert encrypted is True
+    with managed.superuser("mlflow") as tracking:
+        assert tracking.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+        assert tracking.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'runs'").fetchone() == (
+            "mlflow",
+        )
+
+    # No Postgres of its own: no container in the Postgres role, none named like one.
+    containers = _stack_containers(docker_client)
+    roles = {container.labels.get("org.mlflow-platform.role") for container in containers}
+    assert "database" not in roles
+    assert not [c.name for c in containers if c.name.endswith("-postgres")]
+    assert "postgres_container_name" not in deployed.outputs
+
+    # A backup dumps both databases over verified TLS as MLflow's role.
+    backup = deployed.container(docker_client, "backup")
+    result = backup.exec_run(["mlflow-backup", "now", "e2e"])
+    assert result.exit_code == 0, result.output.decode()[-2000:]
+
+
+def test_no_secret_in_inspect_env_or_logs_of_any_container(
+    deployed: e2e.Deployed, docker_client: docker.DockerClient
+) -> None:
+    secrets = {"admin password": ADMIN_PASSWORD, "MLflow role password": deployed.db_password}
+    assert len(deployed.db_password) >= 24
+    containers = _stack_containers(docker_client)
+    assert len(containers) >= 4  # bootstrap, server, backup, gc
+    for container in containers:
+        inspected = json.dumps(docker_client.api.inspect_container(container.id))
+        logs = container.logs().decode(errors="replace")
+        for name, value in secrets.items():
+            assert value not in inspected, f"{container.name}: {name} in docker inspect"
+            assert value not in logs, f"{container.name}: {name} in its log"
+        if container.status == "running":
+            environ = container.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ 2>/dev/null"]).output.decode(
+                errors="replace"
+            )
+            for name, value in secrets.items():
+                assert value not in environ, f"{container.name}: {name} in a process environment"
+
+
+def _refused(managed: ManagedPostgres, docker_client: docker.DockerClient, host: str, ca: str) -> str:
+    """Redeploys with another host or CA; returns the bootstrap's log, after asserting the deploy failed."""
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"database bootstrap exited with code 1; see `docker logs "):
+        e2e.deploy(STACK, _overrides(managed, host, ca))
+    e2e.report(f"external database: refused in {time.monotonic() - started:.1f}s")
+    job = docker_client.containers.get(f"mlflow-platform-{STACK}-db-bootstrap")
+    log: bytes = job.logs()
+    return log.decode(errors="replace")
+
+
+def test_a_wrong_ca_stops_start_up_in_one_line(
+    deployed: e2e.Deployed, managed: ManagedPostgres, docker_client: docker.DockerClient
+) -> None:
+    log = _refused(managed, docker_client, BRIDGE_GATEWAY, self_signed(["Not The Database CA"], ca=True).certificate)
+    assert log.count("\n") == 1, log
+    assert log.startswith(
+        "bootstrap_db: externalDatabaseCaCertificate does not verify the certificate of the server at "
+        f"{BRIDGE_GATEWAY}:{managed.port} ("
+    ), log
+    assert ADMIN_PASSWORD not in log
+
+
+def test_a_host_name_the_certificate_does_not_carry_stops_start_up_in_one_line(
+    deployed: e2e.Deployed, managed: ManagedPostgres, docker_client: docker.DockerClient
+) -> None:
+    # The same server, reached at another of the host's addresses: its certificate names only the bridge's.
+    network = docker_client.networks.get(str(deployed.outputs["network_name"]))
+    other = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    assert other != BRIDGE_GATEWAY
+    log = _refused(managed, docker_client, other, managed.ca.certificate)
+    assert log.count("\n") == 1, log
+    assert log.startswith(
+        f"bootstrap_db: externalDatabaseUrl names host '{other}', which the certificate of the server at "
+        f"{other}:{managed.port} is not issued for ("
+    ), log
+    assert "does not match host name" in log
