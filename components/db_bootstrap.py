@@ -106,60 +106,48 @@ class DatabaseBootstrap(pulumi.ComponentResource):
 
 
 def _workload(args: DatabaseBootstrapArgs) -> Workload:
-    admin = args["admin"]
-    if isinstance(admin, UrlAdmin):
-        return _url_workload(args, admin)
-    database = args["database"]
-    return Workload(
+    """The job: over Postgres's local socket in the stack, or with the admin URL against an external database.
+
+    A changed secret, URL or CA changes the job's files, so it is replaced and runs again.
+    """
+    admin, database = args["admin"], args["database"]
+    job = Workload(
         name=args["stack"].name("db-bootstrap"),
         role="database-bootstrap",
         image=args["image"],
         user=MLFLOW_USER,
         max_tasks=MLFLOW_TASKS,
         entrypoint=["python", BOOTSTRAP_SCRIPT],
-        environment=[
-            f"POSTGRES_SOCKET_DIR={SOCKET_DIR}",
-            f"POSTGRES_SUPERUSER={SUPERUSER}",
-            f"POSTGRES_USER={database.role}",
-            f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
-            f"POSTGRES_DB={database.database}",
-            f"POSTGRES_AUTH_DB={database.auth_database}",
-        ],
+        memory_mb=_MEMORY_MB,
+    )
+    mlflow_role = [
+        f"POSTGRES_USER={database.role}",
+        f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
+        f"POSTGRES_DB={database.database}",
+        f"POSTGRES_AUTH_DB={database.auth_database}",
+    ]
+    if isinstance(admin, UrlAdmin):
+        # TLS verified against the database's CA; the URL holds the admin's password.
+        return dataclasses.replace(
+            job,
+            environment=[
+                f"POSTGRES_ADMIN_URL_FILE={DB_ADMIN_URL_FILE}",
+                *mlflow_role,
+                *database_tls_environment(database),
+            ],
+            files=[secret_file(DB_ADMIN_URL_FILE, pulumi.Output.secret(admin.url)), *database_files(database)],
+            # The database is outside the stack: the front network has the route out.
+            networks=[Attachment(FRONT)],
+        )
+    return dataclasses.replace(
+        job,
+        environment=[f"POSTGRES_SOCKET_DIR={SOCKET_DIR}", f"POSTGRES_SUPERUSER={SUPERUSER}", *mlflow_role],
         files=[secret_file(DB_PASSWORD_FILE, database.password)],
         # Read-only is enough to connect to a socket.
         mounts=[Mount(SOCKET_DIR, admin.socket_volume_name, read_only=True)],
         # The socket is its only way to Postgres; it needs no network at all.
         networks=[],
-        memory_mb=_MEMORY_MB,
         extra_labels={POSTGRES_CONTAINER_LABEL: admin.postgres_container.id},
-    )
-
-
-def _url_workload(args: DatabaseBootstrapArgs, admin: UrlAdmin) -> Workload:
-    """The same job against an external database: the admin URL as a file, TLS verified against its CA.
-
-    A changed URL, CA or MLflow password changes the uploads, so the job is replaced and runs again.
-    """
-    database = args["database"]
-    return Workload(
-        name=args["stack"].name("db-bootstrap"),
-        role="database-bootstrap",
-        image=args["image"],
-        user=MLFLOW_USER,
-        max_tasks=MLFLOW_TASKS,
-        entrypoint=["python", BOOTSTRAP_SCRIPT],
-        environment=[
-            f"POSTGRES_ADMIN_URL_FILE={DB_ADMIN_URL_FILE}",
-            f"POSTGRES_USER={database.role}",
-            f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
-            f"POSTGRES_DB={database.database}",
-            f"POSTGRES_AUTH_DB={database.auth_database}",
-            *database_tls_environment(database),
-        ],
-        files=[secret_file(DB_ADMIN_URL_FILE, pulumi.Output.secret(admin.url)), *database_files(database)],
-        # The database is outside the stack: the front network has the route out.
-        networks=[Attachment(FRONT)],
-        memory_mb=_MEMORY_MB,
     )
 
 
