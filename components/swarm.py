@@ -31,6 +31,7 @@ IPVS, and the proxy balances over MLflow's tasks itself.
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -66,6 +67,8 @@ TASK_LIMIT_SCRIPT = 'set -e; ulimit -u {limit} 2>/dev/null || ulimit -p {limit};
 TASK_LIMIT_SHELL = "/bin/sh"
 # Secret files: readable by their owner only, as the standalone target uploads them.
 SECRET_FILE_MODE = 0o400
+# Swarm refuses a secret or config name longer than 64 characters; auto-naming adds 8 (`-` and 7 hex).
+FILE_OBJECT_NAME_LIMIT = 64 - 8
 # A tmpfs the description owns by uid (which swarm cannot set): world-writable with the sticky bit.
 SHARED_TMPFS_MODE = 0o1777
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -215,12 +218,12 @@ class SwarmTarget:
         uid = workload.user.split(":", 1)[0]
         files_opts = pulumi.ResourceOptions(parent=owner)
         secrets = [
-            self._secret(f"{resource_name}-{_file_slug(file)}", file, uid, workload.role, files_opts)
+            self._secret(_file_object_name(resource_name, file), file, uid, workload.role, files_opts)
             for file in workload.files
             if file.secret
         ]
         configs = [
-            self._config(f"{resource_name}-{_file_slug(file)}", file, workload.role, files_opts)
+            self._config(_file_object_name(resource_name, file), file, workload.role, files_opts)
             for file in workload.files
             if not file.secret
         ]
@@ -298,8 +301,10 @@ class SwarmTarget:
             rollback_config=docker.ServiceRollbackConfigArgs(
                 parallelism=UPDATE_PARALLELISM, order=order, failure_action=PAUSE, monitor=monitor
             ),
+            # Healthy within the stack's start-up timeout, then watched for the monitor before the
+            # update counts as done: the wait covers both.
             converge_config=docker.ServiceConvergeConfigArgs(
-                delay=CONVERGE_DELAY, timeout=f"{context.startup_timeout_seconds}s"
+                delay=CONVERGE_DELAY, timeout=f"{context.startup_timeout_seconds + _monitor_seconds(workload)}s"
             )
             if wait
             else None,
@@ -494,18 +499,35 @@ def _seconds(duration: str) -> int:
 
 
 def _monitor_seconds(workload: Workload) -> int:
-    """How long swarm watches each updated task for failure: its health check's start period and
-    then as many failed probes as make it unhealthy, so a task that never becomes healthy, or soon
-    stops being so, fails the update (and rolls it back) instead of passing."""
+    """How long swarm watches each updated task for failure once it runs.
+
+    With a health check, the engine reports a task running only once its container is healthy
+    (a task that never gets there fails the update by itself), so the watch covers a task that
+    soon stops being healthy: as many failed probes as make it unhealthy, and one more interval.
+    A start period in it would only hold every update (and `pulumi up`) that much longer.
+    """
     health = workload.health
     if health is None:
         return _DEFAULT_MONITOR_SECONDS
-    return _seconds(health.start_period) + _seconds(health.interval) * health.retries
+    return _seconds(health.interval) * (health.retries + 1)
 
 
 def _file_slug(file: File) -> str:
     """A resource-name part from the file's path: `/run/secrets/tls.key` -> `run-secrets-tls-key`."""
     return re.sub(r"[^a-z0-9]+", "-", file.path.lower()).strip("-")
+
+
+def _file_object_name(resource_name: str, file: File) -> str:
+    """The logical name of a file's secret or config, which auto-naming makes its swarm name.
+
+    A name too long for swarm keeps its start and ends in a digest of the whole, so it stays
+    unique and the same from one `up` to the next.
+    """
+    name = f"{resource_name}-{_file_slug(file)}"
+    if len(name) <= FILE_OBJECT_NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+    return f"{name[: FILE_OBJECT_NAME_LIMIT - len(digest) - 1].rstrip('-')}-{digest}"
 
 
 def _base64(content: str) -> str:

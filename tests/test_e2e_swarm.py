@@ -48,11 +48,15 @@ OVERRIDES: dict[str, object] = {
     "workers": WORKERS_BEFORE,
     "mlflowMemoryMb": 1024,
     "authEnabled": True,
+    # Prod-like: shared data, kept on delete (the module's teardown purges it).
+    "protectData": True,
     "tlsMode": "internal",
     # Ports no other end-to-end stack uses.
     "httpsPort": 5513,
     "httpPort": 5101,
     "publicHost": "localhost",
+    # A swarm service publishes on every interface of its node: the stack must say so.
+    "bindAddress": "0.0.0.0",
 }
 STACK_LABEL = f"com.pulumi.stack={STACK}"
 MLFLOW_ROLE = "org.mlflow-platform.role=tracking-server"

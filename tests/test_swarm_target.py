@@ -74,7 +74,7 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_set
     mocks = _built_service(EVERYTHING)
     service = mocks.one(SERVICE, "owner-service")
     # It publishes ports (host mode): the old task must free them before the new one binds them.
-    update = {"parallelism": 1, "order": "stop-first", "failureAction": "rollback", "monitor": "7s"}
+    update = {"parallelism": 1, "order": "stop-first", "failureAction": "rollback", "monitor": "4s"}
     volume_options = {"labels": _labels("web")}
     assert service.inputs == {
         "name": "mlflow-platform-unit-web",
@@ -153,10 +153,11 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_set
                 {"targetPort": 8001, "publishedPort": 18001, "protocol": "tcp", "publishMode": "host"},
             ],
         },
-        # Monitored for the start period and as many failed probes as make it unhealthy: 4 s + 3 x 1 s.
+        # Watched once healthy for as many failed probes as make it unhealthy, and one more: (3 + 1) x 1 s.
         "updateConfig": update,
         "rollbackConfig": {**update, "failureAction": "pause"},
-        "convergeConfig": {"delay": "5s", "timeout": "90s"},
+        # The stack's start-up timeout and the monitor: 90 s + 4 s.
+        "convergeConfig": {"delay": "5s", "timeout": "94s"},
     }
     # The service holds no secret at all: the token is a swarm secret, referenced by ID.
     assert service.secret_inputs() == set()
@@ -179,15 +180,15 @@ def test_a_service_gets_every_field_of_its_description_and_the_stacks_shared_set
         ({"single_writer": True}, {"placement": SPREAD, "monitor": "30s", "order": "stop-first", "converge": None}),
         (
             {"health": HealthCheck(["CMD", "true"], "10s", "5s", 6, "1m"), "wait_healthy": False},
-            {"placement": SPREAD, "monitor": "120s", "order": "start-first", "converge": None},
+            {"placement": SPREAD, "monitor": "70s", "order": "start-first", "converge": None},
         ),
         (
             {"health": HealthCheck(["CMD", "true"], "10s", "5s", 6, "1m")},
             {
                 "placement": SPREAD,
-                "monitor": "120s",
+                "monitor": "70s",
                 "order": "start-first",
-                "converge": {"delay": "5s", "timeout": "90s"},
+                "converge": {"delay": "5s", "timeout": "160s"},
             },
         ),
     ],
@@ -234,7 +235,7 @@ def test_a_job_is_a_service_that_says_when_it_is_done() -> None:
     mocks, _ = built(build)
     service = mocks.one(SERVICE, "owner-job")
     assert service.inputs["mode"] == {"replicated": {"replicas": 1}}
-    assert service.inputs["convergeConfig"] == {"delay": "5s", "timeout": "90s"}
+    assert service.inputs["convergeConfig"] == {"delay": "5s", "timeout": "110s"}  # 90 s start-up and the monitor
     assert [type(runner).__name__ for runner in found] == ["Service"]
     with pytest.raises(Exception, match="needs a health check"):
         built(lambda: _swarm_context().target.job(pulumi.ComponentResource(OWNER, "o"), "j", MINIMAL))
@@ -370,8 +371,8 @@ def test_a_swarm_stack_declares_services_secrets_and_configs_and_no_container_or
         order = "stop-first" if name in ("postgres", "backup", "proxy") else "start-first"
         assert (update["order"], update["failureAction"], update["parallelism"]) == (order, "rollback", 1), name
         assert (rollback["order"], rollback["failureAction"]) == (order, "pause"), name
-    # MLflow: 60 s start period and 6 probes of 10 s.
-    assert orders["mlflow"][0]["monitor"] == "120s"
+    # MLflow: 6 failed probes of 10 s make it unhealthy, and one more interval.
+    assert orders["mlflow"][0]["monitor"] == "70s"
     assert found.values["engine"] == "swarm"
     assert found.values["mlflow_service_name"] == "mlflow-platform-prod-mlflow"
     assert found.values["mlflow_replicas"] == 3
@@ -420,10 +421,18 @@ def test_no_secret_value_reaches_a_service_and_every_secret_file_is_a_0400_swarm
     holding = sorted(s.name for s in secrets if password in base64.b64decode(s.inputs["data"]).decode())
     assert holding == [
         "mlflow-backups-container-run-secrets-pgpass",
-        "mlflow-db-bootstrap-container-run-secrets-postgres-password",
+        "mlflow-db-bootstrap-container-run-secrets-postg-2770f2bc",
         "mlflow-gc-container-run-secrets-postgres-password",
         "mlflow-server-container-run-secrets-postgres-password",
     ]
+
+
+def test_every_secret_and_config_name_fits_swarm_once_auto_named() -> None:
+    mocks = declaration("prod", SWARM).mocks
+    names = [r.name for r in [*mocks.of_type(SECRET), *mocks.of_type(SERVICE_CONFIG)]]
+    # Swarm takes 64 characters; auto-naming adds `-` and 7 hex. A shortened name stays unique.
+    assert max(len(name) for name in names) == 56
+    assert len(set(names)) == len(names)
 
 
 def test_the_bootstrap_runs_then_stays_up_healthy_and_mlflow_waits_for_it() -> None:
