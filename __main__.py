@@ -5,12 +5,10 @@ import pulumi
 from components.platform import MlflowPlatform
 from components.postgres import PostgresDatabase
 from components.settings import load_settings
-from components.settings.rules import require_buildable
 
 # Validated before anything is declared: a bad value stops here with the key,
 # the value and what is accepted.
 settings = load_settings()
-require_buildable(settings)
 platform = MlflowPlatform("mlflow", {"settings": settings})
 
 pulumi.export("tracking_uri", platform.tracking_uri)
@@ -25,6 +23,12 @@ pulumi.export("backup_container_name", platform.backups.container.name)
 pulumi.export("backups_volume_name", platform.backups.volume.name)
 pulumi.export("gc_container_name", platform.gc.container.name)
 pulumi.export("mlflow_version", settings.server.mlflow_version)
+# standalone: the *_container_name outputs name containers; swarm: they name services.
+pulumi.export("engine", settings.cluster.engine)
+if settings.cluster.swarm:
+    pulumi.export("mlflow_service_name", platform.server.workload_name)
+    pulumi.export("mlflow_replicas", settings.cluster.replicas)
+    pulumi.export("postgres_node_label", settings.cluster.postgres_node_label)
 pulumi.export("auth_enabled", settings.server.auth_enabled)
 if isinstance(platform.database, PostgresDatabase):
     # None with externalDatabaseUrl: the database is outside the stack.

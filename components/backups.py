@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TypedDict
 
 import pulumi
-import pulumi_docker as docker
 
 from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, DB_CA_FILE, MLFLOW_UID, database_tls_environment
 from components.settings import BackupSettings, BucketLocation
+from components.target import Runner, StackVolume
 from components.task_limits import MLFLOW_TASKS
 from components.workload import (
     DATABASE,
@@ -126,9 +126,9 @@ def backup_config(args: BackupServiceArgs, network_name: str, artifacts_volume_n
 class BackupService(pulumi.ComponentResource):
     """A container that backs up the stack on a schedule and restores a backup on request."""
 
-    volume: docker.Volume
-    container: docker.Container
-    offsite: docker.Container | None
+    volume: StackVolume
+    container: Runner
+    offsite: Runner | None
 
     def __init__(self, name: str, args: BackupServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:backups:BackupService", name, None, opts)
@@ -191,6 +191,8 @@ class BackupService(pulumi.ComponentResource):
             memory_mb=MEMORY_MB,
             stop_signal="SIGTERM",
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
+            # One schedule: two would dump and prune the same backups directory at once.
+            single_writer=True,
         )
 
     def _offsite_workload(self, args: BackupServiceArgs) -> Workload:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -11,7 +11,10 @@ import pulumi
 from components.workload import DATABASE, FRONT, SECRETS_DIR, StackNetworkRole
 
 if TYPE_CHECKING:
-    from components.standalone import StandaloneTarget
+    from components.target import Target
+
+STANDALONE = "standalone"
+SWARM = "swarm"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,23 @@ class LogRotation:
 
     max_size: str
     max_files: int
+
+
+@dataclass(frozen=True)
+class ImageRegistry:
+    """Where a swarm's built images are pushed, so that every node can pull them (imageRegistry)."""
+
+    server: str
+    """host[:port][/path]: the images are named `<server>/<project>/<name>:<tag>`."""
+    username: str = ""
+    # Secret: kept out of repr, and wrapped in Output.secret wherever it is used.
+    password: str = field(default="", repr=False)
+    """Empty with `username` for a registry that needs no login."""
+
+    @property
+    def host(self) -> str:
+        """host[:port], the registry's address for a login."""
+        return self.server.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -37,8 +57,18 @@ class StackContext:
     """The front network's name (the stack network, with a route out); set once it is declared."""
     database_network: pulumi.Input[str] = ""
     """The database network's name (internal: no route out); set once it is declared."""
+    network_id: pulumi.Input[str] = ""
+    """The front network's ID: a service names its networks by ID (swarm stores IDs, whatever it was given)."""
+    database_network_id: pulumi.Input[str] = ""
+    """The database network's ID."""
     joins: tuple[StackNetworkRole, ...] = (FRONT,)
     """The networks a workload of this stack joins when its description names none (`Workload.networks`)."""
+    engine: str = STANDALONE
+    """`standalone`: containers on one engine; `swarm`: services on a swarm manager (settings' `engine`)."""
+    data_node_label: str = ""
+    """Swarm: `key=value` of the node that runs Postgres and holds every named volume (postgresNodeLabel)."""
+    registry: ImageRegistry | None = None
+    """Swarm: where built images are pushed for the nodes to pull; None keeps them on the manager."""
 
     def network_name(self, network: StackNetworkRole) -> pulumi.Input[str]:
         """The Docker name of one of the stack's networks; refused while it is not declared."""
@@ -46,6 +76,11 @@ class StackContext:
         if name == "":
             raise ValueError(f"the stack's {network} network is not declared (StackContext has no name for it)")
         return name
+
+    def network_target(self, network: StackNetworkRole) -> pulumi.Input[str]:
+        """The ID of one of the stack's networks; its name where the ID is not set."""
+        found = {FRONT: self.network_id, DATABASE: self.database_network_id}[network]
+        return found if found != "" else self.network_name(network)
 
     @property
     def prefix(self) -> str:
@@ -65,8 +100,17 @@ class StackContext:
         }
 
     @property
-    def target(self) -> StandaloneTarget:
-        """What realises the stack's workloads: standalone containers on one engine."""
+    def swarm(self) -> bool:
+        return self.engine == SWARM
+
+    @property
+    def target(self) -> Target:
+        """What realises the stack's workloads: containers on one engine, or services on a swarm."""
+        # Imported here: both targets import this module.
+        if self.swarm:
+            from components.swarm import SwarmTarget
+
+            return SwarmTarget(self)
         from components.standalone import StandaloneTarget
 
         return StandaloneTarget(self)

@@ -23,11 +23,11 @@ so what stays holds no secret.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TypedDict
 
 import pulumi
-import pulumi_docker as docker
 
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import (
@@ -39,14 +39,21 @@ from components.mlflow_facts import (
     database_tls_environment,
 )
 from components.postgres_facts import SOCKET_DIR, SUPERUSER
+from components.target import Runner
 from components.task_limits import MLFLOW_TASKS
-from components.workload import FRONT, Attachment, Mount, Workload, secret_file
+from components.workload import FRONT, Attachment, HealthCheck, Mount, Workload, secret_file
 
 # Python, psycopg and nothing else: a fraction of what the server needs.
 _MEMORY_MB = 256
 # Marks which Postgres container the bootstrap ran against: a replaced Postgres
 # container (new image, restored volume) replaces the bootstrap too.
 POSTGRES_CONTAINER_LABEL = "org.mlflow-platform.bootstrapped-container"
+# On a target without one-shot jobs (swarm) the bootstrap stays up once done; this file,
+# on its private tmpfs, tells its health check (and so `pulumi up`) that it is done.
+READY_FILE = "/tmp/bootstrap-done"  # noqa: S108 - on the task's private tmpfs
+_READY_HEALTH = HealthCheck(
+    test=["CMD", "test", "-e", READY_FILE], interval="5s", timeout="5s", retries=3, start_period="2m"
+)
 
 
 @dataclass(frozen=True)
@@ -55,8 +62,8 @@ class SocketAdmin:
 
     socket_volume_name: pulumi.Input[str]
     """Volume holding Postgres's local socket."""
-    postgres_container: docker.Container
-    """The health-gated Postgres container the bootstrap runs against."""
+    postgres_container: Runner
+    """The health-gated Postgres container (or service) the bootstrap runs against."""
 
 
 @dataclass(frozen=True)
@@ -81,72 +88,80 @@ class DatabaseBootstrapArgs(TypedDict):
 class DatabaseBootstrap(pulumi.ComponentResource):
     """Runs bootstrap_db.py once per change and fails the deployment if it fails."""
 
-    container: docker.Container
-    succeeded: pulumi.Output[docker.Container]
+    container: Runner
+    succeeded: pulumi.Output[Runner]
 
     def __init__(self, name: str, args: DatabaseBootstrapArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:database:DatabaseBootstrap", name, None, opts)
         admin = args["admin"]
+        target = args["stack"].target
+        workload = _workload(args)
+        if not target.runs_jobs_once:
+            workload = _staying_up(workload)
         after = [admin.postgres_container] if isinstance(admin, SocketAdmin) else []
-        job = args["stack"].target.job(self, f"{name}-container", _workload(args), depends_on=after)
+        job = target.job(self, f"{name}-container", workload, depends_on=after)
         self.container = job.container
         self.succeeded = job.succeeded
         self.register_outputs({"container_name": self.container.name})
 
 
 def _workload(args: DatabaseBootstrapArgs) -> Workload:
-    admin = args["admin"]
-    if isinstance(admin, UrlAdmin):
-        return _url_workload(args, admin)
-    database = args["database"]
-    return Workload(
+    """The job: over Postgres's local socket in the stack, or with the admin URL against an external database.
+
+    A changed secret, URL or CA changes the job's files, so it is replaced and runs again.
+    """
+    admin, database = args["admin"], args["database"]
+    job = Workload(
         name=args["stack"].name("db-bootstrap"),
         role="database-bootstrap",
         image=args["image"],
         user=MLFLOW_USER,
         max_tasks=MLFLOW_TASKS,
         entrypoint=["python", BOOTSTRAP_SCRIPT],
-        environment=[
-            f"POSTGRES_SOCKET_DIR={SOCKET_DIR}",
-            f"POSTGRES_SUPERUSER={SUPERUSER}",
-            f"POSTGRES_USER={database.role}",
-            f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
-            f"POSTGRES_DB={database.database}",
-            f"POSTGRES_AUTH_DB={database.auth_database}",
-        ],
+        memory_mb=_MEMORY_MB,
+    )
+    mlflow_role = [
+        f"POSTGRES_USER={database.role}",
+        f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
+        f"POSTGRES_DB={database.database}",
+        f"POSTGRES_AUTH_DB={database.auth_database}",
+    ]
+    if isinstance(admin, UrlAdmin):
+        # TLS verified against the database's CA; the URL holds the admin's password.
+        return dataclasses.replace(
+            job,
+            environment=[
+                f"POSTGRES_ADMIN_URL_FILE={DB_ADMIN_URL_FILE}",
+                *mlflow_role,
+                *database_tls_environment(database),
+            ],
+            files=[secret_file(DB_ADMIN_URL_FILE, pulumi.Output.secret(admin.url)), *database_files(database)],
+            # The database is outside the stack: the front network has the route out.
+            networks=[Attachment(FRONT)],
+        )
+    return dataclasses.replace(
+        job,
+        environment=[f"POSTGRES_SOCKET_DIR={SOCKET_DIR}", f"POSTGRES_SUPERUSER={SUPERUSER}", *mlflow_role],
         files=[secret_file(DB_PASSWORD_FILE, database.password)],
         # Read-only is enough to connect to a socket.
         mounts=[Mount(SOCKET_DIR, admin.socket_volume_name, read_only=True)],
         # The socket is its only way to Postgres; it needs no network at all.
         networks=[],
-        memory_mb=_MEMORY_MB,
         extra_labels={POSTGRES_CONTAINER_LABEL: admin.postgres_container.id},
     )
 
 
-def _url_workload(args: DatabaseBootstrapArgs, admin: UrlAdmin) -> Workload:
-    """The same job against an external database: the admin URL as a file, TLS verified against its CA.
+def _staying_up(workload: Workload) -> Workload:
+    """The bootstrap as a service that stays up once done (a swarm has no one-shot workload).
 
-    A changed URL, CA or MLflow password changes the uploads, so the job is replaced and runs again.
+    It keeps its secret file (a swarm secret: read-only, in memory, gone with the task) and is
+    healthy once done, which `pulumi up` waits for before MLflow starts.
     """
-    database = args["database"]
-    return Workload(
-        name=args["stack"].name("db-bootstrap"),
-        role="database-bootstrap",
-        image=args["image"],
-        user=MLFLOW_USER,
-        max_tasks=MLFLOW_TASKS,
-        entrypoint=["python", BOOTSTRAP_SCRIPT],
-        environment=[
-            f"POSTGRES_ADMIN_URL_FILE={DB_ADMIN_URL_FILE}",
-            f"POSTGRES_USER={database.role}",
-            f"POSTGRES_PASSWORD_FILE={DB_PASSWORD_FILE}",
-            f"POSTGRES_DB={database.database}",
-            f"POSTGRES_AUTH_DB={database.auth_database}",
-            *database_tls_environment(database),
-        ],
-        files=[secret_file(DB_ADMIN_URL_FILE, pulumi.Output.secret(admin.url)), *database_files(database)],
-        # The database is outside the stack: the front network has the route out.
-        networks=[Attachment(FRONT)],
-        memory_mb=_MEMORY_MB,
+    return dataclasses.replace(
+        workload,
+        command=["--then-wait", READY_FILE],
+        tmpfs={"/tmp": "rw,noexec,nosuid,nodev,size=1m"},  # noqa: S108 - a private tmpfs
+        health=_READY_HEALTH,
+        stop_signal="SIGTERM",
+        stop_grace_seconds=10,
     )

@@ -39,6 +39,8 @@ class ExternalDatabase(pulumi.ComponentResource):
 
     password: random.RandomPassword
     image: docker.RemoteImage
+    image_reference: pulumi.Output[str]
+    """What the backups run: the image's ID (standalone) or its pinned reference (swarm)."""
     container: None
     admin: UrlAdmin
     host: str
@@ -54,7 +56,9 @@ class ExternalDatabase(pulumi.ComponentResource):
         self.password = generated_password(
             f"{name}-password", args["database"].password_length, args["secrets_rotation"], child
         )
-        self.image = args["stack"].target.pulled_image(self, f"{name}-client-image", args["database"].image)
+        target = args["stack"].target
+        self.image = target.pulled_image(self, f"{name}-client-image", args["database"].image)
+        self.image_reference = target.pulled_image_reference(self.image)
         self.container = None
         # Secret end to end: it holds the admin's password.
         self.admin = UrlAdmin(url=pulumi.Output.secret(external.url))

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import TypedDict
 
 import pulumi
-import pulumi_docker as docker
 
 from components import artifact_store
 from components.context import DatabaseEndpoint, StackContext
 from components.mlflow_facts import ARTIFACTS_DIR, GC_COMMAND, MLFLOW_USER, database_environment, database_files
 from components.settings import ArtifactSettings, GcSettings
+from components.target import Runner
 from components.task_limits import MLFLOW_TASKS
 from components.workload import DATABASE, FRONT, Attachment, HealthCheck, Mount, Workload
 
@@ -60,7 +60,7 @@ class GarbageCollectorArgs(TypedDict):
 class GarbageCollector(pulumi.ComponentResource):
     """`mlflow gc --older-than` every interval, the first 10 minutes after start; output in the container log."""
 
-    container: docker.Container
+    container: Runner
 
     def __init__(self, name: str, args: GarbageCollectorArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:gc:GarbageCollector", name, None, opts)

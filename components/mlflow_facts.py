@@ -38,6 +38,8 @@ DB_ADMIN_URL_FILE = f"{SECRETS_DIR}/database-admin-url"
 AUTH_APP_NAME = "platform-basic-auth"
 BOOTSTRAP_SCRIPT = "/opt/mlflow-entrypoint/bootstrap_db.py"
 GC_COMMAND = "/usr/local/bin/mlflow-gc"
+# mlflow/Dockerfile's ENTRYPOINT: starts `mlflow server` with the arguments it is given.
+MLFLOW_ENTRYPOINT = "/usr/local/bin/mlflow-entrypoint"
 # What a server needs besides its workers, and what each uvicorn worker adds. Measured
 # after start with 2 workers, auth on and job execution off, the server holds 582 MiB
 # (tests/test_e2e_secrets.py reports it; see the README's Performance section): the CLI

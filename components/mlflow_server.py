@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 from urllib.parse import urlsplit
 
 import pulumi
-import pulumi_docker as docker
 import pulumi_random as random
 
 from components import artifact_store
@@ -19,6 +18,7 @@ from components.mlflow_facts import (
     ARTIFACTS_DIR,
     AUTH_APP_NAME,
     FLASK_SECRET_FILE,
+    MLFLOW_ENTRYPOINT,
     MLFLOW_UID,
     MLFLOW_USER,
     SERVER_PORT,
@@ -28,6 +28,7 @@ from components.mlflow_facts import (
 )
 from components.secrets import generated_password
 from components.settings import ArtifactSettings, ServerSettings, host_header, is_ip_address
+from components.target import Runner, StackVolume
 from components.task_limits import MLFLOW_TASKS
 from components.workload import HealthCheck, Mount, Port, Workload, secret_file
 
@@ -94,6 +95,8 @@ class MlflowServerArgs(TypedDict):
     database bootstrap (an Output that fails when the bootstrap did)."""
     pre_upgrade_backup: bool
     """Before a schema upgrade, prepare_db asks the backup container for a backup and waits for it."""
+    replicas: NotRequired[int]
+    """Server tasks on a swarm (mlflowReplicas); one container on a single host. Default 1."""
 
 
 def database_connections(workers: int, auth_enabled: bool) -> int:
@@ -158,11 +161,13 @@ def allowed_origins(public_origin: str, extra: Sequence[str]) -> list[str]:
 class MlflowServer(pulumi.ComponentResource):
     """`mlflow server` with proxied artifacts, published on one host address."""
 
-    artifacts_volume: docker.Volume
+    artifacts_volume: StackVolume
     admin_password: random.RandomPassword | None
     flask_secret_key: random.RandomPassword | None
-    container: docker.Container
+    container: Runner
     command: list[str]
+    workload_name: str
+    """The engine's name for what runs it: the container, or the service whose tasks swarm's DNS lists."""
 
     def __init__(self, name: str, args: MlflowServerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:server:MlflowServer", name, None, opts)
@@ -247,8 +252,9 @@ class MlflowServer(pulumi.ComponentResource):
             # needs credentials like any client.
             self.command += ["--expose-prometheus", METRICS_DIR]
 
+        self.workload_name = stack.name("mlflow")
         workload = Workload(
-            name=stack.name("mlflow"),
+            name=self.workload_name,
             role=_ROLE,
             image=args["image"],
             user=MLFLOW_USER,
@@ -267,6 +273,8 @@ class MlflowServer(pulumi.ComponentResource):
             memory_mb=server.memory_mb,
             stop_signal=STOP_SIGNAL,
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
+            replicas=args.get("replicas", 1),
+            image_entrypoint=[MLFLOW_ENTRYPOINT],
         )
         # Nothing flows from the Postgres container to this one, yet the server must
         # start only once Postgres is healthy and the bootstrap has put the secrets in force.

@@ -33,6 +33,8 @@ class StackNetwork(pulumi.ComponentResource):
     database: docker.Network
     name: pulumi.Output[str]
     database_name: pulumi.Output[str]
+    network_id: pulumi.Output[str]
+    database_network_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: StackNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("mlflow-platform:network:StackNetwork", name, None, opts)
@@ -43,4 +45,6 @@ class StackNetwork(pulumi.ComponentResource):
         )
         self.name = self.network.name
         self.database_name = self.database.name
+        self.network_id = self.network.id
+        self.database_network_id = self.database.id
         self.register_outputs({"name": self.name, "database_name": self.database_name})

@@ -17,7 +17,7 @@ from components.mlflow_image import MlflowImage
 from components.mlflow_server import MlflowServer, database_connections
 from components.network import StackNetwork
 from components.postgres import PostgresDatabase
-from components.proxy import TlsProxy
+from components.proxy import TlsProxy, TlsProxyArgs
 from components.settings import StackSettings
 from components.workload import DATABASE, FRONT
 
@@ -53,7 +53,13 @@ class MlflowPlatform(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         stack = settings.context()
         self.network = StackNetwork(f"{name}-network", {"stack": stack}, opts=child)
-        stack = dataclasses.replace(stack, network=self.network.name, database_network=self.network.database_name)
+        stack = dataclasses.replace(
+            stack,
+            network=self.network.name,
+            database_network=self.network.database_name,
+            network_id=self.network.network_id,
+            database_network_id=self.network.database_network_id,
+        )
         # MLflow reaches Postgres (on the internal network alone) and the proxy reaches MLflow (on the front one).
         server_stack = dataclasses.replace(stack, joins=(FRONT, DATABASE))
 
@@ -100,6 +106,7 @@ class MlflowPlatform(pulumi.ComponentResource):
                 "secrets_rotation": settings.secrets_rotation,
                 "start_after": database_ready,
                 "pre_upgrade_backup": True,
+                "replicas": settings.cluster.replicas,
             },
             opts=child,
         )
@@ -110,7 +117,7 @@ class MlflowPlatform(pulumi.ComponentResource):
             f"{name}-backups",
             {
                 "stack": stack,
-                "image": self.database.image.image_id,
+                "image": self.database.image_reference,
                 "image_reference": settings.database.image,
                 "mlflow_image": self.image.repo_digest,
                 "artifacts_in_bucket": settings.artifacts.in_bucket,
@@ -177,16 +184,17 @@ class MlflowPlatform(pulumi.ComponentResource):
 
     def _front_door(self, name: str, settings: StackSettings, stack: StackContext) -> TlsProxy:
         """The only published workload: HTTPS in front of the server, which then publishes nothing."""
-        return TlsProxy(
-            f"{name}-proxy",
-            {
-                "stack": stack,
-                "tls": settings.tls,
-                "public_host": settings.server.public_host,
-                "bind_address": settings.server.bind_address,
-                "upstream": f"{MLFLOW_ALIAS}:{SERVER_PORT}",
-                "ca_resource_name": f"{name}-ca",
-                "start_after": [self.server.container],
-            },
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        args: TlsProxyArgs = {
+            "stack": stack,
+            "tls": settings.tls,
+            "public_host": settings.server.public_host,
+            "bind_address": settings.server.bind_address,
+            "upstream": f"{MLFLOW_ALIAS}:{SERVER_PORT}",
+            "ca_resource_name": f"{name}-ca",
+            "start_after": [self.server.container],
+        }
+        if stack.swarm:
+            # Each healthy task an upstream of its own, rather than the service's virtual IP,
+            # so that Caddy's retries move a request to another task.
+            args["upstream_tasks"] = f"tasks.{self.server.workload_name}"
+        return TlsProxy(f"{name}-proxy", args, opts=pulumi.ResourceOptions(parent=self))

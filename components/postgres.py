@@ -30,6 +30,7 @@ from components.postgres_facts import (
 )
 from components.secrets import generated_password
 from components.settings import DatabaseSettings
+from components.target import Runner, StackVolume
 from components.task_limits import POSTGRES_TASKS
 from components.workload import DATABASE, Attachment, File, HealthCheck, Mount, Workload, secret_file
 
@@ -102,9 +103,11 @@ class PostgresDatabase(pulumi.ComponentResource):
     superuser_password: random.RandomPassword
     superuser: str
     image: docker.RemoteImage
-    volume: docker.Volume
-    socket_volume: docker.Volume
-    container: docker.Container
+    image_reference: pulumi.Output[str]
+    """What workloads run the image by (its ID on one host, its pinned reference on a swarm)."""
+    volume: StackVolume
+    socket_volume: StackVolume
+    container: Runner
     alias: str
     host: str
     port: int
@@ -127,6 +130,7 @@ class PostgresDatabase(pulumi.ComponentResource):
         stack = args["stack"]
         target = stack.target
         self.image = target.pulled_image(self, f"{name}-image", args["database"].image)
+        self.image_reference = target.pulled_image_reference(self.image)
         self.volume = target.volume(self, f"{name}-data", stack.name("pgdata"), _ROLE)
         # Holds no data (Postgres recreates its socket on every start), but is
         # protected like the others so that every volume of a shared stack is.
@@ -152,8 +156,9 @@ class PostgresDatabase(pulumi.ComponentResource):
         return Workload(
             name=args["stack"].name("postgres"),
             role=_ROLE,
-            # The image ID, not the tag: a changed postgresImage replaces the container.
-            image=self.image.image_id,
+            # The image ID (one host) or pinned reference (swarm), not the tag: a changed
+            # postgresImage replaces the container.
+            image=self.image_reference,
             # Started as postgres itself, the official entrypoint needs no root and no
             # capabilities (it only chowns when started as root).
             user=POSTGRES_USER,
@@ -196,4 +201,6 @@ class PostgresDatabase(pulumi.ComponentResource):
             memory_mb=args["database"].memory_mb,
             stop_signal=STOP_SIGNAL,
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
+            # Two postmasters on one data directory would corrupt it.
+            single_writer=True,
         )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import pulumi
 import pulumi_docker as docker
@@ -23,6 +23,7 @@ import pulumi_docker as docker
 from components.context import StackContext
 from components.internal_ca import InternalCa
 from components.settings import TlsSettings, is_ip_address, public_url
+from components.target import Runner, StackVolume
 from components.task_limits import PROXY_TASKS
 from components.workload import SECRETS_DIR, File, HealthCheck, Mount, Port, Workload, config_file, secret_file
 
@@ -75,6 +76,20 @@ HSTS = "max-age=31536000"
 # not for the internet: the door answers 404 before the request reaches MLflow. Caddy's
 # path matcher is case-insensitive and matches the cleaned, decoded path.
 METRICS_PATHS = ("/metrics", "/metrics/*")
+# Swarm: the server's tasks, each its own upstream, from swarm's DNS (`tasks.<service>` has one A
+# record per task). Caddy runs no active health checks on dynamic upstreams (2.6 to 2.11,
+# modules/caddyhttp/reverseproxy/healthchecks.go: "Active health checks do not run for dynamic
+# upstreams"), and none is needed: swarm adds a task to that name only once its health check
+# passes and takes it out before stopping it (or once it turns unhealthy, when the task is
+# replaced). So the list is re-read every second, a request whose connection to a task cannot
+# be made is tried again on another for up to LB_TRY_DURATION, and passive checks keep a task
+# that refused one out of the rotation for FAIL_DURATION.
+TASKS_REFRESH = "1s"
+LB_TRY_DURATION = "15s"
+LB_TRY_INTERVAL = "250ms"
+FAIL_DURATION = "10s"
+# A task that is gone leaves no one to refuse the connection: fail the dial fast and retry elsewhere.
+DIAL_TIMEOUT = "2s"
 _ROLE = "proxy"
 
 
@@ -90,6 +105,9 @@ class CaddySite:
     acme_email: str = ""
     acme_directory_url: str = ""
     acme_ca_root: bool = False
+    upstream_tasks: str = ""
+    """A DNS name with one A record per server task (swarm's `tasks.<service>`), at `upstream`'s port;
+    empty: `upstream` is the one host:port to pass requests to."""
 
 
 def _quote(value: str) -> str:
@@ -119,6 +137,31 @@ def serves_plain_http(tls_mode: str) -> bool:
     expect). Elsewhere nothing listens there: a client configured with `http://` would send
     its basic-auth header in clear text before any redirect, so it is refused instead."""
     return tls_mode == "acme"
+
+
+def _reverse_proxy(site: CaddySite) -> Directive:
+    """Requests to the server: one upstream, or (swarm) each healthy task of its service."""
+    # uvicorn closes a connection idle for 5 s (its --timeout-keep-alive); Caddy keeps idle
+    # upstream connections 2 min by default, and a POST sent on one uvicorn is closing that
+    # moment fails as a 502 that Caddy may not retry. Dropping them first closes that race.
+    transport: list[Directive] = [f"keepalive {UPSTREAM_KEEPALIVE}"]
+    if not site.upstream_tasks:
+        return (f"reverse_proxy {site.upstream}", ["flush_interval -1", ("transport http", transport)])
+    port = site.upstream.rsplit(":", 1)[1]
+    return (
+        "reverse_proxy",
+        [
+            ("dynamic a", [f"name {site.upstream_tasks}", f"port {port}", f"refresh {TASKS_REFRESH}"]),
+            "lb_policy round_robin",
+            # Only what never reached a task is tried again (a failed dial, for any method; a
+            # GET whatever failed): a POST that reached one may have been acted on.
+            f"lb_try_duration {LB_TRY_DURATION}",
+            f"lb_try_interval {LB_TRY_INTERVAL}",
+            f"fail_duration {FAIL_DURATION}",
+            "flush_interval -1",
+            ("transport http", [*transport, f"dial_timeout {DIAL_TIMEOUT}"]),
+        ],
+    )
 
 
 def caddyfile(site: CaddySite) -> str:
@@ -177,17 +220,7 @@ def caddyfile(site: CaddySite) -> str:
         "respond @metrics 404",
         ("request_body", [f"max_size {site.max_upload_mb}MiB"]),
         # Streams responses as they come (artifact downloads, long listings).
-        (
-            f"reverse_proxy {site.upstream}",
-            [
-                "flush_interval -1",
-                # uvicorn closes a connection idle for 5 s (its --timeout-keep-alive); Caddy
-                # keeps idle upstream connections 2 min by default, and a POST sent on one
-                # uvicorn is closing that moment fails as a 502 that Caddy may not retry.
-                # Dropping them first closes that race.
-                ("transport http", [f"keepalive {UPSTREAM_KEEPALIVE}"]),
-            ],
-        ),
+        _reverse_proxy(site),
         # Access log as JSON on stdout. Caddy logs Authorization and Cookie headers as
         # REDACTED unless told otherwise (log_credentials), which this never does.
         ("log", ["output stdout", "format json"]),
@@ -216,6 +249,8 @@ class TlsProxyArgs(TypedDict):
     """Host address the ports are published on."""
     upstream: str
     """The tracking server on the stack network (`alias:port`)."""
+    upstream_tasks: NotRequired[str]
+    """Swarm: the DNS name of the server's tasks (`tasks.<service>`), each an upstream at upstream's port."""
     ca_resource_name: str
     """Resource name of the internal CA (tlsMode internal); kept from when the platform declared
     it, so the root that clients trust is never replaced."""
@@ -227,8 +262,8 @@ class TlsProxy(pulumi.ComponentResource):
     """Caddy, hardened like the other workloads, publishing httpsPort (and httpPort for ACME)."""
 
     image: docker.Image
-    data_volume: docker.Volume
-    container: docker.Container
+    data_volume: StackVolume
+    container: Runner
     config: str
     internal_ca: InternalCa | None
     ca_certificate: pulumi.Output[str] | None
@@ -242,6 +277,7 @@ class TlsProxy(pulumi.ComponentResource):
             tls_mode=tls.mode,
             https_port=tls.https_port,
             upstream=args["upstream"],
+            upstream_tasks=args.get("upstream_tasks", ""),
             max_upload_mb=tls.max_upload_mb,
             acme_email=tls.acme_email,
             acme_directory_url=tls.acme_directory_url,

@@ -17,6 +17,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.context import StackContext
+from components.target import Job, Runner
 from components.workload import FRONT, NETWORK_ORDER, RESTART_ALWAYS, SECRETS_DIR, Attachment, File, Workload
 
 LOG_DRIVER = "json-file"
@@ -27,14 +28,6 @@ TASK_LIMIT = "nproc"
 # A one-shot job runs once per change; the engine must not start it again.
 _RESTART_NEVER = "no"
 _LabelArgs = TypeVar("_LabelArgs", docker.ContainerLabelArgs, docker.VolumeLabelArgs, docker.NetworkLabelArgs)
-
-
-@dataclass(frozen=True)
-class Job:
-    """A one-shot workload and an Output that fails the deployment unless it exited 0."""
-
-    container: docker.Container
-    succeeded: pulumi.Output[docker.Container]
 
 
 @dataclass(frozen=True)
@@ -56,6 +49,11 @@ class StandaloneTarget:
     def __init__(self, context: StackContext) -> None:
         self.context = context
 
+    @property
+    def runs_jobs_once(self) -> bool:
+        """A job is a container that runs to completion; `pulumi up` waits for its exit code."""
+        return True
+
     def pulled_image(
         self, owner: pulumi.Resource, resource_name: str, reference: pulumi.Input[str]
     ) -> docker.RemoteImage:
@@ -64,6 +62,10 @@ class StandaloneTarget:
         return docker.RemoteImage(
             resource_name, name=reference, keep_locally=True, opts=pulumi.ResourceOptions(parent=owner)
         )
+
+    def pulled_image_reference(self, image: docker.RemoteImage) -> pulumi.Output[str]:
+        """The image ID: a changed reference that pulls another image replaces the container."""
+        return image.image_id
 
     def built_image(
         self,
@@ -156,7 +158,7 @@ class StandaloneTarget:
         )
         name, what = workload.name, workload.role.replace("-", " ")
 
-        def require_success(exit_code: int | None) -> docker.Container:
+        def require_success(exit_code: int | None) -> Runner:
             # pulumi-docker records the exit code of an attached container but does not
             # fail on it: fail here, before anything that needs the job's work starts.
             if exit_code != 0:

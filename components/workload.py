@@ -139,3 +139,11 @@ class Workload:
     """Published ports; None publishes nothing and says nothing about it."""
     extra_labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     """Labels beyond the stack's own (for example what a job ran against)."""
+    replicas: int = 1
+    """Tasks a cluster runs at once (rolled one at a time); one container on a single engine, whatever this says."""
+    single_writer: bool = False
+    """Two instances must never run at once (Postgres on its data directory): a cluster stops the old
+    task before it starts the new one, instead of starting the new one first."""
+    image_entrypoint: Sequence[str] | None = None
+    """The image's own ENTRYPOINT, named when `entrypoint` is None: a target that wraps the process
+    (swarm sets RLIMIT_NPROC in a shell before it execs it) must know what it execs."""

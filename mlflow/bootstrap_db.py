@@ -23,17 +23,24 @@ more than those. On every run it:
 
 The password (and the admin URL) are read from their files, which are then emptied
 before anything else happens: the exited container stays (Pulumi keeps its record of the run), and
-holds no secret. It is sent only as a SCRAM verifier computed here by libpq, so
+holds no secret. With `--then-wait READY_FILE` (a swarm, which has no one-shot
+workload) it runs as a service instead: it keeps the files, read-only swarm secrets
+held in memory and gone with the task, writes READY_FILE once done (its health check)
+and idles until it is stopped. The password is sent only as a SCRAM verifier computed here by libpq, so
 neither the server's statement log nor an error report can show it.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
 from urllib.parse import unquote, urlsplit
 
 import psycopg
@@ -67,11 +74,12 @@ def _log(message: str) -> None:
     print(f"bootstrap_db: {message}", file=sys.stderr, flush=True)
 
 
-def _take_secret(variable: str) -> str:
-    """The secret in the file `variable` names; the file is left empty.
+def _take_secret(variable: str, *, keep: bool = False) -> str:
+    """The secret in the file `variable` names; the file is left empty unless `keep`.
 
     It is the job's own 0400 file, in a directory it cannot write (so it cannot be
     deleted): as its owner the job makes it writable, overwrites it and truncates it.
+    `keep`: a swarm secret, read-only and in memory; it goes with the task.
     """
     path = os.environ[variable]
     with open(path, encoding="utf-8") as handle:
@@ -79,6 +87,8 @@ def _take_secret(variable: str) -> str:
     if not secret.strip():
         # This container ran before (`docker start` of the exited job): a new run comes from a new container.
         sys.exit(f"bootstrap_db: {path} is empty; run the bootstrap again with `pulumi up --replace <its URN>`")
+    if keep:
+        return secret.rstrip("\n")
     os.chmod(path, 0o600)
     with open(path, "r+b") as handle:
         handle.write(b"\0" * len(secret.encode()))
@@ -292,11 +302,34 @@ def _scratch_database(admin: Admin, user: str, database: str) -> None:
         connection.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(user)))
 
 
-def main() -> None:
+def _stop(_signal: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def _wait_until_stopped(ready_file: Path) -> None:
+    """Marks the bootstrap done for the health check, then idles until the engine stops the task."""
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    ready_file.write_text("done\n", encoding="utf-8")
+    _log(f"idle until stopped ({ready_file} marks it done)")
+    while True:
+        signal.pause()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bootstrap_db.py", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--then-wait",
+        metavar="READY_FILE",
+        type=Path,
+        help="keep the (read-only) secret files, write READY_FILE once done, then idle until stopped",
+    )
+    ready_file: Path | None = parser.parse_args(argv).then_wait
+    keep = ready_file is not None
     user = os.environ["POSTGRES_USER"]
-    user_password = _take_secret("POSTGRES_PASSWORD_FILE")
+    user_password = _take_secret("POSTGRES_PASSWORD_FILE", keep=keep)
     if os.environ.get("POSTGRES_ADMIN_URL_FILE"):
-        admin, connection = _url_admin(_take_secret("POSTGRES_ADMIN_URL_FILE"))
+        admin, connection = _url_admin(_take_secret("POSTGRES_ADMIN_URL_FILE", keep=keep))
     else:
         admin, connection = _socket_admin(os.environ["POSTGRES_SUPERUSER"], user)
     try:
@@ -316,6 +349,8 @@ def main() -> None:
             f"and databases ({reason}): it needs CREATEROLE and CREATEDB"
         )
     _log("done")
+    if ready_file is not None:
+        _wait_until_stopped(ready_file)
 
 
 if __name__ == "__main__":

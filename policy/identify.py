@@ -23,6 +23,10 @@ VOLUME: Final = "docker:index/volume:Volume"
 NETWORK: Final = "docker:index/network:Network"
 IMAGE: Final = "docker:index/image:Image"
 REMOTE_IMAGE: Final = "docker:index/remoteImage:RemoteImage"
+# engine: swarm (rules_swarm.py).
+SERVICE: Final = "docker:index/service:Service"
+SWARM_SECRET: Final = "docker:index/secret:Secret"  # noqa: S105 - a type token
+SERVICE_CONFIG: Final = "docker:index/serviceConfig:ServiceConfig"
 RANDOM_PASSWORD: Final = "random:index/randomPassword:RandomPassword"  # noqa: S105 - a type token
 RANDOM_BYTES: Final = "random:index/randomBytes:RandomBytes"
 TLS_PRIVATE_KEY: Final = "tls:index/privateKey:PrivateKey"

@@ -8,7 +8,8 @@ The pack is split by concern, and this module only assembles it:
 
 - readers.py: reading what the engine hands a policy (inputs, unknown values, URNs, the pack config);
 - identify.py: which resource is which (Postgres, the tracking server, secret generators);
-- the rules by subject: rules_containers.py, rules_secrets.py, rules_volumes.py, rules_networks.py, rules_server.py.
+- the rules by subject: rules_containers.py, rules_secrets.py, rules_volumes.py, rules_networks.py, rules_server.py,
+  rules_swarm.py (services, engine: swarm).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .rules_containers import (
 from .rules_networks import postgres_internal_networks
 from .rules_secrets import container_env_no_secret_values, container_env_secret_names
 from .rules_server import mlflow_behind_proxy, mlflow_public_needs_auth, protected_stack_mlflow_auth, shared_stack_tls
+from .rules_swarm import postgres_service_not_published, service_hardening
 from .rules_volumes import protected_stack_volumes
 
 # Typed as the PolicyPack takes it (a list of Policy; a list is invariant in its item type).
@@ -46,4 +48,6 @@ POLICIES: Final[list[Policy]] = [
     mlflow_public_needs_auth,
     mlflow_behind_proxy,
     shared_stack_tls,
+    service_hardening,
+    postgres_service_not_published,
 ]

@@ -18,11 +18,15 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from .identify import CONTAINER, _handles_secrets_by_design, _secret_sources, _secret_values
+from .identify import CONTAINER, SWARM_SECRET, _handles_secrets_by_design, _secret_sources, _secret_values
 from .readers import _field, _strings_within, envs
 
 # Container inputs that carry secrets on purpose: file uploads into /run/secrets.
 SECRET_CARRYING_INPUTS: Final = frozenset({"uploads"})
+# Inputs that carry secrets on purpose, by resource type: a container's uploads, and a swarm secret's
+# data (encrypted in the swarm's store, in memory in the tasks that mount it). A service, and a swarm
+# config (plain in `docker config inspect`), have none: a secret there is a leak like any other.
+SECRET_CARRYING: Final = {CONTAINER: SECRET_CARRYING_INPUTS, SWARM_SECRET: frozenset({"data"})}
 # Environment variable names that announce a credential.
 SECRET_NAME_MARKERS: Final = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "API_KEY", "PRIVATE_KEY")
 
@@ -65,7 +69,7 @@ def _validate_no_secret_values(args: StackValidationArgs, report: ReportViolatio
     for resource in args.resources:
         if _handles_secrets_by_design(resource):
             continue
-        exempt = SECRET_CARRYING_INPUTS if resource.resource_type == CONTAINER else frozenset()
+        exempt = SECRET_CARRYING.get(resource.resource_type, frozenset())
         for key, dependencies in sorted(resource.property_dependencies.items()):
             # Known even in preview, when the secret itself is not: the input is computed from its output.
             derived = sorted({dep.name for dep in dependencies if dep.urn in sources})

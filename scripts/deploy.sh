@@ -72,8 +72,33 @@ fi
 "$pulumi" whoami >/dev/null 2>&1 || "$pulumi" login --local
 "$pulumi" stack select --create "$stack"
 
+# What the program cannot know from its settings (so cannot refuse before any resource): whether
+# the engine it talks to is a swarm manager, and whether the swarm's other nodes could pull an
+# image built on the manager alone.
+check_swarm() {
+  local engine swarm control nodes registry
+  engine=$("$pulumi" config get engine --stack "$stack" 2>/dev/null || true)
+  [ "$engine" = swarm ] || return 0
+  swarm=$(docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.Nodes}}' 2>/dev/null || true)
+  control=${swarm%% *}
+  nodes=${swarm##* }
+  if [ "$control" != true ]; then
+    echo "error: config key 'engine' is 'swarm', but the Docker engine at ${DOCKER_HOST:-unix:///var/run/docker.sock}" \
+      "is not a swarm manager: accepted: 'standalone', or DOCKER_HOST naming a manager (docker swarm init)" >&2
+    exit 1
+  fi
+  registry=$("$pulumi" config get imageRegistry --stack "$stack" 2>/dev/null || true)
+  case $nodes in '' | *[!0-9]*) nodes=1 ;; esac
+  if [ -z "$registry" ] && [ "$nodes" -gt 1 ]; then
+    echo "error: config key 'imageRegistry' is empty, but the swarm has $nodes nodes, which cannot pull an image" \
+      "built on the manager: accepted: a registry every node pulls from, as host[:port][/path]" >&2
+    exit 1
+  fi
+}
+
 case "$action" in
   up)
+    check_swarm
     # Every stack is judged as shared unless its pack config marks it a personal dev stack.
     policy=(--policy-pack policy)
     if [ -f "policy/config/$stack.json" ]; then

@@ -34,12 +34,7 @@ def self_signed(
     now = datetime.datetime.now(datetime.UTC)
     start = valid_from or now - datetime.timedelta(hours=1)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "test")])
-    alt: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt.append(x509.DNSName(name))
+    alt = _alt_names(names)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

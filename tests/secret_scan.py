@@ -73,6 +73,8 @@ class VolumeScan:
     # Files of the anonymous secrets volumes that hold a secret: where the standalone engine
     # keeps them (README: Secrets), each container's own.
     secret_files: list[str] = field(default_factory=list)
+    # Each volume's directory on the host, as read: which volumes the scan covered.
+    sources: set[str] = field(default_factory=set)
 
 
 def _holds(path: Path, secrets: set[bytes]) -> bool:
@@ -91,12 +93,11 @@ def scan_volumes(containers: list[Container], secrets: set[str]) -> VolumeScan:
     _require_root()
     wanted = {secret.encode() for secret in secrets}
     result = VolumeScan()
-    seen: set[str] = set()
     for container in containers:
         for mount in container.attrs["Mounts"]:
-            if mount["Type"] != "volume" or mount["Source"] in seen:
+            if mount["Type"] != "volume" or mount["Source"] in result.sources:
                 continue
-            seen.add(mount["Source"])
+            result.sources.add(mount["Source"])
             for path in Path(mount["Source"]).rglob("*"):
                 if not path.is_file() or path.is_symlink():
                     continue

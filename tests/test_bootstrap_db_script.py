@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,6 +146,43 @@ def test_a_second_run_of_the_same_container_changes_nothing(cluster: Cluster) ->
     assert again.returncode != 0
     assert f"bootstrap_db: {password_file} is empty; run the bootstrap again with `pulumi up --replace" in again.stderr
     assert _login_error(cluster, "mlflow", ROLE_PASSWORD) is None
+
+
+def test_then_wait_keeps_the_read_only_secret_marks_itself_done_and_stops_on_sigterm(cluster: Cluster) -> None:
+    """Swarm's way (components/db_bootstrap.py): a service that stays up, healthy once the ready file exists."""
+    password_file = _secret_file(cluster, ROLE_PASSWORD + "\n")
+    ready = Path(tempfile.mkdtemp(dir=cluster.home)) / "bootstrap-done"
+    env = {
+        "PATH": os.environ["PATH"],
+        "PGPORT": str(cluster.port),
+        "POSTGRES_SOCKET_DIR": str(cluster.home),
+        "POSTGRES_SUPERUSER": "postgres",
+        "POSTGRES_USER": "mlflow",
+        "POSTGRES_PASSWORD_FILE": str(password_file),
+        "POSTGRES_DB": "mlflow",
+        "POSTGRES_AUTH_DB": "mlflow_auth",
+    }
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--then-wait", str(ready)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ready.exists(), process.communicate()[1] if process.poll() is not None else "no ready file in 60 s"
+        # Still running (idle), the role in force, and the swarm secret untouched (it cannot be written).
+        assert process.poll() is None
+        assert _login_error(cluster, "mlflow", ROLE_PASSWORD) is None
+        assert password_file.read_text(encoding="utf-8") == ROLE_PASSWORD + "\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # --- An external database: the admin URL over verify-full TLS, an admin that is no superuser ---

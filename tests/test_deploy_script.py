@@ -34,6 +34,12 @@ case "$1" in
   version) echo "v{version}" ;;
   whoami) exit 0 ;;
   stack) [ "$2" = output ] && echo "https://mlflow.example.internal" ;;
+  config)
+    # `config get KEY`: STUB_CONFIG_<KEY> if set, else unset (exit 1, as the CLI does).
+    eval "value=\\${{STUB_CONFIG_$3-}}"
+    eval "set=\\${{STUB_CONFIG_$3+x}}"
+    [ -n "$set" ] || exit 1
+    echo "$value" ;;
 esac
 exit 0
 """
@@ -89,12 +95,16 @@ def _deploy(
     docker: bool = True,
     installed_version: str = PIN,
     on_path_version: str | None = None,
+    config: dict[str, str] | None = None,
+    swarm: str = "false 0",
 ) -> Run:
     log = tmp_path / "calls.log"
     log.touch()
     (tmp_path / "pulumi-source").write_text(STUB_PULUMI.format(version=installed_version), encoding="utf-8")
     _executable(bin_dir / "curl", STUB_CURL)
-    _executable(bin_dir / "docker", "#!/bin/sh\n" + ("exit 0\n" if docker else "exit 1\n"))
+    # `docker info --format '{{.Swarm.ControlAvailable}} {{.Swarm.Nodes}}'` prints `swarm`.
+    answer = f'[ "$1" = info ] && [ "$#" -gt 1 ] && echo "{swarm}"\nexit 0\n' if docker else "exit 1\n"
+    _executable(bin_dir / "docker", "#!/bin/sh\n" + answer)
     if on_path_version is not None:
         _executable(bin_dir / "pulumi", STUB_PULUMI.format(version=on_path_version))
     env = {
@@ -103,6 +113,7 @@ def _deploy(
         "STUB_LOG": str(log),
         "STUB_PULUMI_SOURCE": str(tmp_path / "pulumi-source"),
         "PULUMI_CLI_ROOT": str(tmp_path / "cli"),
+        **{f"STUB_CONFIG_{key}": value for key, value in (config or {}).items()},
     }
     result = subprocess.run(
         [str(bin_dir / "bash"), str(SCRIPT), "up", stack],
@@ -127,6 +138,8 @@ def test_without_a_cli_the_pinned_release_is_installed_locally_and_used(tmp_path
         f"{installed} version",
         f"{installed} whoami",
         f"{installed} stack select --create dev",
+        # Not a swarm stack (the key is unset): nothing more to check of the engine.
+        f"{installed} config get engine --stack dev",
         f"{installed} up --stack dev --refresh --policy-pack policy --policy-pack-config policy/config/dev.json",
         f"{installed} stack output tracking_uri --stack dev",
     ]
@@ -176,6 +189,51 @@ def test_no_docker_engine_is_a_clear_error_before_anything_is_installed(tmp_path
     assert run.stderr.strip() == "error: no Docker engine answers; start Docker first"
     assert run.calls == []
     assert not (tmp_path / "cli").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "swarm", "error"),
+    [
+        (
+            {"engine": "swarm"},
+            "false 0",
+            "error: config key 'engine' is 'swarm', but the Docker engine at unix:///var/run/docker.sock is not a "
+            "swarm manager: accepted: 'standalone', or DOCKER_HOST naming a manager (docker swarm init)",
+        ),
+        (
+            {"engine": "swarm"},
+            "true 3",
+            "error: config key 'imageRegistry' is empty, but the swarm has 3 nodes, which cannot pull an image built "
+            "on the manager: accepted: a registry every node pulls from, as host[:port][/path]",
+        ),
+    ],
+    ids=["not-a-manager", "several-nodes-no-registry"],
+)
+def test_a_swarm_stack_the_engine_cannot_run_is_refused_before_pulumi_up(
+    tmp_path: Path, bin_dir: Path, config: dict[str, str], swarm: str, error: str
+) -> None:
+    run = _deploy(tmp_path, bin_dir, config=config, swarm=swarm)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == error
+    assert not any(" up --stack dev --refresh --policy-pack policy" in call for call in run.calls)
+
+
+@pytest.mark.parametrize(
+    ("config", "swarm"),
+    [
+        ({}, "false 0"),
+        ({"engine": "standalone"}, "false 0"),
+        ({"engine": "swarm"}, "true 1"),
+        ({"engine": "swarm", "imageRegistry": "registry.example.internal:5000"}, "true 3"),
+    ],
+    ids=["standalone-default", "standalone", "one-node-swarm", "registry"],
+)
+def test_what_the_engine_can_run_goes_on_to_pulumi_up(
+    tmp_path: Path, bin_dir: Path, config: dict[str, str], swarm: str
+) -> None:
+    run = _deploy(tmp_path, bin_dir, config=config, swarm=swarm)
+    assert run.returncode == 0, run.stderr
+    assert any(" up --stack dev --refresh --policy-pack policy" in call for call in run.calls)
 
 
 def test_the_install_folder_is_ignored_by_git() -> None:

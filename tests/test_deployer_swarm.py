@@ -98,7 +98,7 @@ FULL_INPUTS: dict[str, Any] = {
             "maxReplicas": 2.0,
         },
         "logDriver": {"name": "json-file", "options": {"max-size": "10m", "max-file": "3"}},
-        "networksAdvanceds": [{"name": "p-s-net", "aliases": ["web", "www"]}, {"name": "p-s-db"}],
+        "networksAdvanceds": [{"id": "net-id", "aliases": ["web", "www"]}, {"name": "p-s-db"}],
     },
 }
 
@@ -112,6 +112,12 @@ def _sent(value: Any) -> Any:
     if isinstance(value, list):
         return [_sent(item) for item in value]
     return value
+
+
+def test_a_network_attachment_names_its_network_by_id_or_name_not_both() -> None:
+    both = {"taskSpec": {**FULL_INPUTS["taskSpec"], "networksAdvanceds": [{"id": "net-id", "name": "p-s-net"}]}}
+    with pytest.raises(DeployError, match="exactly one of id and name"):
+        service_spec({**FULL_INPUTS, **both}, "web", STACK_LABELS)
 
 
 def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
@@ -213,7 +219,7 @@ def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
             "MaxReplicas": 2,
         },
         "LogDriver": {"Name": "json-file", "Options": {"max-size": "10m", "max-file": "3"}},
-        "Networks": [{"Target": "p-s-net", "Aliases": ["web", "www"]}, {"Target": "p-s-db"}],
+        "Networks": [{"Target": "net-id", "Aliases": ["web", "www"]}, {"Target": "p-s-db"}],
     }
 
 
@@ -408,7 +414,10 @@ def test_a_service_is_created_updated_in_place_and_destroyed(
     swarm_deployer = LocalDeployer(_PROJECT, _STACK)
     _make(swarm_deployer, NETWORK, "net", network)
     second_id, second = _make(swarm_deployer, SECRET, "token", {"data": base64.b64encode(b"second-token").decode()})
-    config_id, config = _make(swarm_deployer, SERVICE_CONFIG, "conf", {"data": base64.b64encode(b"a=1\n").decode()})
+    kept_id, kept = _make(swarm_deployer, SERVICE_CONFIG, "conf", {"data": base64.b64encode(b"a=1\n").decode()})
+    # As Pulumi keeps an auto-name until the data changes: the same config, so nothing else rolls for it.
+    assert second["name"] != first["name"]
+    assert (kept_id, kept) == (config_id, config)
     updated_id, _ = _make(
         swarm_deployer, SERVICE, "web", _service_inputs(second_id, second["name"], (config_id, config["name"]), "2")
     )

@@ -146,6 +146,8 @@ def test_finish_stops_the_server_and_gc_runs_the_final_pass_then_switches(tmp_pa
         "pulumi version",
         "pulumi whoami",
         "pulumi stack select --create prod",
+        # A swarm stack is checked against the engine first (this one is standalone).
+        "pulumi config get engine --stack prod",
         "pulumi up --stack prod --refresh --policy-pack policy",
         "pulumi stack output tracking_uri --stack prod",
     ]

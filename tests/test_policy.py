@@ -40,6 +40,9 @@ from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD, REMOTE_IM
 from tools.stack_config import PROJECT_DIR, STACKS, stack_config
 
 POLICY_DIR = PROJECT_DIR / "policy"
+SERVICE = "docker:index/service:Service"
+SWARM_SECRET = "docker:index/secret:Secret"
+SERVICE_CONFIG = "docker:index/serviceConfig:ServiceConfig"
 # What `make deploy` and the workflows pass as `--policy-pack-config` for a stack, when the file exists.
 PACK_CONFIG_DIR = POLICY_DIR / "config"
 DEV_KIND = {"environmentKind": "dev"}
@@ -1248,9 +1251,20 @@ def _evaluate(declared: list[Declared]) -> Violations:
     return dict(violations)
 
 
+# Configurations beyond the committed stacks, by the name a broken variant gives: (stack, overrides).
+SWARM_OVERRIDES: dict[str, Any] = {
+    "engine": "swarm",
+    "artifactStore": "s3",
+    "artifactBucket": "ml-artifacts",
+    "mlflowReplicas": 3,
+}
+_VARIANT_STACKS: dict[str, tuple[str, dict[str, Any]]] = {"prod-swarm": ("prod", SWARM_OVERRIDES)}
+
+
 def _declare(stack: str) -> list[Declared]:
-    """What the program declares for `stack` under mocks, once every output resolved."""
-    return _declared(harness.declaration(stack).mocks)
+    """What the program declares for `stack` (or a configuration of _VARIANT_STACKS) under mocks."""
+    name, overrides = _VARIANT_STACKS.get(stack, (stack, {}))
+    return _declared(harness.declaration(name, overrides).mocks)
 
 
 def _one(declared: list[Declared], type_token: str, suffix: str) -> Declared:
@@ -1481,6 +1495,22 @@ def _proxy_next_to_a_published_server(declared: list[Declared]) -> None:
     ]
 
 
+def _service_without_task_limit(declared: list[Declared]) -> None:
+    spec = _one(declared, SERVICE, "server-container").inputs["taskSpec"]["containerSpec"]
+    spec["commands"] = ["/usr/local/bin/mlflow-entrypoint"]
+
+
+def _postgres_service_published(declared: list[Declared]) -> None:
+    _one(declared, SERVICE, "postgres-container").inputs["endpointSpec"] = {
+        "ports": [{"targetPort": 5432, "publishedPort": 5432, "protocol": "tcp", "publishMode": "ingress"}]
+    }
+
+
+def _password_in_a_swarm_config(declared: list[Declared]) -> None:
+    # A config is plain in `docker config inspect`: unlike a swarm secret it may carry no secret.
+    _one(declared, SERVICE_CONFIG, "backup-conf").inputs["data"] = _generated_password(declared)
+
+
 BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]]] = [
     ("postgres-port-published", "dev", _add_postgres_port, {"postgres-not-published"}),
     ("no-healthcheck", "staging", _drop_healthcheck, {"container-healthcheck"}),
@@ -1547,6 +1577,10 @@ BROKEN_VARIANTS: list[tuple[str, str, Callable[[list[Declared]], None], set[str]
     ("postgres-on-the-default-bridge", "prod", _postgres_on_the_default_bridge, {"postgres-internal-networks"}),
     # A shared stack's server reachable in plain HTTP, even only on loopback, beside its proxy.
     ("prod-server-published", "prod", _server_published_on_loopback, {"shared-stack-tls", "mlflow-behind-proxy"}),
+    # Issue 21: services are held to the containers' hardening where a swarm can apply it.
+    ("service-without-task-limit", "prod-swarm", _service_without_task_limit, {"service-hardening"}),
+    ("postgres-service-published", "prod-swarm", _postgres_service_published, {"postgres-service-not-published"}),
+    ("password-in-a-swarm-config", "prod-swarm", _password_in_a_swarm_config, {"container-env-no-secret-values"}),
 ]
 
 
@@ -1583,3 +1617,54 @@ def test_a_shared_stack_with_its_artifacts_in_a_bucket_passes_every_policy() -> 
     # The rules judged a server whose key pair is an upload, not a volume-backed one.
     assert "AWS_SHARED_CREDENTIALS_FILE=/run/secrets/artifact-store-credentials" in server.inputs["envs"]
     assert _evaluate(declared) == {}
+
+
+def test_a_swarm_stack_passes_every_policy_with_its_secrets_as_swarm_secrets() -> None:
+    declared = _declare("prod-swarm")
+    services = [resource for resource in declared if resource.type == SERVICE]
+    assert len(services) == 6
+    # The rules had services to judge, and swarm secrets computed from the generated passwords.
+    password = _one(declared, RANDOM_PASSWORD, "postgres-password")
+    secret = _one(declared, SWARM_SECRET, "server-container-run-secrets-postgres-password")
+    assert password.urn in secret.property_dependencies["data"]
+    assert _evaluate(declared) == {}
+
+
+def test_service_hardening_names_everything_a_bare_service_lacks() -> None:
+    bare = {
+        "name": "web",
+        "taskSpec": {
+            "containerSpec": {
+                "image": IMAGE_ID,
+                "user": "0:0",
+                "secrets": [{"secretId": "s", "fileName": "/run/secrets/x", "fileMode": 0o444, "fileUid": "0"}],
+            },
+            "restartPolicy": {"condition": "none"},
+        },
+    }
+    assert _check_resource("service-hardening", SERVICE, bare) == [
+        "taskSpec.containerSpec.user must be a non-root uid:gid (the task limit binds no root)",
+        'taskSpec.containerSpec.capDrops must drop "ALL"',
+        "taskSpec.containerSpec.readOnly must be true (a read-only root file system)",
+        "taskSpec.containerSpec.healthcheck is missing: swarm cannot tell a hung task from a live one",
+        "taskSpec.resources.limits.memoryBytes is missing: one leaking task can take the node",
+        "taskSpec.restartPolicy.condition is 'none'; accepted: any, on-failure",
+        "taskSpec.containerSpec.commands must start the entrypoint under the task-limit shell "
+        "(`/bin/sh -c 'ulimit -u N ...; exec \"$@\"'`): a service has no ulimits of its own",
+        "taskSpec.logDriver must rotate (json-file with max-size and max-file)",
+        "taskSpec.containerSpec.secrets[0].fileMode must be 0400 (256), not 292",
+    ]
+    # Not a service: not judged.
+    assert _check_resource("service-hardening", CONTAINER, bare) == []
+
+
+def test_a_published_postgres_service_is_refused() -> None:
+    postgres = {
+        "labels": [{"label": "org.mlflow-platform.role", "value": "database"}],
+        "endpointSpec": {"ports": [{"targetPort": 5432, "publishedPort": 5432}]},
+    }
+    assert _check_resource("postgres-service-not-published", SERVICE, postgres) == [
+        "the Postgres service publishes 1 port(s) on every interface of its node; "
+        "clients reach it on the stack's internal database network only."
+    ]
+    assert _check_resource("postgres-service-not-published", SERVICE, {**postgres, "endpointSpec": None}) == []

@@ -32,6 +32,7 @@ def _exports(stack: str, mode: str, mocks: EngineMocks) -> dict[str, Any]:
         "gc_container_name": docker_name(stack, "gc"),
         "mlflow_version": "3.17.2",
         "auth_enabled": False,
+        "engine": "standalone",
     }
     if stack == "dev":
         return exports

@@ -35,6 +35,8 @@ def _url(url: str) -> dict[str, str]:
 
 
 # (stack, overrides, key named in the error, value shown in the error, words from what is accepted)
+# Prod on one swarm server task: volume artifacts are still allowed.
+_SWARM_ONE: dict[str, Any] = {"engine": "swarm", "mlflowReplicas": 1}
 BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"hostPort": 0}, "hostPort", "0", "an integer from 1 to 65535"),
     ("dev", {"hostPort": 70000}, "hostPort", "70000", "an integer from 1 to 65535"),
@@ -267,10 +269,20 @@ BAD_SETTINGS: list[tuple[str, dict[str, Any], str, str, str]] = [
     ("dev", {"engine": "swarm", "mlflowReplicas": 3}, "artifactStore", "'volume'", "needs artifacts no single node"),
     ("dev", {"postgresNodeLabel": "postgres"}, "postgresNodeLabel", "'postgres'", "a node label as key=value"),
     ("dev", {"imageRegistry": "https://r.example"}, "imageRegistry", "'https://r.example'", "(no scheme)"),
-    ("dev", {"engine": "swarm", "imageRegistryUsername": "ci"}, "imageRegistryPassword", "''", "both, or neither"),
-    ("dev", {"engine": "swarm"}, "engine", "'swarm'", "the swarm target is not built yet"),
-    ("dev", {"engine": "swarm", "imageRegistryPassword": "p" * 30}, "imageRegistryUsername", "''", "or neither"),
-    ("dev", {"engine": "swarm", "imageRegistryCaCertificate": "junk"}, "imageRegistryCaCertificate", "'<PEM>'", "PEM"),
+    ("prod", {**_SWARM_ONE, "imageRegistryUsername": "ci"}, "imageRegistryPassword", "''", "both, or neither"),
+    # Unset, mlflowReplicas is 2 on swarm: artifacts must then be in a bucket.
+    ("dev", {"engine": "swarm"}, "artifactStore", "'volume'", "mlflowReplicas 2 (the swarm default) needs artifacts"),
+    ("prod", {**_SWARM_ONE, "imageRegistryPassword": "p" * 30}, "imageRegistryUsername", "''", "or neither"),
+    ("prod", {**_SWARM_ONE, "imageRegistryCaCertificate": "junk"}, "imageRegistryCaCertificate", "'<PEM>'", "PEM"),
+    # A swarm service publishes on every interface of its node: only the front door, and no bind address.
+    ("dev", {"engine": "swarm", "mlflowReplicas": 1}, "tlsMode", "'off'", "only the TLS front door may publish"),
+    (
+        "prod",
+        {**_SWARM_ONE, "bindAddress": "10.0.0.5"},
+        "bindAddress",
+        "'10.0.0.5'",
+        "with no bind address: accepted: 0.0.0.0 or ::",
+    ),
     ("dev", {"imageRegistry": "registry.local:5000"}, "imageRegistry", "'registry.local:5000'", "builds on the host"),
     # An external database: the URL is a secret, so never shown; it needs its CA, and the CA needs it.
     ("dev", _url("mysql://a:b@db/x"), _URL_KEY, _HIDDEN, "its scheme is 'mysql', not postgresql"),
@@ -595,7 +607,7 @@ INTEGER_BOUNDS: dict[str, tuple[int, int]] = {
     "backupIntervalMinutes": (0, 59),
     "backupKeep": (1, 1000),
     "gcIntervalHours": (1, 720),
-    "mlflowReplicas": (1, 16),
+    "mlflowReplicas": (0, 16),
 }
 _FIELD = {  # config key -> dotted path of its StackSettings attribute
     "postgresPasswordLength": "database.password_length",
@@ -623,7 +635,15 @@ _ROOM_FOR: dict[str, dict[str, object]] = {
     "workers": {"mlflowMemoryMb": 1_048_576},
     "mlflowMemoryMb": {"workers": 1},
     # Replicas need the swarm engine and artifacts in a bucket.
-    "mlflowReplicas": {"engine": "swarm", "artifactStore": "s3", "artifactBucket": "ml-artifacts"},
+    "mlflowReplicas": {
+        "engine": "swarm",
+        "artifactStore": "s3",
+        "artifactBucket": "ml-artifacts",
+        # A swarm publishes only the front door, on every address.
+        "tlsMode": "internal",
+        "bindAddress": "0.0.0.0",
+        "authEnabled": True,
+    },
 }
 
 
@@ -1014,3 +1034,39 @@ def test_free_form_settings_are_refused_saying_what_is_accepted(overrides: dict[
 def test_a_rotation_label_of_256_characters_is_accepted() -> None:
     install(EngineMocks(), "dev", {"secretsRotation": "r" * 256})
     assert load_settings().secrets_rotation == "r" * 256
+
+
+@pytest.mark.parametrize(
+    ("engine", "overrides", "expected"),
+    [("standalone", {}, 1), ("swarm", {}, 2), ("swarm", {"mlflowReplicas": 3}, 3), ("swarm", {"mlflowReplicas": 1}, 1)],
+)
+def test_mlflow_replicas_default_by_engine(engine: str, overrides: dict[str, Any], expected: int) -> None:
+    swarm = {"engine": "swarm", "artifactStore": "s3", "artifactBucket": "ml-artifacts"} if engine == "swarm" else {}
+    install(EngineMocks(), "prod", {**swarm, **overrides})
+    settings = load_settings()
+    assert settings.cluster.replicas == expected
+    assert settings.context().engine == engine
+    assert settings.context().data_node_label == ("mlflow-platform.postgres=true" if engine == "swarm" else "")
+
+
+def test_a_swarm_context_carries_the_registry_login() -> None:
+    install(
+        EngineMocks(),
+        "prod",
+        {
+            **_SWARM_ONE,
+            "imageRegistry": "registry.example:5000/ml",
+            "imageRegistryUsername": "ci",
+            "imageRegistryPassword": "p" * 30,
+        },
+    )
+    registry = load_settings().context().registry
+    assert registry is not None
+    assert (registry.server, registry.host, registry.username, registry.password) == (
+        "registry.example:5000/ml",
+        "registry.example:5000",
+        "ci",
+        "p" * 30,
+    )
+    # Kept out of repr, like every secret setting.
+    assert "p" * 30 not in repr(registry)

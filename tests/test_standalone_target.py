@@ -14,7 +14,8 @@ from typing import Any
 import pulumi
 import pytest
 
-from components.standalone import Job
+from components.standalone import StandaloneTarget
+from components.target import Job
 from components.workload import (
     DATABASE,
     FRONT,
@@ -157,7 +158,7 @@ def _minimal_inputs(**changes: Any) -> dict[str, Any]:
 def _service(workload: Workload, *, protect_data: bool = False) -> tuple[EngineMocks, Registration]:
     def build() -> pulumi.ComponentResource:
         owner = pulumi.ComponentResource(OWNER, "owner")
-        target = unit_context(protect_data=protect_data).target
+        target = StandaloneTarget(unit_context(protect_data=protect_data))
         before = target.volume(owner, "owner-volume", "mlflow-platform-unit-before", "web")
         target.service(owner, "owner-container", workload, depends_on=[before])
         return owner

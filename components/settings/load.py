@@ -194,7 +194,8 @@ def _cluster(read: ConfigReader) -> model.ClusterSettings:
             "accepted: 'standalone' (containers on one Docker host) or 'swarm' (services on a swarm manager)",
         ),
         # More than a few replicas on a small cluster only adds database connections.
-        mlflow_replicas=read.integer("mlflowReplicas", 1, 16),
+        # 0 (the default): by engine, ClusterSettings.replicas.
+        mlflow_replicas=read.integer("mlflowReplicas", 0, 16),
         postgres_node_label=read.string("postgresNodeLabel", is_node_label, NODE_LABEL_ACCEPTED),
         image_registry=read.string("imageRegistry", is_registry, REGISTRY_ACCEPTED),
         image_registry_username=read.optional("imageRegistryUsername"),

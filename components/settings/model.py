@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.context import LogRotation, StackContext
+from components.context import ImageRegistry, LogRotation, StackContext
 from components.mlflow_facts import AUTH_DATABASE_SUFFIX
 from components.settings.grammar import DatabaseUrl, public_url
 
@@ -102,6 +102,9 @@ class BucketLocation:
     ca_certificate: str
 
 
+SWARM_DEFAULT_REPLICAS = 2
+
+
 @dataclass(frozen=True)
 class ClusterSettings:
     """Where the stack runs: containers on one host, or services on a swarm (issue 21)."""
@@ -119,8 +122,16 @@ class ClusterSettings:
     def swarm(self) -> bool:
         return self.engine == "swarm"
 
+    @property
+    def replicas(self) -> int:
+        """MLflow server tasks: mlflowReplicas, or when it is 0 (unset) 1 on standalone and 2 on swarm,
+        where a second task keeps the server answering through a node loss or a rolling update."""
+        if self.mlflow_replicas:
+            return self.mlflow_replicas
+        return SWARM_DEFAULT_REPLICAS if self.swarm else 1
 
-STANDALONE = ClusterSettings("standalone", 1, "mlflow-platform.postgres=true", "", "", "", "")
+
+STANDALONE = ClusterSettings("standalone", 0, "mlflow-platform.postgres=true", "", "", "", "")
 
 
 NO_BUCKET = BucketLocation("", "", "", "", False, "", "", "")
@@ -218,10 +229,29 @@ class StackSettings:
 
     def context(self) -> StackContext:
         """What every component of this stack shares (the network is added once declared)."""
+        cluster = self.cluster
+        if not cluster.swarm:
+            return StackContext(
+                project=self.project,
+                stack=self.stack,
+                log_rotation=self.log_rotation,
+                protect_data=self.protect_data,
+                startup_timeout_seconds=self.startup_timeout_seconds,
+            )
+        registry = None
+        if cluster.image_registry:
+            registry = ImageRegistry(
+                server=cluster.image_registry,
+                username=cluster.image_registry_username,
+                password=cluster.image_registry_password,
+            )
         return StackContext(
             project=self.project,
             stack=self.stack,
             log_rotation=self.log_rotation,
             protect_data=self.protect_data,
             startup_timeout_seconds=self.startup_timeout_seconds,
+            engine=cluster.engine,
+            data_node_label=cluster.postgres_node_label,
+            registry=registry,
         )

@@ -105,20 +105,36 @@ def _check_cluster(settings: StackSettings) -> None:
                 raise SettingsError(
                     key, value, "engine is 'standalone', which builds on the host: accepted: empty, or engine swarm"
                 )
-        if cluster.mlflow_replicas != 1:
+        if cluster.replicas != 1:
             raise SettingsError(
                 "mlflowReplicas",
                 cluster.mlflow_replicas,
-                "engine standalone runs one server container: accepted: 1, or engine swarm",
+                "engine standalone runs one server container: accepted: 0 (default) or 1, or engine swarm",
             )
         return
-    if cluster.mlflow_replicas > 1 and not settings.artifacts.in_bucket:
+    if cluster.replicas > 1 and not settings.artifacts.in_bucket:
         # Each replica may run on another node: none of them may keep artifacts on its own disk.
+        unset = "" if cluster.mlflow_replicas else " (the swarm default)"
         raise SettingsError(
             "artifactStore",
             settings.artifacts.store,
-            f"engine swarm with mlflowReplicas {cluster.mlflow_replicas} needs artifacts no single node holds: "
+            f"engine swarm with mlflowReplicas {cluster.replicas}{unset} needs artifacts no single node holds: "
             "accepted: s3 (artifactBucket), or mlflowReplicas 1",
+        )
+    if not settings.proxied:
+        # A swarm service publishes on every interface of the node that runs it (no bind address).
+        raise SettingsError(
+            "tlsMode",
+            settings.tls.mode,
+            "engine swarm publishes on every interface of every node, so only the TLS front door may publish: "
+            "accepted: internal, acme, provided",
+        )
+    if not ipaddress.ip_address(settings.server.bind_address).is_unspecified:
+        raise SettingsError(
+            "bindAddress",
+            settings.server.bind_address,
+            "engine swarm publishes a service's ports on every interface of its node, "
+            "with no bind address: accepted: 0.0.0.0 or ::",
         )
     if bool(cluster.image_registry_username) != bool(cluster.image_registry_password):
         missing = "imageRegistryPassword" if cluster.image_registry_username else "imageRegistryUsername"
@@ -174,12 +190,6 @@ def _check_external_database(settings: StackSettings) -> None:
             f"its database '{external.location.database}' is one MLflow's role owns: accepted: the admin's "
             "maintenance database (such as postgres)",
         )
-
-
-def require_buildable(settings: StackSettings) -> None:
-    """What the settings accept but this program cannot build yet: refused before any resource."""
-    if settings.cluster.swarm:
-        raise SettingsError("engine", "swarm", "the swarm target is not built yet (issue 21): accepted: standalone")
 
 
 def _refuse_unused(group: str, location: BucketLocation, why: str, instead: str) -> None:

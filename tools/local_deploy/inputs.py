@@ -118,7 +118,7 @@ SERVICE_TREE: InputTree = {
         "restartPolicy": dict.fromkeys(("condition", "delay", "maxAttempts", "window")),
         "placement": dict.fromkeys(("constraints", "prefs", "maxReplicas")),
         "logDriver": {"name": None, "options": None},
-        "networksAdvanceds": {"name": None, "aliases": None},
+        "networksAdvanceds": {"id": None, "name": None, "aliases": None},
     },
 }
 HANDLED_TREES: dict[str, InputTree] = {SERVICE: SERVICE_TREE}

@@ -11,7 +11,7 @@ from typing import Any
 
 import docker.types
 
-from tools.local_deploy.common import UnsupportedInputError
+from tools.local_deploy.common import DeployError, UnsupportedInputError
 from tools.local_deploy.container_config import duration_ns
 from tools.local_deploy.inputs import label_map, whole
 
@@ -208,7 +208,7 @@ def _task_template(task: Mapping[str, Any], stack_labels: Mapping[str, str]) -> 
         driver = task["logDriver"]
         log_driver = docker.types.DriverConfig(name=str(driver["name"]), options=dict(driver.get("options") or {}))
     networks = [
-        docker.types.NetworkAttachmentConfig(target=str(net["name"]), aliases=list(net.get("aliases") or []) or None)
+        docker.types.NetworkAttachmentConfig(target=_network(net), aliases=list(net.get("aliases") or []) or None)
         for net in task.get("networksAdvanceds") or []
     ]
     return docker.types.TaskTemplate(
@@ -219,6 +219,13 @@ def _task_template(task: Mapping[str, Any], stack_labels: Mapping[str, str]) -> 
         log_driver=log_driver,
         networks=networks or None,
     )
+
+
+def _network(attachment: Mapping[str, Any]) -> str:
+    """The network an attachment names: by `id` (what the provider asks for) or the deprecated `name`."""
+    if bool(attachment.get("id")) == bool(attachment.get("name")):
+        raise DeployError(f"a network attachment sets exactly one of id and name (they conflict): {attachment}")
+    return str(attachment.get("id") or attachment["name"])
 
 
 def _endpoint_spec(endpoint: Mapping[str, Any]) -> docker.types.EndpointSpec | None:

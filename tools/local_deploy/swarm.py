@@ -70,10 +70,10 @@ def _realise_swarm_object(
     """A secret or config: immutable, so an existing one of the same name is reused only if its data
     is the same (its digest is kept in the state file: the engine never returns a secret's data)."""
     data = decode_data(args.name, inputs.get("data"))
-    name = str(inputs.get("name") or auto_name(args.name))
     labels = session.labels(inputs)
     collection = session.client.secrets if kind == "secrets" else session.client.configs
     digest = hashlib.sha256(data).hexdigest()
+    name = str(inputs.get("name") or _kept_auto_name(session, args.name, digest))
     existing = [item for item in collection.list(filters={"name": name}) if item.name == name]
     if existing:
         if session.state.get("swarmDigests", {}).get(name) != digest:
@@ -88,9 +88,20 @@ def _realise_swarm_object(
         made = collection.create(name=name, data=data, labels=labels)
         session.event(f"created {kind[:-1]}", name)
     session.update_state(lambda state: state.setdefault("swarmDigests", {}).__setitem__(name, digest))
+    if not inputs.get("name"):
+        session.update_state(lambda state: state.setdefault("swarmAutoNames", {}).__setitem__(args.name, name))
     session.record(kind, name)
     session.made_this_up.add(name)
     return str(made.id), {"name": name}
+
+
+def _kept_auto_name(session: Session, resource: str, digest: str) -> str:
+    """As Pulumi keeps an auto-name in its state until a change replaces the resource: the name the
+    last `up` gave this resource while its data is the same, a new one once the data changed."""
+    kept = session.state.get("swarmAutoNames", {}).get(resource)
+    if kept and session.state.get("swarmDigests", {}).get(kept) == digest:
+        return str(kept)
+    return auto_name(resource)
 
 
 def realise_secret(
