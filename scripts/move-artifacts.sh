@@ -52,6 +52,13 @@ setting() {
   "$pulumi" config get "$1" --stack "$stack" 2>/dev/null || true
 }
 
+# The script stops and runs containers by name on one host; a swarm stack's are services' tasks.
+engine=$(setting engine)
+if [ "${engine:-standalone}" != standalone ]; then
+  echo "error: stack $stack has config key 'engine' '$engine': moving artifacts stops and runs containers" \
+    "on one Docker host: accepted: standalone (on swarm, set artifactStore s3 before the first deploy)" >&2
+  exit 1
+fi
 current=$(setting artifactStore)
 if [ "${current:-volume}" != volume ]; then
   echo "error: stack $stack has config key 'artifactStore' '$current': its artifacts are not in its volume" >&2

@@ -62,7 +62,10 @@ PASS = (
     "umask 077 && cat >/tmp/artifact-store-credentials && exec python /opt/mlflow-entrypoint/move_artifacts.py"
 )
 READS = [
-    *(f"pulumi config get {key} --stack prod" for key in ("artifactStore", "artifactBucket", "artifactPrefix")),
+    *(
+        f"pulumi config get {key} --stack prod"
+        for key in ("engine", "artifactStore", "artifactBucket", "artifactPrefix")
+    ),
     *(
         f"pulumi config get {key} --stack prod"
         for key in ("artifactEndpoint", "artifactRegion", "artifactPathStyle", "artifactAccessKeyId")
@@ -172,6 +175,16 @@ def test_a_stack_already_on_a_bucket_is_refused_before_anything_runs(tmp_path: P
         "error: stack prod has config key 'artifactStore' 's3': its artifacts are not in its volume"
     )
     assert not any(call.startswith("docker") for call in run.calls)
+
+
+def test_a_swarm_stack_is_refused_naming_engine_before_anything_runs(tmp_path: Path, bin_dir: Path) -> None:
+    run = _move(tmp_path, bin_dir, "copy", {**BUCKET_CONFIG, "engine": "swarm"})
+    assert run.returncode == 1
+    assert run.stderr.strip() == (
+        "error: stack prod has config key 'engine' 'swarm': moving artifacts stops and runs containers on one "
+        "Docker host: accepted: standalone (on swarm, set artifactStore s3 before the first deploy)"
+    )
+    assert run.calls == ["pulumi config get engine --stack prod"]
 
 
 def test_without_a_bucket_it_says_to_set_the_settings_first(tmp_path: Path, bin_dir: Path) -> None:
