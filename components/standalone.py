@@ -17,7 +17,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.context import StackContext
-from components.target import Job, Runner
+from components.target import Job, Runner, pulled_image
 from components.workload import FRONT, NETWORK_ORDER, RESTART_ALWAYS, SECRETS_DIR, Attachment, File, Workload
 
 LOG_DRIVER = "json-file"
@@ -58,10 +58,7 @@ class StandaloneTarget:
         self, owner: pulumi.Resource, resource_name: str, reference: pulumi.Input[str]
     ) -> docker.RemoteImage:
         """An image from a registry, by the pinned reference."""
-        # keep_locally: a destroy must not delete an image other stacks may run.
-        return docker.RemoteImage(
-            resource_name, name=reference, keep_locally=True, opts=pulumi.ResourceOptions(parent=owner)
-        )
+        return pulled_image(owner, resource_name, reference)
 
     def pulled_image_reference(self, image: docker.RemoteImage) -> pulumi.Output[str]:
         """The image ID: a changed reference that pulls another image replaces the container."""

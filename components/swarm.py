@@ -40,7 +40,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.context import StackContext
-from components.target import Job, NodeVolume, Runner
+from components.target import Job, NodeVolume, Runner, pulled_image
 from components.workload import DATABASE, FRONT, NETWORK_ORDER, Attachment, File, Mount, Workload
 
 LOG_DRIVER = "json-file"
@@ -100,9 +100,7 @@ class SwarmTarget:
         self, owner: pulumi.Resource, resource_name: str, reference: pulumi.Input[str]
     ) -> docker.RemoteImage:
         """An image from a registry, pulled on the manager too (the nodes pull it by reference)."""
-        return docker.RemoteImage(
-            resource_name, name=reference, keep_locally=True, opts=pulumi.ResourceOptions(parent=owner)
-        )
+        return pulled_image(owner, resource_name, reference)
 
     def pulled_image_reference(self, image: docker.RemoteImage) -> pulumi.Output[str]:
         """The pinned reference: an image ID means nothing to another node, which pulls by name."""

@@ -93,3 +93,11 @@ class Target(Protocol):
         workload: Workload,
         depends_on: Sequence[pulumi.Input[pulumi.Resource]] = (),
     ) -> Job: ...
+
+
+def pulled_image(owner: pulumi.Resource, resource_name: str, reference: pulumi.Input[str]) -> docker.RemoteImage:
+    """An image from a registry, by the pinned reference, for either target."""
+    # keep_locally: a destroy must not delete an image other stacks may run.
+    return docker.RemoteImage(
+        resource_name, name=reference, keep_locally=True, opts=pulumi.ResourceOptions(parent=owner)
+    )

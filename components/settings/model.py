@@ -230,16 +230,8 @@ class StackSettings:
     def context(self) -> StackContext:
         """What every component of this stack shares (the network is added once declared)."""
         cluster = self.cluster
-        if not cluster.swarm:
-            return StackContext(
-                project=self.project,
-                stack=self.stack,
-                log_rotation=self.log_rotation,
-                protect_data=self.protect_data,
-                startup_timeout_seconds=self.startup_timeout_seconds,
-            )
         registry = None
-        if cluster.image_registry:
+        if cluster.swarm and cluster.image_registry:
             registry = ImageRegistry(
                 server=cluster.image_registry,
                 username=cluster.image_registry_username,
@@ -252,6 +244,7 @@ class StackSettings:
             protect_data=self.protect_data,
             startup_timeout_seconds=self.startup_timeout_seconds,
             engine=cluster.engine,
-            data_node_label=cluster.postgres_node_label,
+            # Only a swarm places workloads on labelled nodes.
+            data_node_label=cluster.postgres_node_label if cluster.swarm else "",
             registry=registry,
         )
