@@ -41,6 +41,7 @@ class _Lifecycle:
     stop_timeout: int | None = None
     must_run: bool | None = None
     attach: bool | None = None
+    logs: bool | None = None
 
 
 class StandaloneTarget:
@@ -151,18 +152,32 @@ class StandaloneTarget:
     ) -> Job:
         """A container that runs once per change; `pulumi up` waits for it and fails if it failed."""
         container = self._container(
-            owner, resource_name, workload, depends_on, _Lifecycle(restart=_RESTART_NEVER, must_run=False, attach=True)
+            owner,
+            resource_name,
+            workload,
+            depends_on,
+            # logs: the provider keeps an attached container's output, so a failure can say why.
+            _Lifecycle(restart=_RESTART_NEVER, must_run=False, attach=True, logs=True),
         )
         name, what = workload.name, workload.role.replace("-", " ")
 
-        def require_success(exit_code: int | None) -> Runner:
+        def require_success(exit_code: int | None, logs: str | None) -> Runner:
             # pulumi-docker records the exit code of an attached container but does not
             # fail on it: fail here, before anything that needs the job's work starts.
+            # The jobs end on one line that says what failed (and hold no secret: the
+            # end-to-end tests scan every log), which `pulumi up` then shows.
             if exit_code != 0:
-                raise pulumi.RunError(f"the {what} exited with code {exit_code}; see `docker logs {name}`")
+                last = next((line.strip() for line in reversed((logs or "").splitlines()) if line.strip()), "")
+                reason = f": {last}" if last else ""
+                raise pulumi.RunError(f"the {what} exited with code {exit_code}{reason}; see `docker logs {name}`")
             return container
 
-        return Job(container, container.exit_code.apply(require_success))
+        return Job(
+            container,
+            pulumi.Output.all(container.exit_code, container.container_logs).apply(
+                lambda ended: require_success(*ended)
+            ),
+        )
 
     def _container(
         self,
@@ -232,6 +247,7 @@ class StandaloneTarget:
             restart=lifecycle.restart,
             must_run=lifecycle.must_run,
             attach=lifecycle.attach,
+            logs=lifecycle.logs,
             wait=lifecycle.wait,
             wait_timeout=lifecycle.wait_timeout,
             stop_signal=lifecycle.stop_signal,

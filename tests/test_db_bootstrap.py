@@ -53,6 +53,7 @@ def container(
         "restart": "no",
         "mustRun": False,
         "attach": True,
+        "logs": True,
         # Postgres's socket is its only way in: no network at all.
         "networkMode": "none",
         "name": docker_name(stack, "db-bootstrap"),

@@ -149,12 +149,14 @@ def test_no_secret_in_inspect_env_or_logs_of_any_container(
 def _refused(managed: ManagedPostgres, docker_client: docker.DockerClient, host: str, ca: str) -> str:
     """Redeploys with another host or CA; returns the bootstrap's log, after asserting the deploy failed."""
     started = time.monotonic()
-    with pytest.raises(Exception, match=r"database bootstrap exited with code 1; see `docker logs "):
+    with pytest.raises(Exception, match=r"database bootstrap exited with code 1: bootstrap_db: ") as raised:
         e2e.deploy(STACK, _overrides(managed, host, ca))
     e2e.report(f"external database: refused in {time.monotonic() - started:.1f}s")
     job = docker_client.containers.get(f"mlflow-platform-{STACK}-db-bootstrap")
-    log: bytes = job.logs()
-    return log.decode(errors="replace")
+    log: str = job.logs().decode(errors="replace")
+    # The deployment's own error carries the job's one line, so `pulumi up` says why.
+    assert f"exited with code 1: {log.strip()}; see `docker logs {job.name}`" in str(raised.value)
+    return log
 
 
 def test_a_wrong_ca_stops_start_up_in_one_line(

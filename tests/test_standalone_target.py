@@ -297,14 +297,15 @@ def test_a_workload_the_networks_cannot_take_is_refused(
 
 
 class _ExitsWith(EngineMocks):
-    def __init__(self, exit_code: int | None) -> None:
+    def __init__(self, exit_code: int | None, logs: str | None = None) -> None:
         super().__init__()
-        self.exit_code = exit_code
+        self.exit_code, self.logs = exit_code, logs
 
     def create(self, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         resource_id, outputs = super().create(args, inputs)
         if args.typ == CONTAINER:
             outputs["exitCode"] = self.exit_code
+            outputs["containerLogs"] = self.logs
         return resource_id, outputs
 
 
@@ -339,6 +340,8 @@ def test_a_job_runs_once_attached_and_succeeds_on_exit_code_zero() -> None:
         "restart": "no",
         "mustRun": False,
         "attach": True,
+        # Its output kept, so that a failure says why.
+        "logs": True,
     }
     assert container.delete_before_replace is True
     assert succeeded == [job.container]
@@ -350,6 +353,15 @@ def test_a_job_that_did_not_exit_zero_fails_the_deployment(exit_code: int | None
         _job(_ExitsWith(exit_code))
     assert str(raised.value) == (
         f"the web migration exited with code {exit_code}; see `docker logs mlflow-platform-unit-web`"
+    )
+
+
+def test_a_failed_job_says_the_last_line_of_its_output() -> None:
+    with pytest.raises(Exception, match="exited with code 1: ") as raised:
+        _job(_ExitsWith(1, "starting\nbootstrap_db: externalDatabaseUrl names host 'x', which ...\n\n"))
+    assert str(raised.value) == (
+        "the web migration exited with code 1: bootstrap_db: externalDatabaseUrl names host 'x', which ...; "
+        "see `docker logs mlflow-platform-unit-web`"
     )
 
 

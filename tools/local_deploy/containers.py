@@ -98,6 +98,8 @@ def realise_container(
             wait_healthy(session, args.name, container, timeout)
         if inputs.get("attach"):
             wait_exited(session, args.name, container)
+        elif inputs.get("logs"):
+            raise DeployError(f"'{args.name}': logs without attach (the provider keeps no output then)")
     except Exception:
         # What the engine does with a failed create: nothing half-made stays behind
         # except the logs printed in the error.
@@ -114,7 +116,11 @@ def realise_container(
     exit_code = None if state.get("Running") else state.get("ExitCode")
     # mustRun only decides what a later refresh does with a stopped container;
     # an `up` from nothing, all this deployer does, never reads it.
-    return str(container.id), {"name": name, "networkDatas": network_datas, "exitCode": exit_code}
+    outputs: dict[str, Any] = {"name": name, "networkDatas": network_datas, "exitCode": exit_code}
+    if inputs.get("attach") and inputs.get("logs"):
+        # As the provider: an attached container's whole output, stdout and stderr.
+        outputs["containerLogs"] = container.logs().decode(errors="replace")
+    return str(container.id), outputs
 
 
 def wait_exited(session: Session, resource: str, container: docker.models.containers.Container) -> None:

@@ -47,7 +47,7 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
     | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts", "ulimits"}
     | {"healthcheck", "wait", "waitTimeout"}
-    | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach"},
+    | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach", "logs"},
     SERVICE: frozenset(
         {"name", "labels", "mode", "convergeConfig", "updateConfig", "rollbackConfig", "endpointSpec", "taskSpec"}
     ),
