@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import os
 import shutil
 import socket
@@ -286,3 +287,11 @@ def verify_seed(client: MlflowClient, seed: Seed, download_to: Path) -> None:
     )
     assert [r.info.run_id for r in found] == [seed.run_id]
     assert client.search_runs([seed.experiment_id], filter_string="params.optimizer = 'sgd'") == []
+
+
+def gateway(network: docker.models.networks.Network) -> str:
+    """A network's gateway: on the default bridge, the host's docker0 address. Docker leaves
+    `Gateway` out of the IPAM config at times (a freshly started engine's bridge); then it is
+    the subnet's first address, which Docker gives the gateway."""
+    ipam = network.attrs["IPAM"]["Config"][0]
+    return str(ipam.get("Gateway") or ipaddress.ip_network(ipam["Subnet"])[1])

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import json
 import secrets
 import tarfile
@@ -29,6 +28,7 @@ import botocore.exceptions
 import docker
 import docker.errors
 
+from tests.e2e import gateway
 from tools.local_deploy.prepare import SEAWEEDFS_IMAGE
 
 CONTAINER_NAME = "mlflow-platform-test-s3"
@@ -97,8 +97,7 @@ class S3Store:
 
 
 def _host_bridge_address(client: docker.DockerClient) -> str:
-    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    return str(ipam.get("Gateway") or ipaddress.ip_network(ipam["Subnet"])[1])
+    return gateway(client.networks.get("bridge"))
 
 
 def _identities(bucket: str, admin: tuple[str, str], stack_key: tuple[str, str], backup_key: tuple[str, str]) -> bytes:

@@ -41,8 +41,7 @@ def managed(docker_client: docker.DockerClient) -> Iterator[ManagedPostgres]:
         find_bindir()
     except PostgresUnavailableError as error:
         pytest.fail(str(error))
-    gateway = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    assert gateway == BRIDGE_GATEWAY
+    assert e2e.gateway(docker_client.networks.get("bridge")) == BRIDGE_GATEWAY
     # Every address: the stack's own network's gateway (the wrong-host case) is only known once it
     # exists. pg_hba takes TLS with a SCRAM password or nothing, on a random port, for a minute.
     with managed_postgres(["*"], [BRIDGE_GATEWAY]) as server:
@@ -176,7 +175,7 @@ def test_a_host_name_the_certificate_does_not_carry_stops_start_up_in_one_line(
 ) -> None:
     # The same server, reached at another of the host's addresses: its certificate names only the bridge's.
     network = docker_client.networks.get(str(deployed.outputs["network_name"]))
-    other = network.attrs["IPAM"]["Config"][0]["Gateway"]
+    other = e2e.gateway(network)
     assert other != BRIDGE_GATEWAY
     log = _refused(managed, docker_client, other, managed.ca.certificate)
     assert log.count("\n") == 1, log

@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import http.client
 import io
-import ipaddress
 import json
 import os
 import re
@@ -208,18 +207,19 @@ def _age_server_certificate(stack: str, days_left: int) -> None:
     local_state.save_state(stack, state)
 
 
-def test_tracking_over_https_with_login(prod: e2e.Deployed, tmp_path: Path) -> None:
+def test_tracking_over_https_with_login(prod: e2e.Deployed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert prod.tracking_uri == "https://localhost:8443"
     client = MlflowClient(prod.tracking_uri)
     seed = e2e.write_seed(client, tmp_path / "artifact")
     e2e.verify_seed(client, seed, tmp_path / "download")
     # Without the CA the same client refuses the server: the trust is really in ca_certificate.
-    saved = {key: os.environ.pop(key) for key in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "REQUESTS_CA_BUNDLE")}
-    try:
-        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-            MlflowClient(prod.tracking_uri).search_experiments(max_results=1)
-    finally:
-        os.environ.update(saved)
+    for key in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "REQUESTS_CA_BUNDLE"):
+        monkeypatch.delenv(key)
+    # No retries: MLflow's client retries a failed handshake with backoff for about 4 minutes
+    # (its defaults) before it raises, which is all this would otherwise measure.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        MlflowClient(prod.tracking_uri).search_experiments(max_results=1)
 
 
 def test_plain_http_is_not_served_in_internal_mode(prod: e2e.Deployed) -> None:
@@ -545,9 +545,8 @@ def acme_server(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[
     from tools.local_deploy.prepare import STANDIN_CADDY_IMAGE
 
     image = STANDIN_CADDY_IMAGE if deployer.standins_enabled() else "caddy:2.11.7"
-    # The default bridge's gateway is the host's docker0 address; Docker may not spell it out.
-    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    gateway = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
+    # The default bridge's gateway is the host's docker0 address.
+    gateway = e2e.gateway(docker_client.networks.get("bridge"))
     config = tmp_path / "Caddyfile"
     config.write_text(ACME_CADDYFILE.format(address=gateway, port=ACME_PORT))
     container = docker_client.containers.run(

@@ -9,7 +9,6 @@ fault tests come last because they kill containers.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -311,8 +310,7 @@ def test_postgres_is_on_an_internal_network_the_proxy_cannot_reach(
     # A way out: the Docker host beyond the stack's networks (its default bridge's address), at the
     # port the proxy publishes there. Every workload reaches it but Postgres: on an internal network
     # Docker drops whatever would leave the subnet (its default route leads nowhere).
-    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    host = ipam.get("Gateway") or str(ipaddress.ip_network(ipam["Subnet"])[1])
+    host = e2e.gateway(docker_client.networks.get("bridge"))
     outside = f"{host}:{STAGING_OVERRIDES['httpsPort']}"
     mlflow_front = containers["mlflow"].attrs["NetworkSettings"]["Networks"][front]["IPAddress"]
     reached = {
