@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -35,13 +35,22 @@ def cgroup_peak_mib(container: Any) -> float | None:
 @contextmanager
 def peak_memory(container: Any, interval: float = 1.0) -> Iterator[dict[str, float]]:
     """Samples the container's memory every `interval` seconds while the block runs; yields the peak so far."""
+    with peak_total_memory(lambda: [container], interval) as peak:
+        yield peak
+
+
+@contextmanager
+def peak_total_memory(containers: Callable[[], Iterable[Any]], interval: float = 1.0) -> Iterator[dict[str, float]]:
+    """The peak of the summed memory of `containers()`, called at every sample: a swarm service's
+    replicas, whose containers swarm may replace while the block runs."""
     peak = {"mib": 0.0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
+            # A container gone between the listing and its stats skips the sample, not the sampler.
             with suppress(docker.errors.DockerException, KeyError):
-                peak["mib"] = max(peak["mib"], memory_mib(container))
+                peak["mib"] = max(peak["mib"], sum(memory_mib(container) for container in containers()))
             stop.wait(interval)
 
     thread = threading.Thread(target=sample, daemon=True)
