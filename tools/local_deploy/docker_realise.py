@@ -105,7 +105,7 @@ def push_target(name: str, inputs: dict[str, Any]) -> tuple[str, str, dict[str, 
 
     pulumi-docker pushes `imageName` to the registry its name starts with, logging in to
     `registry.server` with `registry.username` and `registry.password`. Refused: a push without
-    `registry` (pulumi-docker would fall back on the engine's own logins, which this does not read),
+    `registry` (pulumi-docker would fall back on the Docker client's stored logins, which this does not read),
     a `registry.server` other than the image name's, and half a login.
     """
     if inputs.get("skipPush") is True:

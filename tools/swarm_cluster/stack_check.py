@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,7 @@ OVERRIDES: dict[str, object] = {
 }
 
 
-def stack_overrides(made: cluster.Cluster, s3_settings: dict[str, object]) -> dict[str, object]:
+def stack_overrides(made: cluster.Cluster, s3_settings: Mapping[str, object]) -> dict[str, object]:
     """The stack's config: the registry for the built images, the registry's copies of the stand-ins for the rest."""
     images = made.images
     return {
