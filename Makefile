@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := venv
 BIN := $(VENV)/bin
 
-.PHONY: help install renovate-tools deploy destroy move-artifacts test lint unit e2e lock lock-image bench mutation cluster-check
+.PHONY: help install renovate-tools deploy destroy move-artifacts test lint unit e2e lock lock-image bench mutation cluster-check cluster-stack-check
 
 help:
 	@echo "make deploy [STACK=dev]   deploy a stack with pulumi up (local file backend unless you are logged in elsewhere)"
@@ -19,6 +19,7 @@ help:
 	@echo "make lock-image MLFLOW_VERSION=x.y.z   lock the MLflow image's dependencies for that release"
 	@echo "make bench [ARGS=...]     deploy each benchmark configuration on the local engine, load it, print the table (python -m bench --help)"
 	@echo "make cluster-check        a 3-node swarm on this engine (Docker-in-Docker nodes, a TLS registry): spread, placement, node loss, then removed"
+	@echo "make cluster-stack-check  the same cluster with this program's swarm stack on it (images pushed to its registry): a node stopped under load"
 	@echo "make mutation             mutation testing (mutmut) of components/, mlflow/prepare_db.py and policy/ against the fast tests"
 
 # Every install is hash-locked (--require-hashes): requirements*.txt and policy/requirements.txt
@@ -126,6 +127,15 @@ e2e: $(BIN)/.installed
 # up|down` keeps a cluster for a deploy (`up` prints DOCKER_HOST and the registry).
 cluster-check: $(BIN)/.installed
 	$(BIN)/python -m tools.swarm_cluster check
+
+# Not part of `make test` either (minutes; CI's budget has no room): the same cluster with the program's
+# swarm stack deployed by the local deployer onto the manager, its built images pushed to the cluster's
+# registry; checks spread and placement, a realistic run, then stops a node that runs an MLflow task
+# under 8 logging clients; prints the figures as JSON and removes stack, S3 store and cluster.
+# Prepares first, as `e2e` does (the stand-ins the registry serves, the wheelhouse, SeaweedFS).
+cluster-stack-check: $(BIN)/.installed
+	@$(BIN)/python -m tools.local_deploy prepare
+	$(BIN)/python -m tools.swarm_cluster stack-check
 
 # Not part of `make test` (minutes, not seconds); prints the score. See README "Mutation testing".
 mutation: $(BIN)/.installed

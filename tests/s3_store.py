@@ -136,11 +136,12 @@ def _tar(path: str, content: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def _remove(client: docker.DockerClient) -> None:
+def _remove(client: docker.DockerClient, name: str, own_network: bool) -> None:
     with contextlib.suppress(docker.errors.NotFound):
-        client.containers.get(CONTAINER_NAME).remove(force=True, v=True)
-    with contextlib.suppress(docker.errors.NotFound):
-        client.networks.get(NETWORK_NAME).remove()
+        client.containers.get(name).remove(force=True, v=True)
+    if own_network:
+        with contextlib.suppress(docker.errors.NotFound):
+            client.networks.get(name).remove()
 
 
 def _key(length: int) -> str:
@@ -149,21 +150,33 @@ def _key(length: int) -> str:
 
 
 @contextlib.contextmanager
-def running_store(client: docker.DockerClient, bucket: str = "mlflow-artifacts") -> Iterator[S3Store]:
-    """Starts SeaweedFS with a bucket and a key pair scoped to it; removes container, data and network after."""
+def running_store(
+    client: docker.DockerClient,
+    bucket: str = "mlflow-artifacts",
+    *,
+    name: str = CONTAINER_NAME,
+    network: str | None = None,
+) -> Iterator[S3Store]:
+    """Starts SeaweedFS with a bucket and a key pair scoped to it; removes container, data and network after.
+
+    With `network` (an existing bridge), the store joins it instead of a network of its own and
+    is reached at its address there, unpublished: what the Docker-in-Docker nodes of
+    tools/swarm_cluster reach from their tasks, as this process does.
+    """
     try:
         client.images.get(SEAWEEDFS_IMAGE)
     except docker.errors.ImageNotFound:
         raise RuntimeError(
             f"{SEAWEEDFS_IMAGE} is not on this engine: run `venv/bin/python -m tools.local_deploy prepare`"
         ) from None
-    _remove(client)  # a run killed before its teardown
+    _remove(client, name, network is None)  # a run killed before its teardown
     admin = (_key(20), secrets.token_urlsafe(30))
     stack_key = (_key(20), secrets.token_urlsafe(30))
     backup_key = (_key(20), secrets.token_urlsafe(30))
-    host = _host_bridge_address(client)
+    host = _host_bridge_address(client) if network is None else ""
     try:
-        client.networks.create(NETWORK_NAME, driver="bridge")
+        if network is None:
+            client.networks.create(name, driver="bridge")
         container = client.containers.create(
             SEAWEEDFS_IMAGE,
             [
@@ -177,21 +190,25 @@ def running_store(client: docker.DockerClient, bucket: str = "mlflow-artifacts")
                 "-webdav=false",
                 "-admin.ui=false",
             ],
-            name=CONTAINER_NAME,
-            network=NETWORK_NAME,
-            ports={f"{_S3_PORT}/tcp": (host, None)},
+            name=name,
+            network=network or name,
+            ports={} if network else {f"{_S3_PORT}/tcp": (host, None)},
             labels={"org.mlflow-platform.test": "s3-store"},
         )
         container.put_archive("/", _tar(_CONFIG_PATH, _identities(bucket, admin, stack_key, backup_key)))
         container.start()
         container.reload()
-        port = container.attrs["NetworkSettings"]["Ports"][f"{_S3_PORT}/tcp"][0]["HostPort"]
-        store = S3Store(f"http://{host}:{port}", bucket, stack_key[0], stack_key[1], admin, backup_key)
+        if network is None:
+            port = container.attrs["NetworkSettings"]["Ports"][f"{_S3_PORT}/tcp"][0]["HostPort"]
+            endpoint = f"http://{host}:{port}"
+        else:
+            endpoint = f"http://{container.attrs['NetworkSettings']['Networks'][network]['IPAddress']}:{_S3_PORT}"
+        store = S3Store(endpoint, bucket, stack_key[0], stack_key[1], admin, backup_key)
         _create_bucket(store, container)
         _create_backup_bucket(store)
         yield store
     finally:
-        _remove(client)
+        _remove(client, name, network is None)
 
 
 def _create_bucket(store: S3Store, container: Any) -> None:

@@ -34,13 +34,22 @@ from tools.local_deploy import state as local_state
 from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
 from tools.local_deploy.container_config import container_config, duration_ns, network_attachments, upload_archive
 from tools.local_deploy.deployer import LocalDeployer
-from tools.local_deploy.docker_realise import realise_network
-from tools.local_deploy.inputs import COMPONENT_PREFIX, check_inputs
+from tools.local_deploy.docker_realise import push_target, realise_network
+from tools.local_deploy.inputs import COMPONENT_PREFIX, SERVICE, check_inputs
 from tools.local_deploy.randoms import generate_random
 
 DEFAULT_SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
 _PAIR = self_signed(["mlflow.example.internal"])
 PROVIDED_TLS = {"tlsMode": "provided", "tlsCertificate": _PAIR.certificate, "tlsPrivateKey": _PAIR.key}
+# A multi-node swarm: the built images are pushed to an open registry (a login's service `auth` is not implemented).
+SWARM_WITH_REGISTRY = {
+    "engine": "swarm",
+    "imageRegistry": "registry.example.internal:5000",
+    "mlflowReplicas": 3,
+    "artifactStore": "s3",
+    "artifactBucket": "ml-artifacts",
+    "bindAddress": "0.0.0.0",
+}
 ACME_TLS = {
     "tlsMode": "acme",
     "acmeEmail": "ops@example.com",
@@ -86,10 +95,109 @@ def test_a_build_option_the_deployer_ignores_is_refused() -> None:
         check_inputs(IMAGE, "img", {"imageName": "x:1", "skipPush": True, "build": build})
 
 
-def test_a_pushed_image_is_refused(local_deployer: LocalDeployer) -> None:
+def test_a_push_without_registry_is_refused_before_any_build(local_deployer: LocalDeployer) -> None:
     inputs = {"imageName": "registry.example.com/x:1", "build": {"context": "."}}
-    with pytest.raises(UnsupportedInputError, match=r"'img'.*skipPush"):
+    with pytest.raises(UnsupportedInputError, match=r"'img'.*without `registry`"):
         local_deployer.create(_args(IMAGE, "img", inputs), inputs)
+
+
+_REGISTRY = {"server": "registry.example.com:5000"}
+
+
+@pytest.mark.parametrize(
+    ("image_name", "registry", "refusal"),
+    [
+        # The login would be sent to another registry than the one pushed to.
+        ("other.example.com/p/x:1", _REGISTRY, r"not in registry\.server"),
+        ("registry.example.com:5000:1", _REGISTRY, r"not in registry\.server"),
+        ("registry.example.com:5000/x@sha256:" + "a" * 64, _REGISTRY, "a digest"),
+        ("registry.example.com:5000/x:1", {**_REGISTRY, "username": "ci"}, "together"),
+        ("registry.example.com:5000/x:1", {**_REGISTRY, "password": "p"}, "together"),
+    ],
+)
+def test_a_push_the_deployer_cannot_do_as_declared_is_refused(
+    image_name: str, registry: dict[str, str], refusal: str
+) -> None:
+    with pytest.raises(UnsupportedInputError, match=rf"'img'.*{refusal}"):
+        push_target("img", {"imageName": image_name, "registry": registry})
+
+
+def test_a_push_goes_to_the_image_names_repository_with_the_registry_login() -> None:
+    assert push_target("img", {"imageName": "x:1", "skipPush": True}) is None
+    assert push_target("img", {"imageName": "registry.example.com:5000/p/mlflow:3.1", "registry": _REGISTRY}) == (
+        "registry.example.com:5000/p/mlflow",
+        "3.1",
+        None,
+    )
+    login = {**_REGISTRY, "username": "ci", "password": "s3cret"}
+    assert push_target("img", {"imageName": "registry.example.com:5000/p/mlflow", "registry": login}) == (
+        "registry.example.com:5000/p/mlflow",
+        "latest",
+        {"username": "ci", "password": "s3cret", "serveraddress": "registry.example.com:5000"},
+    )
+
+
+def test_an_unimplemented_registry_input_is_refused() -> None:
+    with pytest.raises(UnsupportedInputError, match=r"'img'.*'registry\.insecure'"):
+        check_inputs(IMAGE, "img", {"imageName": "r/x:1", "registry": {"server": "r", "insecure": True}})
+
+
+class _FakeImages:
+    def __init__(self, push_stream: list[dict[str, Any]]) -> None:
+        self.push_stream = push_stream
+        self.pushed: list[tuple[str, str, object]] = []
+
+    def get(self, name: str) -> Any:
+        return type("Image", (), {"id": "sha256:" + "b" * 64, "attrs": {"Size": 1e6}})()
+
+    def push(self, repository: str, tag: str, **kwargs: Any) -> Any:
+        assert kwargs["stream"]
+        assert kwargs["decode"]
+        self.pushed.append((repository, tag, kwargs["auth_config"]))
+        return iter(self.push_stream)
+
+
+class _FakeClient:
+    def __init__(self, push_stream: list[dict[str, Any]]) -> None:
+        self.images = _FakeImages(push_stream)
+        self.api = type("Api", (), {"build": staticmethod(lambda **_: iter([{"stream": "Step 1/1 : FROM x"}]))})()
+
+
+_PUSH_INPUTS = {
+    "imageName": "registry.example.com:5000/p/mlflow:3.1",
+    "build": {"context": "./mlflow"},
+    "skipPush": False,
+    "registry": {**_REGISTRY, "username": "ci", "password": "s3cret"},
+}
+
+
+def test_a_pushed_images_repo_digest_is_the_registrys_digest_of_its_repository(local_deployer: LocalDeployer) -> None:
+    digest = "sha256:" + "c" * 64
+    fake = _FakeClient([{"status": "Pushed", "id": "abc"}, {"aux": {"Tag": "3.1", "Digest": digest, "Size": 1}}])
+    local_deployer._local.client = fake
+    _, outputs = local_deployer.create(_args(IMAGE, "img", _PUSH_INPUTS), dict(_PUSH_INPUTS))
+    assert outputs["repoDigest"] == f"registry.example.com:5000/p/mlflow@{digest}"
+    assert outputs["imageName"] == _PUSH_INPUTS["imageName"]
+    login = {"username": "ci", "password": "s3cret", "serveraddress": "registry.example.com:5000"}
+    assert fake.images.pushed == [("registry.example.com:5000/p/mlflow", "3.1", login)]
+
+
+@pytest.mark.parametrize(
+    ("stream", "failure"),
+    [
+        (
+            [{"status": "Preparing"}, {"errorDetail": {"message": "denied"}, "error": "denied: requested access"}],
+            "denied",
+        ),
+        ([{"status": "Pushed"}], "gave no digest"),
+    ],
+)
+def test_a_push_the_registry_refuses_or_leaves_undigested_fails_the_deployment(
+    local_deployer: LocalDeployer, stream: list[dict[str, Any]], failure: str
+) -> None:
+    local_deployer._local.client = _FakeClient(stream)
+    with pytest.raises(DeployError, match=rf"(?s)'img'.*{failure}"):
+        local_deployer.create(_args(IMAGE, "img", _PUSH_INPUTS), dict(_PUSH_INPUTS))
 
 
 def test_an_unimplemented_random_input_is_refused() -> None:
@@ -132,8 +240,9 @@ class _CheckingMocks(EngineMocks):
         ("prod", {}),
         ("prod", PROVIDED_TLS),
         ("prod", ACME_TLS),
+        ("prod", {**PROVIDED_TLS, **SWARM_WITH_REGISTRY}),
     ],
-    ids=["dev", "dev-auth-cors", "staging", "prod", "prod-provided", "prod-acme"],
+    ids=["dev", "dev-auth-cors", "staging", "prod", "prod-provided", "prod-acme", "prod-swarm-registry"],
 )
 def test_the_deployer_implements_every_input_the_program_declares(stack: str, overrides: dict[str, object]) -> None:
     """Otherwise `python -m tools.local_deploy up` would refuse the program itself."""
@@ -145,7 +254,7 @@ def test_the_deployer_implements_every_input_the_program_declares(stack: str, ov
         return pulumi.Output.all(*outputs.values())
 
     run()
-    assert mocks.of_type(CONTAINER)
+    assert mocks.of_type(SERVICE if overrides.get("engine") == "swarm" else CONTAINER)
 
 
 # --- TLS keys and certificates ---------------------------------------------------------------

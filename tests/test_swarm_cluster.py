@@ -265,3 +265,50 @@ def test_up_prints_shell_lines_then_json_and_nothing_else(capsys: pytest.Capture
     assert cluster.Cluster(**json.loads(lines[3])) == made
     assert len(lines) == 4
     assert err == "prepare: mlflow-platform-standin/dind:20.10-bookworm is present\n"
+
+
+def test_the_stack_checks_config_is_a_multi_node_stack_the_deployer_implements(tmp_path: Path) -> None:
+    """`stack-check` deploys with these settings through the local deployer: the program accepts them, every
+    input it then declares is one the deployer implements, and the images are the registry's."""
+    import pulumi
+
+    from tests.certs import self_signed
+    from tests.harness import run_program
+    from tests.test_deployer import _CheckingMocks
+    from tools.local_deploy import prepare
+    from tools.local_deploy.inputs import IMAGE, SERVICE
+    from tools.swarm_cluster.stack_check import stack_overrides
+
+    registry = "172.29.231.2:5000"
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(self_signed(["registry"], ca=True).certificate)
+    made = cluster.Cluster(
+        docker_host="unix:///x/node-1/docker.sock",
+        registry=registry,
+        ca_certificate_file=str(ca_file),
+        nodes=["n1", "n2", "n3"],
+        manager="n1",
+        postgres_node="n2",
+        postgres_node_label="mlflow-platform.postgres=true",
+        images={image: spec.registry_reference(registry, image) for image in cluster.DEFAULT_PUSH},
+    )
+    s3 = {"artifactStore": "s3", "artifactBucket": "mlflow-artifacts", "artifactEndpoint": "http://172.29.231.3:8333"}
+    overrides = stack_overrides(made, s3)
+    assert overrides["baseImage"] == f"{registry}/{prepare.STANDIN_BASE_IMAGE}"
+    assert {overrides[key] for key in ("postgresImage", "proxyImage")} == {
+        f"{registry}/{prepare.STANDIN_POSTGRES_IMAGE}",
+        f"{registry}/{prepare.STANDIN_CADDY_IMAGE}",
+    }
+    mocks = _CheckingMocks()
+
+    @pulumi.runtime.test
+    def run() -> Any:
+        _, outputs = run_program("cluster", overrides, mocks)
+        return pulumi.Output.all(*outputs.values())
+
+    run()
+    images = mocks.of_type(IMAGE)
+    assert len(images) == 2
+    assert all(image.inputs["imageName"].startswith(f"{registry}/") for image in images)
+    assert all(image.inputs["registry"] == {"server": registry} for image in images)
+    assert len(mocks.of_type(SERVICE)) >= 5

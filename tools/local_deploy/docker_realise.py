@@ -7,6 +7,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
 import pulumi
 
 from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, UnsupportedInputError, log
@@ -99,13 +100,72 @@ def realise_remote_image(
     return f"{image.id}{reference}", outputs
 
 
+def push_target(name: str, inputs: dict[str, Any]) -> tuple[str, str, dict[str, str] | None] | None:
+    """Where an Image with skipPush false goes: (repository, tag, the login or None); None with skipPush true.
+
+    pulumi-docker pushes `imageName` to the registry its name starts with, logging in to
+    `registry.server` with `registry.username` and `registry.password`. Refused: a push without
+    `registry` (pulumi-docker would fall back on the Docker client's stored logins, which this does not read),
+    a `registry.server` other than the image name's, and half a login.
+    """
+    if inputs.get("skipPush") is True:
+        return None
+    image_name = str(inputs["imageName"])
+    registry = inputs.get("registry") or {}
+    server = str(registry.get("server") or "")
+    if not server:
+        raise UnsupportedInputError(
+            f"resource '{name}' ({IMAGE}) pushes {image_name} without `registry`: the local deployer pushes only "
+            "with registry.server set (or needs skipPush = true)"
+        )
+    repository, tag = docker.utils.parse_repository_tag(image_name)
+    if tag and tag.startswith("sha256:"):
+        raise UnsupportedInputError(f"resource '{name}' ({IMAGE}): imageName {image_name} is a digest, not a tag")
+    if repository.split("/", 1)[0] != server or "/" not in repository:
+        raise UnsupportedInputError(
+            f"resource '{name}' ({IMAGE}): imageName {image_name} is not in registry.server {server}: "
+            "the login would be for another registry"
+        )
+    username, password = registry.get("username") or "", registry.get("password") or ""
+    if bool(username) != bool(password):
+        raise UnsupportedInputError(
+            f"resource '{name}' ({IMAGE}): registry.username and registry.password are set together or not at all"
+        )
+    login = {"username": str(username), "password": str(password), "serveraddress": server} if username else None
+    return repository, tag or "latest", login
+
+
+def _push(session: Session, name: str, repository: str, tag: str, login: dict[str, str] | None) -> str:
+    """Pushes repository:tag; returns the registry's digest (sha256:...) from the push's answer."""
+    reference = f"{repository}:{tag}"
+    session.event("pushing image", reference)
+    digest = ""
+    tail: deque[str] = deque(maxlen=_BUILD_LOG_TAIL)
+    try:
+        stream = session.client.images.push(repository, tag, auth_config=login, stream=True, decode=True)
+        for chunk in stream:
+            if session.aborted.is_set():
+                session.check_aborted(name)
+            text = " ".join(str(chunk.get(key)) for key in ("id", "status", "progress") if chunk.get(key))
+            if text:
+                tail.append(text)
+            if chunk.get("error"):
+                tail.append(str(chunk["error"]))
+                raise DeployError(f"'{name}': pushing {reference} failed:\n" + "\n".join(tail))
+            digest = str((chunk.get("aux") or {}).get("Digest") or digest)
+    except docker.errors.DockerException as error:
+        raise DeployError(f"'{name}': pushing {reference} failed: {error}") from error
+    if not digest.startswith("sha256:"):
+        raise DeployError(f"'{name}': the registry gave no digest for {reference}:\n" + "\n".join(tail))
+    session.event(f"pushed image ({digest[:19]})", reference)
+    return digest
+
+
 def realise_image(
     session: Session, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
-    if inputs.get("skipPush") is not True:
-        raise UnsupportedInputError(
-            f"resource '{args.name}' ({IMAGE}) would push its image: the local deployer needs skipPush = true"
-        )
+    # Refused before the build: a bad push would otherwise fail only after minutes of building.
+    push = push_target(args.name, inputs)
     image_name = inputs["imageName"]
     build = inputs.get("build") or {}
     # pulumi-docker resolves both paths against the program's directory, and the
@@ -147,11 +207,18 @@ def realise_image(
     image = session.client.images.get(image_name)
     size_mb = (image.attrs.get("Size") or 0) / 1e6
     session.event(f"built image ({size_mb:.0f} MB, {image.id[:19]})", image_name)
-    # For a local build pulumi-docker's repoDigest is the image ID.
-    return str(image.id), {
+    outputs = {
         "imageName": image_name,
+        # For a local build pulumi-docker's repoDigest is the image ID.
         "repoDigest": image.id,
         "baseImageName": image_name,
         "context": build.get("context"),
         "dockerfile": build.get("dockerfile"),
     }
+    if push is None:
+        return str(image.id), outputs
+    repository, tag, login = push
+    digest = _push(session, args.name, repository, tag, login)
+    # After a push, `<repository>@<digest>`: what any node pulls, whatever the tag points at later.
+    outputs |= {"repoDigest": f"{repository}@{digest}", "registryServer": inputs["registry"]["server"]}
+    return str(image.id), outputs

@@ -42,7 +42,7 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     VOLUME: frozenset({"name", "labels"}),
     REMOTE_IMAGE: frozenset({"name", "keepLocally"}),
     # buildOnPreview only matters to `pulumi preview`, which this never runs.
-    IMAGE: frozenset({"build", "imageName", "skipPush", "buildOnPreview"}),
+    IMAGE: frozenset({"build", "imageName", "skipPush", "buildOnPreview", "registry"}),
     CONTAINER: frozenset({"image", "name", "command", "entrypoints", "envs", "user", "labels", "restart"})
     | {"ports", "networksAdvanced", "volumes", "mounts", "uploads", "tmpfs", "readOnly"}
     | {"capabilities", "securityOpts", "memory", "memorySwap", "shmSize", "logDriver", "logOpts", "ulimits"}
@@ -66,6 +66,7 @@ HANDLED_NESTED: dict[tuple[str, str], frozenset[str]] = {
     (NETWORK, "labels"): frozenset({"label", "value"}),
     (VOLUME, "labels"): frozenset({"label", "value"}),
     (IMAGE, "build"): frozenset({"context", "dockerfile", "args", "target"}),
+    (IMAGE, "registry"): frozenset({"server", "username", "password"}),
     (CONTAINER, "labels"): frozenset({"label", "value"}),
     (CONTAINER, "ports"): frozenset({"internal", "external", "ip", "protocol"}),
     (CONTAINER, "networksAdvanced"): frozenset({"name", "aliases"}),

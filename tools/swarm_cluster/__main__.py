@@ -1,4 +1,4 @@
-"""`python -m tools.swarm_cluster prepare | up | down | check`: a 3-node swarm on this machine.
+"""`python -m tools.swarm_cluster prepare | up | down | check | stack-check`: a 3-node swarm on this machine.
 
 `up` prints `DOCKER_HOST=...`, `IMAGE_REGISTRY=...` and `IMAGE_REGISTRY_CA_FILE=...` lines (shell
 syntax, for `eval`), then the whole cluster description as one JSON object on the last line.
@@ -32,6 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                            help="local image to push (repeatable; default: the stacks' stand-ins)")  # fmt: skip
     commands.add_parser("down", help="remove the nodes, their volumes, the network, the registry and its trust")
     commands.add_parser("check", help="up, spread/placement/failover checks with timings, down (make cluster-check)")
+    commands.add_parser(
+        "stack-check",
+        help="up, the program's swarm stack, a node stopped under load, all down (make cluster-stack-check)",
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -55,10 +59,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(asdict(made), sort_keys=True), flush=True)
         elif args.command == "down":
             cluster.down(state_dir=args.state_dir, log=lambda line: print(line, file=sys.stderr, flush=True))
-        else:
+        elif args.command == "check":
             from tools.swarm_cluster.check import check
 
             print(json.dumps(check(state_dir=args.state_dir), indent=2, sort_keys=True), flush=True)
+        else:
+            from tools.swarm_cluster.stack_check import stack_check
+
+            results: dict[str, object] = {}
+            try:
+                stack_check(results, state_dir=args.state_dir)
+            finally:
+                # What was measured, also when a step failed (the error follows on stderr).
+                print(json.dumps(results, indent=2, sort_keys=True), flush=True)
     except KeyboardInterrupt:
         print(f"swarm-cluster: {args.command} interrupted", file=sys.stderr)
         return 130
