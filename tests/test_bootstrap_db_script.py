@@ -93,8 +93,9 @@ def _secret_file(cluster: Cluster, content: str) -> Path:
     return path
 
 
-def _bootstrap(cluster: Cluster, password_file: Path) -> subprocess.CompletedProcess[str]:
-    env = {
+def _environment(cluster: Cluster, password_file: Path) -> dict[str, str]:
+    """What the bootstrap container's environment gives the script, for this cluster's socket."""
+    return {
         "PATH": os.environ["PATH"],
         "PGPORT": str(cluster.port),
         "POSTGRES_SOCKET_DIR": str(cluster.home),
@@ -104,6 +105,10 @@ def _bootstrap(cluster: Cluster, password_file: Path) -> subprocess.CompletedPro
         "POSTGRES_DB": "mlflow",
         "POSTGRES_AUTH_DB": "mlflow_auth",
     }
+
+
+def _bootstrap(cluster: Cluster, password_file: Path) -> subprocess.CompletedProcess[str]:
+    env = _environment(cluster, password_file)
     return subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, check=False)
 
 
@@ -152,16 +157,7 @@ def test_then_wait_keeps_the_read_only_secret_marks_itself_done_and_stops_on_sig
     """Swarm's way (components/db_bootstrap.py): a service that stays up, healthy once the ready file exists."""
     password_file = _secret_file(cluster, ROLE_PASSWORD + "\n")
     ready = Path(tempfile.mkdtemp(dir=cluster.home)) / "bootstrap-done"
-    env = {
-        "PATH": os.environ["PATH"],
-        "PGPORT": str(cluster.port),
-        "POSTGRES_SOCKET_DIR": str(cluster.home),
-        "POSTGRES_SUPERUSER": "postgres",
-        "POSTGRES_USER": "mlflow",
-        "POSTGRES_PASSWORD_FILE": str(password_file),
-        "POSTGRES_DB": "mlflow",
-        "POSTGRES_AUTH_DB": "mlflow_auth",
-    }
+    env = _environment(cluster, password_file)
     process = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--then-wait", str(ready)],
         env=env,
