@@ -274,6 +274,10 @@ class MlflowServer(pulumi.ComponentResource):
             stop_signal=STOP_SIGNAL,
             stop_grace_seconds=STOP_TIMEOUT_SECONDS,
             replicas=args.get("replicas", 1),
+            # A new release may migrate the schema, which the old release's servers must not keep
+            # writing to: on a cluster every old task stops, then the new ones start (one migrates,
+            # the others wait for it: prepare_db's lock), instead of a rolling update.
+            stop_all_on_change=server.mlflow_version,
             image_entrypoint=[MLFLOW_ENTRYPOINT],
         )
         # Nothing flows from the Postgres container to this one, yet the server must

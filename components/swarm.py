@@ -307,7 +307,14 @@ class SwarmTarget:
             if wait
             else None,
             auth=self._registry_auth(),
-            opts=pulumi.ResourceOptions(parent=owner, depends_on=list(depends_on)),
+            opts=pulumi.ResourceOptions(
+                parent=owner,
+                depends_on=list(depends_on),
+                # Named services: a replacement must remove the old one before the new can take its name;
+                # that also stops every old task before a new one starts, which is what a trigger asks for.
+                delete_before_replace=True,
+                replacement_trigger=workload.stop_all_on_change,
+            ),
         )
 
     def _secret(

@@ -141,6 +141,11 @@ class Workload:
     """Labels beyond the stack's own (for example what a job ran against)."""
     replicas: int = 1
     """Tasks a cluster runs at once (rolled one at a time); one container on a single engine, whatever this says."""
+    stop_all_on_change: str | None = None
+    """A value whose change must stop every instance before any new one starts: the MLflow release,
+    whose schema migration must not run while servers of the old release still answer. A cluster then
+    replaces the service (all old tasks stopped first) instead of rolling it; a container on a single
+    engine stops before its replacement starts whatever changed."""
     single_writer: bool = False
     """Two instances must never run at once (Postgres on its data directory): a cluster stops the old
     task before it starts the new one, instead of starting the new one first."""

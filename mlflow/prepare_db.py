@@ -11,7 +11,9 @@ Run by the entrypoint with MLFLOW_BACKEND_STORE_URI set. It:
 - refuses, before serving, a release older than the schema in the database (a
   downgrade of `mlflowVersion`), naming the release the data needs;
 - creates the tables of a fresh database here, in one process: left to the server,
-  every uvicorn worker races to create them and all but one fail;
+  every uvicorn worker races to create them and all but one fail; servers starting at
+  once (replicas on a cluster) take turns under a Postgres advisory lock, so one asks
+  for the backup and migrates, and the others find the schema current;
 - when basic auth is on (MLFLOW_AUTH_CONFIG_PATH set), writes the auth config that
   points at the auth database (DatabaseBootstrap creates it: this role may not) and
   sets the admin's password to the declared one on every start: MLflow itself sets
@@ -31,6 +33,8 @@ import configparser
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,11 @@ _PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
 # with this application name, takes a backup, and NOTIFYs its id on this channel.
 _BACKUP_REQUEST_APPLICATION_NAME = "mlflow-backup-request"
 _BACKUP_NOTIFY_CHANNEL = "mlflow_backup"
+# The advisory lock servers take while they prepare the databases (any 64-bit key no other
+# client uses; this one spells "mlflowdb"). A cluster starts several servers of a new release at
+# once: without it, each would ask for a pre-upgrade backup and run the migration, and on a
+# fresh database all but one would fail creating the same tables.
+_PREPARE_LOCK_KEY = 0x6D6C666C6F776462
 
 
 def _pgpass_field(value: str) -> str:
@@ -122,6 +131,26 @@ def _record_release(engine: sqlalchemy.Engine) -> None:
 
     with engine.begin() as connection:
         connection.execute(sqlalchemy.text(f"COMMENT ON TABLE alembic_version IS '{_WRITTEN_BY}{mlflow.__version__}'"))
+
+
+@contextmanager
+def _alone(uri: str) -> Iterator[None]:
+    """Holds the database's prepare lock: one server prepares at a time, the others wait here and
+    then find nothing left to do. Held by a session, so a server that dies releases it."""
+    engine = _engine(uri, isolation_level="AUTOCOMMIT")
+    _wait_for_database(engine)
+    key = {"key": _PREPARE_LOCK_KEY}
+    try:
+        with engine.connect() as connection:
+            if not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), key).scalar():
+                print("prepare_db: another server is preparing the database; waiting for it", file=sys.stderr)
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
+    finally:
+        engine.dispose()
 
 
 def _prepare_tracking_schema(uri: str) -> None:
@@ -357,13 +386,15 @@ def main() -> None:
     uri = os.environ["MLFLOW_BACKEND_STORE_URI"]
     if os.environ.get("PGPASSFILE") and os.environ.get("POSTGRES_PASSWORD_FILE"):
         _write_password_file(os.environ["PGPASSFILE"], uri, os.environ["POSTGRES_PASSWORD_FILE"])
-    _prepare_tracking_schema(uri)
-    auth_config_path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
-    if auth_config_path:
-        auth_uri = _auth_database_uri(uri)
-        admin_password = _read_secret("MLFLOW_AUTH_ADMIN_PASSWORD_FILE")
-        _write_auth_config(auth_config_path, auth_uri, admin_password)
-        _apply_admin_password(auth_uri, os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), admin_password)
+    with _alone(uri):
+        _prepare_tracking_schema(uri)
+        auth_config_path = os.environ.get("MLFLOW_AUTH_CONFIG_PATH")
+        if auth_config_path:
+            auth_uri = _auth_database_uri(uri)
+            admin_password = _read_secret("MLFLOW_AUTH_ADMIN_PASSWORD_FILE")
+            _write_auth_config(auth_config_path, auth_uri, admin_password)
+            # Concurrent servers would each create a missing admin: one would fail on the unique name.
+            _apply_admin_password(auth_uri, os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin"), admin_password)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tools.local_deploy import state as local_state
 from tools.local_deploy import swarm
 from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, UnsupportedInputError
 from tools.local_deploy.deployer import LocalDeployer
-from tools.local_deploy.inputs import NETWORK, SECRET, SERVICE, SERVICE_CONFIG, check_inputs
+from tools.local_deploy.inputs import NETWORK, SECRET, SERVICE, SERVICE_CONFIG, check_inputs, check_options
 from tools.local_deploy.lifecycle import destroy
 from tools.local_deploy.prepare import STANDIN_DEBIAN_IMAGE
 from tools.local_deploy.service_spec import Converge, service_spec
@@ -448,6 +448,65 @@ def test_a_service_is_created_updated_in_place_and_destroyed(
     assert docker_client.volumes.list(filters=_FILTERS) == []
     assert docker_client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.id={service_id}"}) == []
     assert time.monotonic() - started < 60
+
+
+def _with_trigger(deployer: LocalDeployer, trigger: str, *, delete_before_replace: bool = True) -> LocalDeployer:
+    """The options the program registers with the service (the deployer reads them as Pulumi's engine gets them)."""
+    deployer.pending_options[(SERVICE, "web")] = {
+        "replacement_trigger": trigger,
+        "delete_before_replace": delete_before_replace,
+    }
+    return deployer
+
+
+@pytest.mark.docker
+def test_a_changed_replacement_trigger_replaces_the_service_old_tasks_gone_first(
+    docker_client: docker.DockerClient, swarm_deployer: LocalDeployer
+) -> None:
+    def up(trigger: str, generation: str, **options: bool) -> tuple[LocalDeployer, str]:
+        deployer = _with_trigger(LocalDeployer(_PROJECT, _STACK), trigger, **options)
+        _make(deployer, NETWORK, "net", {"name": f"{_STACK}-net", "driver": "overlay", "attachable": True})
+        secret_id, secret = _make(deployer, SECRET, "token", {"data": base64.b64encode(b"token").decode()})
+        config_id, config = _make(deployer, SERVICE_CONFIG, "conf", {"data": base64.b64encode(b"a=1\n").decode()})
+        inputs = _service_inputs(secret_id, secret["name"], (config_id, config["name"]), generation)
+        service_id, _ = _make(deployer, SERVICE, "web", inputs)
+        return deployer, service_id
+
+    _, first_id = up("3.12.0", "1")
+    # The same trigger: updated in place, a rolling update.
+    _, rolled_id = up("3.12.0", "2")
+    assert rolled_id == first_id
+    old_containers = {c.id for c in _task_containers(docker_client, f"{_STACK}-web")}
+    # Refused rather than attempted: a create-before-delete under the same fixed name.
+    with pytest.raises(UnsupportedInputError, match=r"^'web': its replacement_trigger changed, .* set delete_before_"):
+        up("3.17.2", "3", delete_before_replace=False)
+    assert docker_client.services.get(f"{_STACK}-web").id == first_id
+
+    deployer, replaced_id = up("3.17.2", "3")
+    assert replaced_id != first_id
+    with pytest.raises(docker.errors.NotFound):
+        docker_client.services.get(first_id)
+    events = [(event, name) for _, event, name in deployer.events if name == f"{_STACK}-web"]
+    assert events[:3] == [
+        ("replacing (replacement_trigger '3.12.0' -> '3.17.2') service", f"{_STACK}-web"),
+        ("removed, its tasks stopped: service", f"{_STACK}-web"),
+        ("created service", f"{_STACK}-web"),
+    ]
+    # Every old task's container was gone before the new service was created: none is left now either.
+    left = docker_client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.id={first_id}"})
+    assert left == []
+    new_containers = _task_containers(docker_client, f"{_STACK}-web")
+    assert len(new_containers) == 2
+    assert not {c.id for c in new_containers} & old_containers
+    assert deployer.state["replacementTriggers"] == {"web": "3.17.2"}
+
+
+def test_replacement_options_the_deployer_does_not_implement_are_refused() -> None:
+    check_options(SERVICE, "web", {"replacement_trigger": "3.17.2", "delete_before_replace": True})
+    with pytest.raises(UnsupportedInputError, match=r"^resource 'web' \(.*\) sets the option replace_on_changes"):
+        check_options(SERVICE, "web", {"replace_on_changes": ["taskSpec"]})
+    with pytest.raises(UnsupportedInputError, match=r"implements for docker:index/service:Service only$"):
+        check_options(SECRET, "token", {"replacement_trigger": "1"})
 
 
 class _FakeApi:

@@ -227,8 +227,9 @@ def test_an_older_schema_is_upgraded_and_keeps_its_data(
 
 
 @contextlib.contextmanager
-def _backup_container(database: str, answer: str | None) -> Iterator[list[str]]:
-    """Plays mlflow/backup/mlflow-backup's side: waits for the request session, then NOTIFYs `answer`.
+def _backup_container(database: str, answer: str | None, delay: float = 0.0) -> Iterator[list[str]]:
+    """Plays mlflow/backup/mlflow-backup's side: waits for the request session, then NOTIFYs `answer`
+    after `delay` seconds (a backup takes time).
 
     Yields the application names it saw asking; `answer` None never answers (a stopped container).
     """
@@ -249,6 +250,7 @@ def _backup_container(database: str, answer: str | None) -> Iterator[list[str]]:
                     if asking is None:
                         continue
                     seen.append(str(asking))
+                    time.sleep(delay)
                     if answer is not None:
                         connection.execute(sqlalchemy.text(f"NOTIFY mlflow_backup, '{answer}'"))
                     return
@@ -278,6 +280,75 @@ def test_an_upgrade_waits_for_a_backup_and_logs_its_id(
     assert "prepare_db: pre-upgrade backup 20261127T120000Z taken; to roll back, restore it" in err
     assert err.index("pre-upgrade backup 20261127T120000Z") < err.index("upgrading the tracking schema")
     assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+
+
+def _at_once(main: Callable[[], None], servers: int) -> list[BaseException | None]:
+    """Runs prepare_db's main in `servers` threads started together, as a cluster starts the
+    replicas of a new service; each one's exception, or None."""
+    outcomes: list[BaseException | None] = [None] * servers
+    start = threading.Barrier(servers)
+
+    def server(index: int) -> None:
+        start.wait()
+        try:
+            main()
+        except BaseException as error:  # SystemExit included: what the entrypoint would exit with
+            outcomes[index] = error
+
+    threads = [threading.Thread(target=server, args=(index,)) for index in range(servers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return outcomes
+
+
+def test_servers_starting_at_once_take_turns_one_backup_one_migration(
+    database: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _make_older_schema(database)
+    # Every server's environment (run_main would start one server at once).
+    for key, value in {
+        "MLFLOW_BACKEND_STORE_URI": database,
+        "MLFLOW_PRE_UPGRADE_BACKUP": "true",
+        "MLFLOW_PRE_UPGRADE_BACKUP_TIMEOUT": "20",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_AUTH_CONFIG_PATH", raising=False)
+    # The backup answers a second after it was asked, so the second server surely finds the first at work.
+    with _backup_container(database, "20261206T040000Z", delay=1.0) as seen:
+        outcomes = _at_once(prepare_db.main, 2)
+    assert outcomes == [None, None]
+    err = capsys.readouterr().err.splitlines()
+    assert seen == ["mlflow-backup-request"]
+    assert err.count("prepare_db: another server is preparing the database; waiting for it") == 1, err
+    assert err.count("prepare_db: pre-upgrade backup 20261206T040000Z taken; to roll back, restore it") == 1, err
+    assert err.count("prepare_db: upgrading the tracking schema") == 2, err  # the second one a no-op
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+    assert _scalar(database, "SELECT name FROM experiments WHERE experiment_id = 7") == "kept"
+
+
+def test_servers_starting_at_once_on_a_fresh_database_create_it_and_the_admin_once(
+    database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _with_auth_database(database)
+    admin_password = tmp_path / "admin-password"
+    admin_password.write_text("first-Admin-pw1\n", encoding="utf-8")
+    for key, value in {
+        "MLFLOW_BACKEND_STORE_URI": database,
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic-auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD_FILE": str(admin_password),
+        "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    outcomes = _at_once(prepare_db.main, 3)
+    assert outcomes == [None, None, None]
+    err = capsys.readouterr().err.splitlines()
+    assert err.count("prepare_db: created admin user 'admin'") == 1, err
+    assert err.count("prepare_db: another server is preparing the database; waiting for it") >= 1, err
+    assert _scalar(database, "SELECT version_num FROM alembic_version") == _head()
+    assert _scalar(database, "SELECT count(*) FROM experiments") == 1
 
 
 @pytest.mark.parametrize(

@@ -435,6 +435,29 @@ def test_every_secret_and_config_name_fits_swarm_once_auto_named() -> None:
     assert len(set(names)) == len(names)
 
 
+def test_a_new_mlflow_release_replaces_the_server_stopping_every_old_task_first() -> None:
+    """A release may migrate the schema: no rolling update, where old servers answer on the new schema."""
+    found = declaration("prod", {**SWARM, "mlflowVersion": "3.12.0"})
+    services = _services(found.mocks)
+    # The trigger is the release, nothing else: any other change (workers, an image rebuilt) still rolls.
+    assert {name: s.replacement_trigger for name, s in services.items()} == {
+        "postgres": None,
+        "db-bootstrap": None,
+        "mlflow": "3.12.0",
+        "backup": None,
+        "gc": None,
+        "proxy": None,
+    }
+    # Replaced old first (the names are fixed); the proxy and gc only wait for the server (depends_on),
+    # so its replacement replaces neither.
+    assert all(s.delete_before_replace for s in services.values())
+    assert all(s.replace_on_changes == [] for s in services.values())
+    mlflow = services["mlflow"].urn
+    for name in ("proxy", "gc"):
+        assert mlflow in services[name].dependencies, name
+        assert all(mlflow not in urns for urns in services[name].property_dependencies.values()), name
+
+
 def test_the_bootstrap_runs_then_stays_up_healthy_and_mlflow_waits_for_it() -> None:
     services = _services(declaration("prod", SWARM).mocks)
     bootstrap = services["db-bootstrap"]

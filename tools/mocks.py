@@ -71,6 +71,9 @@ class Registration:
     protect: bool
     retain_on_delete: bool
     delete_before_replace: bool
+    # A changed value replaces the resource (`replacement_trigger`); None: none declared.
+    replacement_trigger: Any
+    replace_on_changes: list[str]
     dependencies: list[str]
     # URNs this resource was known by before (its `aliases`, resolved as the engine does).
     aliases: list[str]
@@ -198,6 +201,10 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 "protect": bool(request.protect),
                 "retain_on_delete": bool(request.retainOnDelete),
                 "delete_before_replace": bool(request.deleteBeforeReplace),
+                "replacement_trigger": json_format.MessageToDict(request.replacement_trigger)
+                if request.HasField("replacement_trigger")
+                else None,
+                "replace_on_changes": list(request.replaceOnChanges),
                 "dependencies": list(request.dependencies),
                 # Without alias specs (GetDeploymentInfo below) the SDK sends resolved URNs.
                 "aliases": [*request.aliasURNs, *(alias.urn for alias in request.aliases if alias.urn)],

@@ -49,6 +49,7 @@ from tools.local_deploy.inputs import (
     TLS_SELF_SIGNED_CERT,
     VOLUME,
     check_inputs,
+    check_options,
 )
 from tools.local_deploy.lifecycle import destroy, require_standin_images, standin_config, standins_enabled
 from tools.local_deploy.randoms import realise_random
@@ -109,6 +110,7 @@ class LocalDeployer(Session):
         try:
             self.check_aborted(args.name)
             check_inputs(args.typ, args.name, inputs)
+            check_options(args.typ, args.name, self.options(args))
             return REALISERS[args.typ](self, args, inputs)
         except Exception as error:
             failure = (

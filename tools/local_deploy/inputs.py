@@ -198,3 +198,18 @@ def whole(inputs: Mapping[str, Any], key: str, default: int) -> int:
 def label_map(labels: list[Mapping[str, str]] | None) -> dict[str, str]:
     """pulumi-docker's `[{label, value}]` as Docker's label map."""
     return {item["label"]: item["value"] for item in labels or []}
+
+
+def check_options(type_token: str, name: str, options: Mapping[str, Any]) -> None:
+    """Raises unless the resource's replacement options are ones this deployer implements: a
+    replacement_trigger on a service (swarm.py replaces it); no replace_on_changes anywhere."""
+    if options.get("replace_on_changes"):
+        raise UnsupportedInputError(
+            f"resource '{name}' ({type_token}) sets the option replace_on_changes = "
+            f"{options['replace_on_changes']!r}, which the local deployer does not implement"
+        )
+    if options.get("replacement_trigger") is not None and type_token != SERVICE:
+        raise UnsupportedInputError(
+            f"resource '{name}' ({type_token}) sets the option replacement_trigger, which the local deployer "
+            f"implements for {SERVICE} only"
+        )

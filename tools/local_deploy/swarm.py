@@ -1,7 +1,9 @@
 """pulumi-docker's Service, Secret and ServiceConfig on the local engine in swarm mode; swarm init and leave.
 
 A service that exists (an earlier `up` of the stack made it) is updated in place, as
-the provider updates it, so swarm performs its rolling update (and its rollback);
+the provider updates it, so swarm performs its rolling update (and its rollback), unless
+its `replacement_trigger` changed: then it is replaced, the old one removed first
+(delete_before_replace, the only kind a fixed name allows);
 secrets and configs are immutable in swarm, so a new value is a new, auto-named object
 and the stack's old ones are removed once no service uses them (`collect_unused`).
 """
@@ -21,7 +23,14 @@ import docker
 import docker.errors
 import pulumi
 
-from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, log
+from tools.local_deploy.common import (
+    MANAGED_LABEL,
+    PROJECT_LABEL,
+    STACK_LABEL,
+    DeployError,
+    UnsupportedInputError,
+    log,
+)
 from tools.local_deploy.service_spec import Converge, ServiceSpec, service_spec
 from tools.local_deploy.session import Session
 
@@ -125,6 +134,10 @@ def realise_service(
         current = api.inspect_service(spec.name)
     except docker.errors.NotFound:
         current = None
+    trigger = session.options(args).get("replacement_trigger")
+    if current is not None and _replacement_triggered(session, args.name, trigger):
+        _remove_before_replacing(session, args, current, trigger)
+        current = None
     if current is None:
         service_id = str(api.create_service(**spec.api_arguments())["ID"])
         session.record("services", spec.name)
@@ -150,7 +163,56 @@ def realise_service(
         session.event("updated service", spec.name)
         if spec.converge:
             wait_converged(session, args.name, spec, spec.converge, update=True)
+    session.update_state(lambda state: state.setdefault("replacementTriggers", {}).__setitem__(args.name, trigger))
     return service_id, {"name": spec.name}
+
+
+def _replacement_triggered(session: Session, resource: str, trigger: object) -> bool:
+    """Pulumi replaces a resource whose `replacement_trigger` differs from the one in its state.
+    A service this deployer made before it recorded triggers has none recorded: kept, not replaced."""
+    recorded = session.state.get("replacementTriggers", {})
+    return resource in recorded and recorded[resource] != trigger
+
+
+def _remove_before_replacing(
+    session: Session, args: pulumi.runtime.MockResourceArgs, current: dict[str, Any], trigger: object
+) -> None:
+    """A replacement with delete_before_replace: the old service goes, and its tasks' containers (each
+    stopped within its grace period) before the new one is created, as the provider's delete waits."""
+    name = str(current["Spec"]["Name"])
+    if not session.options(args).get("delete_before_replace"):
+        # Pulumi would create the new service first, under the same fixed name: the engine refuses that.
+        raise UnsupportedInputError(
+            f"'{args.name}': its replacement_trigger changed, and a replacement that creates service {name} "
+            "before deleting the old one is not implemented (nor possible under a fixed name): set "
+            "delete_before_replace"
+        )
+    before = session.state.get("replacementTriggers", {}).get(args.name)
+    session.event(f"replacing (replacement_trigger {before!r} -> {trigger!r}) service", name)
+    session.client.api.remove_service(current["ID"])
+    if not wait_tasks_gone(session.client, [str(current["ID"])], _TASKS_GONE_TIMEOUT):
+        raise DeployError(
+            f"'{args.name}': the tasks of the replaced service {name} were still there after {_TASKS_GONE_TIMEOUT}s"
+        )
+    session.event("removed, its tasks stopped: service", name)
+
+
+def wait_tasks_gone(client: docker.DockerClient, service_ids: list[str], timeout: float) -> bool:
+    """Waits until no container of the (removed) services is left; False if some still are after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [
+            container
+            for service_id in service_ids
+            for container in client.containers.list(
+                all=True, filters={"label": f"com.docker.swarm.service.id={service_id}"}
+            )
+        ]
+        if not left:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
 
 
 def _task_error(tasks: list[dict[str, Any]]) -> str:
@@ -250,18 +312,7 @@ def destroy_swarm_objects(
     ids = [service.id for service in services]
     for service in services:
         attempt(f"service {service.name}", service.remove)
-    deadline = time.monotonic() + _TASKS_GONE_TIMEOUT
-    while ids and time.monotonic() < deadline:
-        left = [
-            container
-            for service_id in ids
-            for container in client.containers.list(
-                all=True, filters={"label": f"com.docker.swarm.service.id={service_id}"}
-            )
-        ]
-        if not left:
-            break
-        time.sleep(0.5)
+    wait_tasks_gone(client, ids, _TASKS_GONE_TIMEOUT)
     for secret in client.secrets.list(filters=filters):
         attempt(f"secret {secret.name}", secret.remove)
     for config in client.configs.list(filters=filters):
