@@ -279,3 +279,71 @@ class Load:
             seconds=self._stopped - self._started,
             retry_settings=self.retries,
         )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One probe of the server: when it was sent, and the release that answered (None: no answer)."""
+
+    at: float
+    release: str | None
+
+
+class ReleaseProbe(threading.Thread):
+    """Asks the front door which MLflow release answers (`GET /version`) every `interval` seconds, no retries.
+
+    Measures a stop as the server side has it: the longest time without an answer, which client
+    retries with backoff can only stretch; and whether two releases ever answered in turn.
+    Credentials and the CA come from the environment (tests/e2e.py `trusting`).
+    """
+
+    def __init__(self, tracking_uri: str, interval: float = 0.25, timeout: float = 2.0) -> None:
+        super().__init__(name="release-probe", daemon=True)
+        self.url, self.interval, self.timeout = f"{tracking_uri.rstrip('/')}/version", interval, timeout
+        self.answers: list[Answer] = []
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        import requests
+
+        username, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        auth = (username, password) if username and password else None
+        with requests.Session() as session:
+            while not self._stopping.is_set():
+                sent = time.monotonic()
+                try:
+                    response = session.get(self.url, auth=auth, timeout=self.timeout)
+                    release = response.text.strip() if response.status_code == 200 else None
+                except requests.RequestException:
+                    release = None
+                self.answers.append(Answer(sent, release))
+                self._stopping.wait(self.interval)
+
+    def __enter__(self) -> ReleaseProbe:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stopping.set()
+        self.join(timeout=self.timeout + 5)
+
+    def releases(self) -> list[str]:
+        """The releases that answered, in order, each run of equal answers once (gaps left out)."""
+        seen: list[str] = []
+        for answer in self.answers:
+            if answer.release is not None and (not seen or seen[-1] != answer.release):
+                seen.append(answer.release)
+        return seen
+
+    def longest_outage(self) -> float:
+        """Seconds from the last answer before the longest run of unanswered probes to the first after it."""
+        longest, last_answered = 0.0, None
+        for answer in self.answers:
+            if answer.release is None:
+                continue
+            if last_answered is not None:
+                longest = max(longest, answer.at - last_answered)
+            last_answered = answer.at
+        return longest

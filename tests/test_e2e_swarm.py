@@ -1,12 +1,14 @@
 """End to end: a prod-like stack on a single-node swarm (`engine: swarm`), 3 MLflow replicas behind the front door.
 
 One stack for the module (auth on, HTTPS front door, artifacts in the test S3 store of
-tests/s3_store.py, as replicas need), its tests in file order: a realistic run through the front
-door with 3 healthy MLflow tasks; no secret value in what `docker inspect` shows of every service,
-task and task container, in their logs or in any volume on disk; a task killed under load (8
-clients, tests/load.py) loses no acknowledged write and fails no request after the client's
-retries; a rolling update (a changed `workers`) under load loses nothing and fails at most 0.1% of
-the writes, and leaves every task on the new spec.
+tests/s3_store.py, as replicas need), deployed on the previous MLflow release; its tests in file
+order: an upgrade to the current release under load (every old task stops before a new one
+starts, one new task takes the pre-upgrade backup and migrates, the stop is measured, nothing is
+lost); a realistic run through the front door with 3 healthy MLflow tasks; no secret value in
+what `docker inspect` shows of every service, task and task container, in their logs or in any
+volume on disk; a task killed under load (8 clients, tests/load.py) loses no acknowledged write
+and fails no request after the client's retries; a rolling update (a changed `workers`) under
+load loses nothing and fails at most 0.1% of the writes, and leaves every task on the new spec.
 
 The engine must be a swarm manager (`docker swarm init`); while it is not, the module is skipped,
 unless REQUIRE_DOCKER=1, which makes that a failure (tests/conftest.py). Task containers are
@@ -27,12 +29,15 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
+import requests
 from docker.models.containers import Container
 from docker.models.services import Service
 from mlflow.tracking import MlflowClient
 
 from tests import e2e, load, secret_scan
 from tests.s3_store import S3Store
+from tools.local_deploy.__main__ import UPGRADE_FROM_VERSION
+from tools.stack_config import stack_config
 
 pytestmark = pytest.mark.docker
 
@@ -64,6 +69,9 @@ LOAD_CLIENTS = 8
 # Seconds of load before and after a fault, so both sides of it are measured.
 STEADY_SECONDS = 5
 HEALTHY_TIMEOUT = 300
+# Through an upgrade's stop the clients keep retrying (0 + 2 + 4 + ... + 120 s): a stop shorter than
+# that fails no write, and a longer one shows as failed writes, not as a hung test.
+UPGRADE_RETRIES = load.Retries(max_retries=8, backoff_factor=1, jitter=0.5, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +95,12 @@ def swarm_stack(
     s3_store: S3Store,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[e2e.Deployed]:
-    with e2e.stack(STACK, {**OVERRIDES, **s3_store.stack_settings(PREFIX)}) as deployed:
-        e2e.report(f"swarm stack, {REPLICAS} MLflow replicas, up to healthy: {deployed.seconds_to_healthy:.1f}s")
+    settings = {**OVERRIDES, **s3_store.stack_settings(PREFIX), "mlflowVersion": UPGRADE_FROM_VERSION}
+    with e2e.stack(STACK, settings) as deployed:
+        e2e.report(
+            f"swarm stack, {REPLICAS} MLflow replicas of {UPGRADE_FROM_VERSION}, up to healthy: "
+            f"{deployed.seconds_to_healthy:.1f}s"
+        )
         admin = (str(deployed.outputs["admin_username"]), str(deployed.outputs["admin_password"]))
         with e2e.trusting(deployed, tmp_path_factory.mktemp("trust"), auth=admin):
             e2e.wait_until_serving(deployed.tracking_uri, auth=admin)
@@ -158,6 +170,47 @@ def _workers(container_spec: dict[str, Any]) -> int:
     command = [*container_spec.get("Command", []), *container_spec.get("Args", [])]
     assert command.count("--workers") == 1, command
     return int(command[command.index("--workers") + 1])
+
+
+def test_an_upgrade_stops_every_old_task_first_migrates_once_and_loses_nothing(
+    swarm_stack: e2e.Deployed, docker_client: docker.DockerClient
+) -> None:
+    current = str(stack_config("dev")["mlflowVersion"])
+    assert swarm_stack.outputs["mlflow_version"] == UPGRADE_FROM_VERSION != current
+    old = _mlflow_service(docker_client)
+    _wait_for_healthy_tasks(docker_client, old, timeout=60)
+    with (
+        load.Load(swarm_stack.tracking_uri, clients=LOAD_CLIENTS, retries=UPGRADE_RETRIES) as traffic,
+        load.ReleaseProbe(swarm_stack.tracking_uri) as probe,
+    ):
+        time.sleep(STEADY_SECONDS)
+        started = time.monotonic()
+        upgraded = e2e.redeploy(swarm_stack, {"mlflowVersion": current})
+        deployed_in = time.monotonic() - started
+        # The module's stack is on the current release now: the later tests redeploy from here
+        # (from the old release's settings, `up` would be a downgrade, which the server refuses).
+        swarm_stack.overrides, swarm_stack.outputs = upgraded.overrides, upgraded.outputs
+        time.sleep(STEADY_SECONDS)
+    result = traffic.verify()
+    outage = probe.longest_outage()
+    e2e.report(
+        f"upgrade {UPGRADE_FROM_VERSION} -> {current} on swarm under load: deploy returned after {deployed_in:.1f}s; "
+        f"no release answered for {outage:.1f}s (probe every 0.25 s); {result.summary()}"
+    )
+    assert upgraded.outputs["mlflow_version"] == current
+    # Replaced, not rolled: a new service, and never an old server answering after a new one.
+    new = _mlflow_service(docker_client)
+    assert new.id != old.id
+    assert probe.releases() == [UPGRADE_FROM_VERSION, current]
+    assert outage > 0.5
+    _, tasks = _wait_for_healthy_tasks(docker_client, new, timeout=60)
+    assert {_container_spec(task)["Image"] for task in tasks.values()} == {_container_spec(new.attrs)["Image"]}
+    # One task asked for the backup and migrated; the others waited for it and found the schema current.
+    logs = [container.logs().decode(errors="replace") for container in _task_containers(docker_client, new)]
+    backups = [line for text in logs for line in text.splitlines() if "prepare_db: pre-upgrade backup " in line]
+    assert len(backups) == 1, backups
+    assert result.lost == []
+    assert result.failed == [], result.failed[:5]
 
 
 def test_a_realistic_run_through_the_front_door_on_3_healthy_spread_tasks(
@@ -283,3 +336,58 @@ def test_a_rolling_update_under_load_loses_nothing_and_leaves_every_task_on_the_
     # Nothing of the old spec is left running.
     running = service.tasks(filters={"desired-state": "running"})
     assert sorted(task["ID"] for task in running) == sorted(after)
+
+
+def _running_container(client: docker.DockerClient, role: str) -> Container:
+    """The one running task container of the stack's service with this role."""
+    [service] = client.services.list(filters={"label": [STACK_LABEL, f"org.mlflow-platform.role={role}"]})
+    running = [c for c in _task_containers(client, service) if c.status == "running"]
+    assert len(running) == 1, [c.name for c in running]
+    return running[0]
+
+
+def _psql(client: docker.DockerClient, password: str) -> tuple[int, str]:
+    """psql over TCP as MLflow's role, with a password, in Postgres's task."""
+    result = _running_container(client, "database").exec_run(
+        ["psql", "-X", "-h", "127.0.0.1", "-U", "mlflow", "-d", "mlflow", "-Atc", "select 1"],
+        environment={"PGPASSWORD": password},
+    )
+    return result.exit_code, result.output.decode(errors="replace").strip()
+
+
+def _status_with(deployed: e2e.Deployed, auth: tuple[str, str]) -> int:
+    url = f"{deployed.tracking_uri}/api/2.0/mlflow/experiments/search"
+    return requests.get(url, params={"max_results": 1}, auth=auth, timeout=30).status_code
+
+
+def test_a_rotation_puts_new_swarm_secrets_in_force_and_refuses_the_old_values(
+    swarm_stack: e2e.Deployed, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Swarm secrets are immutable: a new value is a new secret, the services roll onto it, the old one goes."""
+    before_admin = (str(swarm_stack.outputs["admin_username"]), str(swarm_stack.outputs["admin_password"]))
+    before_db = swarm_stack.db_password
+    before_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": STACK_LABEL})}
+    experiments = len(MlflowClient(swarm_stack.tracking_uri).search_experiments())
+    started = time.monotonic()
+    rotated = e2e.redeploy(swarm_stack, {"secretsRotation": "swarm-rotation-1"})
+    took = time.monotonic() - started
+    swarm_stack.overrides, swarm_stack.outputs = rotated.overrides, rotated.outputs
+    admin = (str(rotated.outputs["admin_username"]), str(rotated.outputs["admin_password"]))
+    assert admin[1] != before_admin[1]
+    assert rotated.db_password != before_db
+    assert _status_with(rotated, admin) == 200
+    assert _status_with(rotated, before_admin) == 401
+    code, output = _psql(docker_client, before_db)
+    assert code != 0
+    assert "password authentication failed" in output
+    assert _psql(docker_client, rotated.db_password) == (0, "1")
+    after_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": STACK_LABEL})}
+    # Every generated value is new, so every secret object is; the old ones are gone once no service uses them.
+    assert after_secrets
+    assert not after_secrets & before_secrets, sorted(after_secrets & before_secrets)
+    with e2e.trusting(rotated, tmp_path, auth=admin):
+        assert len(MlflowClient(rotated.tracking_uri).search_experiments()) == experiments
+    e2e.report(
+        f"rotation on swarm: `up` {took:.1f}s; {len(before_secrets)} secrets replaced by {len(after_secrets)} new; "
+        f"new admin 200, old admin 401; old database password: {output.splitlines()[-1]!r}"
+    )

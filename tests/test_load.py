@@ -63,3 +63,23 @@ def test_a_failed_write_is_failed_not_lost_and_an_acknowledged_write_not_stored_
         assert [write.step for write in failed] == [step for step in range(last + 1) if step % 7 == 3]
         assert [write.step for write in lost] == [step for step in range(last + 1) if step % 7 == 5]
         assert len(failed) >= 3
+
+
+def test_the_release_probe_reports_the_order_of_releases_and_the_longest_outage() -> None:
+    probe = load.ReleaseProbe("https://mlflow.example")
+    assert probe.url == "https://mlflow.example/version"
+    probe.answers = [
+        load.Answer(0.0, "3.12.0"),
+        load.Answer(0.25, "3.12.0"),
+        load.Answer(0.5, None),
+        load.Answer(3.0, None),
+        load.Answer(7.5, "3.17.2"),
+        load.Answer(7.75, None),
+        load.Answer(8.5, "3.17.2"),
+    ]
+    assert probe.releases() == ["3.12.0", "3.17.2"]
+    # From the last answer before the stop (0.25 s) to the first after it (7.5 s).
+    assert probe.longest_outage() == 7.25
+    probe.answers.append(load.Answer(9.0, "3.12.0"))
+    # An old server answering again after the new one: the releases were not one after the other.
+    assert probe.releases() == ["3.12.0", "3.17.2", "3.12.0"]
