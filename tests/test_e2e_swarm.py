@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -64,20 +63,6 @@ LOAD_CLIENTS = 8
 # Seconds of load before and after a fault, so both sides of it are measured.
 STEADY_SECONDS = 5
 HEALTHY_TIMEOUT = 300
-
-
-@pytest.fixture(scope="module")
-def swarm_manager(docker_client: docker.DockerClient) -> None:
-    swarm = docker_client.info().get("Swarm", {})
-    if swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"):
-        return
-    message = (
-        f"the Docker engine is not a swarm manager (node state {swarm.get('LocalNodeState')!r}, "
-        f"manager {bool(swarm.get('ControlAvailable'))}); `docker swarm init` makes it one"
-    )
-    if os.environ.get("REQUIRE_DOCKER") == "1":
-        pytest.fail(f"REQUIRE_DOCKER=1 but {message}")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
