@@ -77,3 +77,18 @@ def s3_store(docker_client: Any) -> Iterator[Any]:
 
     with running_store(docker_client) as store:
         yield store
+
+
+@pytest.fixture(scope="module")
+def swarm_manager(docker_client: Any) -> None:
+    """The engine is a swarm manager (`docker swarm init`), or a skip; with REQUIRE_DOCKER=1 a failure."""
+    swarm = docker_client.info().get("Swarm", {})
+    if swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"):
+        return
+    message = (
+        f"the Docker engine is not a swarm manager (node state {swarm.get('LocalNodeState')!r}, "
+        f"manager {bool(swarm.get('ControlAvailable'))}); `docker swarm init` makes it one"
+    )
+    if os.environ.get("REQUIRE_DOCKER") == "1":
+        pytest.fail(f"REQUIRE_DOCKER=1 but {message}")
+    pytest.skip(message)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Collection, Iterator
@@ -72,20 +71,6 @@ HEALTHY_TIMEOUT = 300
 # Through an upgrade's stop the clients keep retrying (0 + 2 + 4 + ... + 120 s): a stop shorter than
 # that fails no write, and a longer one shows as failed writes, not as a hung test.
 UPGRADE_RETRIES = load.Retries(max_retries=8, backoff_factor=1, jitter=0.5, timeout=30)
-
-
-@pytest.fixture(scope="module")
-def swarm_manager(docker_client: docker.DockerClient) -> None:
-    swarm = docker_client.info().get("Swarm", {})
-    if swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"):
-        return
-    message = (
-        f"the Docker engine is not a swarm manager (node state {swarm.get('LocalNodeState')!r}, "
-        f"manager {bool(swarm.get('ControlAvailable'))}); `docker swarm init` makes it one"
-    )
-    if os.environ.get("REQUIRE_DOCKER") == "1":
-        pytest.fail(f"REQUIRE_DOCKER=1 but {message}")
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")

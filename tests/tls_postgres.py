@@ -38,6 +38,8 @@ class ManagedPostgres:
     socket_dir: Path
     ca: KeyPair
     """The CA the server's certificate is issued by (PEM in `ca.certificate`)."""
+    names: tuple[str, ...]
+    """The host names and addresses that certificate is issued for."""
 
     def admin_url(self, host: str, database: str = "postgres") -> str:
         return f"postgresql://{ADMIN}:{quote(ADMIN_PASSWORD, safe='')}@{host}:{self.port}/{database}"
@@ -83,7 +85,7 @@ def managed_postgres(listen: Sequence[str], names: Sequence[str]) -> Iterator[Ma
     start = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-o", options, "-w", "start"]
     subprocess.run([*prefix, *start], check=True, capture_output=True)
     try:
-        managed = ManagedPostgres(port, home, ca)
+        managed = ManagedPostgres(port, home, ca, tuple(names))
         with managed.superuser() as connection:
             connection.execute(
                 sql.SQL("CREATE ROLE {} LOGIN CREATEROLE CREATEDB PASSWORD {}").format(
