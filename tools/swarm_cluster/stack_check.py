@@ -6,8 +6,9 @@
    the cluster's registry, with its login (`imageRegistryUsername`, the secret `imageRegistryPassword`):
    the MLflow and proxy images built on the manager and pushed, the services running them by digest
    and carrying the login (`auth`) their nodes pull with; the base, Postgres and Caddy images the
-   registry's copies of the stand-ins. 3 MLflow replicas (1 worker), auth, the internal CA's HTTPS,
-   artifacts in the store;
+   registry's copies of the stand-ins (pulled on the manager with the login first, as a deploying
+   machine's `docker login` would let pulumi-docker pull them). 3 MLflow replicas (1 worker), auth,
+   the internal CA's HTTPS, artifacts in the store;
 3. placement: MLflow's tasks spread over the nodes, Postgres, its bootstrap and the front door on
    the labelled node; the registry refuses the same images without the login (401 to a request, an
    anonymous pull on a node fails) and no service or task shows the password; a realistic run
@@ -256,8 +257,9 @@ def _registry_needs_the_login(
         "manifest_status_anonymous": _manifest_status(made, proxy_image, None),
         "manifest_status_with_login": _manifest_status(made, proxy_image, credentials),
     }
-    # A node without the proxy's task has never pulled its image: the engine must ask the registry.
-    index = next(i for i, name in enumerate(made.nodes, 1) if name != made.postgres_node)
+    # A worker without the proxy's task has never had its image (the manager built it): its engine must
+    # ask the registry.
+    index = next(i for i, name in enumerate(made.nodes, 1) if name not in (made.postgres_node, made.manager))
     node = cluster.node_client(state_dir, index)
     try:
         # An empty auth_config: no login at all, whatever a Docker config file on this host holds.
@@ -333,6 +335,22 @@ def _stop_a_node_under_load(
         raise spec.ClusterError(f"the node's loss was not absorbed: {result.summary()}")
 
 
+def _pull_on_manager(made: cluster.Cluster, state_dir: Path) -> None:
+    """The registry's copies of the stand-ins (base, Postgres, Caddy) pulled on the manager with the login.
+
+    The program declares them as RemoteImages, which pulumi-docker pulls on the manager with the
+    deploying machine's Docker login (its ~/.docker/config.json, `docker login <registry>`): the local
+    deployer reads the same file, which this check leaves alone. Pulled here instead, with the login
+    given to this one pull only, so the one login any node gets is the one the services carry (`auth`).
+    """
+    manager = cluster.node_client(state_dir, 1)
+    try:
+        for reference in made.images.values():
+            manager.images.pull(reference, auth_config=made.registry_login())
+    finally:
+        manager.close()
+
+
 def _timed(results: dict[str, Any], key: str, action: Callable[[], Any]) -> Any:
     started = time.monotonic()
     value = action()
@@ -373,6 +391,7 @@ def stack_check(results: dict[str, Any], *, state_dir: Path = cluster.DEFAULT_ST
         results["s3_endpoint"] = store.endpoint
         overrides = stack_overrides(made, store.stack_settings(PREFIX))
         teardown.callback(_remove_stack, made, results)
+        _timed(results, "registry_images_on_manager_seconds", lambda: _pull_on_manager(made, state_dir))
         with _docker_host(made.docker_host):
             deployer.down(STACK, purge=True)  # the state file of a run killed before its teardown
             outputs = _timed(results, "stack_up_seconds", lambda: deployer.up(STACK, overrides, standins=False))
