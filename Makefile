@@ -124,13 +124,15 @@ e2e: $(BIN)/.installed
 # Not part of `make test` (it builds two more stand-ins and runs three nested engines): brings up the
 # local 3-node swarm (tools/swarm_cluster), checks spread, label placement and rescheduling after a
 # node is stopped, prints the timings as JSON and removes everything. `python -m tools.swarm_cluster
-# up|down` keeps a cluster for a deploy (`up` prints DOCKER_HOST and the registry).
+# up|down` keeps a cluster for a deploy (`up` prints DOCKER_HOST, the registry and its login's file).
+# The registry's login line is made by htpasswd (apache2-utils).
 cluster-check: $(BIN)/.installed
 	$(BIN)/python -m tools.swarm_cluster check
 
 # Not part of `make test` either (minutes; CI's budget has no room): the same cluster with the program's
 # swarm stack deployed by the local deployer onto the manager, its built images pushed to the cluster's
-# registry; checks spread and placement, a realistic run, then stops a node that runs an MLflow task
+# registry with its login, which the services carry for their nodes; checks spread and placement, that
+# the registry refuses an anonymous pull, a realistic run, then stops a node that runs an MLflow task
 # under 8 logging clients; prints the figures as JSON and removes stack, S3 store and cluster.
 # Prepares first, as `e2e` does (the stand-ins the registry serves, the wheelhouse, SeaweedFS).
 cluster-stack-check: $(BIN)/.installed

@@ -41,10 +41,12 @@ from tools.local_deploy.randoms import generate_random
 DEFAULT_SPECIAL = "!@#$%&*()-_=+[]{}<>:?"
 _PAIR = self_signed(["mlflow.example.internal"])
 PROVIDED_TLS = {"tlsMode": "provided", "tlsCertificate": _PAIR.certificate, "tlsPrivateKey": _PAIR.key}
-# A multi-node swarm: the built images are pushed to an open registry (a login's service `auth` is not implemented).
+# A multi-node swarm: the built images are pushed to a registry with a login, which every service carries (`auth`).
 SWARM_WITH_REGISTRY = {
     "engine": "swarm",
     "imageRegistry": "registry.example.internal:5000",
+    "imageRegistryUsername": "ci",
+    "imageRegistryPassword": "registry-password-of-the-ci-user",
     "mlflowReplicas": 3,
     "artifactStore": "s3",
     "artifactBucket": "ml-artifacts",

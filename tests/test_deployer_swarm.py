@@ -9,6 +9,7 @@ secret inside a task and destroys everything.
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import docker
 import docker.errors
 import pulumi
 import pytest
+import requests
 
 from tools.local_deploy import state as local_state
 from tools.local_deploy import swarm
@@ -27,15 +29,17 @@ from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.inputs import NETWORK, SECRET, SERVICE, SERVICE_CONFIG, check_inputs, check_options
 from tools.local_deploy.lifecycle import destroy
 from tools.local_deploy.prepare import STANDIN_DEBIAN_IMAGE
-from tools.local_deploy.service_spec import Converge, service_spec
+from tools.local_deploy.service_spec import Converge, RegistryLogin, service_spec
 
 STACK_LABELS = {PROJECT_LABEL: "p", STACK_LABEL: "s", MANAGED_LABEL: "true"}
 _LABELS = [{"label": "org.example.role", "value": "web"}]
 
 # Every input the deployer implements, set.
+_REGISTRY_PASSWORD = "registry-password-of-ci"
 FULL_INPUTS: dict[str, Any] = {
     "name": "p-s-web",
     "labels": _LABELS,
+    "auth": {"serverAddress": "registry.example", "username": "ci", "password": _REGISTRY_PASSWORD},
     "mode": {"replicated": {"replicas": 3.0}},
     "convergeConfig": {"delay": "500ms", "timeout": "2m"},
     "updateConfig": {
@@ -128,6 +132,10 @@ def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
     assert spec.replicas == 3
     assert spec.api_arguments()["mode"] == {"replicated": {"Replicas": 3}}
     assert spec.converge == Converge(delay_s=0.5, timeout_s=120)
+    assert spec.auth == RegistryLogin(server="registry.example", username="ci", password=_REGISTRY_PASSWORD)
+    # The login is no part of the spec the engine stores and shows (it travels as a header), nor of any repr.
+    assert _REGISTRY_PASSWORD not in repr(spec)
+    assert _REGISTRY_PASSWORD not in json.dumps(_sent(spec.api_arguments()))
     assert spec.update_config == {
         "Parallelism": 1,
         "Delay": 1 * SECOND,
@@ -240,7 +248,7 @@ def test_a_minimal_service_gets_the_providers_defaults_and_no_wait() -> None:
     ("path", "inputs"),
     [
         ("mode.global", {"mode": {"global": True}}),
-        ("auth", {"auth": {"serverAddress": "r.example"}}),
+        ("auth.identityToken", {"auth": {"serverAddress": "r.example", "identityToken": "t"}}),
         ("endpointSpec.ports[0].name", {"endpointSpec": {"ports": [{"targetPort": 1, "name": "web"}]}}),
         ("taskSpec.forceUpdate", {"taskSpec": {"forceUpdate": 1}}),
         ("taskSpec.containerSpec.privileges", {"taskSpec": {"containerSpec": {"privileges": {"seLinuxContext": {}}}}}),
@@ -279,6 +287,19 @@ def test_an_unimplemented_service_input_is_refused_with_its_path(path: str, inpu
         ({"taskSpec": {"containerSpec": {"image": "x"}, "placement": {"prefs": ["node.id"]}}}, "spread="),
         ({"taskSpec": {}}, "without taskSpec.containerSpec"),
         ({"taskSpec": {"containerSpec": {"image": "x"}}, "endpointSpec": {"mode": "ingress"}}, "vip or dnsrr"),
+        (
+            {"taskSpec": {"containerSpec": {"image": "r.example/x"}}, "auth": {"serverAddress": "r.example"}},
+            r"^'web': auth without username, password: a login is serverAddress, username and password together$",
+        ),
+        (
+            # The SDK would send the login for other.example only: the nodes would pull r.example's image without it.
+            {
+                "taskSpec": {"containerSpec": {"image": "r.example:5000/x@sha256:ab"}},
+                "auth": {"serverAddress": "other.example", "username": "u", "password": "p"},
+            },
+            r"^'web': auth.serverAddress 'other.example' is not the registry of the image "
+            r"'r.example:5000/x@sha256:ab' \(r.example:5000\): the local deployer sends a login only for the image's",
+        ),
     ],
 )
 def test_service_inputs_the_engine_would_misread_are_refused(inputs: dict[str, Any], message: str) -> None:
@@ -297,6 +318,118 @@ def test_overlay_network_inputs_are_implemented_and_ingress_is_refused() -> None
     check_inputs(NETWORK, "net", {"name": "n", "driver": "overlay", "attachable": True, "internal": True})
     with pytest.raises(UnsupportedInputError, match=r"'net'.*'ingress'"):
         check_inputs(NETWORK, "net", {"driver": "overlay", "ingress": True})
+
+
+class _AnsweringApi(docker.APIClient):  # type: ignore[misc]  # docker-py is untyped
+    """docker-py's own APIClient, with the engine's answers given here: what it sends is what the engine would get."""
+
+    def __init__(self, current: dict[str, Any] | None) -> None:
+        super().__init__(base_url="unix:///nonexistent/docker.sock", version="1.41")
+        self.current = current
+        self.sent: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+
+    def inspect_service(self, service: str, insert_defaults: bool | None = None) -> dict[str, Any]:
+        if self.current is None:
+            raise docker.errors.NotFound(f"service {service} not found")
+        return self.current
+
+    def _post_json(self, url: str, data: dict[str, Any], **kwargs: Any) -> requests.Response:
+        self.sent.append((url.split("/v1.41", 1)[1], data, dict(kwargs.get("headers") or {})))
+        answer = requests.Response()
+        answer.status_code = 200
+        answer._content = json.dumps({"ID": "svc-id"}).encode()
+        return answer
+
+
+def _registry_auth(headers: dict[str, str]) -> dict[str, Any]:
+    """X-Registry-Auth as the engine decodes it (URL-safe base64 JSON)."""
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(headers["X-Registry-Auth"]))
+    return decoded
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["create", "update"])
+def test_a_service_with_auth_is_sent_with_the_login_for_its_nodes(
+    local_deployer: LocalDeployer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, exists: bool
+) -> None:
+    """`auth`: the client logs in to the image's registry, then the create or update carries that login,
+    which the manager keeps for the nodes that pull the image (the CLI's --with-registry-auth)."""
+    # No Docker config file of this machine's user can add or change a login.
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    current = {"ID": "svc-id", "Version": {"Index": 7}, "Spec": {"Labels": swarm.stack_labels(local_deployer)}}
+    api = _AnsweringApi(current if exists else None)
+    local_deployer._local.client = type("Client", (), {"api": api})()
+    inputs = {
+        "name": "p-unit-web",
+        "auth": {"serverAddress": "registry.example:5000", "username": "ci", "password": _REGISTRY_PASSWORD},
+        "taskSpec": {"containerSpec": {"image": "registry.example:5000/p/web@sha256:abc"}},
+    }
+    assert swarm.realise_service(local_deployer, _args(SERVICE, "web", inputs), inputs)[0] == "svc-id"
+    [(login_url, login, _), (url, service, headers)] = api.sent
+    assert (login_url, login) == (
+        "/auth",
+        {"username": "ci", "password": _REGISTRY_PASSWORD, "email": None, "serveraddress": "registry.example:5000"},
+    )
+    assert url == ("/services/svc-id/update" if exists else "/services/create")
+    assert _registry_auth(headers) == {
+        "username": "ci",
+        "password": _REGISTRY_PASSWORD,
+        "email": None,
+        "serveraddress": "registry.example:5000",
+    }
+    # Only in that header: not in the spec the engine stores and shows, nor in the deployer's events.
+    assert _REGISTRY_PASSWORD not in json.dumps(service)
+    assert not any(_REGISTRY_PASSWORD in " ".join(event[1:]) for event in local_deployer.events)
+    assert ("logged in to", "registry.example:5000 as ci") in [event[1:] for event in local_deployer.events]
+
+
+def test_a_service_without_auth_sends_no_login(
+    local_deployer: LocalDeployer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+    api = _AnsweringApi(None)
+    local_deployer._local.client = type("Client", (), {"api": api})()
+    inputs = {"name": "p-unit-web", "taskSpec": {"containerSpec": {"image": "registry.example:5000/p/web@sha256:a"}}}
+    swarm.realise_service(local_deployer, _args(SERVICE, "web", inputs), inputs)
+    [(url, _, headers)] = api.sent
+    assert url == "/services/create"
+    assert "X-Registry-Auth" not in headers
+
+
+def test_a_refused_login_fails_the_service_naming_registry_and_user_not_the_password(
+    local_deployer: LocalDeployer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker-config"))
+
+    class Refusing(_AnsweringApi):
+        def _post_json(self, url: str, data: dict[str, Any], **kwargs: Any) -> requests.Response:
+            self.sent.append((url, data, {}))
+            answer = requests.Response()
+            answer.status_code = 401
+            answer.url = url
+            # What the engine answers for a wrong password.
+            answer._content = (
+                b'{"message":"login attempt to https://registry.example:5000/v2/ failed with status: 401"}'
+            )
+            return answer
+
+    api = Refusing(None)
+    local_deployer._local.client = type("Client", (), {"api": api})()
+    inputs = {
+        "auth": {"serverAddress": "registry.example:5000", "username": "ci", "password": _REGISTRY_PASSWORD},
+        "taskSpec": {"containerSpec": {"image": "registry.example:5000/p/web@sha256:abc"}},
+    }
+    with pytest.raises(DeployError) as raised:
+        swarm.realise_service(local_deployer, _args(SERVICE, "web", inputs), inputs)
+    assert str(raised.value) == (
+        "'web': the login to registry.example:5000 as ci (auth) failed: "
+        "login attempt to https://registry.example:5000/v2/ failed with status: 401"
+    )
+    # Nothing was created with a login the registry refuses.
+    assert len(api.sent) == 1
+
+
+def _args(token: str, name: str, inputs: dict[str, Any]) -> pulumi.runtime.MockResourceArgs:
+    return pulumi.runtime.MockResourceArgs(typ=token, name=name, inputs=inputs, custom=True)
 
 
 def test_auto_names_are_the_logical_name_and_seven_hex_characters() -> None:

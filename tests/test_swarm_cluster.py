@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tools.swarm_cluster import cluster, spec
+from tools.swarm_cluster import cluster, login, spec
 from tools.swarm_cluster.__main__ import main
 from tools.swarm_cluster.certs import registry_tls
 
@@ -108,7 +109,10 @@ def test_node_container_spec(tmp_path: Path) -> None:
 
 
 def test_registry_container_spec() -> None:
-    assert spec.registry_container(image="registry:x", tls_dir=Path("/state/registry-tls")) == {
+    made = spec.registry_container(
+        image="registry:x", tls_dir=Path("/state/registry-tls"), auth_dir=Path("/state/registry-auth")
+    )
+    assert made == {
         "image": "registry:x",
         "name": "mlflow-cluster-registry",
         "hostname": "mlflow-cluster-registry",
@@ -117,10 +121,15 @@ def test_registry_container_spec() -> None:
         "environment": {
             "REGISTRY_HTTP_TLS_CERTIFICATE": "/etc/docker/registry/tls/registry.crt",
             "REGISTRY_HTTP_TLS_KEY": "/etc/docker/registry/tls/registry.key",
+            # Basic auth: nothing is pulled or pushed without the login.
+            "REGISTRY_AUTH": "htpasswd",
+            "REGISTRY_AUTH_HTPASSWD_REALM": "mlflow-cluster-registry",
+            "REGISTRY_AUTH_HTPASSWD_PATH": "/etc/docker/registry/auth/htpasswd",
         },
         "volumes": {
             "mlflow-cluster-registry-data": {"bind": "/var/lib/registry", "mode": "rw"},
             "/state/registry-tls": {"bind": "/etc/docker/registry/tls", "mode": "ro"},
+            "/state/registry-auth": {"bind": "/etc/docker/registry/auth", "mode": "ro"},
         },
         "network": "mlflow-cluster",
         "read_only": True,
@@ -247,6 +256,8 @@ def test_up_prints_shell_lines_then_json_and_nothing_else(capsys: pytest.Capture
         postgres_node="mlflow-cluster-node-2",
         postgres_node_label="mlflow-platform.postgres=true",
         images={},
+        registry_username="mlflow-cluster",
+        registry_password_file="/state/registry-password",
     )
 
     def fake_up(**_: Any) -> cluster.Cluster:
@@ -257,13 +268,16 @@ def test_up_prints_shell_lines_then_json_and_nothing_else(capsys: pytest.Capture
     assert main(["up"]) == 0
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[:3] == [
+    assert lines[:5] == [
         "DOCKER_HOST=unix:///state/mlflow-cluster-node-1/docker.sock",
         "IMAGE_REGISTRY=172.29.231.2:5000",
         "IMAGE_REGISTRY_CA_FILE=/state/ca.crt",
+        "IMAGE_REGISTRY_USERNAME=mlflow-cluster",
+        # The file, never the password: a terminal's scrollback and CI logs are read by many.
+        "IMAGE_REGISTRY_PASSWORD_FILE=/state/registry-password",
     ]
-    assert cluster.Cluster(**json.loads(lines[3])) == made
-    assert len(lines) == 4
+    assert cluster.Cluster(**json.loads(lines[5])) == made
+    assert len(lines) == 6
     assert err == "prepare: mlflow-platform-standin/dind:20.10-bookworm is present\n"
 
 
@@ -282,6 +296,8 @@ def test_the_stack_checks_config_is_a_multi_node_stack_the_deployer_implements(t
     registry = "172.29.231.2:5000"
     ca_file = tmp_path / "ca.crt"
     ca_file.write_text(self_signed(["registry"], ca=True).certificate)
+    password_file = tmp_path / "registry-password"
+    password_file.write_text("the-registry-password-of-this-cluster")
     made = cluster.Cluster(
         docker_host="unix:///x/node-1/docker.sock",
         registry=registry,
@@ -291,6 +307,8 @@ def test_the_stack_checks_config_is_a_multi_node_stack_the_deployer_implements(t
         postgres_node="n2",
         postgres_node_label="mlflow-platform.postgres=true",
         images={image: spec.registry_reference(registry, image) for image in cluster.DEFAULT_PUSH},
+        registry_username="mlflow-cluster",
+        registry_password_file=str(password_file),
     )
     s3 = {"artifactStore": "s3", "artifactBucket": "mlflow-artifacts", "artifactEndpoint": "http://172.29.231.3:8333"}
     overrides = stack_overrides(made, s3)
@@ -310,5 +328,81 @@ def test_the_stack_checks_config_is_a_multi_node_stack_the_deployer_implements(t
     images = mocks.of_type(IMAGE)
     assert len(images) == 2
     assert all(image.inputs["imageName"].startswith(f"{registry}/") for image in images)
-    assert all(image.inputs["registry"] == {"server": registry} for image in images)
-    assert len(mocks.of_type(SERVICE)) >= 5
+    login = {"server": registry, "username": "mlflow-cluster", "password": "the-registry-password-of-this-cluster"}
+    assert all(image.inputs["registry"] == login for image in images)
+    services = mocks.of_type(SERVICE)
+    assert len(services) >= 5
+    # Every service carries the login its nodes pull with, as a secret input.
+    for service in services:
+        assert service.inputs["auth"] == {
+            "serverAddress": registry,
+            "username": "mlflow-cluster",
+            "password": "the-registry-password-of-this-cluster",
+        }
+        assert "auth" in service.secret_inputs()
+
+
+def test_the_registrys_login_is_a_bcrypt_line_htpasswd_verifies(tmp_path: Path) -> None:
+    """The registry (docker-registry 2.8) takes bcrypt lines only; htpasswd -v checks the line as the registry would."""
+    password = login.new_password()
+    assert len(password) == 43
+    assert password != login.new_password()
+    line = login.htpasswd_line("mlflow-cluster", password)
+    assert line.startswith("mlflow-cluster:$2y$05$")
+    assert password not in line
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(line + "\n")
+
+    def verifies(candidate: str) -> bool:
+        # -v: verify, -i: the password from stdin, as htpasswd_line hands it over.
+        done = subprocess.run(
+            ["htpasswd", "-vi", str(htpasswd), "mlflow-cluster"],
+            input=candidate,
+            text=True,
+            check=False,
+            capture_output=True,
+        )
+        return done.returncode == 0
+
+    assert verifies(password)
+    assert not verifies(password[:-1])
+
+
+def test_without_htpasswd_up_says_which_package_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(login, "HTPASSWD", "htpasswd-not-installed")
+    with pytest.raises(
+        spec.ClusterError, match=r"^htpasswd-not-installed is not installed: .*apt-get install apache2-utils\)$"
+    ):
+        login.htpasswd_line("mlflow-cluster", "x" * 43)
+
+
+@pytest.mark.parametrize("certs_d_there", [False, True], ids=["certs.d made by up", "certs.d there before"])
+def test_down_removes_the_host_trust_and_the_directories_up_made_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs_d_there: bool
+) -> None:
+    """`up` may make /etc/docker/certs.d itself: `down` leaves the host's /etc/docker as it found it."""
+    etc_docker = tmp_path / "etc-docker"
+    etc_docker.mkdir()
+    certs = etc_docker / "certs.d"
+    if certs_d_there:
+        certs.mkdir()
+    monkeypatch.setattr(cluster, "HOST_CERTS_DIR", certs)
+    cluster.trust_on_host("172.29.231.2:5000", "pem", tmp_path / "state")
+    assert (certs / "172.29.231.2:5000" / "ca.crt").read_text() == "pem"
+    cluster.down(client=_Engine([]), state_dir=tmp_path / "state", log=lambda _: None)
+    assert sorted(etc_docker.rglob("*")) == ([certs] if certs_d_there else [])
+
+
+def test_down_keeps_a_certs_d_up_made_once_another_registry_is_trusted_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs = tmp_path / "etc-docker" / "certs.d"
+    monkeypatch.setattr(cluster, "HOST_CERTS_DIR", certs)
+    cluster.trust_on_host("172.29.231.2:5000", "pem", tmp_path / "state")
+    (certs / "registry.example:5000").mkdir()
+    (certs / "registry.example:5000" / "ca.crt").write_text("theirs")
+    cluster.down(client=_Engine([]), state_dir=tmp_path / "state", log=lambda _: None)
+    assert sorted(path.relative_to(certs) for path in certs.rglob("*")) == [
+        Path("registry.example:5000"),
+        Path("registry.example:5000/ca.crt"),
+    ]

@@ -50,7 +50,8 @@ HANDLED_INPUTS: dict[str, frozenset[str]] = {
     | {"stopSignal", "stopTimeout", "destroyGraceSeconds", "networkMode", "mustRun", "attach", "logs"},
     SERVICE: frozenset(
         {"name", "labels", "mode", "convergeConfig", "updateConfig", "rollbackConfig", "endpointSpec", "taskSpec"}
-    ),
+    )
+    | {"auth"},
     SECRET: frozenset({"name", "data", "labels"}),
     SERVICE_CONFIG: frozenset({"name", "data", "labels"}),
     TLS_PRIVATE_KEY: frozenset({"algorithm", "ecdsaCurve", "rsaBits"}),
@@ -98,6 +99,8 @@ SERVICE_TREE: InputTree = {
     # No `global` mode: every service the program declares is replicated.
     "mode": {"replicated": {"replicas": None}},
     "convergeConfig": {"delay": None, "timeout": None},
+    # The login the nodes pull the image with (service_spec.RegistryLogin).
+    "auth": dict.fromkeys(("serverAddress", "username", "password")),
     "updateConfig": _UPDATE,
     "rollbackConfig": _UPDATE,
     "endpointSpec": {"mode": None, "ports": dict.fromkeys(("targetPort", "publishedPort", "protocol", "publishMode"))},

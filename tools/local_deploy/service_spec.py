@@ -6,9 +6,10 @@ Pure conversion, no engine: inputs.py has already refused every input not handle
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import docker.auth
 import docker.types
 
 from tools.local_deploy.common import DeployError, UnsupportedInputError
@@ -39,6 +40,22 @@ class Converge:
 
 
 @dataclass(frozen=True)
+class RegistryLogin:
+    """A service's `auth`: the login every node pulls the service's image with.
+
+    pulumi-docker sends it as the create's and update's X-Registry-Auth (the CLI's
+    `--with-registry-auth`); the manager keeps it with the service for its nodes, and never
+    returns it in an inspect. The Docker SDK sends that header from the client's logins for the
+    image's registry, so realise_service logs the client in first (`APIClient.login`).
+    """
+
+    server: str
+    username: str
+    # Secret: out of repr, so no log line, error or assertion message shows it.
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """What `APIClient.create_service` / `update_service` take, plus the converge settings."""
 
@@ -50,6 +67,8 @@ class ServiceSpec:
     rollback_config: docker.types.RollbackConfig | None
     endpoint_spec: docker.types.EndpointSpec | None
     converge: Converge | None
+    auth: RegistryLogin | None = None
+    """Not among api_arguments: the SDK sends it as a header, from the client's login."""
 
     def api_arguments(self) -> dict[str, Any]:
         return {
@@ -244,6 +263,27 @@ def _endpoint_spec(endpoint: Mapping[str, Any]) -> docker.types.EndpointSpec | N
     return docker.types.EndpointSpec(mode=mode, ports=ports or None) if ports or mode else None
 
 
+def _registry_login(resource: str, auth: Mapping[str, Any], image: str) -> RegistryLogin | None:
+    """`auth` as the login for the image's registry; refused where the SDK would not send it for the image."""
+    server, username, password = (str(auth.get(key) or "") for key in ("serverAddress", "username", "password"))
+    if not (server or username or password):
+        return None
+    given = {"serverAddress": server, "username": username, "password": password}
+    if not all(given.values()):
+        unset = ", ".join(key for key, value in given.items() if not value)
+        raise UnsupportedInputError(
+            f"'{resource}': auth without {unset}: a login is serverAddress, username and password together"
+        )
+    # The SDK picks the login by the registry the image's name starts with (docker.io for a bare name).
+    image_registry, _ = docker.auth.resolve_repository_name(image)
+    if docker.auth.resolve_index_name(server) != image_registry:
+        raise UnsupportedInputError(
+            f"'{resource}': auth.serverAddress {server!r} is not the registry of the image {image!r} "
+            f"({image_registry}): the local deployer sends a login only for the image's own registry"
+        )
+    return RegistryLogin(server=server, username=username, password=password)
+
+
 def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Mapping[str, str]) -> ServiceSpec:
     """The service as the engine takes it. `stack_labels` (the stack's and the deployer's marker) go on
     the service, its containers and the named volumes its tasks create, so `down` finds them all."""
@@ -256,10 +296,12 @@ def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Map
             delay_s=_seconds(config.get("delay") or _DEFAULT_CONVERGE_DELAY),
             timeout_s=_seconds(config.get("timeout") or _DEFAULT_CONVERGE_TIMEOUT),
         )
+    task = inputs.get("taskSpec") or {}
+    task_template = _task_template(task, stack_labels)
     return ServiceSpec(
         name=str(inputs.get("name") or default_name),
         labels={**label_map(inputs.get("labels")), **stack_labels},
-        task_template=_task_template(inputs.get("taskSpec") or {}, stack_labels),
+        task_template=task_template,
         # The provider's default: one replica.
         replicas=whole(replicated, "replicas", 1),
         update_config=_update_config(inputs["updateConfig"], docker.types.UpdateConfig)
@@ -270,4 +312,5 @@ def service_spec(inputs: Mapping[str, Any], default_name: str, stack_labels: Map
         else None,
         endpoint_spec=_endpoint_spec(inputs.get("endpointSpec") or {}),
         converge=converge,
+        auth=_registry_login(default_name, inputs.get("auth") or {}, str(task["containerSpec"]["image"])),
     )

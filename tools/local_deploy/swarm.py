@@ -31,7 +31,7 @@ from tools.local_deploy.common import (
     UnsupportedInputError,
     log,
 )
-from tools.local_deploy.service_spec import Converge, ServiceSpec, service_spec
+from tools.local_deploy.service_spec import Converge, RegistryLogin, ServiceSpec, service_spec
 from tools.local_deploy.session import Session
 
 # `docker swarm init --advertise-addr 127.0.0.1`: one node, reachable from itself only.
@@ -125,11 +125,31 @@ def realise_service_config(
     return _realise_swarm_object(session, "configs", args, inputs)
 
 
+def log_in(session: Session, resource: str, login: RegistryLogin | None) -> None:
+    """A service's `auth`: the client logs in to the image's registry, so that its create or update
+    carries the login (X-Registry-Auth) and the manager hands it to the nodes that pull the image.
+
+    `reauth`: always asks the engine, which checks the password against the registry (a wrong one
+    fails here, not as tasks that cannot pull); the login stays in this client's memory, no file.
+    """
+    if login is None:
+        return
+    try:
+        session.client.api.login(login.username, login.password, registry=login.server, reauth=True)
+    except docker.errors.APIError as error:
+        # The engine's message names the registry and the status; never the password.
+        raise DeployError(
+            f"'{resource}': the login to {login.server} as {login.username} (auth) failed: {error.explanation}"
+        ) from None
+    session.event("logged in to", f"{login.server} as {login.username}")
+
+
 def realise_service(
     session: Session, args: pulumi.runtime.MockResourceArgs, inputs: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     spec = service_spec(inputs, args.name, stack_labels(session))
     api = session.client.api
+    log_in(session, args.name, spec.auth)
     try:
         current = api.inspect_service(spec.name)
     except docker.errors.NotFound:

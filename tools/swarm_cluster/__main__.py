@@ -1,7 +1,9 @@
 """`python -m tools.swarm_cluster prepare | up | down | check | stack-check`: a 3-node swarm on this machine.
 
-`up` prints `DOCKER_HOST=...`, `IMAGE_REGISTRY=...` and `IMAGE_REGISTRY_CA_FILE=...` lines (shell
-syntax, for `eval`), then the whole cluster description as one JSON object on the last line.
+`up` prints `DOCKER_HOST=...`, `IMAGE_REGISTRY=...`, `IMAGE_REGISTRY_CA_FILE=...`,
+`IMAGE_REGISTRY_USERNAME=...` and `IMAGE_REGISTRY_PASSWORD_FILE=...` lines (shell syntax, for
+`eval`; the password itself is never printed, only the 0600 file that holds it), then the whole
+cluster description as one JSON object on the last line.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"DOCKER_HOST={shlex.quote(made.docker_host)}")
             print(f"IMAGE_REGISTRY={shlex.quote(made.registry)}")
             print(f"IMAGE_REGISTRY_CA_FILE={shlex.quote(made.ca_certificate_file)}")
+            print(f"IMAGE_REGISTRY_USERNAME={shlex.quote(made.registry_username)}")
+            print(f"IMAGE_REGISTRY_PASSWORD_FILE={shlex.quote(made.registry_password_file)}")
             print(json.dumps(asdict(made), sort_keys=True), flush=True)
         elif args.command == "down":
             cluster.down(state_dir=args.state_dir, log=lambda line: print(line, file=sys.stderr, flush=True))

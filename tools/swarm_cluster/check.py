@@ -1,7 +1,8 @@
 """`make cluster-check`: brings the cluster up, proves what the multi-node swarm target relies on, takes it down.
 
-1. a 3-replica service, spread over node.id, from an image every node pulls from the registry:
-   one task per node, and each task answers across the overlay network (VXLAN between nodes);
+1. a 3-replica service, spread over node.id, from an image every node pulls from the registry with
+   the login the service carries: one task per node, and each task answers across the overlay
+   network (VXLAN between nodes);
 2. a 1-replica service constrained to the Postgres node label lands on the labelled worker;
 3. the node container of a worker that runs a replica (not the Postgres node) is stopped: how
    long until the manager marks it down and the replica runs again elsewhere;
@@ -72,6 +73,10 @@ def _wait_running(service: Any, replicas: int, *, avoid: str | None = None, time
 def _demonstrate(made: cluster.Cluster, state_dir: Path, host: docker.DockerClient) -> dict[str, Any]:
     results: dict[str, Any] = {}
     manager = cluster.node_client(state_dir, 1)
+    # The registry needs a login: the manager's client sends it with the services it creates (the
+    # nodes pull with it, as `--with-registry-auth`) and with its own pull for the probe below.
+    login = made.registry_login()
+    manager.login(login["username"], login["password"], registry=made.registry, reauth=True)
     image = made.images[prepare.STANDIN_BASE_IMAGE]
     labels = spec.labels("check")
     manager.networks.create(_NETWORK, driver="overlay", attachable=True, labels=labels)

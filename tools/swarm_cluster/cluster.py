@@ -1,14 +1,16 @@
 """`up` and `down` of the local 3-node swarm: Docker-in-Docker nodes and a TLS registry on one bridge.
 
-up: stand-in images (prepare.ensure_cluster_images) -> the registry's TLS -> bridge network ->
-registry -> 3 nodes -> `swarm init` on node 1 (the manager) and `swarm join` of nodes 2 and 3
-(workers) through each node's engine socket -> the Postgres node label on one worker -> the
-CA trusted by the host engine -> the stand-in images the stacks run pushed to the registry.
+up: stand-in images (prepare.ensure_cluster_images) -> the registry's TLS and login -> bridge
+network -> registry (TLS, basic auth) -> 3 nodes -> `swarm init` on node 1 (the manager) and
+`swarm join` of nodes 2 and 3 (workers) through each node's engine socket -> the Postgres node
+label on one worker -> the CA trusted by the host engine -> the stand-in images the stacks run
+pushed to the registry (logged in).
 A failure anywhere runs `down`, so nothing is left half made.
 
 down: removes every container, volume and network labelled `CLUSTER_LABEL` (the nodes'
 volumes hold their whole engines: swarm state, images, the services' volumes), the host
-engine's trust in the registry's CA, and the state directory. Safe to run any time.
+engine's trust in the registry's CA (and the directories `up` made for it), and the state directory
+(the registry's password with it). Safe to run any time.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import functools
 import json
 import os
 import shutil
-import ssl
 import time
 import urllib.error
 import urllib.request
@@ -30,11 +31,13 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.types
+import requests
 
 from tools.local_deploy import prepare
 from tools.stack_config import stack_config
 from tools.swarm_cluster import spec
 from tools.swarm_cluster.certs import registry_tls
+from tools.swarm_cluster.login import htpasswd_line, new_password
 
 DEFAULT_STATE_DIR = prepare.BUILD_DIR / "swarm-cluster"
 # dockerd reads <dir>/<registry host:port>/ca.crt for every pull and push: trusting a registry needs no restart.
@@ -65,6 +68,15 @@ class Cluster:
     postgres_node_label: str
     images: dict[str, str]
     """Each pushed stand-in -> its reference in the registry."""
+    registry_username: str
+    """imageRegistryUsername: the registry answers 401 to anything without this login."""
+    registry_password_file: str
+    """imageRegistryPassword is this file's content (0600 in the 0700 state directory; never printed)."""
+
+    def registry_login(self) -> dict[str, str]:
+        """The Docker SDK's `auth_config` for the registry (a push, a pull, `login`)."""
+        password = Path(self.registry_password_file).read_text()
+        return {"username": self.registry_username, "password": password, "serveraddress": self.registry}
 
 
 def connect(base_url: str | None = None) -> docker.DockerClient:
@@ -144,18 +156,21 @@ def _engine_up(state_dir: Path, client: docker.DockerClient, index: int) -> dock
     return _wait(f"the engine of {spec.node_name(index)}", probe, _ENGINE_TIMEOUT)
 
 
-def _registry_answers(registry: str, ca_certificate: str) -> bool | None:
-    context = ssl.create_default_context(cadata=ca_certificate)
-    with urllib.request.urlopen(f"https://{registry}/v2/", context=context, timeout=5) as response:
-        return True if response.status == 200 else None
+def registry_status(
+    registry: str, ca_file: Path, login: tuple[str, str] | None, path: str = "/v2/", accept: str = ""
+) -> int:
+    """The HTTP status of a GET of `path` on the registry, with basic auth `login` or anonymously."""
+    headers = {"Accept": accept} if accept else {}
+    response = requests.get(f"https://{registry}{path}", auth=login, headers=headers, verify=str(ca_file), timeout=5)
+    return int(response.status_code)
 
 
-def _push(client: docker.DockerClient, image: str, registry: str) -> str:
+def _push(client: docker.DockerClient, image: str, registry: str, login: dict[str, str]) -> str:
     reference = spec.registry_reference(registry, image)
     repository, _, tag = reference.rpartition(":")
     client.images.get(image).tag(repository, tag)
     try:
-        for message in client.images.push(repository, tag, stream=True, decode=True):
+        for message in client.images.push(repository, tag, auth_config=login, stream=True, decode=True):
             if message.get("error"):
                 raise spec.ClusterError(f"pushing {reference} failed: {message['error']}")
     finally:
@@ -170,6 +185,40 @@ def _label_node(manager: docker.DockerClient, hostname: str, key: str, value: st
     node_spec = dict(node.attrs["Spec"])
     node_spec["Labels"] = {**node_spec.get("Labels", {}), key: value}
     node.update(node_spec)
+
+
+def trust_on_host(registry: str, ca_certificate: str, state_dir: Path) -> None:
+    """The CA in the host's <certs.d>/<registry>/ca.crt, and beside it the owner marker naming the
+    directories this made (certs.d itself where it was missing): `down` removes those, and only those."""
+    host_trust = HOST_CERTS_DIR / registry
+    made: list[str] = []
+    for directory in (host_trust, *host_trust.parents):
+        if directory.exists():
+            break
+        made.append(str(directory))
+    try:
+        _write(host_trust / "ca.crt", ca_certificate, 0o644)
+        marker = {"state_dir": str(state_dir), "made": made}
+        _write(host_trust / _OWNER_MARKER, json.dumps(marker) + "\n", 0o644)
+    except PermissionError as error:
+        raise spec.ClusterError(
+            f"cannot write {host_trust / 'ca.crt'} ({error.strerror}): the host engine pushes to the registry "
+            "only if it trusts the registry's CA there; run as root (sudo)"
+        ) from error
+
+
+def _remove_host_trust(marker: Path) -> None:
+    """The registry's directory in the host's certs.d, then each directory above it that `up` made
+    (deepest first) while it is empty: another registry's trust put there since stays, with its parents."""
+    trust = marker.parent
+    try:
+        made = [Path(path) for path in json.loads(marker.read_text()).get("made", [])]
+    except (ValueError, AttributeError):
+        made = []  # an older `up`'s marker (the state directory only): its directory alone
+    shutil.rmtree(trust)
+    for directory in sorted((d for d in made if d in trust.parents), key=lambda d: len(d.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def up(
@@ -229,6 +278,13 @@ def _up(
     (state_dir / "registry-tls").chmod(0o755)
     certs_dir = state_dir / "certs.d"
     _write(certs_dir / registry / "ca.crt", tls.ca_certificate, 0o644)
+    # The login: the password for whoever deploys (root's, like the state directory), the registry
+    # only its bcrypt hash, read by the registry's unprivileged user through a read-only mount.
+    password = new_password()
+    password_file = state_dir / "registry-password"
+    _write(password_file, password, 0o600)
+    _write(state_dir / "registry-auth" / "htpasswd", htpasswd_line(spec.REGISTRY_USERNAME, password) + "\n", 0o644)
+    (state_dir / "registry-auth").chmod(0o755)
 
     step(f"network {spec.NETWORK_NAME} ({addresses.subnet})")
     client.networks.create(
@@ -246,7 +302,11 @@ def _up(
 
     step(f"registry {registry}")
     client.containers.run(
-        **spec.registry_container(image=prepare.STANDIN_REGISTRY_IMAGE, tls_dir=state_dir / "registry-tls"),
+        **spec.registry_container(
+            image=prepare.STANDIN_REGISTRY_IMAGE,
+            tls_dir=state_dir / "registry-tls",
+            auth_dir=state_dir / "registry-auth",
+        ),
         networking_config={spec.NETWORK_NAME: client.api.create_endpoint_config(ipv4_address=addresses.registry_ip)},
     )
 
@@ -287,19 +347,18 @@ def _up(
     _label_node(manager, postgres_node, *label_pair)
     step(f"node label {label} on {postgres_node}")
 
-    host_trust = HOST_CERTS_DIR / registry
-    try:
-        _write(host_trust / "ca.crt", tls.ca_certificate, 0o644)
-        _write(host_trust / _OWNER_MARKER, f"{state_dir}\n", 0o644)
-    except PermissionError as error:
-        raise spec.ClusterError(
-            f"cannot write {host_trust / 'ca.crt'} ({error.strerror}): the host engine pushes to the registry "
-            "only if it trusts the registry's CA there; run as root (sudo)"
-        ) from error
-    _wait(f"the registry at https://{registry}/v2/", lambda: _registry_answers(registry, tls.ca_certificate), 30)
+    trust_on_host(registry, tls.ca_certificate, state_dir)
+    credentials = (spec.REGISTRY_USERNAME, password)
+
+    def registry_answers() -> bool | None:
+        # 200 with the login: the registry is up, and its htpasswd takes the password.
+        return True if registry_status(registry, state_dir / "ca.crt", credentials) == 200 else None
+
+    _wait(f"the registry at https://{registry}/v2/ to take the login", registry_answers, 30)
+    login = {"username": spec.REGISTRY_USERNAME, "password": password, "serveraddress": registry}
     images = {}
     for image in push:
-        images[image] = _push(client, image, registry)
+        images[image] = _push(client, image, registry, login)
         step(f"pushed {images[image]}")
 
     cluster = Cluster(
@@ -311,6 +370,8 @@ def _up(
         postgres_node=postgres_node,
         postgres_node_label=label,
         images=images,
+        registry_username=spec.REGISTRY_USERNAME,
+        registry_password_file=str(password_file),
     )
     (state_dir / "cluster.json").write_text(json.dumps(asdict(cluster), indent=2) + "\n")
     for node in nodes.values():
@@ -346,7 +407,7 @@ def down(
     for network in client.networks.list(filters=filters):
         attempt(f"network {network.name}", network.remove)
     for marker in HOST_CERTS_DIR.glob(f"*/{_OWNER_MARKER}"):
-        attempt(f"host trust {marker.parent}", functools.partial(shutil.rmtree, marker.parent))
+        attempt(f"host trust {marker.parent}", functools.partial(_remove_host_trust, marker))
     if state_dir.exists():
         attempt(f"state {state_dir}", functools.partial(shutil.rmtree, state_dir))
     left = _leftovers(client)

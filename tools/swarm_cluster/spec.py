@@ -19,6 +19,9 @@ NETWORK_NAME = PREFIX
 REGISTRY_NAME = f"{PREFIX}-registry"
 REGISTRY_VOLUME = f"{PREFIX}-registry-data"
 REGISTRY_PORT = 5000
+# The registry's one login (htpasswd basic auth): every push and pull, the host's and the nodes', uses it.
+REGISTRY_USERNAME = "mlflow-cluster"
+REGISTRY_AUTH_DIR = "/etc/docker/registry/auth"
 NODE_COUNT = 3
 # The cluster's bridge. A fixed subnet so the registry has a fixed address that the nodes and the
 # host both reach (the host sits on the bridge): one image reference works for a push from the
@@ -171,9 +174,14 @@ def node_container(
     }
 
 
-def registry_container(*, image: str, tls_dir: Path) -> dict[str, Any]:
+def registry_container(*, image: str, tls_dir: Path, auth_dir: Path) -> dict[str, Any]:
     """Keyword arguments of `containers.run` for the registry, except its fixed address
-    (`networking_config`, which needs the engine's API object)."""
+    (`networking_config`, which needs the engine's API object).
+
+    Basic auth from `<auth_dir>/htpasswd` (bcrypt lines; the registry refuses any other hash):
+    without a login every request gets 401, so a node pulls only with the credentials a
+    service carries (`--with-registry-auth`), as with a registry a team runs.
+    """
     return {
         "image": image,
         "name": REGISTRY_NAME,
@@ -183,10 +191,14 @@ def registry_container(*, image: str, tls_dir: Path) -> dict[str, Any]:
         "environment": {
             "REGISTRY_HTTP_TLS_CERTIFICATE": "/etc/docker/registry/tls/registry.crt",
             "REGISTRY_HTTP_TLS_KEY": "/etc/docker/registry/tls/registry.key",
+            "REGISTRY_AUTH": "htpasswd",
+            "REGISTRY_AUTH_HTPASSWD_REALM": REGISTRY_NAME,
+            "REGISTRY_AUTH_HTPASSWD_PATH": f"{REGISTRY_AUTH_DIR}/htpasswd",
         },
         "volumes": {
             REGISTRY_VOLUME: {"bind": "/var/lib/registry", "mode": "rw"},
             str(tls_dir): {"bind": "/etc/docker/registry/tls", "mode": "ro"},
+            str(auth_dir): {"bind": REGISTRY_AUTH_DIR, "mode": "ro"},
         },
         "network": NETWORK_NAME,
         "read_only": True,

@@ -3,12 +3,17 @@
 1. `up` of the cluster (tools/swarm_cluster/cluster.py), and a SeaweedFS S3 store on the cluster's
    bridge (tests/s3_store.py), which the tasks on every node and this process reach at one address;
 2. a prod-like stack through the local deployer with DOCKER_HOST = the manager and `imageRegistry` =
-   the cluster's registry: the MLflow and proxy images built on the manager and pushed, the services
-   running them by digest; the base, Postgres and Caddy images the registry's copies of the stand-ins.
-   3 MLflow replicas (1 worker), auth, the internal CA's HTTPS, artifacts in the store;
+   the cluster's registry, with its login (`imageRegistryUsername`, the secret `imageRegistryPassword`):
+   the MLflow and proxy images built on the manager and pushed, the services running them by digest
+   and carrying the login (`auth`) their nodes pull with; the base, Postgres and Caddy images the
+   registry's copies of the stand-ins (pulled on the manager with the login first, as a deploying
+   machine's `docker login` would let pulumi-docker pull them). 3 MLflow replicas (1 worker), auth,
+   the internal CA's HTTPS, artifacts in the store;
 3. placement: MLflow's tasks spread over the nodes, Postgres, its bootstrap and the front door on
-   the labelled node; a realistic run written and read back through the front door (at the labelled
-   node's address on the cluster bridge: it publishes in host mode there);
+   the labelled node; the registry refuses the same images without the login (401 to a request, an
+   anonymous pull on a node fails) and no service or task shows the password; a realistic run
+   written and read back through the front door (at the labelled node's address on the cluster
+   bridge: it publishes in host mode there);
 4. under 8 logging clients (tests/load.py), the node container of a worker that runs an MLflow task
    and not Postgres is stopped: requests failed after the clients' retries, acknowledged writes lost,
    seconds until the manager marks the node down and until 3 MLflow tasks are healthy again elsewhere;
@@ -20,6 +25,7 @@ Not in `make test`: several minutes, three nested engines, root for the registry
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -66,10 +72,14 @@ OVERRIDES: dict[str, object] = {
 def stack_overrides(made: cluster.Cluster, s3_settings: Mapping[str, object]) -> dict[str, object]:
     """The stack's config: the registry for the built images, the registry's copies of the stand-ins for the rest."""
     images = made.images
+    login = made.registry_login()
     return {
         **OVERRIDES,
         **s3_settings,
         "imageRegistry": made.registry,
+        "imageRegistryUsername": login["username"],
+        # A secret config key: the deployer's log shows it as <secret>, the program wraps it in Output.secret.
+        "imageRegistryPassword": login["password"],
         "imageRegistryCaCertificate": Path(made.ca_certificate_file).read_text(),
         "postgresNodeLabel": made.postgres_node_label,
         "baseImage": images[prepare.STANDIN_BASE_IMAGE],
@@ -189,6 +199,9 @@ def _demonstrate(
             raise spec.ClusterError(f"MLflow's tasks are not spread: {results['mlflow_tasks_per_node']}")
         if any(where != [made.postgres_node] for where in pinned.values()):
             raise spec.ClusterError(f"not every pinned task runs on {made.postgres_node}: {pinned}")
+        results["registry_login"] = _registry_needs_the_login(
+            made, state_dir, manager, services["proxy"], [mlflow, *services.values()]
+        )
 
         front_door = cluster._node_ip(host, made.nodes.index(made.postgres_node) + 1)
         results["front_door"] = f"{front_door}:{HTTPS_PORT}"
@@ -213,6 +226,61 @@ def _demonstrate(
     finally:
         nodes.close()
         manager.close()
+
+
+_MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"
+)
+
+
+def _manifest_status(made: cluster.Cluster, reference: str, login: tuple[str, str] | None) -> int:
+    """GET of the manifest a node pulls for `<registry>/<repository>@<digest>`, with or without the login."""
+    repository, _, digest = reference.removeprefix(f"{made.registry}/").partition("@")
+    path = f"/v2/{repository}/manifests/{digest}"
+    return cluster.registry_status(made.registry, Path(made.ca_certificate_file), login, path, accept=_MANIFEST_TYPES)
+
+
+def _registry_needs_the_login(
+    made: cluster.Cluster, state_dir: Path, manager: docker.DockerClient, proxy: Any, services: list[Any]
+) -> dict[str, Any]:
+    """While the stack's tasks run on images pulled by digest: the registry answers those manifests only
+    with the login, an anonymous pull of one fails on a node that has not pulled it, and the password
+    is in no service's or task's inspect (the manager keeps the services' login to itself)."""
+    login = made.registry_login()
+    credentials = (login["username"], login["password"])
+    proxy_image = str(proxy.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"])
+    if "@sha256:" not in proxy_image or not proxy_image.startswith(f"{made.registry}/"):
+        raise spec.ClusterError(f"the proxy does not run the registry's image by digest: {proxy_image}")
+    found: dict[str, Any] = {
+        "image": proxy_image,
+        "manifest_status_anonymous": _manifest_status(made, proxy_image, None),
+        "manifest_status_with_login": _manifest_status(made, proxy_image, credentials),
+    }
+    # A worker without the proxy's task has never had its image (the manager built it): its engine must
+    # ask the registry.
+    index = next(i for i, name in enumerate(made.nodes, 1) if name not in (made.postgres_node, made.manager))
+    node = cluster.node_client(state_dir, index)
+    try:
+        # An empty auth_config: no login at all, whatever a Docker config file on this host holds.
+        node.images.pull(proxy_image, auth_config={})
+        found["anonymous_pull"] = f"succeeded on {made.nodes[index - 1]}"
+    except docker.errors.APIError as error:
+        found["anonymous_pull"] = f"refused on {made.nodes[index - 1]}: {error.explanation}"
+    finally:
+        node.close()
+    inspected = json.dumps(
+        [[service.attrs, manager.api.tasks(filters={"service": service.name})] for service in services]
+    )
+    found["password_in_inspect"] = login["password"] in inspected
+    if (
+        found["manifest_status_anonymous"] != 401
+        or found["manifest_status_with_login"] != 200
+        or not found["anonymous_pull"].startswith("refused")
+        or found["password_in_inspect"]
+    ):
+        raise spec.ClusterError(f"the registry's login is not what the nodes pull with: {found}")
+    return found
 
 
 def _stop_a_node_under_load(
@@ -267,6 +335,22 @@ def _stop_a_node_under_load(
         raise spec.ClusterError(f"the node's loss was not absorbed: {result.summary()}")
 
 
+def _pull_on_manager(made: cluster.Cluster, state_dir: Path) -> None:
+    """The registry's copies of the stand-ins (base, Postgres, Caddy) pulled on the manager with the login.
+
+    The program declares them as RemoteImages, which pulumi-docker pulls on the manager with the
+    deploying machine's Docker login (its ~/.docker/config.json, `docker login <registry>`): the local
+    deployer reads the same file, which this check leaves alone. Pulled here instead, with the login
+    given to this one pull only, so the one login any node gets is the one the services carry (`auth`).
+    """
+    manager = cluster.node_client(state_dir, 1)
+    try:
+        for reference in made.images.values():
+            manager.images.pull(reference, auth_config=made.registry_login())
+    finally:
+        manager.close()
+
+
 def _timed(results: dict[str, Any], key: str, action: Callable[[], Any]) -> Any:
     started = time.monotonic()
     value = action()
@@ -307,6 +391,7 @@ def stack_check(results: dict[str, Any], *, state_dir: Path = cluster.DEFAULT_ST
         results["s3_endpoint"] = store.endpoint
         overrides = stack_overrides(made, store.stack_settings(PREFIX))
         teardown.callback(_remove_stack, made, results)
+        _timed(results, "registry_images_on_manager_seconds", lambda: _pull_on_manager(made, state_dir))
         with _docker_host(made.docker_host):
             deployer.down(STACK, purge=True)  # the state file of a run killed before its teardown
             outputs = _timed(results, "stack_up_seconds", lambda: deployer.up(STACK, overrides, standins=False))
