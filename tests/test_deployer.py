@@ -31,7 +31,7 @@ from tests.conftest import CONTAINER, IMAGE, NETWORK, RANDOM_PASSWORD
 from tests.harness import EngineMocks, is_secret, run_program
 from tools.local_deploy import lifecycle, prepare
 from tools.local_deploy import state as local_state
-from tools.local_deploy.common import DeployError, UnsupportedInputError, UnsupportedResourceError
+from tools.local_deploy.common import NODE_VOLUME_LABEL, DeployError, UnsupportedInputError, UnsupportedResourceError
 from tools.local_deploy.container_config import container_config, duration_ns, network_attachments, upload_archive
 from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.docker_realise import push_target, realise_network
@@ -625,6 +625,7 @@ def test_a_network_left_by_an_earlier_up_is_reused_only_if_internal_alike(local_
 class _FakeVolume:
     def __init__(self, engine: _FakeEngine, name: str) -> None:
         self.engine, self.name = engine, name
+        self.attrs = {"Labels": {NODE_VOLUME_LABEL: "true"} if name in engine.node_volumes else {}}
 
     def remove(self) -> None:
         self.engine.volume_names.remove(self.name)
@@ -643,8 +644,16 @@ class _FakeNetwork:
 class _FakeEngine:
     """The part of the Docker SDK `destroy` uses: labelled volumes and networks, no containers or images."""
 
-    def __init__(self, volumes: list[str], networks: list[str], busy_networks: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        volumes: list[str],
+        networks: list[str],
+        busy_networks: tuple[str, ...] = (),
+        node_volumes: tuple[str, ...] = (),
+    ) -> None:
         self.volume_names, self.network_names, self.busy_networks = list(volumes), list(networks), busy_networks
+        # Named volumes swarm tasks created (service_spec marks them).
+        self.node_volumes = node_volumes
         self.containers = self.images = self
         self.volumes = _FakeVolumes(self)
         self.networks = _FakeNetworks(self)
@@ -709,6 +718,17 @@ def test_down_keeps_retained_volumes_and_forgets_the_passwords(
     assert engine.volume_names == ["staging-artifacts", "staging-pgdata"]
     assert engine.network_names == []
     assert not stack_state.exists()
+
+
+def test_down_keeps_the_volumes_swarm_tasks_made_as_pulumi_destroy_does_and_purge_removes_them(
+    stack_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(monkeypatch, node_volumes=("staging-scratch",))
+    lifecycle.destroy("mlflow-platform", "staging")
+    # No resource declared it (a task's mount made it on its node): a destroy leaves it, protected or not.
+    assert engine.volume_names == ["staging-artifacts", "staging-pgdata", "staging-scratch"]
+    lifecycle.destroy("mlflow-platform", "staging", purge=True)
+    assert engine.volume_names == []
 
 
 def test_purge_removes_retained_volumes_too(stack_state: Path, monkeypatch: pytest.MonkeyPatch) -> None:

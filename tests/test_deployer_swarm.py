@@ -24,7 +24,14 @@ import requests
 
 from tools.local_deploy import state as local_state
 from tools.local_deploy import swarm
-from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, UnsupportedInputError
+from tools.local_deploy.common import (
+    MANAGED_LABEL,
+    NODE_VOLUME_LABEL,
+    PROJECT_LABEL,
+    STACK_LABEL,
+    DeployError,
+    UnsupportedInputError,
+)
 from tools.local_deploy.deployer import LocalDeployer
 from tools.local_deploy.inputs import NETWORK, SECRET, SERVICE, SERVICE_CONFIG, check_inputs, check_options
 from tools.local_deploy.lifecycle import destroy
@@ -172,8 +179,10 @@ def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
                     "Source": "p-s-data",
                     "Type": "volume",
                     "ReadOnly": False,
-                    # The stack's labels on a named volume: `down` finds it by them.
-                    "VolumeOptions": {"Labels": {"org.example.volume": "data", **STACK_LABELS}},
+                    # The stack's labels on a named volume: `down` finds it by them; and keeps it (node volume).
+                    "VolumeOptions": {
+                        "Labels": {"org.example.volume": "data", **STACK_LABELS, NODE_VOLUME_LABEL: "true"}
+                    },
                 },
                 {"Target": "/scratch", "Type": "volume", "ReadOnly": False},
                 {
@@ -187,7 +196,7 @@ def test_every_implemented_service_input_becomes_the_engines_spec() -> None:
                     "Source": "p-s-ro",
                     "Type": "volume",
                     "ReadOnly": True,
-                    "VolumeOptions": {"Labels": STACK_LABELS},
+                    "VolumeOptions": {"Labels": {**STACK_LABELS, NODE_VOLUME_LABEL: "true"}},
                 },
             ],
             "StopGracePeriod": 60 * SECOND,

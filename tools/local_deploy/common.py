@@ -10,6 +10,9 @@ STACK_LABEL = "com.pulumi.stack"
 # Marks what this deployer made. `down` removes only marked resources, so it never
 # touches a stack of the same name that a real `pulumi up` created on this engine.
 MANAGED_LABEL = "org.mlflow-platform.local-deploy"
+# Marks a named volume a swarm task created (no Pulumi resource declares it): as `pulumi destroy`
+# leaves such volumes on their node, `down` keeps them unless it purges.
+NODE_VOLUME_LABEL = "org.mlflow-platform.local-deploy.node-volume"
 
 
 class DeployError(RuntimeError):

@@ -11,7 +11,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from tools.local_deploy.common import MANAGED_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, log
+from tools.local_deploy.common import MANAGED_LABEL, NODE_VOLUME_LABEL, PROJECT_LABEL, STACK_LABEL, DeployError, log
 from tools.local_deploy.containers import grace_seconds, stop_container
 from tools.local_deploy.state import load_state, save_state, state_path
 from tools.local_deploy.swarm import destroy_swarm_objects
@@ -36,7 +36,8 @@ def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = 
     Kept: the volumes with `keep_volumes` (not the generated passwords: as in
     Pulumi, a destroy drops the random resources, so the next `up` generates new
     ones and must put them in force on the kept data), volumes declared
-    retainOnDelete, and images declared keepLocally (the stand-ins among them).
+    retainOnDelete, the named volumes swarm tasks created (no resource declares them),
+    and images declared keepLocally (the stand-ins among them).
 
     `purge` (for tests) also removes the retainOnDelete volumes, and with them the
     state file: nothing of the stack stays, so the next `up` starts from nothing
@@ -92,10 +93,15 @@ def destroy(project: str, stack: str, keep_volumes: bool = False, purge: bool = 
 
     if not keep_volumes:
         retained = set(state.get("retainedVolumes", []))
-        volumes = {v.name for v in client.volumes.list(filters=filters)} | set(state.get("volumes", []))
+        labelled = client.volumes.list(filters=filters)
+        node_volumes = {v.name for v in labelled if (v.attrs.get("Labels") or {}).get(NODE_VOLUME_LABEL) == "true"}
+        volumes = {v.name for v in labelled} | set(state.get("volumes", []))
         for name in sorted(volumes):
             if name in retained and not purge:
                 log(f"kept volume {name} (retainOnDelete)")
+                continue
+            if name in node_volumes and not purge:
+                log(f"kept volume {name} (a swarm task's: no Pulumi resource, so no destroy removes it)")
                 continue
             attempt(f"volume {name}", partial(_remove_volume, client, name))
 

@@ -12,7 +12,7 @@ from typing import Any
 import docker.auth
 import docker.types
 
-from tools.local_deploy.common import DeployError, UnsupportedInputError
+from tools.local_deploy.common import NODE_VOLUME_LABEL, DeployError, UnsupportedInputError
 from tools.local_deploy.container_config import duration_ns
 from tools.local_deploy.inputs import label_map, whole
 
@@ -127,8 +127,13 @@ def _mount(mount: Mapping[str, Any], stack_labels: Mapping[str, str]) -> docker.
     }
     if kind == "volume":
         volume_labels = label_map((mount.get("volumeOptions") or {}).get("labels"))
-        # A named volume a task creates carries the stack's labels, so `down` finds it by them.
-        arguments["labels"] = {**volume_labels, **stack_labels} if mount.get("source") else volume_labels or None
+        # A named volume a task creates carries the stack's labels, so `down` finds it by them, and the
+        # node-volume mark, so `down` keeps it as `pulumi destroy` does (it is no Pulumi resource).
+        arguments["labels"] = (
+            {**volume_labels, **stack_labels, NODE_VOLUME_LABEL: "true"}
+            if mount.get("source")
+            else volume_labels or None
+        )
     else:
         tmpfs = mount.get("tmpfsOptions") or {}
         if tmpfs.get("sizeBytes") is not None:
