@@ -11,10 +11,12 @@ import pulumi
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pulumi.runtime.proto import resource_pb2
 
 from components.settings import SettingsError, load_settings
 from tests.certs import other_key, self_signed
 from tests.harness import EngineMocks, install, run_program
+from tools import mocks as tools_mocks
 from tools.stack_config import PROJECT_DIR, STACKS, project_file, runtime_config, stack_config
 
 _GOOD = self_signed(["mlflow.example.com"])
@@ -314,6 +316,27 @@ def test_bad_setting_is_refused_before_any_resource(
     assert accepted in message
     assert (raised.value.key, repr(raised.value.value)) == (key, shown)
     assert mocks.registrations == {}
+
+
+def test_swarm_needs_a_cli_with_replacement_triggers_and_standalone_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CLI older than 3.208 does not list the feature: it would silently roll an upgrade instead of stopping."""
+    recording_monitor = tools_mocks.RecordingMonitor
+    with_it = recording_monitor.GetDeploymentInfo
+
+    def without_it(self: Any, request: Any) -> Any:
+        info = with_it(self, request)
+        features = [f for f in info.supportedFeatures if f != resource_pb2.RESOURCE_MONITOR_FEATURE_REPLACEMENT_TRIGGER]
+        return resource_pb2.DeploymentInfo(supportedFeatures=features)
+
+    monkeypatch.setattr(recording_monitor, "GetDeploymentInfo", without_it)
+    mocks = EngineMocks()
+    with pytest.raises(SettingsError) as raised:
+        run_program("prod", {**_SWARM_ONE}, mocks)
+    assert (raised.value.key, raised.value.value) == ("engine", "swarm")
+    assert "supports the replacementTrigger resource option (3.208.0 or newer" in str(raised.value)
+    assert mocks.registrations == {}
+    # The standalone engine never replaces on a trigger: any CLI will do.
+    run_program("prod", {}, EngineMocks())
 
 
 def test_the_table_covers_every_config_key() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pulumi
+from pulumi.runtime.proto import resource_pb2
 
 from components.context import LogRotation
 from components.mlflow_facts import BASE_MEMORY_MB, WORKER_MEMORY_MB
@@ -93,7 +94,23 @@ def load_settings(config: pulumi.Config | None = None, stack: str | None = None)
         ),
     )
     check_rules(settings)
+    if settings.cluster.swarm:
+        _require_replacement_triggers()
     return settings
+
+
+def _require_replacement_triggers() -> None:
+    """A swarm stack replaces its MLflow service on a new release (the replacementTrigger option), so
+    that no server of the old release writes to a migrated schema. A Pulumi CLI without the option
+    (older than 3.208) would ignore it and roll the upgrade, old and new servers side by side."""
+    if not pulumi.runtime.settings.monitor_supports_feature(resource_pb2.RESOURCE_MONITOR_FEATURE_REPLACEMENT_TRIGGER):
+        raise SettingsError(
+            "engine",
+            "swarm",
+            "accepted with a Pulumi CLI that supports the replacementTrigger resource option (3.208.0 or newer; "
+            "`make deploy` installs the release the SDK pins): a new mlflowVersion must stop every old server "
+            "before the schema migration",
+        )
 
 
 def _database(read: ConfigReader) -> model.DatabaseSettings:
