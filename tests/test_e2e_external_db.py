@@ -12,7 +12,8 @@ The same on `engine: swarm` (skipped unless the engine is a swarm manager, faile
 REQUIRE_DOCKER=1): a second stack, its own role and databases on the same server (as two
 stacks share one RDS instance), reaching the host through docker_gwbridge, the route out of a
 task's overlay networks. It serves a run, declares no Postgres service, and runs the bootstrap
-as a service; a wrong CA fails the bootstrap's update, which swarm rolls back.
+as a service; a wrong CA fails the bootstrap's update, which swarm rolls back; a rotation
+(`secretsRotation`) replaces the swarm secrets and the old passwords are refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import psycopg
 import pytest
+import requests
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -347,3 +350,63 @@ def test_on_swarm_a_wrong_ca_fails_the_bootstrap_update_and_its_service_log_says
     assert [task["Status"]["State"] for task in tasks] == ["running"], tasks
     admin = (str(swarm_deployed.outputs["admin_username"]), str(swarm_deployed.outputs["admin_password"]))
     e2e.wait_until_serving(swarm_deployed.tracking_uri, timeout=30, auth=admin)
+
+
+def _role_login(managed: ManagedPostgres, host: str, password: str) -> str:
+    """A TLS login as MLflow's role with this password, over the network as the stack's tasks log in:
+    'ok', or the server's refusal."""
+    try:
+        with psycopg.connect(
+            host=host,
+            port=managed.port,
+            user=SWARM_ROLE,
+            password=password,
+            dbname=SWARM_DATABASE,
+            sslmode="require",
+            connect_timeout=10,
+        ) as connection:
+            return "ok" if connection.execute("SELECT 1").fetchone() == (1,) else "no row"
+    except psycopg.OperationalError as error:
+        return str(error)
+
+
+def _status_with(deployed: e2e.Deployed, auth: tuple[str, str]) -> int:
+    url = f"{deployed.tracking_uri}/api/2.0/mlflow/experiments/search"
+    return requests.get(url, params={"max_results": 1}, auth=auth, timeout=30).status_code
+
+
+def test_on_swarm_a_rotation_puts_new_swarm_secrets_in_force_and_refuses_the_old_values(
+    swarm_deployed: e2e.Deployed, swarm_gateway: str, managed: ManagedPostgres, docker_client: docker.DockerClient
+) -> None:
+    """Swarm secrets are immutable: a new value is a new secret object, the services roll onto it, the old
+    one goes once no service uses it; the bootstrap puts the role's new password in force on the server."""
+    before_admin = (str(swarm_deployed.outputs["admin_username"]), str(swarm_deployed.outputs["admin_password"]))
+    before_db = swarm_deployed.db_password
+    before_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": SWARM_STACK_LABEL})}
+    started = time.monotonic()
+    settings = {**_swarm_overrides(managed, swarm_gateway, managed.ca.certificate), "secretsRotation": "rotated-1"}
+    rotated = e2e.deploy(SWARM_STACK, settings)
+    took = time.monotonic() - started
+    admin = (str(rotated.outputs["admin_username"]), str(rotated.outputs["admin_password"]))
+    assert admin[1] != before_admin[1]
+    assert rotated.db_password != before_db
+    assert _status_with(rotated, admin) == 200
+    assert _status_with(rotated, before_admin) == 401
+    assert "password authentication failed" in _role_login(managed, swarm_gateway, before_db)
+    assert _role_login(managed, swarm_gateway, rotated.db_password) == "ok"
+    after_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": SWARM_STACK_LABEL})}
+    # What secretsRotation generates (passwords, the Flask key) is in new objects. Kept: what it does not
+    # make, the front door's TLS key and the admin URL of the external server (its file's name shortened).
+    kept = before_secrets & after_secrets
+    assert len(kept) == 2, sorted(kept)
+    assert all("-tls-key-" in name or "-run-secrets-datab" in name for name in kept), sorted(kept)
+    replaced = before_secrets - after_secrets
+    for generated in ("admin-password", "flask-secret-key", "postgres-password", "pgpass"):
+        assert any(generated in name for name in replaced), (generated, sorted(replaced))
+    # The run logged before the rotation reads back with the new credentials.
+    with managed.superuser(SWARM_DATABASE) as tracking:
+        assert tracking.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+    e2e.report(
+        f"rotation on swarm (external database): `up` {took:.1f}s; {len(replaced)} secrets replaced by new ones, "
+        f"{len(kept)} kept; new admin 200, old admin 401; the role's old password refused by the server"
+    )

@@ -28,7 +28,6 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-import requests
 from docker.models.containers import Container
 from docker.models.services import Service
 from mlflow.tracking import MlflowClient
@@ -321,64 +320,3 @@ def test_a_rolling_update_under_load_loses_nothing_and_leaves_every_task_on_the_
     # Nothing of the old spec is left running.
     running = service.tasks(filters={"desired-state": "running"})
     assert sorted(task["ID"] for task in running) == sorted(after)
-
-
-def _running_container(client: docker.DockerClient, role: str) -> Container:
-    """The one running task container of the stack's service with this role."""
-    [service] = client.services.list(filters={"label": [STACK_LABEL, f"org.mlflow-platform.role={role}"]})
-    running = [c for c in _task_containers(client, service) if c.status == "running"]
-    assert len(running) == 1, [c.name for c in running]
-    return running[0]
-
-
-def _psql(client: docker.DockerClient, password: str) -> tuple[int, str]:
-    """psql over TCP as MLflow's role, with a password, in Postgres's task."""
-    result = _running_container(client, "database").exec_run(
-        ["psql", "-X", "-h", "127.0.0.1", "-U", "mlflow", "-d", "mlflow", "-Atc", "select 1"],
-        environment={"PGPASSWORD": password},
-    )
-    return result.exit_code, result.output.decode(errors="replace").strip()
-
-
-def _status_with(deployed: e2e.Deployed, auth: tuple[str, str]) -> int:
-    url = f"{deployed.tracking_uri}/api/2.0/mlflow/experiments/search"
-    return requests.get(url, params={"max_results": 1}, auth=auth, timeout=30).status_code
-
-
-def test_a_rotation_puts_new_swarm_secrets_in_force_and_refuses_the_old_values(
-    swarm_stack: e2e.Deployed, docker_client: docker.DockerClient, tmp_path: Path
-) -> None:
-    """Swarm secrets are immutable: a new value is a new secret, the services roll onto it, the old one goes."""
-    before_admin = (str(swarm_stack.outputs["admin_username"]), str(swarm_stack.outputs["admin_password"]))
-    before_db = swarm_stack.db_password
-    before_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": STACK_LABEL})}
-    experiments = len(MlflowClient(swarm_stack.tracking_uri).search_experiments())
-    started = time.monotonic()
-    rotated = e2e.redeploy(swarm_stack, {"secretsRotation": "swarm-rotation-1"})
-    took = time.monotonic() - started
-    swarm_stack.overrides, swarm_stack.outputs = rotated.overrides, rotated.outputs
-    admin = (str(rotated.outputs["admin_username"]), str(rotated.outputs["admin_password"]))
-    assert admin[1] != before_admin[1]
-    assert rotated.db_password != before_db
-    assert _status_with(rotated, admin) == 200
-    assert _status_with(rotated, before_admin) == 401
-    code, output = _psql(docker_client, before_db)
-    assert code != 0
-    assert "password authentication failed" in output
-    assert _psql(docker_client, rotated.db_password) == (0, "1")
-    after_secrets = {secret.name for secret in docker_client.secrets.list(filters={"label": STACK_LABEL})}
-    # Every generated value is new, so is its secret object, and the old one is gone once no service uses it.
-    # Kept: what secretsRotation does not generate (the bucket's key pair, the front door's TLS key).
-    kept = before_secrets & after_secrets
-    assert kept
-    assert all("-artifact-st" in name or "-tls-key-" in name for name in kept), sorted(kept)
-    replaced = before_secrets - after_secrets
-    # The superuser's file name is shortened (swarm's name limit): postgres-container-...-postgres-<digest>.
-    for generated in ("admin-password", "flask-secret-key", "postgres-password", "pgpass", "postgres-container-"):
-        assert any(generated in name for name in replaced), (generated, sorted(replaced))
-    with e2e.trusting(rotated, tmp_path, auth=admin):
-        assert len(MlflowClient(rotated.tracking_uri).search_experiments()) == experiments
-    e2e.report(
-        f"rotation on swarm: `up` {took:.1f}s; {len(replaced)} secrets replaced by new ones, {len(kept)} kept; "
-        f"new admin 200, old admin 401; old database password: {output.splitlines()[-1]!r}"
-    )
