@@ -125,14 +125,7 @@ def _demonstrate(made: cluster.Cluster, state_dir: Path, host: docker.DockerClie
         if names[task["NodeID"]] not in (made.manager, made.postgres_node)
     )
     results["stopped_node"] = victim
-    stopped_at = time.monotonic()
-    host.containers.get(victim).stop(timeout=10)
-    results["node_stop_seconds"] = round(time.monotonic() - stopped_at, 1)
-    while manager.nodes.get(victim_id).attrs["Status"]["State"] != "down":
-        if time.monotonic() - stopped_at > _RESCHEDULE_TIMEOUT:
-            raise spec.ClusterError(f"the manager still sees {victim} as up after {_RESCHEDULE_TIMEOUT:.0f}s")
-        time.sleep(0.25)
-    results["node_marked_down_seconds"] = round(time.monotonic() - stopped_at, 1)
+    stopped_at = cluster.stop_node(host, manager, victim, victim_id, _RESCHEDULE_TIMEOUT, results)
     _wait_running(web, 3, avoid=victim_id, timeout=_RESCHEDULE_TIMEOUT)
     results["replica_rescheduled_seconds"] = round(time.monotonic() - stopped_at, 1)
     results["web_tasks_per_node_after"] = dict(Counter(_placement(manager, web)))

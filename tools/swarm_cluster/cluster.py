@@ -115,6 +115,27 @@ def _wait(what: str, probe: Callable[[], T | None], timeout: float, interval: fl
     raise spec.ClusterError(f"timed out after {timeout:.0f}s waiting for {what}{reason}")
 
 
+def stop_node(
+    host: docker.DockerClient,
+    manager: docker.DockerClient,
+    node: str,
+    node_id: str,
+    timeout: float,
+    results: dict[str, Any],
+) -> float:
+    """Stops the node's container and waits until the manager marks the node down; records both
+    durations in `results` and returns when the stop began (time.monotonic), for what is timed after."""
+    stopped_at = time.monotonic()
+    host.containers.get(node).stop(timeout=10)
+    results["node_stop_seconds"] = round(time.monotonic() - stopped_at, 1)
+    while manager.nodes.get(node_id).attrs["Status"]["State"] != "down":
+        if time.monotonic() - stopped_at > timeout:
+            raise spec.ClusterError(f"the manager still sees {node} as up after {timeout:.0f}s")
+        time.sleep(0.25)
+    results["node_marked_down_seconds"] = round(time.monotonic() - stopped_at, 1)
+    return stopped_at
+
+
 def _leftovers(client: docker.DockerClient) -> list[str]:
     filters = {"label": spec.CLUSTER_LABEL}
     return [

@@ -303,16 +303,9 @@ def _stop_a_node_under_load(
     with load.Load(deployed.tracking_uri, clients=LOAD_CLIENTS) as traffic:
         time.sleep(STEADY_SECONDS)
         results["acknowledged_before_stop"] = traffic.acknowledged()
-        stopped_at = time.monotonic()
         nodes.stopped.add(victim)
-        host.containers.get(victim).stop(timeout=10)
         results["stopped_node"] = victim
-        results["node_stop_seconds"] = round(time.monotonic() - stopped_at, 1)
-        while manager.nodes.get(victim_id).attrs["Status"]["State"] != "down":
-            if time.monotonic() - stopped_at > HEALTHY_TIMEOUT:
-                raise spec.ClusterError(f"the manager still sees {victim} as up after {HEALTHY_TIMEOUT:.0f}s")
-            time.sleep(0.25)
-        results["node_marked_down_seconds"] = round(time.monotonic() - stopped_at, 1)
+        stopped_at = cluster.stop_node(host, manager, victim, victim_id, HEALTHY_TIMEOUT, results)
         _, after = _wait_healthy(manager, nodes, mlflow, REPLICAS)
         results["replicas_healthy_again_seconds"] = round(time.monotonic() - stopped_at, 1)
         results["mlflow_tasks_per_node_after"] = _per_node(after)
