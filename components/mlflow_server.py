@@ -268,7 +268,10 @@ class MlflowServer(pulumi.ComponentResource):
             mounts=[Mount(SPOOL_DIR)] if artifacts.in_bucket else [Mount(ARTIFACTS_DIR, self.artifacts_volume.name)],
             ports=[Port(SERVER_PORT, args["host_port"], server.bind_address)] if args["publish"] else [],
             network_aliases=[args["alias"]],
-            health=HealthCheck(test=HEALTH_PROBE, interval="10s", timeout="5s", retries=6, start_period="60s"),
+            # Before Docker 25 (no start_interval) the first probe runs an interval after the start,
+            # so the interval is what every `up` waits beyond the server's own start; 12 failed
+            # probes (a minute) still make a running server unhealthy.
+            health=HealthCheck(test=HEALTH_PROBE, interval="5s", timeout="5s", retries=12, start_period="60s"),
             tmpfs=tmpfs,
             memory_mb=server.memory_mb,
             stop_signal=STOP_SIGNAL,

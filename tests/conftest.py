@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return
     durations = _mutmut_durations()
     items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Stacks shared between end-to-end modules (tests/e2e.py `shared`) go at the end, pass or fail."""
+    e2e = sys.modules.get("tests.e2e")  # imported only by end-to-end tests: nothing to do without them
+    if e2e is not None:
+        e2e.release_shared()
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from tools.local_deploy import deployer
+from tools.local_deploy.common import STACK_LABEL
 
 
 @dataclass
@@ -106,7 +107,11 @@ def deploy(stack: str, overrides: Mapping[str, object] | None = None) -> Deploye
 
 
 def redeploy(deployed: Deployed, overrides: Mapping[str, object] | None = None) -> Deployed:
-    return deploy(deployed.stack, {**deployed.overrides, **(overrides or {})})
+    again = deploy(deployed.stack, {**deployed.overrides, **(overrides or {})})
+    if _SHARED.get(deployed.stack) is deployed:
+        # Later modules sharing the stack get its new outputs (passwords after a destroy).
+        _SHARED[deployed.stack] = again
+    return again
 
 
 @contextlib.contextmanager
@@ -115,11 +120,55 @@ def stack(stack_name: str, overrides: Mapping[str, object] | None = None) -> Ite
     whether the deployment or the tests failed: the retainOnDelete volumes and the state
     file too (purge), or the next run would find data initialised with a password it
     no longer knows."""
+    # The removal below takes a shared stack of this name with it.
+    _SHARED.pop(stack_name, None)
     deployer.down(stack_name, purge=True)
     try:
         yield deploy(stack_name, overrides)
     finally:
         deployer.down(stack_name, purge=True)
+
+
+# Stacks deployed once for every module that asks for them with the same config (name -> stack).
+_SHARED: dict[str, Deployed] = {}
+
+
+def shared(stack_name: str, overrides: Mapping[str, object] | None = None) -> Deployed:
+    """A stack deployed once for all the modules that only use it as committed: the second asks
+    costs no deploy. Deployed from nothing like `stack`; removed by `release_shared` at the end
+    of the session (tests/conftest.py), or when a module deploys the same name for itself.
+    A shared stack that is no longer healthy (a failed test left it down) is deployed again."""
+    wanted = dict(overrides or {})
+    deployed = _SHARED.get(stack_name)
+    if deployed is None or deployed.overrides != wanted or not _healthy(stack_name):
+        _SHARED.pop(stack_name, None)
+        deployer.down(stack_name, purge=True)
+        deployed = _SHARED[stack_name] = deploy(stack_name, wanted)
+    return deployed
+
+
+def release_shared() -> None:
+    """Removes every shared stack, as `stack` removes its own: purged, whatever the tests did."""
+    while _SHARED:
+        name, _ = _SHARED.popitem()
+        deployer.down(name, purge=True)
+
+
+def _healthy(stack_name: str) -> bool:
+    """The stack's containers are all there and none is failing: each runs and is not unhealthy
+    (gc's first probe may be far off), or it is a one-shot job that exited 0."""
+    client = docker.from_env()
+    try:
+        containers = client.containers.list(all=True, filters={"label": f"{STACK_LABEL}={stack_name}"})
+        return bool(containers) and all(_not_failing(container.attrs["State"]) for container in containers)
+    finally:
+        client.close()
+
+
+def _not_failing(state: Mapping[str, Any]) -> bool:
+    if state["Status"] == "exited":
+        return bool(state["ExitCode"] == 0)
+    return bool(state["Status"] == "running" and state.get("Health", {}).get("Status") != "unhealthy")
 
 
 def wait_until_serving(tracking_uri: str, timeout: float = 180, auth: tuple[str, str] | None = None) -> float:

@@ -437,15 +437,32 @@ def test_the_schedule_backs_up_and_a_stopped_schedule_turns_unhealthy(
     scheduler = int(backup.attrs["State"]["Pid"])
     os.kill(scheduler, signal.SIGSTOP)
     try:
-        waited = e2e.wait_for_health_status(backup, "unhealthy", timeout=240)
-        e2e.report(f"backup container unhealthy {waited:.0f}s after the scheduler stopped")
+        # Instead of waiting out twice the interval, the newest backup and the last success are
+        # made three intervals old: a scheduler still running would take a backup within its
+        # 5-s tick, so none appearing while the container turns unhealthy shows it is stopped.
+        aged = _list(backup)[0][0]
+        code, _, stderr = _exec(
+            backup,
+            "sh",
+            "-euc",
+            'touch -d "@$1" "$2/$3/manifest.json"; echo "$1" >"$2/.last-success"',
+            "age",
+            str(int(time.time()) - 180),
+            BACKUP_DIR,
+            aged,
+        )
+        assert code == 0, stderr
+        waited = e2e.wait_for_health_status(backup, "unhealthy", timeout=90)
+        e2e.report(f"backup container unhealthy {waited:.0f}s after its newest backup aged past twice the interval")
         probe = backup.attrs["State"]["Health"]["Log"][-1]["Output"]
         assert "more than twice the interval (60s)" in probe
+        assert _list(backup)[0][0] == aged
     finally:
         os.kill(scheduler, signal.SIGCONT)
     # Resumed, it catches up at once and the container is healthy again.
     e2e.wait_for_health_status(backup, "healthy", timeout=60)
     caught_up = _list(backup)[0]
+    assert caught_up[0] > aged
     assert caught_up[2] == "scheduled"
     # Restarted, it keeps the rhythm from the volume: no backup at start, only an interval after the last.
     restarted_at = int(time.time())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,10 +24,11 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture(scope="module")
-def dev(docker_client: docker.DockerClient) -> Iterator[e2e.Deployed]:
-    with e2e.stack("dev") as deployed:
-        e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (dev stack)")
-        yield deployed
+def dev(docker_client: docker.DockerClient) -> e2e.Deployed:
+    # The committed dev stack, shared with tests/test_e2e_ui.py (one deploy for both).
+    deployed = e2e.shared("dev")
+    e2e.report(f"up to healthy: {deployed.seconds_to_healthy:.1f}s (dev stack)")
+    return deployed
 
 
 @pytest.fixture(scope="module")

@@ -109,9 +109,10 @@ class Seeded:
 
 
 def _dev_target() -> Iterator[UiTarget]:
-    with e2e.stack("dev") as deployed:
-        e2e.wait_until_serving(deployed.tracking_uri)
-        yield UiTarget("dev", deployed.tracking_uri, deployed)
+    # The committed dev stack, shared with tests/test_e2e_tracking.py (one deploy for both).
+    deployed = e2e.shared("dev")
+    e2e.wait_until_serving(deployed.tracking_uri)
+    yield UiTarget("dev", deployed.tracking_uri, deployed)
 
 
 # The committed public hosts, on loopback. Prod on 443 (as deployed: the origin has no

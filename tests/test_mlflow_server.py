@@ -172,9 +172,9 @@ def container(
                 "-c",
                 "import urllib.request; urllib.request.urlopen('http://127.0.0.1:5000/health', timeout=4)",
             ],
-            "interval": "10s",
+            "interval": "5s",
             "timeout": "5s",
-            "retries": 6,
+            "retries": 12,
             "startPeriod": "60s",
         },
     }

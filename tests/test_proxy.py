@@ -140,9 +140,9 @@ def container(
         "ports": ports,
         "healthcheck": {
             "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
-            "interval": "10s",
+            "interval": "5s",
             "timeout": "5s",
-            "retries": 3,
+            "retries": 6,
             "startPeriod": "10s",
         },
         "readOnly": True,

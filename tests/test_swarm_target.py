@@ -371,8 +371,8 @@ def test_a_swarm_stack_declares_services_secrets_and_configs_and_no_container_or
         order = "stop-first" if name in ("postgres", "backup", "proxy") else "start-first"
         assert (update["order"], update["failureAction"], update["parallelism"]) == (order, "rollback", 1), name
         assert (rollback["order"], rollback["failureAction"]) == (order, "pause"), name
-    # MLflow: 6 failed probes of 10 s make it unhealthy, and one more interval.
-    assert orders["mlflow"][0]["monitor"] == "70s"
+    # MLflow: 12 failed probes of 5 s make it unhealthy, and one more interval.
+    assert orders["mlflow"][0]["monitor"] == "65s"
     assert found.values["engine"] == "swarm"
     assert found.values["mlflow_service_name"] == "mlflow-platform-prod-mlflow"
     assert found.values["mlflow_replicas"] == 3
