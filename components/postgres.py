@@ -193,9 +193,12 @@ class PostgresDatabase(pulumi.ComponentResource):
                 # Over TCP: during first start the entrypoint runs a socket-only
                 # server for init scripts, which a socket probe would call ready.
                 test=["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", self.superuser, "-d", "postgres"],
-                interval="5s",
+                # Every 2 s (pg_isready costs nothing): before Docker 25 the first probe runs an
+                # interval after the start, and MLflow, the bootstrap and `up` wait for it, as does
+                # every stop-first restart of a running stack. 30 failures (a minute): unhealthy.
+                interval="2s",
                 timeout="5s",
-                retries=12,
+                retries=30,
                 start_period="30s",
             ),
             memory_mb=args["database"].memory_mb,

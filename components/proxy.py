@@ -327,9 +327,11 @@ class TlsProxy(pulumi.ComponentResource):
             ],
             ports=ports,
             network_aliases=["proxy"],
-            # Every 5 s: the first probe comes an interval after the start (Docker < 25), and
-            # `up` waits for it; 6 failures (30 s) make it unhealthy.
-            health=HealthCheck(test=HEALTH_PROBE, interval="5s", timeout="5s", retries=6, start_period="10s"),
+            # Every 2 s (a local static answer): the first probe comes an interval after the start
+            # (Docker < 25), and `up` waits for it, as does a stop-first update of the front door
+            # on swarm (its host-mode ports), during which nothing answers; 15 failures (30 s)
+            # make it unhealthy.
+            health=HealthCheck(test=HEALTH_PROBE, interval="2s", timeout="5s", retries=15, start_period="10s"),
             tmpfs=_TMPFS,
             memory_mb=tls.proxy_memory_mb,
             # SIGTERM: Caddy stops accepting and lets requests in flight finish (grace_period).

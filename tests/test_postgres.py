@@ -105,9 +105,9 @@ def container(
         # Over TCP: during its first start the entrypoint runs a socket-only server for init scripts.
         "healthcheck": {
             "tests": ["CMD", "pg_isready", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres"],
-            "interval": "5s",
+            "interval": "2s",
             "timeout": "5s",
-            "retries": 12,
+            "retries": 30,
             "startPeriod": "30s",
         },
     }

@@ -140,9 +140,9 @@ def container(
         "ports": ports,
         "healthcheck": {
             "tests": ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8081/health"],
-            "interval": "5s",
+            "interval": "2s",
             "timeout": "5s",
-            "retries": 6,
+            "retries": 15,
             "startPeriod": "10s",
         },
         "readOnly": True,

@@ -29,6 +29,8 @@ LOCKS_DIR = PROJECT_DIR / "mlflow" / "locks"
 IMAGE_LOCK_TEMPLATE = PROJECT_DIR / "mlflow" / "requirements.txt"
 DOCKERFILE = PROJECT_DIR / "mlflow" / "Dockerfile"
 MAKEFILE = PROJECT_DIR / "Makefile"
+# What `make install` hands pip: uv's own lines of requirements-dev.txt (uv then installs the rest).
+UV_LOCK_EXTRACT = ".build/uv-lock.txt"
 WORKFLOWS = sorted((PROJECT_DIR / ".github" / "workflows").glob("*.yml"))
 # Interpreters of the shell scripts read for installs (by extension .sh or by shebang).
 SHELLS = frozenset({"sh", "bash", "dash", "ash", "zsh", "ksh"})
@@ -251,10 +253,37 @@ def test_every_pip_install_is_hash_locked() -> None:
         for arguments in installs:
             assert install_problems(arguments) == [], f"{where}: pip install {' '.join(arguments)}"
             checked.update(_requirement_files(arguments))
-    # The program's, the dev tools' and the pack's locks, and the image's (`$lock`, checked below).
-    assert checked == {"requirements.txt", "requirements-dev.txt", "policy/requirements.txt", "$lock"}
-    for name in checked - {"$lock"}:
+    # The program's, the dev tools' and the pack's locks, the image's (`$lock`, checked below) and
+    # uv's own lines of the dev lock, which pip installs first (checked below).
+    assert checked == {
+        "requirements.txt",
+        "requirements-dev.txt",
+        "policy/requirements.txt",
+        "$lock",
+        UV_LOCK_EXTRACT,
+    }
+    for name in checked - {"$lock", UV_LOCK_EXTRACT}:
         _locked(PROJECT_DIR / name)
+
+
+def test_make_install_gives_pip_only_uvs_own_hash_locked_lines_of_the_dev_lock() -> None:
+    # The recipe line that writes the extract, run as make runs it (`$$` is make's `$`).
+    [line] = [
+        line.strip()
+        for line in MAKEFILE.read_text(encoding="utf-8").splitlines()
+        if line[:1] == "\t" and line.rstrip().endswith(f">{UV_LOCK_EXTRACT}")
+    ]
+    command = line.replace("$$", "$").replace(f">{UV_LOCK_EXTRACT}", "")
+    extract = subprocess.run(
+        ["bash", "-c", command], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
+    ).stdout
+    pins, problems = lock_problems(extract)
+    assert problems == [], extract
+    assert list(pins) == ["uv"], extract
+    # The same pin and every hash of the dev lock's: pip installs nothing the lock does not name.
+    assert pins["uv"] == _locked(PROJECT_DIR / "requirements-dev.txt")["uv"]
+    assert pins["uv"].hashes >= 2
+    assert extract.count("--hash=sha256:") == pins["uv"].hashes
 
 
 def test_the_image_installs_only_its_lock_and_refuses_a_release_without_one() -> None:
